@@ -1,0 +1,3 @@
+from grpo_lightning.cli import main
+
+main()

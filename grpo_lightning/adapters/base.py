@@ -1,0 +1,287 @@
+"""The adapter interface: everything the GRPO module needs from a vision-language model family.
+
+The module only ever talks to a :class:`VLMAdapter`. An adapter turns (image, prompt) pairs into model
+inputs with the processor's chat template, samples completions, and computes per-token log-probs of
+completion tokens. Family quirks (which processor outputs carry the image, how positions are computed)
+live in the subclasses, so the module never branches on ``model_type``.
+
+Visual inputs are kept per prompt (``PromptBatch.visual[i]``) and concatenated along dim 0 on demand.
+That one rule covers both families: InternVL's ``pixel_values`` are (tiles, 3, H, W) and Qwen2-VL's
+``pixel_values`` / ``image_grid_thw`` are (patches, C*T*P*P) / (images, 3), and each concatenates per
+image along dim 0. It lets the module build any micro-batch (for example the G copies of one prompt)
+without knowing the tensor layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from grpo_lightning.algorithms import entropy_from_logits, selective_log_softmax
+
+
+@dataclass
+class PromptBatch:
+    """Tokenised prompts of B samples, each with its own visual tensors.
+
+    Attributes:
+        input_ids: (B, P) prompt token ids, left-padded.
+        attention_mask: (B, P) 1 for real tokens, 0 for padding.
+        visual: B dicts of the processor's image tensors for each prompt (dim 0 per image).
+        texts: B rendered prompt strings (chat template applied), for logging.
+        token_aligned: other (B, P) per-token inputs the model needs (e.g. Qwen2-VL's ``mm_token_type_ids``),
+            left-padded with 0 like ``input_ids``.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    visual: list[dict[str, Tensor]]
+    texts: list[str] = field(default_factory=list)
+    token_aligned: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            visual=[{k: v.to(device) for k, v in d.items()} for d in self.visual],
+            texts=self.texts,
+            token_aligned={k: v.to(device) for k, v in self.token_aligned.items()},
+        )
+
+    def token_inputs(self, indices: list[int], completion_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """``input_ids``, ``attention_mask`` and the token-aligned inputs of the given prompts, with the padding
+        columns that all of them share trimmed; with ``completion_mask`` (N, C), extended over the completion
+        (token-aligned inputs are 0 there: completions are text)."""
+        index = torch.as_tensor(indices, device=self.input_ids.device)
+        mask = self.attention_mask[index]
+        keep = mask.bool().any(dim=0)
+        first = int(keep.nonzero()[0].item()) if keep.any() else 0
+        out = {"attention_mask": mask[:, first:], "input_ids": self.input_ids[index, first:]}
+        out.update({k: v[index, first:] for k, v in self.token_aligned.items()})
+        if completion_mask is not None:
+            out["attention_mask"] = torch.cat([out["attention_mask"], completion_mask.to(mask.dtype)], dim=1)
+            for key in self.token_aligned:
+                out[key] = torch.cat([out[key], torch.zeros_like(completion_mask, dtype=out[key].dtype)], dim=1)
+        return out
+
+    def visual_for(self, indices: list[int], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """Concatenate the visual tensors of the given prompts (repeats allowed), in that order."""
+        keys = self.visual[indices[0]].keys() if indices else ()
+        out = {}
+        for key in keys:
+            tensor = torch.cat([self.visual[i][key] for i in indices], dim=0)
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            out[key] = tensor
+        return out
+
+
+@dataclass
+class Rollout:
+    """Prompts and their sampled completions, laid out prompt-major: sequence j belongs to prompt j // G.
+
+    Attributes:
+        prompts: the B prompts.
+        prompt_index: (N,) index into ``prompts`` of each sequence (N = B * G).
+        completion_ids: (N, C) generated tokens, right-padded.
+        completion_mask: (N, C) 1 up to and including the first EOS, 0 after.
+        completions: N decoded completion texts (special tokens skipped).
+    """
+
+    prompts: PromptBatch
+    prompt_index: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    completions: list[str]
+
+
+class VLMAdapter:
+    """Base adapter: chat-template prompting, sampling and log-probs for HF image-text-to-text models.
+
+    Subclasses set ``model_types`` (the config ``model_type`` values they serve) and override the
+    hooks where their family differs.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(
+                "The tokenizer has no pad token; set `pad_token` in the checkpoint's tokenizer_config.json."
+            )
+
+    # ----------------------------------------------------------------------------------- prompting
+    def build_messages(self, prompt: str) -> list[dict[str, Any]]:
+        """One user turn holding the image and the prompt text."""
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+    def render_prompt(self, prompt: str) -> str:
+        return self.processor.apply_chat_template(
+            self.build_messages(prompt), add_generation_prompt=True, tokenize=False
+        )
+
+    def prepare_prompts(self, images: list[Image.Image], prompts: list[str]) -> PromptBatch:
+        """Tokenise B (image, prompt) pairs, left-padded for generation.
+
+        Each sample goes through the processor on its own so that its visual tensors can be kept apart.
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"Got {len(images)} images for {len(prompts)} prompts; each prompt needs one image.")
+        texts, ids, visual = [], [], []
+        aligned: dict[str, list[Tensor]] = {key: [] for key in self.token_aligned_keys}
+        for image, prompt in zip(images, prompts, strict=True):
+            text = self.render_prompt(prompt)
+            encoded = self.processor(text=[text], images=[image], return_tensors="pt")
+            texts.append(text)
+            ids.append(encoded["input_ids"][0])
+            visual.append({k: v for k, v in encoded.items() if k in self.visual_keys})
+            for key in self.token_aligned_keys:
+                aligned[key].append(encoded[key][0])
+        input_ids, attention_mask = left_pad(ids, self.tokenizer.pad_token_id)
+        token_aligned = {key: left_pad(values, 0)[0] for key, values in aligned.items()}
+        return PromptBatch(input_ids, attention_mask, visual, texts, token_aligned)
+
+    #: Processor outputs that carry the image, one entry per image along dim 0.
+    visual_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    #: Processor outputs with one value per prompt token, besides input_ids and attention_mask.
+    token_aligned_keys: ClassVar[tuple[str, ...]] = ()
+
+    # --------------------------------------------------------------------------------------- model
+    def eos_token_ids(self, model: torch.nn.Module) -> list[int]:
+        """Every token that ends a completion: the generation config's EOS ids and the tokenizer's."""
+        ids = model.generation_config.eos_token_id
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        if not ids:
+            raise ValueError("The model has no EOS token: set `eos_token_id` in its generation_config.json.")
+        return ids
+
+    def suppressed_token_ids(self, model: torch.nn.Module) -> list[int]:
+        """Tokens a completion may never contain: image placeholders and other special tokens (EOS aside).
+
+        A sampled image placeholder would make the next forward pass expect an image that is not there
+        (a random-weight model samples them readily). The same tokens are masked out of the log-probs,
+        so they are those of the distribution actually sampled from.
+        """
+        special = set(self.tokenizer.all_special_ids)
+        for name in (
+            "image_token_id",
+            "image_token_index",
+            "video_token_id",
+            "vision_start_token_id",
+            "vision_end_token_id",
+        ):
+            token_id = getattr(model.config, name, None)
+            if isinstance(token_id, int):
+                special.add(token_id)
+        return sorted(special - set(self.eos_token_ids(model)))
+
+    def position_kwargs(self, attention_mask: Tensor) -> dict[str, Tensor]:
+        """Position ids for a left-padded forward pass, as ``generate`` computes them.
+
+        Passing them keeps the training forward pass identical to the sampling one; without them
+        left padding would shift every position.
+        """
+        position_ids = attention_mask.long().cumsum(-1) - 1
+        return {"position_ids": position_ids.clamp(min=0)}
+
+    def vision_dtype(self, model: torch.nn.Module) -> torch.dtype:
+        return next(model.parameters()).dtype
+
+    @torch.no_grad()
+    def generate(
+        self,
+        model: torch.nn.Module,
+        prompts: PromptBatch,
+        prompt_index: list[int],
+        *,
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+    ) -> Tensor:
+        """Sample one completion for each entry of ``prompt_index``; returns (N, C) right-padded ids."""
+        inputs = prompts.token_inputs(prompt_index)
+        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if do_sample else {}
+        output = model.generate(
+            **inputs,
+            **prompts.visual_for(prompt_index, self.vision_dtype(model)),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            use_cache=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.eos_token_ids(model),
+            suppress_tokens=self.suppressed_token_ids(model),
+            **sampling,
+        )
+        return output[:, inputs["input_ids"].shape[1] :]
+
+    def completion_logps(
+        self,
+        model: torch.nn.Module,
+        prompts: PromptBatch,
+        prompt_index: list[int],
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        *,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Per-token log-probs (N, C) of the given completion tokens under ``model``, and their entropy.
+
+        Logits are divided by the sampling temperature, so the log-probs are those of the distribution
+        the completions were drawn from. Padding is trimmed to the longest prompt and completion of these
+        sequences, and logits are computed only for completion positions (``logits_to_keep``), which
+        bounds memory by C rather than P + C. Positions past the trimmed width come back as 0.
+
+        Returns:
+            logps: (N, C) float32.
+            entropy: (N, C) float32 entropy of each position's distribution (no grad), or None.
+        """
+        num_seqs, full_width = completion_ids.shape
+        width = max(int(completion_mask.sum(-1).max().item()), 1) if completion_mask.numel() else 1
+        inputs = prompts.token_inputs(prompt_index, completion_mask[:, :width])
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], completion_ids[:, :width]], dim=1)
+        outputs = model(
+            **inputs,
+            **self.position_kwargs(inputs["attention_mask"]),
+            **prompts.visual_for(prompt_index, self.vision_dtype(model)),
+            logits_to_keep=width + 1,
+            use_cache=False,
+        )
+        # The logit at position t predicts token t + 1: drop the last one, keep the `width` that score completions.
+        logits = outputs.logits[:, :-1, :] / temperature
+        logits = logits.index_fill(-1, torch.tensor(self.suppressed_token_ids(model), device=logits.device), -torch.inf)
+        logps = torch.zeros(num_seqs, full_width, dtype=torch.float32, device=logits.device)
+        # Positions after the first EOS hold padding, which may be a suppressed (-inf) token: zero them
+        # here so that no -inf ever meets a 0 mask downstream (that product is NaN).
+        token_logps = selective_log_softmax(logits, completion_ids[:, :width]).float()
+        logps[:, :width] = token_logps.masked_fill(~completion_mask[:, :width].bool(), 0.0)
+        entropy = None
+        if with_entropy:
+            entropy = torch.zeros_like(logps)
+            with torch.no_grad():
+                entropy[:, :width] = entropy_from_logits(logits.detach())
+        return logps, entropy
+
+
+def left_pad(sequences: list[Tensor], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Stack 1-D id tensors into (B, L) left-padded ids and attention mask."""
+    length = max(s.shape[0] for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, length - seq.shape[0] :] = seq
+        mask[i, length - seq.shape[0] :] = 1
+    return ids, mask

@@ -1,0 +1,558 @@
+"""The GRPO objective as pure tensor functions: advantages, clipped surrogate, KL, loss aggregation.
+
+Nothing here knows about Lightning, transformers or configs; every function takes tensors and returns tensors,
+so each formula can be checked on CPU against a plain loop (``tests/test_algorithms.py``).
+
+The objective (GRPO, DeepSeekMath, Shao et al. 2024, eq. 3) for a prompt q with G sampled completions
+o_1..o_G, all sharing the outcome advantage A_i of their sequence, is
+
+    J(theta) = 1/G sum_i 1/|o_i| sum_t [ min(ratio_it * A_i, clip(ratio_it, 1 - eps_low, 1 + eps_high) * A_i)
+                                         - beta * KL_it ]
+    ratio_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)
+
+and the trainer minimises ``pg_loss + beta * approx_kl`` per token, where
+
+* :func:`compute_group_advantages` gives A_i = (r_i - mean(r_group)) / (std + eps); the divisor is the group
+  std (GRPO), the batch std, or nothing (Dr. GRPO, Liu et al. 2025);
+* :func:`clipped_surrogate` gives the per-token ``pg_loss`` (PPO clip; eps_high > eps_low is the DAPO
+  clip-higher of Yu et al. 2025);
+* :func:`kl_k3` gives ``approx_kl``, the k3 estimator of KL(pi_theta || pi_ref) (Schulman 2020,
+  "Approximating KL divergence");
+* :func:`aggregate_loss` reduces the (B, T) per-token loss to a scalar. The variants differ only in the
+  normaliser: ``grpo`` (mean over sequences of each sequence's token mean, as in the equation above),
+  ``bnpo`` (token mean over this process's batch), ``dapo`` (token mean over the global batch, DAPO eq. 8) and
+  ``dr_grpo`` (divide by sequences x max_completion_length, a constant, so long answers are not down-weighted).
+
+Helpers for the surrounding step: :func:`selective_log_softmax` and :func:`entropy_from_logits` read per-token
+log-probs and entropies off (B, T, V) logits without materialising a (B, T, V) log-softmax at once;
+:func:`completion_mask` and :func:`is_truncated` turn generated ids into the mask the losses take.
+
+Simplified, on purpose:
+
+* outcome rewards only: one scalar reward per completion, its advantage broadcast to every token (no
+  process supervision, no value function, no GAE);
+* one KL estimator (k3), added to the loss per token, not to the reward;
+* no dual-clip, no entropy bonus, no importance-sampling correction for a separate generation engine;
+* distributed statistics are the caller's job: ``batch`` reward scaling uses the std of the rewards it is given,
+  and ``dapo``'s global token count is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ADVANTAGE_SCALERS",
+    "LOSS_AGGREGATORS",
+    "LossType",
+    "ScaleRewards",
+    "aggregate_loss",
+    "clipped_surrogate",
+    "completion_mask",
+    "compute_group_advantages",
+    "entropy_from_logits",
+    "group_reward_std",
+    "is_truncated",
+    "kl_k3",
+    "register_advantage_scaler",
+    "register_loss_aggregator",
+    "selective_log_softmax",
+]
+
+ScaleRewards = Literal["group", "batch", "none"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+
+# (centred (P, G), grouped rewards (P, G), eps) -> advantages (P, G)
+AdvantageScaler = Callable[[Tensor, Tensor, float], Tensor]
+# (masked per-token loss (B, T), mask (B, T) bool, num_sequences, num_tokens, max_completion_length) -> scalar
+LossAggregator = Callable[[Tensor, Tensor, int, float | Tensor, int | None], Tensor]
+
+ADVANTAGE_SCALERS: dict[str, AdvantageScaler] = {}
+LOSS_AGGREGATORS: dict[str, LossAggregator] = {}
+
+
+def register_advantage_scaler(name: str) -> Callable[[AdvantageScaler], AdvantageScaler]:
+    """Register a reward-scaling mode for :func:`compute_group_advantages` under ``name``."""
+
+    def decorator(fn: AdvantageScaler) -> AdvantageScaler:
+        if name in ADVANTAGE_SCALERS:
+            raise ValueError(f"scale_rewards mode {name!r} is already registered")
+        ADVANTAGE_SCALERS[name] = fn
+        return fn
+
+    return decorator
+
+
+def register_loss_aggregator(name: str) -> Callable[[LossAggregator], LossAggregator]:
+    """Register a loss aggregation for :func:`aggregate_loss` under ``name``."""
+
+    def decorator(fn: LossAggregator) -> LossAggregator:
+        if name in LOSS_AGGREGATORS:
+            raise ValueError(f"loss_type {name!r} is already registered")
+        LOSS_AGGREGATORS[name] = fn
+        return fn
+
+    return decorator
+
+
+def _lookup(registry: dict[str, Callable], name: str, what: str) -> Callable:
+    try:
+        return registry[name]
+    except KeyError:
+        known = ", ".join(repr(k) for k in sorted(registry))
+        raise ValueError(f"Unknown {what} {name!r}; known values are: {known}.") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Advantages
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _grouped(rewards: Tensor, num_generations: int) -> Tensor:
+    """Check the layout and view prompt-major rewards (P * G,) as (P, G), in a floating dtype."""
+    if isinstance(num_generations, bool) or not isinstance(num_generations, int) or num_generations < 1:
+        raise ValueError(f"num_generations must be a positive int, got {num_generations!r}")
+    if rewards.dim() != 1:
+        raise ValueError(
+            f"rewards must be 1-D of shape (num_prompts * num_generations,), got shape {tuple(rewards.shape)}; "
+            "flatten the per-completion rewards prompt-major (the G completions of prompt 0 first)"
+        )
+    if rewards.numel() % num_generations != 0:
+        raise ValueError(
+            f"rewards has {rewards.numel()} entries, which is not a multiple of num_generations={num_generations}; "
+            "every prompt needs exactly num_generations completions"
+        )
+    if not rewards.is_floating_point():
+        rewards = rewards.to(torch.get_default_dtype())
+    return rewards.view(-1, num_generations)
+
+
+def _unbiased_std(x: Tensor, dim: int | None = None) -> Tensor:
+    """Unbiased (Bessel-corrected) std; 0 where fewer than two values, instead of torch's NaN."""
+    n = x.numel() if dim is None else x.shape[dim]
+    if n < 2:
+        return x.new_zeros(()) if dim is None else x.new_zeros(x.shape[:dim] + x.shape[dim + 1 :])
+    return x.std(correction=1) if dim is None else x.std(dim=dim, correction=1)
+
+
+def _constant_groups(grouped: Tensor) -> Tensor:
+    """(P, G) -> (P, 1) bool: groups whose rewards are all equal (they carry no learning signal)."""
+    return (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
+
+
+@register_advantage_scaler("group")
+def _scale_by_group_std(centred: Tensor, grouped: Tensor, eps: float) -> Tensor:
+    """GRPO (DeepSeekMath, Shao et al. 2024, sec. 4.1.2): divide by the std of the prompt's own group."""
+    return centred / (_unbiased_std(grouped, dim=1).unsqueeze(1) + eps)
+
+
+@register_advantage_scaler("batch")
+def _scale_by_batch_std(centred: Tensor, grouped: Tensor, eps: float) -> Tensor:
+    """Divide by the std of every reward given: one scale for all prompts, so easy prompts are not blown up."""
+    return centred / (_unbiased_std(grouped) + eps)
+
+
+@register_advantage_scaler("none")
+def _no_scaling(centred: Tensor, grouped: Tensor, eps: float) -> Tensor:
+    """Dr. GRPO (Liu et al. 2025, sec. 3.2): the std division biases towards too easy/hard questions, drop it."""
+    return centred
+
+
+def compute_group_advantages(
+    rewards: Tensor,
+    num_generations: int,
+    scale_rewards: ScaleRewards = "group",
+    eps: float = 1e-4,
+) -> Tensor:
+    """Group-relative advantages of GRPO (DeepSeekMath, Shao et al. 2024, sec. 4.1.2).
+
+    ``advantages = rewards - mean(rewards of the same prompt)``, then divided according to ``scale_rewards``:
+
+    * ``"group"``: by ``std(group) + eps`` (GRPO);
+    * ``"batch"``: by ``std(all rewards given) + eps``; under data parallelism pass the gathered rewards if the
+      std should be global;
+    * ``"none"``: no division (Dr. GRPO, Liu et al. 2025).
+
+    The std is the unbiased one (Bessel's correction, torch's default, as TRL uses), defined as 0 for a single
+    value, so ``num_generations=1`` gives zero advantages instead of NaN. A group whose rewards are all equal
+    gets advantages of exactly 0.0 in every mode (set explicitly: the float mean of equal values need not equal
+    the value). NaN rewards propagate.
+
+    Args:
+        rewards: (num_prompts * G,) one reward per completion, prompt-major: the G completions of prompt 0
+            first, then those of prompt 1, ...
+        num_generations: G, completions per prompt.
+        scale_rewards: ``"group"``, ``"batch"`` or ``"none"`` (see above).
+        eps: added to the std before dividing.
+
+    Returns:
+        (num_prompts * G,) advantages, same layout and floating dtype as ``rewards`` (integer rewards become the
+        default float dtype).
+
+    Raises:
+        ValueError: rewards is not 1-D, its length is not a multiple of ``num_generations``, or
+            ``scale_rewards`` is unknown.
+    """
+    scale = _lookup(ADVANTAGE_SCALERS, scale_rewards, "scale_rewards")
+    grouped = _grouped(rewards, num_generations)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    advantages = scale(centred, grouped, eps)
+    # Exactly zero, also when eps=0 would make it 0/0.
+    advantages = advantages.masked_fill(_constant_groups(grouped), 0.0)
+    return advantages.reshape(-1)
+
+
+def group_reward_std(rewards: Tensor, num_generations: int) -> Tensor:
+    """Unbiased std of each prompt's group of rewards, for logging how many groups carry no signal.
+
+    Same std as :func:`compute_group_advantages` (0 for ``num_generations=1``), and exactly 0.0 for a group
+    whose rewards are all equal, so ``(group_reward_std(r, G) == 0).float().mean()`` is the fraction of prompts
+    that contribute no gradient.
+
+    Args:
+        rewards: (num_prompts * G,) prompt-major rewards.
+        num_generations: G, completions per prompt.
+
+    Returns:
+        (num_prompts,) std per group.
+
+    Raises:
+        ValueError: rewards is not 1-D or its length is not a multiple of ``num_generations``.
+    """
+    grouped = _grouped(rewards, num_generations)
+    std = _unbiased_std(grouped, dim=1)
+    return std.masked_fill(_constant_groups(grouped).squeeze(1), 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-token policy loss and KL
+# --------------------------------------------------------------------------------------------------------------
+
+
+def clipped_surrogate(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token PPO clipped surrogate loss as used by GRPO (DeepSeekMath, Shao et al. 2024, eq. 3).
+
+    ``ratio = exp(logps - old_logps)`` and
+    ``pg_loss = -min(ratio * A, clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)``.
+    With ``epsilon_high > epsilon_low`` this is DAPO's clip-higher (Yu et al. 2025, sec. 3.1), which leaves
+    low-probability tokens more room to grow. ``old_logps`` and ``advantages`` are constants of the update and
+    are detached here; when the policy takes a single step per generation, pass ``old_logps = logps.detach()``
+    (ratio is 1 and the gradient is the plain policy gradient).
+
+    Args:
+        logps: (B, T) log-probs of the sampled tokens under the current policy.
+        old_logps: (B, T) log-probs of the same tokens under the policy that generated them.
+        advantages: (B,) one advantage per sequence, broadcast over its tokens.
+        epsilon_low: lower clip range, ratio is clipped at ``1 - epsilon_low``.
+        epsilon_high: upper clip range, ratio is clipped at ``1 + epsilon_high``; None means ``epsilon_low``
+            (symmetric PPO clip).
+
+    Returns:
+        ``(per_token_loss, is_low_clipped, is_high_clipped)``, all (B, T): the loss (unmasked, to be reduced by
+        :func:`aggregate_loss`), and bool masks of the tokens whose gradient the clip removes:
+        ``ratio < 1 - epsilon_low`` with ``A < 0``, and ``ratio > 1 + epsilon_high`` with ``A > 0``.
+
+    Raises:
+        ValueError: shapes do not match, or a clip range is negative.
+    """
+    if epsilon_high is None:
+        epsilon_high = epsilon_low
+    if epsilon_low < 0 or epsilon_high < 0:
+        raise ValueError(f"clip ranges must be >= 0, got epsilon_low={epsilon_low}, epsilon_high={epsilon_high}")
+    if logps.dim() != 2 or logps.shape != old_logps.shape:
+        raise ValueError(
+            f"logps and old_logps must both be (B, T), got {tuple(logps.shape)} and {tuple(old_logps.shape)}"
+        )
+    if advantages.shape != logps.shape[:1]:
+        raise ValueError(
+            f"advantages must be (B,) = ({logps.shape[0]},), one per sequence, got {tuple(advantages.shape)}"
+        )
+    advantages = advantages.detach().unsqueeze(1)
+    ratio = torch.exp(logps - old_logps.detach())
+    clipped_ratio = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+    # -min(a, b) == max(-a, -b): the pessimistic (lower) bound of the surrogate objective.
+    pg_loss = torch.maximum(-ratio * advantages, -clipped_ratio * advantages)
+    is_low_clipped = (ratio < 1.0 - epsilon_low) & (advantages < 0)
+    is_high_clipped = (ratio > 1.0 + epsilon_high) & (advantages > 0)
+    return pg_loss, is_low_clipped, is_high_clipped
+
+
+def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """Per-token k3 estimator of KL(pi_theta || pi_ref) (Schulman 2020, "Approximating KL divergence").
+
+    ``approx_kl = exp(ref_logps - logps) - (ref_logps - logps) - 1``: unbiased for tokens sampled from
+    pi_theta, non-negative, 0 where the log-probs agree; the form used in GRPO (DeepSeekMath eq. 4). Computed
+    with ``expm1`` so it stays non-negative in float32 when the log-probs are close.
+
+    Args:
+        logps: (B, T) log-probs of the sampled tokens under the current policy.
+        ref_logps: (B, T) log-probs of the same tokens under the frozen reference policy.
+
+    Returns:
+        (B, T) approx_kl per token (unmasked).
+
+    Raises:
+        ValueError: shapes differ.
+    """
+    if logps.shape != ref_logps.shape:
+        raise ValueError(
+            f"logps and ref_logps must have the same shape, got {tuple(logps.shape)} and {tuple(ref_logps.shape)}"
+        )
+    log_ratio = ref_logps - logps
+    # expm1(x) >= x holds after rounding too; exp(x) - x - 1 can round to a small negative number.
+    return (torch.expm1(log_ratio) - log_ratio).clamp_min(0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loss aggregation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _at_least_one(x: float | Tensor) -> float | Tensor:
+    return x.clamp_min(1) if isinstance(x, Tensor) else max(x, 1)
+
+
+@register_loss_aggregator("grpo")
+def _grpo_loss(
+    masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
+) -> Tensor:
+    """Mean over sequences of each sequence's token mean (DeepSeekMath, Shao et al. 2024, eq. 3).
+
+    Every sequence weighs the same whatever its length, so each token of a long sequence weighs less (the
+    length bias Dr. GRPO points out).
+    """
+    lengths = mask.sum(dim=1).clamp_min(1)
+    return (masked_loss.sum(dim=1) / lengths).sum() / num_sequences
+
+
+@register_loss_aggregator("bnpo")
+def _bnpo_loss(
+    masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
+) -> Tensor:
+    """Token mean over this process's batch: ``sum(loss * mask) / num_tokens``, every token weighs the same.
+
+    ``num_tokens`` is the completion-token count of the batch this process optimises in one step (all its
+    micro-batches), so the loss does not depend on how that batch was split.
+    """
+    return masked_loss.sum() / _at_least_one(num_tokens)
+
+
+@register_loss_aggregator("dapo")
+def _dapo_loss(
+    masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
+) -> Tensor:
+    """DAPO token-level loss (Yu et al. 2025, sec. 3.3, eq. 8): ``sum(loss * mask) / num_tokens``.
+
+    Same formula as ``bnpo``; the caller passes the token count of the global batch (all processes, all
+    gradient-accumulation steps), so every token of the optimizer step weighs the same across processes.
+    """
+    return masked_loss.sum() / _at_least_one(num_tokens)
+
+
+@register_loss_aggregator("dr_grpo")
+def _dr_grpo_loss(
+    masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
+) -> Tensor:
+    """Dr. GRPO (Liu et al. 2025, sec. 3.2): ``sum(loss * mask) / (num_sequences * max_completion_length)``.
+
+    A constant normaliser, so neither the sequence length nor the batch's token count rescales the gradient.
+    """
+    if max_completion_length is None or max_completion_length < 1:
+        raise ValueError(f"loss_type 'dr_grpo' needs max_completion_length >= 1, got {max_completion_length!r}")
+    return masked_loss.sum() / (num_sequences * max_completion_length)
+
+
+def aggregate_loss(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    loss_type: str,
+    *,
+    num_sequences: int | None = None,
+    num_tokens: float | Tensor | None = None,
+    max_completion_length: int | None = None,
+) -> Tensor:
+    """Reduce a (B, T) per-token loss to the scalar to backpropagate, with the normaliser of ``loss_type``.
+
+    With ``L = sum_t loss * mask`` per sequence:
+
+    * ``"grpo"``: ``sum_i (L_i / max(|o_i|, 1)) / num_sequences`` (DeepSeekMath, Shao et al. 2024);
+    * ``"bnpo"``: ``sum_i L_i / max(num_tokens, 1)``, num_tokens = completion tokens of this process's batch;
+    * ``"dapo"``: same formula, num_tokens = completion tokens of the global batch, all processes and all
+      accumulation steps (DAPO, Yu et al. 2025);
+    * ``"dr_grpo"``: ``sum_i L_i / (num_sequences * max_completion_length)`` (Dr. GRPO, Liu et al. 2025).
+
+    Micro-batching: the normalisers are totals over the whole batch, so when a batch is processed in
+    micro-batches, passing the same ``num_sequences`` / ``num_tokens`` to every call makes the micro-batch losses
+    sum to the loss of the whole batch (and their gradients to its gradient). The defaults compute them from the
+    tensors given, i.e. treat them as the whole batch. The function divides by exactly what it is given: any
+    averaging the framework adds on top (DDP averages gradients over processes; Lightning's automatic
+    optimisation divides by ``accumulate_grad_batches``) is for the caller to compensate in the normaliser.
+
+    Masked tokens contribute nothing, even if their loss is inf or NaN; a sequence whose mask is all zero
+    contributes 0 (but still counts in ``num_sequences``).
+
+    Args:
+        per_token_loss: (B, T) loss per token, e.g. ``pg_loss + beta * approx_kl``.
+        mask: (B, T) 1 for completion tokens that count, 0 for padding (bool, int or float 0/1).
+        loss_type: ``"grpo"``, ``"bnpo"``, ``"dr_grpo"`` or ``"dapo"``.
+        num_sequences: sequences in the whole batch (``grpo``, ``dr_grpo``); default B.
+        num_tokens: completion tokens in the whole batch (``bnpo``, ``dapo``); default ``mask.sum()``. A tensor
+            (e.g. an all-reduced count) is accepted.
+        max_completion_length: generation budget in tokens, required by ``dr_grpo``.
+
+    Returns:
+        Scalar loss, in the dtype of ``per_token_loss``.
+
+    Raises:
+        ValueError: unknown ``loss_type``, mismatched shapes, ``num_sequences < 1``, or ``dr_grpo`` without
+            ``max_completion_length``.
+    """
+    aggregate = _lookup(LOSS_AGGREGATORS, loss_type, "loss_type")
+    if per_token_loss.dim() != 2 or mask.shape != per_token_loss.shape:
+        raise ValueError(
+            f"per_token_loss and mask must both be (B, T), got {tuple(per_token_loss.shape)} and {tuple(mask.shape)}"
+        )
+    if num_sequences is None:
+        num_sequences = per_token_loss.shape[0]
+    if num_sequences < 1:
+        raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
+    mask = mask != 0
+    if num_tokens is None:
+        num_tokens = mask.sum()
+    # where(), not loss * mask: padding positions may hold inf/NaN (0 * inf = NaN).
+    masked_loss = torch.where(mask, per_token_loss, torch.zeros_like(per_token_loss))
+    return aggregate(masked_loss, mask.to(per_token_loss.dtype), num_sequences, num_tokens, max_completion_length)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Log-probs, entropy and masks from model outputs
+# --------------------------------------------------------------------------------------------------------------
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+    """Log-probs of the chosen tokens, ``log_softmax(logits)[..., index]``, without a full (B, T, V) log-softmax.
+
+    ``log_softmax(x)_i = x_i - logsumexp(x)``: gather the chosen logit and subtract the row's logsumexp, one row
+    of the batch at a time so the temporary is (T, V), not (B, T, V). In float16/bfloat16 the logsumexp is not
+    accurate enough, so each row's log-softmax is computed in float32 instead.
+
+    Args:
+        logits: (B, T, V) unnormalised scores.
+        index: (B, T) token ids to read.
+
+    Returns:
+        (B, T) log-probs; float32 for half-precision logits, else the dtype of ``logits``.
+
+    Raises:
+        ValueError: ``index`` is not ``logits.shape[:-1]``.
+    """
+    if logits.dim() != 3 or index.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"expected logits (B, T, V) and index (B, T), got {tuple(logits.shape)} and {tuple(index.shape)}"
+        )
+    index = index.long().unsqueeze(-1)
+    rows = []
+    if logits.dtype in _HALF_DTYPES:
+        for row_logits, row_index in zip(logits, index, strict=True):
+            row_logps = torch.log_softmax(row_logits.float(), dim=-1)
+            rows.append(row_logps.gather(-1, row_index).squeeze(-1))
+    else:
+        for row_logits, row_index in zip(logits, index, strict=True):
+            chosen = row_logits.gather(-1, row_index).squeeze(-1)
+            rows.append(chosen - torch.logsumexp(row_logits, dim=-1))
+    if not rows:
+        out_dtype = torch.float32 if logits.dtype in _HALF_DTYPES else logits.dtype
+        return logits.new_zeros(logits.shape[:-1], dtype=out_dtype)
+    return torch.stack(rows)
+
+
+def entropy_from_logits(logits: Tensor, chunk_size: int = 128) -> Tensor:
+    """Entropy of ``softmax(logits)`` per position, ``-sum_v p_v log p_v``, computed ``chunk_size`` rows at a time.
+
+    Chunking over the B * T positions bounds the temporaries to (chunk_size, V). Half-precision logits are
+    upcast to float32 per chunk. Vocabulary entries with ``-inf`` logits (p = 0) contribute 0, not NaN.
+
+    Args:
+        logits: (B, T, V) unnormalised scores.
+        chunk_size: positions per chunk.
+
+    Returns:
+        (B, T) entropies in nats; float32 for half-precision logits, else the dtype of ``logits``.
+
+    Raises:
+        ValueError: ``chunk_size < 1`` or logits is not 3-D.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if logits.dim() != 3:
+        raise ValueError(f"expected logits (B, T, V), got {tuple(logits.shape)}")
+    out_dtype = torch.float32 if logits.dtype in _HALF_DTYPES else logits.dtype
+    flat = logits.reshape(-1, logits.shape[-1])
+    entropies = []
+    for chunk in flat.split(chunk_size):
+        logp = torch.log_softmax(chunk.to(out_dtype), dim=-1)
+        # p * log p -> 0 as p -> 0; clamping -inf keeps 0 * -inf from becoming NaN (in forward and backward).
+        logp_finite = logp.clamp_min(torch.finfo(out_dtype).min)
+        entropies.append(-(logp.exp() * logp_finite).sum(dim=-1))
+    if not entropies:
+        return logits.new_zeros(logits.shape[:-1], dtype=out_dtype)
+    return torch.cat(entropies).view(logits.shape[:-1])
+
+
+def _is_eos(completion_ids: Tensor, eos_token_ids: int | Sequence[int]) -> Tensor:
+    if completion_ids.dim() != 2:
+        raise ValueError(f"completion_ids must be (B, T), got {tuple(completion_ids.shape)}")
+    ids = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
+    if not ids:
+        raise ValueError("eos_token_ids is empty; give at least one end-of-sequence token id")
+    return torch.isin(completion_ids, torch.tensor(ids, dtype=completion_ids.dtype, device=completion_ids.device))
+
+
+def completion_mask(completion_ids: Tensor, eos_token_ids: int | Sequence[int]) -> Tensor:
+    """Mask of the tokens that belong to each completion: up to and including its first EOS.
+
+    Everything generated after the first EOS (more text, padding) is 0; a row without EOS (truncated at the
+    generation budget) is all 1.
+
+    Args:
+        completion_ids: (B, T) generated token ids, prompt excluded.
+        eos_token_ids: one id or several ids that end a completion (e.g. ``<|im_end|>`` and ``<|endoftext|>``).
+
+    Returns:
+        (B, T) int64 mask of 0/1, the convention of ``attention_mask``.
+
+    Raises:
+        ValueError: completion_ids is not 2-D, or eos_token_ids is empty.
+    """
+    is_eos = _is_eos(completion_ids, eos_token_ids).long()
+    # A token is kept when no EOS comes strictly before it.
+    eos_before = is_eos.cumsum(dim=1) - is_eos
+    return (eos_before == 0).long()
+
+
+def is_truncated(completion_ids: Tensor, eos_token_ids: int | Sequence[int]) -> Tensor:
+    """Which completions hit the length budget before emitting any EOS token.
+
+    Args:
+        completion_ids: (B, T) generated token ids, prompt excluded.
+        eos_token_ids: one id or several ids that end a completion.
+
+    Returns:
+        (B,) bool, True where the row contains no EOS.
+
+    Raises:
+        ValueError: completion_ids is not 2-D, or eos_token_ids is empty.
+    """
+    return ~_is_eos(completion_ids, eos_token_ids).any(dim=1)

@@ -1,0 +1,34 @@
+"""Shared fixtures: the offline demo assets, built once per test session. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from grpo_lightning import demo_assets  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory) -> Path:
+    """Tiny InternVL and Qwen2-VL checkpoints and a synthetic ViVQA-X dataset (the `make demo` layout)."""
+    root = tmp_path_factory.mktemp("demo-assets")
+    demo_assets.build_demo_assets(root, seed=0, num_train=64, num_val=16)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_kwargs(assets) -> dict[str, str]:
+    """ViVQAXDataModule paths for the synthetic dataset."""
+    return {
+        "train_file": str(demo_assets.split_json_path(assets, "train")),
+        "val_file": str(demo_assets.split_json_path(assets, "val")),
+        "train_image_dir": str(demo_assets.image_dir(assets, "train")),
+        "val_image_dir": str(demo_assets.image_dir(assets, "val")),
+    }

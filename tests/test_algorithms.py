@@ -1,0 +1,693 @@
+"""Tests of grpo_lightning.algorithms against plain float64 Python loops and hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+import typing
+
+import pytest
+import torch
+
+from grpo_lightning.algorithms import (
+    ADVANTAGE_SCALERS,
+    LOSS_AGGREGATORS,
+    LossType,
+    ScaleRewards,
+    aggregate_loss,
+    clipped_surrogate,
+    completion_mask,
+    compute_group_advantages,
+    entropy_from_logits,
+    group_reward_std,
+    is_truncated,
+    kl_k3,
+    selective_log_softmax,
+)
+
+SCALE_MODES = ["group", "batch", "none"]
+LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
+F64 = {"rtol": 1e-12, "atol": 1e-12}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _padding_mask(batch: int, length: int, gen: torch.Generator, fully_padded_rows: int = 1) -> torch.Tensor:
+    """(B, T) 0/1 mask with random lengths; the first ``fully_padded_rows`` rows are all padding."""
+    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+    lengths[:fully_padded_rows] = 0
+    return (torch.arange(length) < lengths[:, None]).long()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Float64 loop references: Python floats and the math module, no torch expressions.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _ref_std(values: list[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def _ref_advantages(rewards: list[float], g: int, mode: str, eps: float) -> list[float]:
+    batch_std = _ref_std(rewards)
+    out = []
+    for start in range(0, len(rewards), g):
+        group = rewards[start : start + g]
+        if all(r == group[0] for r in group):
+            out.extend([0.0] * g)
+            continue
+        mean = sum(group) / g
+        divisor = {"group": _ref_std(group) + eps, "batch": batch_std + eps, "none": 1.0}[mode]
+        out.extend((r - mean) / divisor for r in group)
+    return out
+
+
+def _ref_surrogate(logps, old_logps, advantages, eps_low, eps_high):
+    losses, low, high = [], [], []
+    for row_logp, row_old, adv in zip(logps, old_logps, advantages, strict=True):
+        loss_row, low_row, high_row = [], [], []
+        for lp, olp in zip(row_logp, row_old, strict=True):
+            ratio = math.exp(lp - olp)
+            clipped = min(max(ratio, 1 - eps_low), 1 + eps_high)
+            loss_row.append(-min(ratio * adv, clipped * adv))
+            low_row.append(ratio < 1 - eps_low and adv < 0)
+            high_row.append(ratio > 1 + eps_high and adv > 0)
+        losses.append(loss_row)
+        low.append(low_row)
+        high.append(high_row)
+    return losses, low, high
+
+
+def _ref_kl(logps, ref_logps):
+    return [
+        [math.exp(r - lp) - (r - lp) - 1 for lp, r in zip(row, ref_row, strict=True)]
+        for row, ref_row in zip(logps, ref_logps, strict=True)
+    ]
+
+
+def _ref_aggregate(loss, mask, loss_type, num_sequences=None, num_tokens=None, max_completion_length=None):
+    num_sequences = len(loss) if num_sequences is None else num_sequences
+    token_sums, token_counts = [], []
+    for row, mask_row in zip(loss, mask, strict=True):
+        token_sums.append(sum(v for v, m in zip(row, mask_row, strict=True) if m))
+        token_counts.append(sum(1 for m in mask_row if m))
+    num_tokens = sum(token_counts) if num_tokens is None else num_tokens
+    if loss_type == "grpo":
+        return sum(s / max(c, 1) for s, c in zip(token_sums, token_counts, strict=True)) / num_sequences
+    if loss_type in ("bnpo", "dapo"):
+        return sum(token_sums) / max(num_tokens, 1)
+    if loss_type == "dr_grpo":
+        return sum(token_sums) / (num_sequences * max_completion_length)
+    raise AssertionError(loss_type)
+
+
+def _ref_log_softmax_row(row: list[float]) -> list[float]:
+    top = max(row)
+    lse = top + math.log(sum(math.exp(v - top) for v in row))
+    return [v - lse for v in row]
+
+
+def _ref_selective_log_softmax(logits, index):
+    return [
+        [_ref_log_softmax_row(vocab)[i] for vocab, i in zip(row, idx_row, strict=True)]
+        for row, idx_row in zip(logits, index, strict=True)
+    ]
+
+
+def _ref_entropy(logits):
+    out = []
+    for row in logits:
+        out_row = []
+        for vocab in row:
+            logp = _ref_log_softmax_row(vocab)
+            out_row.append(-sum(math.exp(lp) * lp for lp in logp if lp != -math.inf))
+        out.append(out_row)
+    return out
+
+
+def _ref_completion_mask(ids, eos_ids):
+    out = []
+    for row in ids:
+        mask_row, seen_eos = [], False
+        for token in row:
+            mask_row.append(0 if seen_eos else 1)
+            seen_eos = seen_eos or token in eos_ids
+        out.append(mask_row)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registries
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_registries_match_the_literal_types():
+    assert set(ADVANTAGE_SCALERS) == set(typing.get_args(ScaleRewards)) == set(SCALE_MODES)
+    assert set(LOSS_AGGREGATORS) == set(typing.get_args(LossType)) == set(LOSS_TYPES)
+
+
+def test_unknown_scale_rewards_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"scale_rewards 'std'.*'batch', 'group', 'none'"):
+        compute_group_advantages(torch.zeros(4), 2, scale_rewards="std")
+
+
+def test_unknown_loss_type_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"loss_type 'ppo'.*'bnpo', 'dapo', 'dr_grpo', 'grpo'"):
+        aggregate_loss(torch.zeros(2, 3), torch.ones(2, 3), "ppo")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# compute_group_advantages / group_reward_std
+# ----------------------------------------------------------------------------------------------------------------
+
+_A = 0.5 / (math.sqrt(0.5) + 1e-4)  # group [1, 0]: mean 0.5, unbiased std sqrt(0.5)
+_B = 0.5 / (math.sqrt(1 / 3) + 1e-4)  # all of [1, 0, 0, 1]: mean 0.5, unbiased std sqrt(1/3)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("group", [_A, -_A, -_A, _A]),  # 0.70700..
+        ("batch", [_B, -_B, -_B, _B]),  # 0.86587..
+        ("none", [0.5, -0.5, -0.5, 0.5]),
+    ],
+)
+def test_group_advantages_hand_computed(mode, expected):
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    advantages = compute_group_advantages(rewards, num_generations=2, scale_rewards=mode)
+    torch.testing.assert_close(advantages, torch.tensor(expected, dtype=torch.float64), **F64)
+
+
+def test_group_advantages_hand_computed_three_per_group():
+    # Group [3, 0, 0]: mean 1, deviations [2, -1, -1], unbiased std sqrt(6 / 2) = sqrt(3).
+    # Group [2, 2, 2]: constant, advantage 0.
+    rewards = torch.tensor([3.0, 0.0, 0.0, 2.0, 2.0, 2.0], dtype=torch.float64)
+    s = math.sqrt(3) + 1e-4
+    expected = torch.tensor([2 / s, -1 / s, -1 / s, 0.0, 0.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(compute_group_advantages(rewards, 3, "group"), expected, **F64)
+    torch.testing.assert_close(
+        group_reward_std(rewards, 3), torch.tensor([math.sqrt(3), 0.0], dtype=torch.float64), **F64
+    )
+
+
+@pytest.mark.parametrize("mode", SCALE_MODES)
+@pytest.mark.parametrize("num_generations", [1, 2, 4, 8])
+@pytest.mark.parametrize("binary", [False, True], ids=["continuous", "binary"])
+def test_group_advantages_match_loop_reference(mode, num_generations, binary):
+    gen = _gen(num_generations * 10 + binary)
+    num_prompts = 6
+    if binary:
+        rewards = torch.randint(0, 2, (num_prompts * num_generations,), generator=gen).double()
+    else:
+        rewards = torch.randn(num_prompts * num_generations, generator=gen, dtype=torch.float64)
+        rewards[:num_generations] = 0.25  # one constant group among random ones
+    expected = _ref_advantages(rewards.tolist(), num_generations, mode, 1e-4)
+    advantages = compute_group_advantages(rewards, num_generations, mode)
+    torch.testing.assert_close(advantages, torch.tensor(expected, dtype=torch.float64), **F64)
+
+
+@pytest.mark.parametrize("mode", SCALE_MODES)
+@pytest.mark.parametrize(
+    ("value", "num_generations", "dtype"),
+    [
+        (0.1, 8, torch.float32),
+        (1 / 3, 8, torch.float32),
+        (0.7, 7, torch.float32),
+        (0.1, 8, torch.float64),
+        (0.3, 6, torch.bfloat16),
+        (1.0, 4, torch.float32),
+        (0.0, 4, torch.float32),
+    ],
+)
+@pytest.mark.parametrize("eps", [1e-4, 0.0])
+def test_all_equal_group_gets_exactly_zero(mode, value, num_generations, dtype, eps):
+    # Two constant groups next to one that varies, so the batch std is not zero either.
+    rewards = torch.tensor(
+        [value] * num_generations * 2 + [0.0, 1.0] * (num_generations // 2) + [0.5] * (num_generations % 2), dtype=dtype
+    )
+    advantages = compute_group_advantages(rewards, num_generations, mode, eps=eps)
+    assert not advantages.isnan().any()
+    assert torch.equal(advantages[: 2 * num_generations], torch.zeros(2 * num_generations, dtype=dtype))
+    assert torch.equal(group_reward_std(rewards, num_generations)[:2], torch.zeros(2, dtype=dtype))
+    # Only constant groups: every advantage is 0 (also the batch std is 0 here).
+    constant = torch.full((num_generations * 3,), value, dtype=dtype)
+    assert torch.equal(compute_group_advantages(constant, num_generations, mode, eps=eps), torch.zeros_like(constant))
+
+
+def test_float_mean_of_equal_values_is_not_the_value():
+    # Why the guarantee above is explicit: naive (r - mean) / (std + eps) gives ~7e-5 here, not 0.
+    rewards = torch.full((8,), 0.1)
+    naive = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+    assert naive.abs().max() > 1e-5
+    assert torch.equal(compute_group_advantages(rewards, 8), torch.zeros(8))
+    # Same for the logged std: torch's std of these eight equal values is ~8e-9, not 0.
+    assert rewards.std() > 0
+    assert torch.equal(group_reward_std(rewards, 8), torch.zeros(1))
+
+
+@pytest.mark.parametrize("mode", SCALE_MODES)
+def test_one_generation_per_prompt_gives_zero_not_nan(mode):
+    rewards = torch.tensor([0.3, 1.0, -2.0])
+    assert torch.equal(compute_group_advantages(rewards, 1, mode), torch.zeros(3))
+    assert torch.equal(group_reward_std(rewards, 1), torch.zeros(3))
+
+
+def test_integer_rewards_become_float():
+    advantages = compute_group_advantages(torch.tensor([1, 0, 0, 1]), 2, "none")
+    assert advantages.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(advantages, torch.tensor([0.5, -0.5, -0.5, 0.5]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_generations", [1, 3, 4])
+def test_group_reward_std_matches_loop_reference(num_generations):
+    rewards = torch.randn(5 * num_generations, generator=_gen(7), dtype=torch.float64)
+    values = rewards.tolist()
+    expected = [_ref_std(values[i : i + num_generations]) for i in range(0, len(values), num_generations)]
+    torch.testing.assert_close(
+        group_reward_std(rewards, num_generations), torch.tensor(expected, dtype=torch.float64), **F64
+    )
+
+
+@pytest.mark.parametrize("fn", [compute_group_advantages, group_reward_std])
+@pytest.mark.parametrize(
+    ("rewards", "num_generations", "message"),
+    [
+        (torch.zeros(2, 4), 4, r"rewards must be 1-D.*\(2, 4\)"),
+        (torch.zeros(7), 2, r"7 entries.*not a multiple of num_generations=2"),
+        (torch.zeros(4), 0, r"num_generations must be a positive int"),
+        (torch.zeros(4), 2.0, r"num_generations must be a positive int"),
+    ],
+)
+def test_group_advantages_reject_bad_shapes(fn, rewards, num_generations, message):
+    with pytest.raises(ValueError, match=message):
+        fn(rewards, num_generations)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# clipped_surrogate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_clipped_surrogate_hand_computed_symmetric():
+    # Same ratios [0.5, 2, 1.1] under A = -1 (row 0) and A = +1 (row 1), eps = 0.2, so clip(r) = [0.8, 1.2, 1.1].
+    ratio = torch.tensor([[0.5, 2.0, 1.1], [0.5, 2.0, 1.1]], dtype=torch.float64)
+    old_logps = torch.full_like(ratio, -1.0)
+    logps = old_logps + ratio.log()
+    advantages = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    loss, low, high = clipped_surrogate(logps, old_logps, advantages, epsilon_low=0.2)
+    expected = torch.tensor(
+        [
+            [0.8, 2.0, 1.1],  # A = -1: -min(-r, -clip(r)) = max(r, clip(r)); ratio 0.5 is clipped low
+            [-0.5, -1.2, -1.1],  # A = +1: -min(r, clip(r)); ratio 2 is clipped high
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(loss, expected, **F64)
+    # Ratio 2 with A < 0 and ratio 0.5 with A > 0 are outside the range but not clipped: min() keeps the
+    # unclipped, more pessimistic term, so their gradient flows.
+    assert low.tolist() == [[True, False, False], [False, False, False]]
+    assert high.tolist() == [[False, False, False], [False, True, False]]
+
+
+def test_clipped_surrogate_hand_computed_clip_higher():
+    # DAPO clip-higher: eps_low 0.2, eps_high 0.28. Ratio 1.25 is inside, 1.3 is clipped to 1.28, 0.7 to 0.8.
+    ratio = torch.tensor([[1.25, 1.3, 0.7]], dtype=torch.float64)
+    logps = ratio.log()
+    zeros = torch.zeros_like(logps)
+    loss, low, high = clipped_surrogate(logps, zeros, torch.tensor([2.0], dtype=torch.float64), 0.2, 0.28)
+    torch.testing.assert_close(loss, torch.tensor([[-2.5, -2.56, -1.4]], dtype=torch.float64), **F64)
+    assert high.tolist() == [[False, True, False]]
+    assert low.tolist() == [[False, False, False]]
+    loss, low, high = clipped_surrogate(logps, zeros, torch.tensor([-2.0], dtype=torch.float64), 0.2, 0.28)
+    torch.testing.assert_close(loss, torch.tensor([[2.5, 2.6, 1.6]], dtype=torch.float64), **F64)
+    assert low.tolist() == [[False, False, True]]
+    assert high.tolist() == [[False, False, False]]
+
+
+@pytest.mark.parametrize(("eps_low", "eps_high"), [(0.2, None), (0.2, 0.28), (0.1, 0.1), (0.0, 0.0)])
+def test_clipped_surrogate_matches_loop_reference(eps_low, eps_high):
+    gen = _gen(3)
+    logps = -torch.rand(6, 9, generator=gen, dtype=torch.float64) * 3
+    old_logps = logps + 0.4 * torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    advantages = torch.randn(6, generator=gen, dtype=torch.float64)
+    advantages[0] = 0.0
+    loss, low, high = clipped_surrogate(logps, old_logps, advantages, eps_low, eps_high)
+    ref_loss, ref_low, ref_high = _ref_surrogate(
+        logps.tolist(), old_logps.tolist(), advantages.tolist(), eps_low, eps_low if eps_high is None else eps_high
+    )
+    torch.testing.assert_close(loss, torch.tensor(ref_loss, dtype=torch.float64), **F64)
+    assert low.dtype == high.dtype == torch.bool
+    assert low.tolist() == ref_low
+    assert high.tolist() == ref_high
+    assert low.any() and high.any()  # the random case does exercise both clips
+
+
+def test_clipped_surrogate_ratio_one_is_plain_policy_gradient():
+    logps = torch.randn(3, 4, generator=_gen(11), dtype=torch.float64, requires_grad=True)
+    advantages = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    loss, low, high = clipped_surrogate(logps, logps.detach(), advantages)
+    loss.sum().backward()
+    torch.testing.assert_close(loss.detach(), -advantages[:, None].expand(3, 4), **F64)
+    torch.testing.assert_close(logps.grad, -advantages[:, None].expand(3, 4), **F64)
+    assert not low.any() and not high.any()
+
+
+def test_clipped_tokens_get_no_gradient():
+    ratio = torch.tensor([[0.5, 2.0, 1.1]], dtype=torch.float64)
+    logps = ratio.log().requires_grad_(True)
+    loss, low, high = clipped_surrogate(logps, torch.zeros_like(ratio), torch.tensor([1.0], dtype=torch.float64))
+    loss.sum().backward()
+    # d(-r * A)/d logp = -r * A where unclipped; 0 where the clip is active (ratio 2 with A > 0).
+    torch.testing.assert_close(logps.grad, torch.tensor([[-0.5, 0.0, -1.1]], dtype=torch.float64), **F64)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_gradcheck_surrogate_and_aggregation(loss_type):
+    gen = _gen(5)
+    logps = (-torch.rand(4, 5, generator=gen, dtype=torch.float64) - 0.1).requires_grad_(True)
+    # |log ratio| < 0.1 keeps every ratio inside [0.8, 1.2] and away from the clip boundaries.
+    old_logps = logps.detach() + 0.1 * (2 * torch.rand(4, 5, generator=gen, dtype=torch.float64) - 1)
+    advantages = torch.tensor([1.0, -0.7, 0.3, -2.0], dtype=torch.float64)
+    mask = _padding_mask(4, 5, gen)
+    ref_logps = logps.detach() - 0.3
+
+    def objective(lp):
+        pg_loss, _, _ = clipped_surrogate(lp, old_logps, advantages, 0.2, 0.28)
+        return aggregate_loss(pg_loss + 0.04 * kl_k3(lp, ref_logps), mask, loss_type, max_completion_length=5)
+
+    assert torch.autograd.gradcheck(objective, (logps,), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("logps", "old_logps", "advantages", "message"),
+    [
+        (torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2), r"logps and old_logps must both be \(B, T\)"),
+        (torch.zeros(3), torch.zeros(3), torch.zeros(3), r"logps and old_logps must both be \(B, T\)"),
+        (torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 1), r"advantages must be \(B,\) = \(2,\)"),
+        (torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), r"advantages must be \(B,\) = \(2,\)"),
+    ],
+)
+def test_clipped_surrogate_rejects_bad_shapes(logps, old_logps, advantages, message):
+    with pytest.raises(ValueError, match=message):
+        clipped_surrogate(logps, old_logps, advantages)
+
+
+def test_clipped_surrogate_rejects_negative_clip_range():
+    with pytest.raises(ValueError, match="clip ranges must be >= 0"):
+        clipped_surrogate(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), epsilon_low=-0.1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kl_k3
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_kl_k3_hand_computed():
+    logps = torch.tensor([[-1.0, -1.0, -2.0, 0.0]], dtype=torch.float64)
+    ref_logps = torch.tensor([[-1.0, -1.0 + math.log(2), -3.0, -0.5]], dtype=torch.float64)
+    expected = torch.tensor(
+        [[0.0, 1.0 - math.log(2), math.exp(-1.0), math.exp(-0.5) - 0.5]],  # 0, 0.30685.., 0.36788.., 0.10653..
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(kl_k3(logps, ref_logps), expected, **F64)
+
+
+def test_kl_k3_matches_loop_reference_and_is_non_negative():
+    gen = _gen(13)
+    logps = -3 * torch.rand(5, 7, generator=gen, dtype=torch.float64)
+    ref_logps = logps + torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    kl = kl_k3(logps, ref_logps)
+    torch.testing.assert_close(
+        kl, torch.tensor(_ref_kl(logps.tolist(), ref_logps.tolist()), dtype=torch.float64), rtol=1e-10, atol=1e-14
+    )
+    assert (kl >= 0).all()
+    assert torch.equal(kl_k3(logps, logps), torch.zeros_like(logps))
+
+
+def test_kl_k3_non_negative_for_nearly_equal_float32():
+    logps = -3 * torch.rand(64, 64, generator=_gen(17))
+    ref_logps = logps + 1e-6 * torch.randn(64, 64, generator=_gen(18))
+    kl = kl_k3(logps, ref_logps)
+    assert (kl >= 0).all()
+    torch.testing.assert_close(kl, torch.zeros_like(kl), rtol=0, atol=1e-10)
+
+
+def test_kl_k3_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        kl_k3(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# aggregate_loss
+# ----------------------------------------------------------------------------------------------------------------
+
+_LOSS_2x3 = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+_MASK_2x3 = [[1, 1, 0], [1, 0, 0]]
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "kwargs", "expected"),
+    [
+        ("grpo", {}, (1.5 + 4.0) / 2),  # token means 3/2 and 4/1, averaged over 2 sequences = 2.75
+        ("grpo", {"num_sequences": 5}, (1.5 + 4.0) / 5),
+        ("bnpo", {}, 7 / 3),  # (1 + 2 + 4) / 3 tokens
+        ("bnpo", {"num_tokens": 14}, 0.5),
+        ("dapo", {}, 7 / 3),
+        ("dapo", {"num_tokens": 28.0}, 0.25),
+        ("dr_grpo", {"max_completion_length": 3}, 7 / 6),  # 7 / (2 sequences * 3)
+        ("dr_grpo", {"max_completion_length": 7, "num_sequences": 4}, 0.25),
+    ],
+)
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.long, torch.float64])
+def test_aggregate_loss_hand_computed(loss_type, kwargs, expected, mask_dtype):
+    loss = torch.tensor(_LOSS_2x3, dtype=torch.float64)
+    mask = torch.tensor(_MASK_2x3).to(mask_dtype)
+    result = aggregate_loss(loss, mask, loss_type, **kwargs)
+    assert result.shape == ()
+    torch.testing.assert_close(result, torch.tensor(expected, dtype=torch.float64), **F64)
+    # Padding may hold anything (inf, NaN) without leaking into the loss.
+    poisoned = loss.masked_fill(mask == 0, float("nan"))
+    poisoned[1, 2] = float("inf")
+    torch.testing.assert_close(aggregate_loss(poisoned, mask, loss_type, **kwargs), result, **F64)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("fully_padded_rows", [0, 2])
+def test_aggregate_loss_matches_loop_reference(loss_type, fully_padded_rows):
+    gen = _gen(21 + fully_padded_rows)
+    loss = torch.randn(7, 11, generator=gen, dtype=torch.float64)
+    mask = _padding_mask(7, 11, gen, fully_padded_rows)
+    expected = _ref_aggregate(loss.tolist(), mask.tolist(), loss_type, max_completion_length=11)
+    result = aggregate_loss(loss, mask, loss_type, max_completion_length=11)
+    torch.testing.assert_close(result, torch.tensor(expected, dtype=torch.float64), **F64)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_all_padding_contributes_zero(loss_type):
+    loss = torch.randn(3, 4, generator=_gen(2))
+    result = aggregate_loss(loss, torch.zeros(3, 4), loss_type, max_completion_length=4)
+    assert torch.equal(result, torch.tensor(0.0))
+    # A fully padded row adds nothing to the grpo sum but still counts as a sequence.
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    expected = _ref_aggregate(loss.tolist(), mask.tolist(), loss_type, max_completion_length=4)
+    torch.testing.assert_close(
+        aggregate_loss(loss, mask, loss_type, max_completion_length=4),
+        torch.tensor(expected, dtype=torch.float32),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_micro_batches_sum_to_whole_batch_loss_and_gradient(loss_type):
+    gen = _gen(31)
+    per_token = torch.randn(6, 8, generator=gen, dtype=torch.float64)
+    mask = _padding_mask(6, 8, gen, fully_padded_rows=1)
+    # Normalisers of the whole batch, passed to every micro-batch.
+    totals = {"num_sequences": 6, "num_tokens": int(mask.sum()), "max_completion_length": 8}
+
+    whole_input = per_token.clone().requires_grad_(True)
+    whole = aggregate_loss(whole_input, mask, loss_type, max_completion_length=8)
+    whole.backward()
+
+    micro_input = per_token.clone().requires_grad_(True)
+    micro_sum = torch.zeros((), dtype=torch.float64)
+    for start in range(0, 6, 2):
+        micro_loss = aggregate_loss(micro_input[start : start + 2], mask[start : start + 2], loss_type, **totals)
+        micro_loss.backward()  # the trainer calls backward per micro-batch
+        micro_sum = micro_sum + micro_loss.detach()
+
+    torch.testing.assert_close(micro_sum, whole.detach(), **F64)
+    torch.testing.assert_close(micro_input.grad, whole_input.grad, **F64)
+
+
+def test_micro_batches_with_local_normalisers_do_not_sum_to_whole():
+    # Guards the test above: with per-micro-batch defaults the sum is not the whole-batch loss.
+    gen = _gen(31)
+    per_token = torch.randn(6, 8, generator=gen, dtype=torch.float64)
+    mask = _padding_mask(6, 8, gen, fully_padded_rows=1)
+    whole = aggregate_loss(per_token, mask, "bnpo")
+    local = sum(aggregate_loss(per_token[s : s + 2], mask[s : s + 2], "bnpo") for s in range(0, 6, 2))
+    assert not torch.allclose(local, whole)
+
+
+def test_aggregate_loss_accepts_tensor_num_tokens():
+    loss = torch.tensor(_LOSS_2x3)
+    mask = torch.tensor(_MASK_2x3)
+    result = aggregate_loss(loss, mask, "dapo", num_tokens=torch.tensor(14.0))
+    torch.testing.assert_close(result, torch.tensor(0.5), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("loss", "mask", "loss_type", "kwargs", "message"),
+    [
+        (torch.zeros(2, 3), torch.ones(2, 3), "dr_grpo", {}, r"'dr_grpo' needs max_completion_length"),
+        (torch.zeros(2, 3), torch.ones(2, 3), "dr_grpo", {"max_completion_length": 0}, r"max_completion_length >= 1"),
+        (torch.zeros(2, 3), torch.ones(3, 2), "grpo", {}, r"must both be \(B, T\), got \(2, 3\) and \(3, 2\)"),
+        (torch.zeros(6), torch.ones(6), "bnpo", {}, r"must both be \(B, T\)"),
+        (torch.zeros(2, 3), torch.ones(2, 3), "grpo", {"num_sequences": 0}, r"num_sequences must be >= 1"),
+    ],
+)
+def test_aggregate_loss_rejects_bad_input(loss, mask, loss_type, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        aggregate_loss(loss, mask, loss_type, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# selective_log_softmax / entropy_from_logits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_selective_log_softmax_matches_loop_reference_float64():
+    gen = _gen(41)
+    logits = 4 * torch.randn(3, 5, 13, generator=gen, dtype=torch.float64)
+    index = torch.randint(0, 13, (3, 5), generator=gen)
+    expected = _ref_selective_log_softmax(logits.tolist(), index.tolist())
+    torch.testing.assert_close(selective_log_softmax(logits, index), torch.tensor(expected, dtype=torch.float64), **F64)
+
+
+def test_selective_log_softmax_equals_log_softmax_gather_float32():
+    gen = _gen(43)
+    logits = (5 * torch.randn(4, 6, 50, generator=gen)).requires_grad_(True)
+    index = torch.randint(0, 50, (4, 6), generator=gen)
+    result = selective_log_softmax(logits, index)
+    expected = torch.log_softmax(logits, dim=-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(result.sum(), logits)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_selective_log_softmax_half_precision(dtype):
+    gen = _gen(47)
+    logits32 = 3 * torch.randn(4, 6, 200, generator=gen)
+    index = torch.randint(0, 200, (4, 6), generator=gen)
+    result = selective_log_softmax(logits32.to(dtype), index)
+    assert result.dtype == torch.float32
+    # Exact up to float32 rounding against the upcast half logits ...
+    upcast = torch.log_softmax(logits32.to(dtype).float(), dim=-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(result, upcast, rtol=1e-6, atol=1e-6)
+    # ... and within half-precision rounding of the float32 logits.
+    exact = torch.log_softmax(logits32, dim=-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(result, exact, rtol=0, atol=5e-2)
+
+
+def test_selective_log_softmax_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"logits \(B, T, V\) and index \(B, T\)"):
+        selective_log_softmax(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 128])
+def test_entropy_matches_loop_reference(chunk_size):
+    gen = _gen(53)
+    logits = 3 * torch.randn(3, 5, 17, generator=gen, dtype=torch.float64)  # 15 positions: chunks don't divide
+    expected = torch.tensor(_ref_entropy(logits.tolist()), dtype=torch.float64)
+    torch.testing.assert_close(entropy_from_logits(logits, chunk_size=chunk_size), expected, **F64)
+
+
+def test_entropy_hand_computed():
+    logits = torch.tensor(
+        [[[0.0, 0.0, 0.0, 0.0], [0.0, -math.inf, -math.inf, -math.inf], [0.0, 0.0, -math.inf, -math.inf]]],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    entropy = entropy_from_logits(logits)
+    torch.testing.assert_close(entropy, torch.tensor([[math.log(4), 0.0, math.log(2)]], dtype=torch.float64), **F64)
+    entropy.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_entropy_half_precision_is_float32(dtype):
+    logits32 = 2 * torch.randn(2, 7, 300, generator=_gen(59))
+    entropy = entropy_from_logits(logits32.to(dtype), chunk_size=5)
+    assert entropy.dtype == torch.float32
+    reference = torch.tensor(_ref_entropy(logits32.to(dtype).double().tolist()), dtype=torch.float32)
+    torch.testing.assert_close(entropy, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_entropy_rejects_bad_chunk_size():
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        entropy_from_logits(torch.zeros(1, 2, 3), chunk_size=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# completion_mask / is_truncated
+# ----------------------------------------------------------------------------------------------------------------
+
+EOS, PAD, IM_END = 2, 0, 9
+
+
+@pytest.mark.parametrize(
+    ("ids", "eos", "mask", "truncated"),
+    [
+        ([[EOS, 5, 6, 7]], EOS, [[1, 0, 0, 0]], [False]),  # EOS first
+        ([[5, 6, EOS, 7, 8]], EOS, [[1, 1, 1, 0, 0]], [False]),  # EOS in the middle, text after it
+        ([[5, 6, EOS, PAD, PAD]], EOS, [[1, 1, 1, 0, 0]], [False]),  # padding after EOS
+        ([[5, 6, 7, 8]], EOS, [[1, 1, 1, 1]], [True]),  # no EOS: truncated, all kept
+        ([[5, 6, 7, EOS]], EOS, [[1, 1, 1, 1]], [False]),  # EOS last
+        ([[5, EOS, EOS, EOS]], EOS, [[1, 1, 0, 0]], [False]),  # pad id == EOS id
+        ([[5, IM_END, EOS, 3]], [EOS, IM_END], [[1, 1, 0, 0]], [False]),  # several EOS ids, second one first
+        ([[5, EOS, IM_END, 3]], (IM_END, EOS), [[1, 1, 0, 0]], [False]),
+        ([[5, 6, IM_END, 3]], EOS, [[1, 1, 1, 1]], [True]),  # IM_END is not an EOS here
+        (
+            [[EOS, 1, 1], [1, EOS, 1], [1, 1, 1], [IM_END, 1, EOS]],
+            [EOS, IM_END],
+            [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0]],
+            [False, False, True, False],
+        ),
+    ],
+)
+def test_completion_mask_table(ids, eos, mask, truncated):
+    ids = torch.tensor(ids)
+    result = completion_mask(ids, eos)
+    assert result.dtype == torch.long
+    assert result.tolist() == mask
+    assert is_truncated(ids, eos).tolist() == truncated
+
+
+def test_completion_mask_matches_loop_reference():
+    ids = torch.randint(0, 12, (16, 10), generator=_gen(61))
+    eos_ids = [3, 7]
+    assert completion_mask(ids, eos_ids).tolist() == _ref_completion_mask(ids.tolist(), eos_ids)
+    assert is_truncated(ids, eos_ids).tolist() == [not any(t in eos_ids for t in row) for row in ids.tolist()]
+
+
+@pytest.mark.parametrize("fn", [completion_mask, is_truncated])
+@pytest.mark.parametrize(
+    ("ids", "eos", "message"),
+    [
+        (torch.tensor([1, 2, 3]), 2, r"completion_ids must be \(B, T\)"),
+        (torch.ones(2, 3, dtype=torch.long), [], "eos_token_ids is empty"),
+    ],
+)
+def test_completion_mask_rejects_bad_input(fn, ids, eos, message):
+    with pytest.raises(ValueError, match=message):
+        fn(ids, eos)

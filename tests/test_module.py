@@ -1,0 +1,221 @@
+"""GRPOModule on the tiny offline models: one step end to end, logging, the reference model, invariances."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from grpo_lightning import demo_assets
+from grpo_lightning.data import ViVQAXDataModule
+from grpo_lightning.module import GRPOModule
+from scripts.tb_scalars import read_scalars
+
+REQUIRED_TAGS = {
+    "train/loss",
+    "train/reward",
+    "train/reward_std",
+    "train/rewards/tag_count/mean",
+    "train/rewards/tag_count/std",
+    "train/rewards/format/mean",
+    "train/kl",
+    "train/clip_ratio/low",
+    "train/clip_ratio/high",
+    "train/completion_length/mean",
+    "train/completion_length/max",
+    "train/truncated_fraction",
+    "train/frac_reward_zero_std",
+    "train/entropy",
+    "train/learning_rate",
+    "train/step_time",
+}
+
+
+def make_module(assets, family: str = "internvl", **overrides) -> GRPOModule:
+    path = demo_assets.internvl_path(assets) if family == "internvl" else demo_assets.qwen2vl_path(assets)
+    kwargs = dict(
+        model_name_or_path=str(path),
+        reward_funcs=["tag_count", "format"],
+        num_generations=4,
+        max_completion_length=12,
+        beta=0.04,
+        micro_batch_size=8,
+        log_completions_every_n_steps=1,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+    )
+    kwargs.update(overrides)
+    return GRPOModule(**kwargs)
+
+
+def fit(module, data_kwargs, tmp_path, steps: int, batch_size: int = 2, seed: int = 0) -> L.Trainer:
+    L.seed_everything(seed)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=TensorBoardLogger(tmp_path, name="run"),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    data = ViVQAXDataModule(**data_kwargs, batch_size=batch_size, shuffle=False)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+def flat_params(module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in module.model.parameters()])
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+def test_training_steps_update_weights_and_log_every_metric(assets, data_kwargs, tmp_path, family):
+    module = make_module(assets, family)
+    module.configure_model()
+    before = flat_params(module)
+    trainer = fit(module, data_kwargs, tmp_path, steps=2)
+    assert trainer.global_step == 2
+    assert not torch.equal(before, flat_params(module)), "the optimizer step changed no weight"
+    scalars = read_scalars(trainer.logger.log_dir)
+    missing = REQUIRED_TAGS - scalars.keys()
+    assert not missing, f"not logged: {sorted(missing)}"
+    assert [step for step, _ in scalars["train/reward"]] == [0, 1]
+    for tag in REQUIRED_TAGS:
+        assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars[tag]), tag
+    assert scalars["train/learning_rate"][0][1] == pytest.approx(1e-3)
+    # 2 prompts x G=4 completions of at most 12 tokens
+    assert 1 <= scalars["train/completion_length/max"][0][1] <= 12
+
+
+def test_sampled_completions_are_logged_as_text(assets, data_kwargs, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = fit(make_module(assets, num_completions_to_log=3), data_kwargs, tmp_path, steps=1)
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    tags = [t for t in events.Tags()["tensors"] if t.startswith("train/completions")]
+    assert len(tags) == 1, events.Tags()["tensors"]
+    tag = tags[0]
+    text = events.Tensors(tag)[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("| prompt | completion | reward | tag_count | format |")
+    assert text.count("\n| ") == 3  # three completion rows under the header
+
+
+def test_no_reference_model_when_beta_is_zero(assets):
+    module = make_module(assets, beta=0.0)
+    module.configure_model()
+    assert module.reference_model is None
+
+
+def test_reference_model_is_frozen_and_never_checkpointed_or_optimised(assets):
+    module = make_module(assets, beta=0.04)
+    module.configure_model()
+    reference = module.reference_model
+    assert reference is not None and reference is not module.model
+    assert not any(p.requires_grad for p in reference.parameters())
+    reference_ids = {id(p) for p in reference.parameters()}
+    assert not reference_ids & {id(p) for p in module.parameters()}
+    assert all(key.startswith("model.") for key in module.state_dict())
+    assert len(module.state_dict()) == len(module.model.state_dict())
+
+
+def test_gradient_does_not_depend_on_the_micro_batch_size(assets, data_kwargs, tmp_path):
+    """Same seed, same rollout; SGD with lr 1 and no clipping makes the weight change equal minus the gradient."""
+    deltas = []
+    for micro_batch_size in (3, 8):
+        module = make_module(
+            assets,
+            micro_batch_size=micro_batch_size,
+            max_grad_norm=None,
+            optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        )
+        module.configure_model()
+        before = flat_params(module)
+        fit(module, data_kwargs, tmp_path / str(micro_batch_size), steps=1, seed=123)
+        deltas.append(flat_params(module) - before)
+    assert deltas[0].abs().max() > 0
+    torch.testing.assert_close(deltas[0], deltas[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+def test_completion_logps_equal_an_unpadded_forward_pass(assets, data_kwargs, family):
+    """Left padding, trimmed padding and logits_to_keep must not change a single log-prob."""
+    module = make_module(assets, family)
+    module.configure_model()
+    module.model.eval()
+    data = ViVQAXDataModule(**data_kwargs, batch_size=3, shuffle=False)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    torch.manual_seed(0)
+    rollout = module.generate_rollout(batch, num_generations=2, do_sample=True)
+    logps = module.completion_logps(module.model, rollout)
+    adapter = module.adapter
+    suppressed = adapter.suppressed_token_ids(module.model)
+    for j in range(len(rollout.completions)):
+        p = int(rollout.prompt_index[j])
+        length = int(rollout.completion_mask[j].sum())
+        inputs = rollout.prompts.token_inputs([p], torch.ones(1, length, dtype=torch.long))  # one prompt: no padding
+        prompt_length = inputs["input_ids"].shape[1]
+        assert inputs["attention_mask"].all()
+        ids = torch.cat([inputs.pop("input_ids"), rollout.completion_ids[j : j + 1, :length]], dim=1)
+        with torch.no_grad():
+            logits = module.model(input_ids=ids, **inputs, **rollout.prompts.visual_for([p])).logits[0].double()
+        logits[:, suppressed] = -torch.inf
+        expected = logits[prompt_length - 1 : -1].log_softmax(-1).gather(-1, ids[0, prompt_length:, None])[:, 0]
+        torch.testing.assert_close(logps[j, :length].double(), expected, rtol=1e-4, atol=1e-4)
+        assert torch.all(logps[j, length:] == 0)
+
+
+def test_rollout_masks_everything_after_the_first_eos(assets, data_kwargs):
+    module = make_module(assets)
+    module.configure_model()
+    data = ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    torch.manual_seed(0)
+    rollout = module.generate_rollout(batch, num_generations=4, do_sample=True)
+    eos = set(module.adapter.eos_token_ids(module.model))
+    suppressed = set(module.adapter.suppressed_token_ids(module.model))
+    for ids, mask in zip(rollout.completion_ids.tolist(), rollout.completion_mask.tolist(), strict=True):
+        kept = [t for t, m in zip(ids, mask, strict=True) if m]
+        assert not any(t in eos for t in kept[:-1]), "a kept token follows an EOS"
+        assert not any(t in suppressed for t in kept), "an image placeholder or special token was sampled"
+        if any(t in eos for t in ids):
+            assert kept[-1] in eos and sum(mask) == ids.index(next(t for t in ids if t in eos)) + 1
+
+
+def test_invalid_settings_are_refused_with_a_clear_message(assets):
+    with pytest.raises(ValueError, match="num_generations must be at least 2"):
+        make_module(assets, num_generations=1)
+    with pytest.raises(ValueError, match="reward_weights has 1 entries for 2 reward_funcs"):
+        make_module(assets, reward_weights=[1.0])
+    with pytest.raises(ValueError, match="Unknown reward 'nope'"):
+        make_module(assets, reward_funcs=["nope"])
+
+
+def test_gradient_checkpointing_trains_and_sampling_keeps_the_kv_cache(assets, data_kwargs, tmp_path, monkeypatch):
+    module = make_module(assets, gradient_checkpointing=True)
+    module.configure_model()
+    assert module.model.is_gradient_checkpointing
+    seen = []
+    original = module.model.generate
+
+    def spy(*args, **kwargs):
+        seen.append((module.model.training, kwargs.get("use_cache")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module.model, "generate", spy)
+    before = flat_params(module)
+    fit(module, data_kwargs, tmp_path, steps=1)
+    assert seen == [(False, True)], "sampling must run in eval mode with use_cache=True"
+    assert module.model.training
+    assert not torch.equal(before, flat_params(module))
+
+
+def test_several_iterations_per_rollout_step_the_optimizer_each_time(assets, data_kwargs, tmp_path):
+    module = make_module(assets, num_iterations=2, beta=0.0)
+    trainer = fit(module, data_kwargs, tmp_path, steps=4)
+    # 2 rollouts x 2 optimizer steps; the second iteration's ratio differs from 1, so clipping can happen.
+    assert trainer.global_step == 4
+    assert len(read_scalars(trainer.logger.log_dir)["train/reward"]) == 2

@@ -1,0 +1,107 @@
+"""Table-driven tests of the format rewards, the registry and reward scoring."""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+from grpo_lightning.rewards import REWARDS, combine_rewards, get_reward, reward_name, score_completions
+from grpo_lightning.rewards.format import format_reward, tag_count_reward
+
+WELL_FORMED = "<think>Con mèo ngồi trên ghế.</think><answer>có</answer><explain>vì con mèo đang ngồi trên ghế</explain>"
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        (WELL_FORMED, 1.0),
+        ("  <think>a</think>\n<answer>đỏ</answer>\n<explain>vì nó màu đỏ</explain>\n", 1.0),  # whitespace between parts
+        ("<answer>có</answer><think>x</think><explain>y</explain>", 0.0),  # wrong order
+        ("<think>x</think><answer></answer><explain>y</explain>", 0.0),  # empty answer
+        ("<think>x</think><answer>  </answer><explain>y</explain>", 0.0),  # blank answer
+        ("<think>x</think><answer>a</answer><explain>y</explain><answer>b</answer>", 0.0),  # answer twice
+        ("<think>x<think>z</think><answer>a</answer><explain>y</explain>", 0.0),  # nested tag
+        ("<think>x</think><answer>a</answer>", 0.0),  # no explanation
+        ("trả lời: có", 0.0),
+        ("", 0.0),
+        ("preamble <think>x</think><answer>a</answer><explain>y</explain>", 0.0),  # text outside the tags
+    ],
+)
+def test_format_reward(completion, expected):
+    assert format_reward([completion], ["unused"]) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        (WELL_FORMED, 1.0),
+        ("", 0.0),
+        ("<think>", 1 / 6),
+        ("<think></think>", 2 / 6),
+        ("<answer>có</answer>", 2 / 6),
+        ("<think><think></think>", 1 / 6),  # a repeated tag earns nothing
+        ("<explain>vì sao</explain><answer>không</answer><think>", 5 / 6),  # order is format_reward's concern
+    ],
+)
+def test_tag_count_reward(completion, expected):
+    assert tag_count_reward([completion], ["unused"]) == pytest.approx([expected])
+
+
+def test_registry_resolves_names_and_dotted_paths(monkeypatch):
+    assert get_reward("format") is format_reward
+    assert get_reward("tag_count") is tag_count_reward
+    plugin = types.ModuleType("my_reward_plugin")
+    plugin.length_reward = lambda completions, solution, **kwargs: [float(len(c)) for c in completions]
+    monkeypatch.setitem(sys.modules, "my_reward_plugin", plugin)
+    func = get_reward("my_reward_plugin:length_reward")
+    assert func(["ab", "xyz"], ["", ""]) == [2.0, 3.0]
+    assert reward_name("my_reward_plugin:length_reward") == "length_reward"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("nope", "Unknown reward 'nope'. Registered rewards: "),
+        ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+        ("grpo_lightning.rewards.format:missing", "has no callable 'missing'"),
+    ],
+)
+def test_registry_errors(name, message):
+    with pytest.raises(ValueError, match=message):
+        get_reward(name)
+    assert "format" in REWARDS
+
+
+def test_score_completions_none_is_left_out_of_the_sum():
+    def half_opinion(completions, solution, **kwargs):
+        return [None if i % 2 else 1.0 for i in range(len(completions))]
+
+    scores = score_completions(
+        [("format", format_reward), ("half", half_opinion)], [WELL_FORMED, "x"], ["", ""], {"id": ["a", "b"]}
+    )
+    assert scores[0].tolist() == [1.0, 1.0]
+    assert scores[1, 0].item() == 0.0 and math.isnan(scores[1, 1].item())
+    total = combine_rewards(scores, [2.0, 0.5])
+    torch.testing.assert_close(total, torch.tensor([2.5, 0.0], dtype=torch.float64))
+    assert not torch.isnan(total).any()
+
+
+def test_a_reward_that_raises_names_itself_and_the_sample():
+    def fragile(completions, solution, **kwargs):
+        return [1.0 / len(c) for c in completions]  # ZeroDivisionError on an empty completion
+
+    with pytest.raises(RuntimeError, match=r"Reward 'fragile' raised ZeroDivisionError: .* \(sample id q-2\)"):
+        score_completions([("fragile", fragile)], ["ok", ""], ["", ""], {"id": ["q-1", "q-2"]})
+
+
+def test_a_reward_with_the_wrong_length_or_a_nan_is_refused():
+    with pytest.raises(RuntimeError, match="returned 1 scores for 2 completions"):
+        score_completions([("short", lambda completions, solution, **kw: [1.0])], ["a", "b"], ["", ""], {"id": [1, 2]})
+    with pytest.raises(RuntimeError, match="returned nan for sample id 2"):
+        score_completions(
+            [("nan", lambda completions, solution, **kw: [0.0, math.nan])], ["a", "b"], ["", ""], {"id": [1, 2]}
+        )
