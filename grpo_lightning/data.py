@@ -1,88 +1,328 @@
-"""ViVQA-X data: records, a dataset that holds image paths only, and the LightningDataModule.
+"""ViVQA-X data: reading every published form, checking it before training, and the LightningDataModule.
 
-Images are opened, converted to RGB and downscaled inside the dataloader workers (``__getitem__``),
-so the main process only ever holds paths.
+Sources a split may come from, told apart by file name and record shape:
+
+- our JSONL (``python -m grpo_lightning.prepare``) and any VLM-R1-format JSONL: one JSON object per line,
+  ``{"id", "image", "conversations": [{"from": "human", "value": "<image>PROMPT"}, {"from": "gpt",
+  "value": "<answer>A</answer><explain>E</explain>"}]}``; ours adds ``question``, ``answer``,
+  ``explanations`` (all references), ``question_type`` and ``answer_type``, which other loaders ignore;
+- the raw ViVQA-X JSON, in its three published forms: a list of records, the same without
+  ``question_type``/``answer_type``, and a dict keyed by question id.
+
+The main process holds only :class:`Sample` records (paths and strings). Images are opened, converted to
+RGB and downscaled inside the dataloader workers. Before training, :func:`scan_samples` checks every
+record and ``stat``s every image, so a missing file stops the run at start-up, not at hour nine.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from grpo_lightning.prompts import DEFAULT_PROMPT_TEMPLATE, render_prompt
+from grpo_lightning.text import extract_tag
 
-REQUIRED_FIELDS = ("question", "image_name", "answer", "explanation")
+#: How many problems an error message lists before it says "... and N more".
+MAX_LISTED_PROBLEMS = 50
 
 
-def load_vivqax_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ViVQA-X JSON file (a list of records, or a dict keyed by question id)."""
+@dataclass(frozen=True)
+class Sample:
+    """One question about one image, as read from a data file (no pixels).
+
+    Attributes:
+        id: the question id.
+        question: the question text.
+        image: the image file name (or a path) as written in the file.
+        answer: the ground-truth answer.
+        explanations: every reference explanation.
+        prompt: the prompt stored in the file (VLM-R1 JSONL), or None (raw ViVQA-X JSON).
+        question_type: VQA question type, when the file has it.
+        answer_type: VQA answer type (``yes/no``, ``number``, ``other``), when the file has it.
+        where: ``file:line`` (or ``file``) the record came from, for messages.
+    """
+
+    id: str
+    question: str
+    image: str
+    answer: str
+    explanations: tuple[str, ...]
+    prompt: str | None = None
+    question_type: str = ""
+    answer_type: str = ""
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one record or its image."""
+
+    where: str
+    message: str
+    sample_id: str | None = None
+
+    def __str__(self) -> str:
+        sample = f"sample {self.sample_id}: " if self.sample_id is not None else ""
+        return f"{self.where}: {sample}{self.message}"
+
+
+class DataValidationError(ValueError):
+    """Bad input found before training; the message lists every problem (up to a limit) and what to do."""
+
+    def __init__(self, problems: list[Problem], hint: str):
+        self.problems = problems
+        super().__init__(format_problems(problems) + "\n" + hint)
+
+
+def format_problems(problems: list[Problem]) -> str:
+    lines = [f"  {problem}" for problem in problems[:MAX_LISTED_PROBLEMS]]
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
+    noun = "problem" if len(problems) == 1 else "problems"
+    return f"{len(problems)} {noun} in the data:\n" + "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ reading
+def read_samples(path: str | Path) -> tuple[list[Sample], list[Problem]]:
+    """All valid samples of a data file, and a problem for every record that could not be used.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such data file; check the data paths in your config.")
+    samples, problems = [], []
+    for where, record in _records(path, problems):
+        sample = parse_record(record, where, problems)
+        if sample is not None:
+            samples.append(sample)
+    return samples, problems
+
+
+def _records(path: Path, problems: list[Problem]) -> Iterator[tuple[str, Any]]:
+    """(``file:line``, record) pairs of a JSONL file or a ViVQA-X JSON file (list or dict form)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as err:
+                problems.append(Problem(f"{path}:{lineno}", f"malformed JSON ({err.msg} at column {err.colno})"))
+        return
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such data file; check the data paths in your config.") from None
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: line {err.lineno}: not valid JSON ({err.msg}).") from None
-    if isinstance(data, dict):
-        data = [{**record, "question_id": record.get("question_id", qid)} for qid, record in data.items()]
-    records = []
-    for index, record in enumerate(data):
-        missing = [key for key in REQUIRED_FIELDS if key not in record]
-        if missing:
-            sample = record.get("question_id", f"#{index}")
-            raise ValueError(f"{path}: sample {sample} lacks {', '.join(missing)}.")
-        records.append(record)
-    return records
+        problems.append(Problem(f"{path}:{err.lineno}", f"malformed JSON ({err.msg} at column {err.colno})"))
+        return
+    if isinstance(data, dict):  # the oldest published form: {question_id: record}
+        for question_id, record in data.items():
+            if isinstance(record, dict):
+                record = {"question_id": question_id, **record}
+            yield str(path), record
+    elif isinstance(data, list):
+        yield from _list_records_with_lines(path, text)
+    else:
+        problems.append(Problem(str(path), "expected a JSON list or dict of records"))
 
 
+def _list_records_with_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """The elements of a JSON list, each with the line it starts on (json.loads forgets positions)."""
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    line, counted_to = 1, 0
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text) or text[position] == "]":
+            return
+        line += text.count("\n", counted_to, position)
+        counted_to = position
+        record, position = decoder.raw_decode(text, position)
+        yield f"{path}:{line}", record
+
+
+def parse_record(record: Any, where: str, problems: list[Problem]) -> Sample | None:
+    """A :class:`Sample` from one record of any supported form, or None (and a problem) when unusable."""
+    if not isinstance(record, dict):
+        problems.append(Problem(where, f"expected a JSON object, got {type(record).__name__}"))
+        return None
+    if "conversations" in record:
+        return _parse_conversation_record(record, where, problems)
+    sample_id = str(record.get("question_id", record.get("id", ""))) or None
+    missing = [key for key in ("question", "image_name", "answer", "explanation") if key not in record]
+    if missing:
+        problems.append(Problem(where, f"missing field {', '.join(repr(k) for k in missing)}", sample_id))
+        return None
+    explanations = record["explanation"]
+    explanations = (explanations,) if isinstance(explanations, str) else tuple(explanations)
+    return _checked(
+        Sample(
+            id=sample_id or where,
+            question=str(record["question"]),
+            image=str(record["image_name"]),
+            answer=str(record["answer"]),
+            explanations=explanations,
+            question_type=str(record.get("question_type", "")),
+            answer_type=str(record.get("answer_type", "")),
+            where=where,
+        ),
+        problems,
+        explanations_required=True,
+    )
+
+
+def _parse_conversation_record(record: dict[str, Any], where: str, problems: list[Problem]) -> Sample | None:
+    sample_id = str(record["id"]) if "id" in record else None
+    missing = [key for key in ("image",) if key not in record]
+    turns = record["conversations"]
+    human = next((t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "human"), None)
+    gpt = next((t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None)
+    if human is None:
+        missing.append("conversations[human]")
+    if gpt is None and "answer" not in record:
+        missing.append("conversations[gpt]")
+    if missing:
+        problems.append(Problem(where, f"missing field {', '.join(repr(k) for k in missing)}", sample_id))
+        return None
+    prompt = str(human).replace("<image>", "").strip()
+    answer = record.get("answer", extract_tag(str(gpt), "answer") if gpt is not None else None)
+    if answer is None:
+        answer = str(gpt).strip()
+    explanations = record.get("explanations")
+    if explanations is None:
+        explanation = extract_tag(str(gpt), "explain") if gpt is not None else None
+        explanations = [explanation] if explanation else []
+    return _checked(
+        Sample(
+            id=sample_id or where,
+            question=str(record.get("question", prompt)),
+            image=str(record["image"]),
+            answer=str(answer),
+            explanations=tuple(str(e) for e in explanations),
+            prompt=prompt,
+            question_type=str(record.get("question_type", "")),
+            answer_type=str(record.get("answer_type", "")),
+            where=where,
+        ),
+        problems,
+        explanations_required=False,
+    )
+
+
+def _checked(sample: Sample, problems: list[Problem], explanations_required: bool) -> Sample | None:
+    before = len(problems)
+    if not sample.question.strip() and not (sample.prompt or "").strip():
+        problems.append(Problem(sample.where, "empty question", sample.id))
+    if not sample.answer.strip():
+        problems.append(Problem(sample.where, "empty answer", sample.id))
+    if not sample.image.strip():
+        problems.append(Problem(sample.where, "empty image name", sample.id))
+    if explanations_required and not any(e.strip() for e in sample.explanations):
+        problems.append(Problem(sample.where, "no reference explanation", sample.id))
+    return sample if len(problems) == before else None
+
+
+# -------------------------------------------------------------------------------------------- checks
+def resolve_image(image: str, image_dir: str | Path) -> Path:
+    """The path of an image named in a data file: absolute paths as they are, names under ``image_dir``."""
+    path = Path(image)
+    return path if path.is_absolute() else Path(image_dir) / path
+
+
+def scan_samples(samples: list[Sample], image_dir: str | Path, verify_images: bool = False) -> list[Problem]:
+    """A problem for every sample whose image is missing or unreadable (``stat`` only, unless ``verify_images``:
+    then every image is also decoded, which finds corrupt files at the cost of reading them all)."""
+    problems = []
+    for sample in samples:
+        path = resolve_image(sample.image, image_dir)
+        try:
+            is_file = path.is_file()
+            exists = is_file or path.exists()
+        except OSError:
+            is_file = exists = False
+        if not exists:
+            problems.append(Problem(sample.where, f"image not found: {path}", sample.id))
+        elif not is_file or not os.access(path, os.R_OK):
+            problems.append(Problem(sample.where, f"image is not a readable file: {path}", sample.id))
+        elif verify_images:
+            try:
+                with Image.open(path) as image:
+                    image.convert("RGB")
+            except Exception as err:  # PIL raises many types for bad files
+                problems.append(Problem(sample.where, f"corrupt image: {path} ({err})", sample.id))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ dataset
 class VQADataset(Dataset):
-    """ViVQA-X samples with their prompt; the image is opened only when an item is fetched.
+    """Samples with their prompt; the image is opened (in the dataloader worker) only when an item is fetched.
 
     Args:
-        records: ViVQA-X records.
-        image_dir: folder that holds the records' ``image_name`` files.
-        prompt_template: template with ``{question}``.
+        samples: the split's samples.
+        image_dir: folder that holds the samples' image files.
+        prompt_template: template with ``{question}``; None uses the prompt stored in the file when there is one
+            (VLM-R1 JSONL) and the default template otherwise.
         max_image_side: images larger than this on their longer side are downscaled (None: never).
     """
 
     def __init__(
         self,
-        records: list[dict[str, Any]],
+        samples: list[Sample],
         image_dir: str | Path,
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_template: str | None = None,
         max_image_side: int | None = None,
     ):
-        self.records = records
+        self.samples = samples
         self.image_dir = Path(image_dir)
         self.prompt_template = prompt_template
         self.max_image_side = max_image_side
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.samples)
+
+    def prompt_for(self, sample: Sample) -> str:
+        if self.prompt_template is None and sample.prompt is not None:
+            return sample.prompt
+        return render_prompt(self.prompt_template or DEFAULT_PROMPT_TEMPLATE, sample.question)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        image_path = self.image_dir / record["image_name"]
-        image = Image.open(image_path).convert("RGB")
+        sample = self.samples[index]
+        image_path = resolve_image(sample.image, self.image_dir)
+        try:
+            with Image.open(image_path) as file:
+                image = file.convert("RGB")
+        except Exception as err:
+            raise ValueError(
+                f"{sample.where}: sample {sample.id}: cannot read image {image_path} ({err}). "
+                "Set data.verify_images: true to find every such file before training starts."
+            ) from err
         if self.max_image_side is not None and max(image.size) > self.max_image_side:
             image.thumbnail((self.max_image_side, self.max_image_side))
-        explanations = record["explanation"]
-        explanations = [explanations] if isinstance(explanations, str) else list(explanations)
+        explanations = list(sample.explanations)
+        first = explanations[0] if explanations else ""
         return {
-            "id": str(record.get("question_id", index)),
-            "question": record["question"],
-            "prompt": render_prompt(self.prompt_template, record["question"]),
+            "id": sample.id,
+            "question": sample.question,
+            "prompt": self.prompt_for(sample),
             "image": image,
             "image_path": str(image_path),
-            "answer": record["answer"],
+            "answer": sample.answer,
             "explanations": explanations,
-            "solution": f"<answer>{record['answer']}</answer><explain>{explanations[0]}</explain>",
-            "answer_type": record.get("answer_type", ""),
+            "solution": f"<answer>{sample.answer}</answer><explain>{first}</explain>",
+            "question_type": sample.question_type,
+            "answer_type": sample.answer_type,
         }
 
 
@@ -91,59 +331,130 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return {key: [sample[key] for sample in samples] for key in samples[0]}
 
 
+# --------------------------------------------------------------------------------------- datamodule
+@dataclass
+class _Split:
+    file: str | None
+    image_dir: str | None
+    dataset: VQADataset | None = None
+    skipped: list[Problem] = field(default_factory=list)
+
+
 class ViVQAXDataModule(L.LightningDataModule):
-    """ViVQA-X train/val splits for GRPO.
+    """ViVQA-X (or any VLM-R1-format JSONL) for GRPO training and evaluation.
+
+    Before anything runs, every record is checked and every image ``stat``-ed; problems stop the run with
+    a report naming file, line, sample id and path (or, with ``skip_invalid_samples``, those samples are
+    left out and listed).
 
     Args:
-        train_file: ViVQA-X JSON of the training split.
-        val_file: ViVQA-X JSON of the validation split (None: no validation).
+        train_file: training split: our JSONL (``prepare``), a VLM-R1 JSONL, or a ViVQA-X JSON.
+        val_file: validation split (None: no validation).
+        test_file: test split for ``test`` and ``predict`` (None: they use the validation split).
         train_image_dir: folder of the training images (COCO ``train2014``).
         val_image_dir: folder of the validation images (COCO ``val2014``).
-        batch_size: prompts per step on each process; each prompt is sampled ``num_generations`` times.
-        val_batch_size: prompts per validation batch.
+        test_image_dir: folder of the test images (None: ``val_image_dir``, as in ViVQA-X).
+        batch_size: prompts per step over all processes; each process takes ``batch_size / world_size`` whole
+            prompts and samples all ``num_generations`` completions of each, so a group never spans processes.
+        val_batch_size: prompts per evaluation batch on each process.
         num_workers: dataloader worker processes (images are decoded there).
-        prompt_template: the prompt, with ``{question}`` where the question goes.
+        prompt_template: the prompt, with ``{question}`` where the question goes; None uses the prompt stored in
+            a VLM-R1 JSONL, and the default Vietnamese prompt for raw ViVQA-X JSON.
         max_image_side: downscale larger images to this side in the workers (None: keep).
         shuffle: shuffle the training prompts every epoch.
+        skip_invalid_samples: leave out samples with problems (and list them) instead of stopping.
+        verify_images: also decode every image before training (finds corrupt files; reads them all).
     """
 
     def __init__(
         self,
-        train_file: str,
+        train_file: str | None = None,
         val_file: str | None = None,
+        test_file: str | None = None,
         train_image_dir: str = "data/coco/train2014",
         val_image_dir: str = "data/coco/val2014",
+        test_image_dir: str | None = None,
         batch_size: int = 4,
         val_batch_size: int = 8,
         num_workers: int = 0,
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_template: str | None = None,
         max_image_side: int | None = 1024,
         shuffle: bool = True,
+        skip_invalid_samples: bool = False,
+        verify_images: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
-        render_prompt(prompt_template, "")  # fail at construction on a template without {question}
-        self.train_set: VQADataset | None = None
-        self.val_set: VQADataset | None = None
+        if prompt_template is not None:
+            render_prompt(prompt_template, "")  # fail at construction on a template without {question}
+        if batch_size < 1 or val_batch_size < 1:
+            raise ValueError("data.batch_size and data.val_batch_size must be at least 1.")
+        self.splits = {
+            "train": _Split(train_file, train_image_dir),
+            "val": _Split(val_file, val_image_dir),
+            "test": _Split(test_file, test_image_dir or val_image_dir),
+        }
+
+    @property
+    def per_device_batch_size(self) -> int:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if self.hparams.batch_size % world_size:
+            raise ValueError(
+                f"data.batch_size ({self.hparams.batch_size}) must be divisible by the number of processes "
+                f"({world_size}): each process takes batch_size / world_size whole prompts."
+            )
+        return self.hparams.batch_size // world_size
 
     def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
+        names = needed.get(stage, ["train", "val", "test"]) if stage else ["train", "val", "test"]
+        if stage == "fit":
+            if self.hparams.train_file is None:
+                raise ValueError("`fit` needs training data: set data.train_file (and data.train_image_dir).")
+            _ = self.per_device_batch_size  # check divisibility before any work
+        for name in names:
+            self._load(name)
+
+    def _load(self, name: str) -> None:
+        split = self.splits[name]
+        if name == "test" and split.file is None:  # test and predict fall back to the validation split
+            self._load("val")
+            self.splits["test"] = self.splits["val"]
+            return
+        if split.file is None or split.dataset is not None:
+            return
+        samples, problems = read_samples(split.file)
+        problems += scan_samples(samples, split.image_dir, self.hparams.verify_images)
+        if problems:
+            if not self.hparams.skip_invalid_samples:
+                raise DataValidationError(
+                    problems,
+                    f"Fix the data of the {name} split ({split.file}), or set data.skip_invalid_samples: true to "
+                    "leave these samples out.",
+                )
+            bad = {(p.where, p.sample_id) for p in problems}
+            samples = [s for s in samples if (s.where, s.id) not in bad]
+            split.skipped = problems
+            rank_zero_warn(
+                f"Skipping {len(bad)} invalid record(s) of the {name} split ({split.file}); "
+                f"{len(samples)} samples remain.\n{format_problems(problems)}"
+            )
+            if not samples:
+                raise DataValidationError(problems, f"No valid sample is left in {split.file}.")
         hp = self.hparams
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = VQADataset(
-                load_vivqax_records(hp.train_file), hp.train_image_dir, hp.prompt_template, hp.max_image_side
-            )
-        if hp.val_file is not None and self.val_set is None:
-            self.val_set = VQADataset(
-                load_vivqax_records(hp.val_file), hp.val_image_dir, hp.prompt_template, hp.max_image_side
-            )
+        split.dataset = VQADataset(samples, split.image_dir, hp.prompt_template, hp.max_image_side)
+
+    def dataset(self, name: str) -> VQADataset | None:
+        return self.splits[name].dataset
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=self.hparams.shuffle)
+        return self._loader(self.splits["train"].dataset, self.per_device_batch_size, shuffle=self.hparams.shuffle)
 
     def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:  # training without validation
+        dataset = self.splits["val"].dataset
+        if dataset is None:  # training without validation
             return []
-        return self._loader(self.val_set, self.hparams.val_batch_size, shuffle=False)
+        return self._loader(dataset, self.hparams.val_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
@@ -152,11 +463,12 @@ class ViVQAXDataModule(L.LightningDataModule):
         return self._eval_loader("predict")
 
     def _eval_loader(self, stage: str) -> DataLoader:
-        if self.val_set is None:
-            raise ValueError(f"`{stage}` needs held-out data: set `data.val_file` (and `data.val_image_dir`).")
-        return self._loader(self.val_set, self.hparams.val_batch_size, shuffle=False)
+        dataset = self.splits["test"].dataset
+        if dataset is None:
+            raise ValueError(f"`{stage}` needs held-out data: set data.test_file or data.val_file.")
+        return self._loader(dataset, self.hparams.val_batch_size, shuffle=False)
 
-    def _loader(self, dataset: VQADataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: VQADataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,

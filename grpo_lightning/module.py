@@ -51,6 +51,7 @@ class GRPOModule(L.LightningModule):
             (for example ``OpenGVLab/InternVL3-1B-hf``, ``Qwen/Qwen2-VL-2B-Instruct``).
         reward_funcs: registered reward names or dotted paths ``pkg.module:function``.
         reward_weights: one weight per reward function (default: all 1.0).
+        reward_kwargs: options of reward functions, by name (e.g. ``{explanation: {cider_weight: 0.5}}``).
         num_generations: G, completions sampled per prompt.
         max_completion_length: the most tokens a completion may have.
         temperature: sampling temperature (log-probs are computed at the same temperature).
@@ -83,6 +84,7 @@ class GRPOModule(L.LightningModule):
         model_name_or_path: str,
         reward_funcs: Sequence[str] = ("format",),
         reward_weights: Sequence[float] | None = None,
+        reward_kwargs: dict[str, dict[str, Any]] | None = None,
         num_generations: int = 8,
         max_completion_length: int = 256,
         temperature: float = 1.0,
@@ -119,7 +121,15 @@ class GRPOModule(L.LightningModule):
             raise ValueError("num_iterations and micro_batch_size must be at least 1.")
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.reward_funcs = [(reward_name(name), get_reward(name)) for name in reward_funcs]
+        reward_kwargs = reward_kwargs or {}
+        unknown = set(reward_kwargs) - set(reward_funcs)
+        if unknown:
+            raise ValueError(
+                f"reward_kwargs names {sorted(unknown)}, which are not in reward_funcs {list(reward_funcs)}."
+            )
+        self.reward_funcs = [
+            (reward_name(name), get_reward(name, **reward_kwargs.get(name, {}))) for name in reward_funcs
+        ]
         self.reward_weights = list(reward_weights) if reward_weights is not None else [1.0] * len(reward_funcs)
         self.model: torch.nn.Module | None = None
         # The reference model is kept out of the module tree: never optimised, never checkpointed.

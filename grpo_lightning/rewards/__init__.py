@@ -11,6 +11,7 @@ Rewards are named in the config (``reward_funcs``) by a registered name or a dot
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable, Sequence
@@ -39,24 +40,35 @@ register_reward("format")(format_reward)
 register_reward("tag_count")(tag_count_reward)
 
 
-def get_reward(name: str) -> RewardFunc:
-    """Resolve a registered reward name or a dotted path ``package.module:function``."""
+def get_reward(name: str, **options: Any) -> RewardFunc:
+    """Resolve a registered reward name or a dotted path ``package.module:function``.
+
+    A reward is a function, or a class whose instances are such functions (for rewards that hold state:
+    a model, a cache). ``options`` configure it: a class is instantiated with them, a function gets them
+    bound as keyword arguments.
+    """
     if name in REWARDS:
-        return REWARDS[name]
-    if ":" in name:
+        target = REWARDS[name]
+    elif ":" in name:
         module_name, _, attr = name.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
             raise ValueError(f"Reward {name!r}: cannot import module {module_name!r} ({err}).") from err
-        func = getattr(module, attr, None)
-        if not callable(func):
+        target = getattr(module, attr, None)
+        if not callable(target):
             raise ValueError(f"Reward {name!r}: module {module_name!r} has no callable {attr!r}.")
-        return func
-    known = ", ".join(sorted(REWARDS))
-    raise ValueError(
-        f"Unknown reward {name!r}. Registered rewards: {known}; or give a dotted path 'my_pkg.my_module:my_reward'."
-    )
+    else:
+        known = ", ".join(sorted(REWARDS))
+        raise ValueError(
+            f"Unknown reward {name!r}. Registered rewards: {known}; or give a dotted path 'my_pkg.my_module:my_reward'."
+        )
+    if isinstance(target, type):
+        try:
+            return target(**options)
+        except TypeError as err:
+            raise ValueError(f"Reward {name!r}: invalid options {sorted(options)} ({err}).") from err
+    return functools.partial(target, **options) if options else target
 
 
 def reward_name(name: str) -> str:
