@@ -92,6 +92,31 @@ __all__ = [
 COMPLETE_MARKER = ".complete"
 INTERNVL_SUBDIR = "models/tiny-internvl"
 QWEN2VL_SUBDIR = "models/tiny-qwen2vl"
+CLIP_CONFIG_FILE = "models/tiny-clip.json"
+
+#: A ~0.4M-parameter open_clip model (most of it the 49,408 x 8 token embedding of open_clip's built-in
+#: tokenizer, which needs no download), for the ``explanation`` reward's CLIPScore offline. Give the file's path
+#: as ``clip_model`` and ``clip_pretrained: random``.
+TINY_CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "patch_size": 16, "head_width": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 8, "heads": 2, "layers": 1},
+}
+
+
+def write_tiny_clip_config(path: str | os.PathLike) -> Path:
+    """Write :data:`TINY_CLIP_CONFIG` as JSON at ``path`` (a valid ``clip_model``) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(TINY_CLIP_CONFIG), encoding="utf-8")
+    return path
+
+
+def clip_config_path(root: str | os.PathLike) -> Path:
+    """The tiny CLIP config of the demo assets (``DIR/models/tiny-clip.json``)."""
+    return Path(root) / CLIP_CONFIG_FILE
+
+
 DATA_SUBDIR = "data"
 SCENES_FILE = "demo_scenes.json"
 _SPLIT_IMAGE_DIR = {"train": "train2014", "val": "val2014"}
@@ -699,12 +724,17 @@ def build_tiny_internvl(
     downsample_ratio: float = 0.5,
     max_patches: int = 1,
     max_position_embeddings: int = 4096,
+    pad_vocab_to: int | None = None,
+    dtype: str = "float32",
 ) -> Path:
     """Build and save (model + processor) a random-weight ``InternVLForConditionalGeneration`` at ``out_dir``.
 
     ``image_size`` is the tile side in pixels; each tile gives ``(image_size // patch_size) ** 2 *
     downsample_ratio ** 2`` image tokens (the processor's ``image_seq_length``). ``max_patches`` is the image
-    processor's tile budget (1 = no multi-tile cropping: every image is resized to one tile). Returns ``out_dir``.
+    processor's tile budget (1 = no multi-tile cropping: every image is resized to one tile). ``pad_vocab_to``
+    grows the vocabulary with filler tokens to a real checkpoint's size (151,674 for InternVL3-1B), so that
+    embedding, logits and sampling cost what they cost there; ``dtype`` is the saved weights' dtype.
+    Returns ``out_dir``.
     """
     import torch
     from transformers import (
@@ -729,6 +759,8 @@ def build_tiny_internvl(
         vocab_size=vocab_size,
         chat_template=INTERNVL_CHAT_TEMPLATE,
     )
+    if pad_vocab_to is not None and pad_vocab_to > len(tokenizer):
+        tokenizer.add_tokens([f"<|filler_{i}|>" for i in range(pad_vocab_to - len(tokenizer))])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*_CHATML_TOKENS, *INTERNVL_SPECIAL_TOKENS.values())}
     text_config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -762,7 +794,7 @@ def build_tiny_internvl(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = InternVLForConditionalGeneration(config).eval()
+        model = InternVLForConditionalGeneration(config).eval().to(getattr(torch, dtype))
     model.generation_config = _generation_config(tokenizer)
 
     size = {"height": image_size, "width": image_size}
@@ -931,7 +963,8 @@ def build_demo_assets(
         corpus = default_corpus([r for split in ("train", "val") for r in splits[split]])
         build_tiny_internvl(staging / INTERNVL_SUBDIR, seed=seed, corpus=corpus)
         build_tiny_qwen2vl(staging / QWEN2VL_SUBDIR, seed=seed, corpus=corpus)
-        for sub in (INTERNVL_SUBDIR, QWEN2VL_SUBDIR, DATA_SUBDIR):
+        write_tiny_clip_config(staging / CLIP_CONFIG_FILE)
+        for sub in (INTERNVL_SUBDIR, QWEN2VL_SUBDIR, CLIP_CONFIG_FILE, DATA_SUBDIR):
             target = root / sub
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():

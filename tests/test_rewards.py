@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import types
@@ -105,3 +106,51 @@ def test_a_reward_with_the_wrong_length_or_a_nan_is_refused():
         score_completions(
             [("nan", lambda completions, solution, **kw: [0.0, math.nan])], ["a", "b"], ["", ""], {"id": [1, 2]}
         )
+
+
+def test_the_issue_rewards_are_registered():
+    assert {"accuracy", "format", "tag_count", "explanation"} <= set(REWARDS)
+
+
+def test_a_yaml_reward_list_scores_a_batch_end_to_end(tmp_path):
+    """What the module does with ``reward_funcs``/``reward_weights``/``reward_kwargs``: resolve, score, combine."""
+    references = ["con mèo đang ngồi trên ghế", "một con mèo ngồi trên cái ghế"]
+    corpus = tmp_path / "train.json"
+    records = [
+        {"question": "Con gì?", "image_name": "a.jpg", "answer": "con mèo", "explanation": references},
+        {"question": "Màu gì?", "image_name": "b.jpg", "answer": "đỏ", "explanation": ["chiếc xe màu đỏ"]},
+    ]
+    corpus.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    reward_funcs = ["accuracy", "format", "explanation", "tests.reward_plugin:brevity"]
+    reward_weights = [1.0, 0.5, 2.0, 0.1]
+    reward_kwargs = {
+        "explanation": {
+            "cider_weight": 1.0,
+            "clip_weight": 0.0,
+            "corpus_file": str(corpus),
+            "cache_dir": str(tmp_path),
+        },
+        "tests.reward_plugin:brevity": {"max_words": 4},
+    }
+    funcs = [(reward_name(name), get_reward(name, **reward_kwargs.get(name, {}))) for name in reward_funcs]
+    assert [name for name, _ in funcs] == ["accuracy", "format", "explanation", "brevity"]
+
+    completions = [
+        "<think>Có một con mèo.</think><answer>con mèo</answer><explain>con mèo đang ngồi trên ghế</explain>",
+        "<think>?</think><answer>mèo</answer><explain>vì thế</explain>",
+        "con mèo",
+    ]
+    fields = {
+        "id": ["q1", "q1", "q1"],
+        "answer": ["con mèo"] * 3,
+        "explanations": [references] * 3,
+        "image_path": ["a.jpg"] * 3,
+    }
+    scores = score_completions(funcs, completions, [""] * 3, fields)
+    accuracy, format_, explanation, brevity = scores.T.tolist()
+    assert accuracy == [3.0, 1.5, 0.0] and format_ == [1.0, 1.0, 0.0] and brevity[2] == 0.0
+    assert explanation[0] > explanation[1] == 0.0 == explanation[2]
+    total = combine_rewards(scores, reward_weights)
+    expected = (scores * torch.tensor(reward_weights, dtype=torch.float64)).sum(dim=1)
+    torch.testing.assert_close(total, expected)
+    assert total[0] > total[1] > total[2]

@@ -6,7 +6,13 @@ left out of that sample's weighted sum. ``kwargs`` carry every batch field (``id
 ``answer``, ``explanations``, ``image_path``, ...), repeated so that entry j belongs to completion j.
 
 Rewards are named in the config (``reward_funcs``) by a registered name or a dotted path
-``my_pkg.my_module:my_reward``, so users add rewards without editing the library.
+``my_pkg.my_module:my_reward``, so users add rewards without editing the library. Registered:
+
+- ``accuracy``: graded answer match, 3.0 / 1.5 / 0.0 (:mod:`~grpo_lightning.rewards.accuracy`);
+- ``format``: 1.0 for ``<think>…</think><answer>…</answer><explain>…</explain>``, else 0.0;
+- ``tag_count``: partial format credit, 1/6 per well-used tag (:mod:`~grpo_lightning.rewards.format`);
+- ``explanation``: CIDEr-D (corpus document frequencies) and CLIPScore of the ``<explain>`` text, in [0, 1]
+  (:class:`~grpo_lightning.rewards.explanation.ExplanationReward`, configured by ``reward_kwargs.explanation``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any
 
 import torch
 
+from grpo_lightning.rewards.accuracy import accuracy_reward
+from grpo_lightning.rewards.explanation import ExplanationReward
 from grpo_lightning.rewards.format import format_reward, tag_count_reward
 
 RewardFunc = Callable[..., list[float | None]]
@@ -36,8 +44,10 @@ def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
     return decorator
 
 
+register_reward("accuracy")(accuracy_reward)
 register_reward("format")(format_reward)
 register_reward("tag_count")(tag_count_reward)
+register_reward("explanation")(ExplanationReward)
 
 
 def get_reward(name: str, **options: Any) -> RewardFunc:

@@ -1,0 +1,29 @@
+"""A user reward living outside the library, for tests and configs that name it by dotted path.
+
+``model.reward_funcs: [..., tests.reward_plugin:brevity]`` resolves here (run from the repository root, which
+pytest puts on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+from grpo_lightning.text import extract_tag
+
+
+def brevity(completions: list[str], solution: list[str] | None = None, max_words: int = 30, **kwargs) -> list[float]:
+    """1.0 for an ``<explain>`` of at most ``max_words`` words, falling linearly to 0.0 at twice that; 0.0 without one.
+
+    Args:
+        completions: generated texts.
+        solution: unused.
+        max_words: the longest explanation that earns full credit.
+        **kwargs: other batch fields, unused.
+    """
+    scores = []
+    for completion in completions:
+        explanation = extract_tag(completion, "explain")
+        if not explanation:
+            scores.append(0.0)
+            continue
+        excess = max(len(explanation.split()) - max_words, 0)
+        scores.append(max(1.0 - excess / max_words, 0.0))
+    return scores
