@@ -1,0 +1,147 @@
+"""Score a predictions file: python -m grpo_lightning.evaluate PRED.json [options]
+
+Prints answer accuracy and the explanation metrics (unfiltered, filtered on correct answers, scaled by
+accuracy) as a table; --out writes them as JSON, --html writes a browsable report. The scoring itself is
+grpo_lightning.metrics.evaluate_predictions, where the protocols and the record format are documented;
+this module only reads the file and writes the outputs.
+
+Examples:
+  python -m grpo_lightning.evaluate preds.json                         # the published baselines' protocol
+  python -m grpo_lightning.evaluate preds.json --protocol normalized --out scores.json
+  python -m grpo_lightning.evaluate preds.json --html report.html --images /data/coco/val2014
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from grpo_lightning.metrics import (
+    DEFAULT_BERTSCORE_MODEL,
+    DEFAULT_METRICS,
+    PROTOCOLS,
+    PredictionsFormatError,
+    Scores,
+    evaluate_predictions,
+    validate_records,
+)
+from grpo_lightning.report import write_report
+
+
+def load_predictions(path: Path) -> list[dict[str, Any]]:
+    """Reads and checks a predictions file (a JSON list of records in the public format).
+
+    Raises:
+        PredictionsFormatError: naming the file (and line, or record index and question_id) and what to fix.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PredictionsFormatError(f"{path}: no such predictions file.") from None
+    except UnicodeDecodeError as err:
+        raise PredictionsFormatError(f"{path}: not UTF-8 text ({err.reason}); save the predictions as UTF-8.") from None
+    except json.JSONDecodeError as err:
+        raise PredictionsFormatError(
+            f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg}); the file must be a JSON list of records."
+        ) from None
+    return validate_records(data, source=str(path))
+
+
+def format_table(scores: Scores) -> str:
+    """The scores as a plain-text table: accuracy, then one row per metric (unfiltered, filtered, scaled)."""
+    columns = list(dict.fromkeys([*scores.unfiltered, *scores.filtered]))
+    width = max([len("metric"), *map(len, columns)])
+    lines = [
+        f"protocol {scores.protocol}: accuracy {scores.accuracy:.4f} "
+        f"({scores.num_correct} of {scores.num_samples} answers correct)",
+        f"{'metric':<{width}}  {'unfiltered':>10}  {'filtered':>10}  {'scaled':>10}",
+    ]
+    for column in columns:
+        values = (scores.unfiltered.get(column), scores.filtered.get(column), scores.scaled.get(column))
+        lines.append(f"{column:<{width}}  " + "  ".join("—".rjust(10) if v is None else f"{v:>10.4f}" for v in values))
+    lines += [
+        f"{kind} accuracy {v['accuracy']:.4f} ({v['num_samples']} samples)"
+        for kind, v in scores.accuracy_by_answer_type.items()
+    ]
+    lines.append("scores are fractions (0-1, CIDEr 0-10), as the published ViVQA-X baselines write them")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m grpo_lightning.evaluate",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "predictions",
+        type=Path,
+        help="JSON list of records: question_id, question, pred_ans, "
+        "pred_explain, gt_ans, gt_explain (list); optional answer_type, image_name, think, completion",
+    )
+    parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    parser.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="raw",
+        help="raw: the published ViVQA-X baselines' (exact match after strip+lower, raw strings); "
+        "normalized: NFC, lowercase, no punctuation, yes/no synonyms (default: %(default)s)",
+    )
+    parser.add_argument("--html", type=Path, help="write a self-contained HTML report here")
+    parser.add_argument("--images", type=Path, help="image folder for the report's thumbnails (COCO file names)")
+    parser.add_argument(
+        "--spice",
+        action="store_true",
+        help="also SPICE (needs Java and the Stanford CoreNLP models; nothing is downloaded)",
+    )
+    parser.add_argument(
+        "--bertscore", action="store_true", help="also BERTScore F1 (needs the bert-score package and a local model)"
+    )
+    parser.add_argument(
+        "--bertscore-model",
+        default=DEFAULT_BERTSCORE_MODEL,
+        help="BERTScore's model: a local folder or a name in the Hugging Face cache (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Scores:
+    """Runs the command line; returns the scores. Bad input exits with a message, not a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.images is not None and args.html is None:
+        parser.error("--images only serves the report; add --html REPORT.html")
+    if args.images is not None and not args.images.is_dir():
+        parser.error(f"--images {args.images}: no such folder")
+    metrics = list(DEFAULT_METRICS) + ["spice"] * args.spice + ["bertscore"] * args.bertscore
+    try:
+        records = load_predictions(args.predictions)
+    except PredictionsFormatError as err:
+        parser.exit(2, f"error: {err}\n")
+    scores = evaluate_predictions(
+        records,
+        args.protocol,
+        metrics,
+        source=str(args.predictions),
+        bertscore_model=args.bertscore_model,
+        progress=True,
+    )
+    for message in scores.skipped.values():
+        print(f"note: {message}", file=sys.stderr)
+    print(format_table(scores))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(scores.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        print(f"scores written to {args.out}")
+    if args.html is not None:
+        write_report(args.html, records, scores, images_dir=args.images, progress=True)
+        print(f"report written to {args.html}")
+    return scores
+
+
+if __name__ == "__main__":
+    main()

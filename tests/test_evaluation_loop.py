@@ -1,0 +1,94 @@
+"""`validate`, `test` and `predict` through the CLI: VQA-NLE metrics in TensorBoard, a predictions file the
+evaluator scores without conversion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from grpo_lightning import demo_assets
+from grpo_lightning.cli import main as cli_main
+from grpo_lightning.evaluate import main as evaluate_main
+from scripts.tb_scalars import read_scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr"]
+
+
+def demo_args(subcommand: str, assets, data_kwargs, tmp_path, *extra: str) -> list[str]:
+    args = [subcommand, "--config", str(ROOT / "configs" / "demo.yaml")]
+    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    for key, value in data_kwargs.items():
+        args += [f"--data.{key}", value]
+    return args + list(extra)
+
+
+@pytest.mark.slow
+def test_validate_logs_accuracy_and_every_explanation_metric(assets, data_kwargs, tmp_path):
+    cli_main(demo_args("validate", assets, data_kwargs, tmp_path, "--trainer.limit_val_batches", "1.0"))
+    scalars = read_scalars(tmp_path)
+    expected = {"val/accuracy", "val/reward"}
+    expected |= {f"val/{kind}/{name}" for kind in ("unfiltered", "scaled") for name in METRICS}
+    assert expected <= scalars.keys(), sorted(expected - scalars.keys())
+    accuracy = scalars["val/accuracy"][0][1]
+    assert 0.0 <= accuracy <= 1.0
+    for name in METRICS:
+        unfiltered = scalars[f"val/unfiltered/{name}"][0][1]
+        assert scalars[f"val/scaled/{name}"][0][1] == pytest.approx(unfiltered * accuracy, abs=1e-6)
+
+
+def test_predict_writes_the_public_format_that_the_evaluator_scores(assets, data_kwargs, tmp_path, capsys):
+    out = tmp_path / "predictions.json"
+    cli_main(
+        demo_args(
+            "predict", assets, data_kwargs, tmp_path, "--model.predictions_file", str(out), "--data.val_batch_size", "5"
+        )
+    )
+    records = json.loads(out.read_text(encoding="utf-8"))
+    val = json.loads(demo_assets.split_json_path(assets, "val").read_text(encoding="utf-8"))
+    assert [r["question_id"] for r in records] == [r["question_id"] for r in val]  # every sample once, in order
+    for record, source in zip(records, val, strict=True):
+        assert record["gt_ans"] == source["answer"] and record["gt_explain"] == source["explanation"]
+        assert record["question"] == source["question"] and record["image_name"] == source["image_name"]
+        assert {"pred_ans", "pred_explain", "completion", "think"} <= record.keys()
+    scores_file = tmp_path / "scores.json"
+    evaluate_main([str(out), "--out", str(scores_file), "--protocol", "normalized"])
+    scores = json.loads(scores_file.read_text(encoding="utf-8"))
+    assert scores["protocol"] == "normalized" and scores["num_samples"] == len(val)
+    assert {"accuracy", "unfiltered", "filtered", "scaled"} <= scores.keys()
+
+
+def test_validate_from_a_checkpoint_and_test_split(assets, data_kwargs, tmp_path):
+    """Fit 2 steps with a checkpoint, then `validate --ckpt_path` and `test` on the held-out split."""
+    fit_args = demo_args(
+        "fit",
+        assets,
+        data_kwargs,
+        tmp_path / "fit",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.limit_val_batches",
+        "0",
+        "--model.eval_metrics",
+        "[bleu, cider]",
+    )
+    cli_main(fit_args)
+    (checkpoint,) = (tmp_path / "fit").rglob("last.ckpt")
+    cli_main(
+        demo_args(
+            "validate",
+            assets,
+            data_kwargs,
+            tmp_path / "val",
+            "--ckpt_path",
+            str(checkpoint),
+            "--model.eval_metrics",
+            "[bleu, cider]",
+        )
+    )
+    assert "val/unfiltered/CIDEr" in read_scalars(tmp_path / "val")
+    cli_main(demo_args("test", assets, data_kwargs, tmp_path / "test", "--model.eval_metrics", "[bleu, cider]"))
+    assert {"test/accuracy", "test/unfiltered/BLEU-4", "test/reward"} <= read_scalars(tmp_path / "test").keys()
