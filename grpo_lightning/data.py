@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from grpo_lightning.prompts import DEFAULT_PROMPT_TEMPLATE, render_prompt
 from grpo_lightning.text import extract_tag
@@ -326,6 +327,25 @@ class VQADataset(Dataset):
         }
 
 
+class ResumableSampler(DistributedSampler):
+    """This process's share of the prompts, in a (seed, epoch)-determined order that can resume mid-epoch.
+
+    A ``DistributedSampler`` (so Lightning leaves it in place under DDP) with one addition: ``skip`` drops
+    the first samples of the next pass only, so that a run resumed from a checkpoint continues with the
+    batches it had not seen yet instead of starting the epoch over. ``len`` stays the full epoch's, which
+    is what Lightning's restored batch counters expect.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int, skip: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Column-wise lists; images stay PIL images (the model adapter runs the processor)."""
     return {key: [sample[key] for sample in samples] for key in samples[0]}
@@ -364,6 +384,7 @@ class ViVQAXDataModule(L.LightningDataModule):
         shuffle: shuffle the training prompts every epoch.
         skip_invalid_samples: leave out samples with problems (and list them) instead of stopping.
         verify_images: also decode every image before training (finds corrupt files; reads them all).
+        seed: seed of the training order (each epoch's shuffle is drawn from ``seed + epoch``).
     """
 
     def __init__(
@@ -382,6 +403,7 @@ class ViVQAXDataModule(L.LightningDataModule):
         shuffle: bool = True,
         skip_invalid_samples: bool = False,
         verify_images: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -389,6 +411,7 @@ class ViVQAXDataModule(L.LightningDataModule):
             render_prompt(prompt_template, "")  # fail at construction on a template without {question}
         if batch_size < 1 or val_batch_size < 1:
             raise ValueError("data.batch_size and data.val_batch_size must be at least 1.")
+        self._resume_train_batches = 0
         self.splits = {
             "train": _Split(train_file, train_image_dir),
             "val": _Split(val_file, val_image_dir),
@@ -448,13 +471,36 @@ class ViVQAXDataModule(L.LightningDataModule):
         return self.splits[name].dataset
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["train"].dataset, self.per_device_batch_size, shuffle=self.hparams.shuffle)
+        dataset = self.splits["train"].dataset
+        trainer = self.trainer
+        batch_size = self.per_device_batch_size
+        sampler = ResumableSampler(
+            dataset,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            shuffle=self.hparams.shuffle,
+            seed=self.hparams.seed,
+            skip=self._resume_train_batches * batch_size,
+        )
+        self._resume_train_batches = 0
+        return self._loader(dataset, batch_size, sampler=sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the training data: batches of the current epoch already trained on."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {"train_batches_done": 0}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_batches_done": done % max(trainer.num_training_batches, 1)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_train_batches = int(state_dict.get("train_batches_done", 0))
 
     def val_dataloader(self) -> DataLoader | list:
         dataset = self.splits["val"].dataset
         if dataset is None:  # training without validation
             return []
-        return self._loader(dataset, self.hparams.val_batch_size, shuffle=False)
+        return self._loader(dataset, self.hparams.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
@@ -466,14 +512,17 @@ class ViVQAXDataModule(L.LightningDataModule):
         dataset = self.splits["test"].dataset
         if dataset is None:
             raise ValueError(f"`{stage}` needs held-out data: set data.test_file or data.val_file.")
-        return self._loader(dataset, self.hparams.val_batch_size, shuffle=False)
+        return self._loader(dataset, self.hparams.val_batch_size)
 
-    def _loader(self, dataset: VQADataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: VQADataset, batch_size: int, sampler: DistributedSampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=collate_samples,
             persistent_workers=self.hparams.num_workers > 0,
+            # Its own generator: creating a loader iterator must not draw from the global RNG, whose state a
+            # resumed run restores from the checkpoint for sampling.
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )

@@ -17,17 +17,23 @@ Model-family quirks live in :mod:`grpo_lightning.adapters`; the math in :mod:`gr
 
 from __future__ import annotations
 
-import math
+import contextlib
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
-from grpo_lightning.adapters import PromptBatch, Rollout, VLMAdapter, build_adapter
+from grpo_lightning.adapters import PromptBatch, Rollout, VLMAdapter, build_adapter, check_checkpoint_layout
 from grpo_lightning.algorithms import (
     aggregate_loss,
     clipped_surrogate,
@@ -38,6 +44,7 @@ from grpo_lightning.algorithms import (
     kl_k3,
 )
 from grpo_lightning.rewards import combine_rewards, get_reward, reward_name, score_completions
+from grpo_lightning.text import extract_tag
 
 # Batch fields that are not passed on to reward functions (they hold pixels, not text).
 _NON_REWARD_FIELDS = ("image",)
@@ -54,6 +61,7 @@ class GRPOModule(L.LightningModule):
         reward_kwargs: options of reward functions, by name (e.g. ``{explanation: {cider_weight: 0.5}}``).
         num_generations: G, completions sampled per prompt.
         max_completion_length: the most tokens a completion may have.
+        min_completion_length: EOS is blocked before this many tokens (benchmarks fix the length with it).
         temperature: sampling temperature (log-probs are computed at the same temperature).
         top_p: nucleus sampling threshold.
         top_k: top-k sampling (None: off).
@@ -74,9 +82,22 @@ class GRPOModule(L.LightningModule):
         dtype: dtype the weights are loaded in; the Trainer's ``precision`` decides the compute dtype.
         attn_implementation: attention kernel passed to ``from_pretrained`` (None: the library's default).
         gradient_checkpointing: recompute activations in the backward pass (sampling keeps its KV cache).
+        freeze_vision_modules: keep the vision encoder's weights fixed (the projector and language model train).
+        lora_r: LoRA rank; 0 trains all weights. With LoRA only the adapters train, and the reference model is
+            the same network with its adapters disabled (no second copy in memory).
+        lora_alpha: LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``).
+        lora_dropout: dropout on the LoRA branch.
+        lora_target_modules: projection names that get adapters, inside the language model only (default: every
+            attention and MLP projection, the vision tower excluded); a string is used as peft's own regex over
+            full module names, which can reach the vision tower too.
         log_completions_every_n_steps: every this many steps, log sampled completions with their rewards as
             text (0: never).
         num_completions_to_log: how many completions that log shows.
+        eval_protocol: how validation and test compare answers and explanations: ``normalized`` (NFC, lowercase,
+            punctuation stripped, yes/no synonyms) or ``raw`` (the published ViVQA-X baselines' protocol).
+        eval_metrics: explanation metrics of validation and test (``bleu``, ``meteor``, ``rouge``, ``cider``;
+            ``meteor`` needs Java and is left out with a message without it).
+        predictions_file: where ``predict`` writes its predictions JSON (default: ``<log_dir>/predictions.json``).
     """
 
     def __init__(
@@ -87,6 +108,7 @@ class GRPOModule(L.LightningModule):
         reward_kwargs: dict[str, dict[str, Any]] | None = None,
         num_generations: int = 8,
         max_completion_length: int = 256,
+        min_completion_length: int = 0,
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int | None = None,
@@ -104,8 +126,16 @@ class GRPOModule(L.LightningModule):
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
+        freeze_vision_modules: bool = False,
+        lora_r: int = 0,
+        lora_alpha: float = 32.0,
+        lora_dropout: float = 0.05,
+        lora_target_modules: Sequence[str] | str | None = None,
         log_completions_every_n_steps: int = 50,
         num_completions_to_log: int = 4,
+        eval_protocol: Literal["raw", "normalized"] = "normalized",
+        eval_metrics: Sequence[str] = ("bleu", "meteor", "rouge", "cider"),
+        predictions_file: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -144,18 +174,43 @@ class GRPOModule(L.LightningModule):
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         hp = self.hparams
+        check_checkpoint_layout(hp.model_name_or_path)  # before AutoConfig, which would prompt to run remote code
         config = AutoConfig.from_pretrained(hp.model_name_or_path)
         self.adapter = build_adapter(config.model_type, AutoProcessor.from_pretrained(hp.model_name_or_path))
         load_kwargs: dict[str, Any] = {"dtype": getattr(torch, hp.dtype)}
         if hp.attn_implementation is not None:
             load_kwargs["attn_implementation"] = hp.attn_implementation
-        self.model = AutoModelForImageTextToText.from_pretrained(hp.model_name_or_path, **load_kwargs).train()
+        model = AutoModelForImageTextToText.from_pretrained(hp.model_name_or_path, **load_kwargs).train()
         if hp.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hp.beta > 0:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hp.freeze_vision_modules:
+            self.adapter.vision_tower(model).requires_grad_(False)
+        if hp.lora_r > 0:
+            model = self._with_lora(model)
+        elif hp.beta > 0:
             reference = AutoModelForImageTextToText.from_pretrained(hp.model_name_or_path, **load_kwargs)
             reference.requires_grad_(False).eval()
             self._reference = [reference]
+        self.model = model
+
+    def _with_lora(self, model: torch.nn.Module) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        hp = self.hparams
+        targets = hp.lora_target_modules
+        if not isinstance(targets, str):
+            targets = self.adapter.lora_target_regex(targets)
+        config = LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, target_modules=targets)
+        return get_peft_model(model, config)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[torch.nn.Module]:
+        """The reference policy: the frozen copy, or with LoRA the policy itself with its adapters disabled."""
+        if self.hparams.lora_r > 0:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.reference_model
 
     @property
     def reference_model(self) -> torch.nn.Module | None:
@@ -166,6 +221,14 @@ class GRPOModule(L.LightningModule):
             dtype = next(self.model.parameters()).dtype
             self.reference_model.to(device=self.device, dtype=dtype)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Sampling draws from the global RNGs; a resumed run continues their streams (Lightning saves none).
+        checkpoint["rng_states"] = _rng_states_to_tensors(_collect_rng_states())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_states(_rng_states_from_tensors(checkpoint["rng_states"]))
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(p for p in self.model.parameters() if p.requires_grad)
         if self.lr_scheduler_factory is None:
@@ -174,19 +237,32 @@ class GRPOModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- the algorithm
     def training_step(self, batch: dict[str, list[Any]], batch_idx: int) -> Tensor:
-        start, step = time.perf_counter(), self.global_step
-        hp = self.hparams
-        rollout = self.generate_rollout(batch, hp.num_generations, do_sample=True)
-        rewards, per_func = self.score(rollout, batch)
-        advantages = compute_group_advantages(rewards, hp.num_generations, hp.scale_rewards).to(self.device)
-        ref_logps = self.completion_logps(self.reference_model, rollout) if hp.beta > 0 else None
-        old_logps = self.completion_logps(self.model, rollout) if hp.num_iterations > 1 else None
-        stats = self.optimize(rollout, advantages, ref_logps, old_logps)
-        self.log_train_step(rollout, rewards, per_func, stats, time.perf_counter() - start)
+        hp, step, seconds = self.hparams, self.global_step, {}
+        with self.timed("rollout", seconds):
+            rollout = self.generate_rollout(batch, hp.num_generations, do_sample=True)
+        with self.timed("reward", seconds):
+            rewards, per_func = self.score(rollout, batch)
+            advantages = compute_group_advantages(rewards, hp.num_generations, hp.scale_rewards).to(self.device)
+        with self.timed("reference", seconds):
+            ref_logps = self.reference_logps(rollout) if hp.beta > 0 else None
+            old_logps = self.completion_logps(self.model, rollout) if hp.num_iterations > 1 else None
+        with self.timed("update", seconds):
+            stats = self.optimize(rollout, advantages, ref_logps, old_logps)
+        self.log_train_step(rollout, rewards, per_func, stats, seconds)
         every = hp.log_completions_every_n_steps
         if every and step % every == 0:
             self.log_completions(rollout, rewards, per_func)
         return stats["loss"]
+
+    @contextlib.contextmanager
+    def timed(self, stage: str, seconds: dict[str, float]) -> Iterator[None]:
+        """Wall time of a stage, with the GPU's queue drained at both ends so the time is the stage's own."""
+        synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda device: None)
+        synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        synchronize(self.device)
+        seconds[stage] = time.perf_counter() - start
 
     def generate_rollout(self, batch: dict[str, list[Any]], num_generations: int, do_sample: bool) -> Rollout:
         """Sample ``num_generations`` completions for each prompt of the batch (prompt-major order)."""
@@ -202,6 +278,7 @@ class GRPOModule(L.LightningModule):
                 prompts,
                 prompt_index[i : i + chunk].tolist(),
                 max_new_tokens=hp.max_completion_length,
+                min_new_tokens=hp.min_completion_length,
                 do_sample=do_sample,
                 temperature=hp.temperature,
                 top_p=hp.top_p,
@@ -223,6 +300,10 @@ class GRPOModule(L.LightningModule):
         solution = fields.pop("solution", [""] * len(index))
         per_func = score_completions(self.reward_funcs, rollout.completions, solution, fields)
         return combine_rewards(per_func, self.reward_weights).float(), per_func
+
+    def reference_logps(self, rollout: Rollout) -> Tensor:
+        with self.reference() as reference:
+            return self.completion_logps(reference, rollout)
 
     def micro_batches(self, num_sequences: int) -> list[slice]:
         size = self.hparams.micro_batch_size
@@ -278,8 +359,9 @@ class GRPOModule(L.LightningModule):
         totals = {
             name: torch.zeros((), device=self.device) for name in ("loss", "kl", "clip_low", "clip_high", "entropy")
         }
+        micro_batches = self.micro_batches(mask.shape[0])
         for iteration in range(hp.num_iterations):
-            for mb in self.micro_batches(mask.shape[0]):
+            for index, mb in enumerate(micro_batches):
                 logps, entropy = self._logps(self.model, rollout, mb, with_entropy=iteration == 0)
                 old = old_logps[mb] if old_logps is not None else logps.detach()
                 per_token_loss, low, high = clipped_surrogate(
@@ -290,13 +372,14 @@ class GRPOModule(L.LightningModule):
                     per_token_loss = per_token_loss + hp.beta * kl
                     totals["kl"] += _masked_sum(kl.detach(), mask[mb]) / iteration_tokens(mask)
                 loss = aggregate_loss(per_token_loss, mask[mb], hp.loss_type, **normalisers)
-                self.manual_backward(loss)
+                with self.gradient_sync(index == len(micro_batches) - 1):
+                    self.manual_backward(loss)
                 totals["loss"] += loss.detach()
                 totals["clip_low"] += _masked_sum(low.float(), mask[mb]) / iteration_tokens(mask)
                 totals["clip_high"] += _masked_sum(high.float(), mask[mb]) / iteration_tokens(mask)
                 if entropy is not None:
                     totals["entropy"] += _masked_sum(entropy, mask[mb]) / iteration_tokens(mask)
-            if hp.max_grad_norm is not None:
+            if hp.max_grad_norm is not None and not isinstance(self.trainer.strategy, DeepSpeedStrategy):
                 self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -305,45 +388,111 @@ class GRPOModule(L.LightningModule):
         # Averages over the iterations (entropy is measured on the first only).
         return {name: value / (1 if name == "entropy" else hp.num_iterations) for name, value in totals.items()}
 
+    def gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Accumulate micro-batch gradients locally and reduce them across processes once, at the last one.
+
+        DDP: ``no_sync`` for all but the last backward. DeepSpeed: the engine's accumulation boundary, so
+        that ZeRO reduces the accumulated gradient once and ``step`` applies it (its configured
+        ``gradient_accumulation_steps`` stays 1: our loss is already normalised over the whole batch).
+        """
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DeepSpeedStrategy):
+            strategy.deepspeed_engine.set_gradient_accumulation_boundary(sync)
+        elif not sync and isinstance(self.trainer.model, DistributedDataParallel):
+            return self.trainer.model.no_sync()
+        return contextlib.nullcontext()
+
+    def setup(self, stage: str) -> None:
+        # Lightning refuses gradient clipping with manual optimization; DeepSpeed clips inside its step, so
+        # max_grad_norm goes into its config (before the engine is built, which happens after this hook).
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DeepSpeedStrategy) and self.hparams.max_grad_norm is not None:
+            strategy.config.setdefault("gradient_clipping", self.hparams.max_grad_norm)
+
     # ---------------------------------------------------------------------------------- evaluation
-    def model_step(self, batch: dict[str, list[Any]]) -> tuple[Rollout, Tensor, Tensor]:
-        """Greedy completion of each prompt, scored: shared by validation, test and predict."""
+    def model_step(self, batch: dict[str, list[Any]]) -> tuple[list[dict[str, Any]], Tensor, Tensor]:
+        """Greedy completion of each prompt, scored and turned into prediction records (the public format).
+
+        Shared by validation, test and predict.
+        """
         rollout = self.generate_rollout(batch, num_generations=1, do_sample=False)
         rewards, per_func = self.score(rollout, batch)
-        return rollout, rewards, per_func
+        return prediction_records(batch, rollout.completions), rewards, per_func
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_records: list[dict[str, Any]] = []
+
+    on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
 
     def validation_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
-        self._log_eval("val", batch)
+        self._eval_step("val", batch)
 
     def test_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
-        self._log_eval("test", batch)
+        self._eval_step("test", batch)
 
     def predict_step(self, batch: dict[str, list[Any]], batch_idx: int) -> list[dict[str, Any]]:
-        rollout, rewards, per_func = self.model_step(batch)
-        names = [name for name, _ in self.reward_funcs]
-        return [
-            {
-                "id": batch["id"][i],
-                "question": batch["question"][i],
-                "completion": rollout.completions[i],
-                "reward": float(rewards[i]),
-                "rewards": {n: _none_if_nan(per_func[i, f]) for f, n in enumerate(names)},
-            }
-            for i in range(len(rollout.completions))
-        ]
+        return self._eval_step("predict", batch)
 
-    def _log_eval(self, stage: str, batch: dict[str, list[Any]]) -> None:
-        _, rewards, per_func = self.model_step(batch)
-        size = len(rewards)
-        self.log(f"{stage}/reward", rewards.mean(), batch_size=size, sync_dist=True, prog_bar=True)
-        for f, (name, _) in enumerate(self.reward_funcs):
-            column = per_func[:, f]
-            if not torch.isnan(column).all():
-                self.log(f"{stage}/rewards/{name}", torch.nanmean(column).float(), batch_size=size, sync_dist=True)
+    def _eval_step(self, stage: str, batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
+        records, rewards, per_func = self.model_step(batch)
+        self._eval_records.extend(records)
+        if stage != "predict":
+            size = len(rewards)
+            self.log(f"{stage}/reward", rewards.mean(), batch_size=size, sync_dist=True, prog_bar=True)
+            for f, (name, _) in enumerate(self.reward_funcs):
+                column = per_func[:, f]
+                if not torch.isnan(column).all():
+                    self.log(f"{stage}/rewards/{name}", torch.nanmean(column).float(), batch_size=size, sync_dist=True)
+        return records
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_metrics("test")
+
+    def _log_eval_metrics(self, stage: str) -> None:
+        """Accuracy and explanation metrics over the whole split, once (corpus-level), after gathering all ranks."""
+        from grpo_lightning.metrics import evaluate_predictions
+
+        records = self._gathered_records()
+        metrics: dict[str, float] = {}
+        if records and self.trainer.is_global_zero:
+            scores = evaluate_predictions(records, self.hparams.eval_protocol, self.hparams.eval_metrics)
+            metrics[f"{stage}/accuracy"] = scores.accuracy
+            for kind in ("unfiltered", "filtered", "scaled"):
+                metrics.update({f"{stage}/{kind}/{name}": value for name, value in getattr(scores, kind).items()})
+        metrics = self.trainer.strategy.broadcast(metrics, src=0)
+        for name, value in metrics.items():
+            self.log(name, float(value), prog_bar=name == f"{stage}/accuracy")
+
+    def on_predict_epoch_end(self) -> None:
+        """Write the predictions file (public format, scored by ``python -m grpo_lightning.evaluate``)."""
+        records = self._gathered_records()
+        if not self.trainer.is_global_zero:
+            return
+        path = Path(self.hparams.predictions_file or Path(self.trainer.log_dir or ".") / "predictions.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        rank_zero_info(f"Wrote {len(records)} predictions to {path}")
+
+    def _gathered_records(self) -> list[dict[str, Any]]:
+        """Every rank's records, in rank order, without the duplicates a distributed sampler pads with."""
+        records = self._eval_records
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[list[dict[str, Any]]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, records)
+            records = [record for part in gathered for record in part]
+        unique = {}
+        for record in records:
+            unique.setdefault(record["question_id"], record)
+        return list(unique.values())
 
     # ------------------------------------------------------------------------------------- logging
     def log_train_step(
-        self, rollout: Rollout, rewards: Tensor, per_func: Tensor, stats: dict[str, Tensor], seconds: float
+        self, rollout: Rollout, rewards: Tensor, per_func: Tensor, stats: dict[str, Tensor], seconds: dict[str, float]
     ) -> None:
         hp = self.hparams
         lengths = rollout.completion_mask.sum(-1).float()
@@ -360,8 +509,11 @@ class GRPOModule(L.LightningModule):
             "train/completion_length/max": lengths.max(),
             "train/truncated_fraction": truncated.mean(),
             "train/learning_rate": torch.tensor(self.optimizers().param_groups[0]["lr"]),
-            "train/step_time": torch.tensor(seconds),
+            "train/step_time": torch.tensor(sum(seconds.values())),
+            "train/tokens/completion": rollout.completion_mask.sum().float(),
+            "train/tokens/trained": self._trained_tokens(rollout).float(),
         }
+        metrics.update({f"train/time/{stage}": torch.tensor(value) for stage, value in seconds.items()})
         if hp.beta > 0:
             metrics["train/kl"] = stats["kl"]
         for f, (name, _) in enumerate(self.reward_funcs):
@@ -375,6 +527,11 @@ class GRPOModule(L.LightningModule):
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=size)
         if hp.beta > 0:
             self.log("kl", metrics["train/kl"], prog_bar=True, logger=False, batch_size=size)
+
+    def _trained_tokens(self, rollout: Rollout) -> Tensor:
+        """Prompt and completion tokens of every sequence, as one pass of the policy update processes them."""
+        prompt_lengths = rollout.prompts.attention_mask.sum(-1)[rollout.prompt_index.to(self.device)]
+        return prompt_lengths.sum() + rollout.completion_mask.sum()
 
     def log_completions(self, rollout: Rollout, rewards: Tensor, per_func: Tensor) -> None:
         """A few sampled completions with their rewards, as a Markdown table in the logger's text panel."""
@@ -397,6 +554,38 @@ class GRPOModule(L.LightningModule):
                 experiment.add_text("train/completions", text, global_step=self.global_step)
 
 
+def _rng_states_to_tensors(states: dict[str, Any]) -> dict[str, Any]:
+    """NumPy's RNG state holds an ndarray, which ``torch.load(weights_only=True)`` refuses: store it as a tensor."""
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    return {**states, "numpy": (kind, torch.from_numpy(keys.astype("int64")), position, has_gauss, cached)}
+
+
+def _rng_states_from_tensors(states: dict[str, Any]) -> dict[str, Any]:
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    return {**states, "numpy": (kind, keys.numpy().astype("uint32"), position, has_gauss, cached)}
+
+
+def prediction_records(batch: dict[str, list[Any]], completions: list[str]) -> list[dict[str, Any]]:
+    """One record per sample in the public ViVQA-X predictions format, plus the raw completion and its think text."""
+    records = []
+    for i, completion in enumerate(completions):
+        records.append(
+            {
+                "question_id": batch["id"][i],
+                "question": batch["question"][i],
+                "pred_ans": extract_tag(completion, "answer") or "",
+                "pred_explain": extract_tag(completion, "explain") or "",
+                "gt_ans": batch["answer"][i],
+                "gt_explain": list(batch["explanations"][i]),
+                "completion": completion,
+                "think": extract_tag(completion, "think") or "",
+                "answer_type": batch.get("answer_type", [""] * len(completions))[i],
+                "image_name": Path(batch["image_path"][i]).name if "image_path" in batch else "",
+            }
+        )
+    return records
+
+
 def iteration_tokens(mask: Tensor) -> Tensor:
     return mask.sum().clamp(min=1)
 
@@ -408,11 +597,6 @@ def _masked_sum(values: Tensor, mask: Tensor) -> Tensor:
 def _nanstd(values: Tensor) -> Tensor:
     values = values[~torch.isnan(values)]
     return values.std() if values.numel() > 1 else torch.zeros((), dtype=values.dtype)
-
-
-def _none_if_nan(value: Tensor) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value
 
 
 def _md(text: str) -> str:

@@ -91,3 +91,64 @@ def test_demo_config_trains_and_its_reward_rises(assets, data_kwargs, tmp_path):
     # Measured: first 10 steps ~0.04, last 10 steps ~0.3 (tag_count reward, 4 prompts x G=8).
     assert last > first + 0.1, (first, last)
     assert "val/reward" in scalars  # validation ran at step 20 and 40
+
+
+def test_the_recipe_builds_deepspeed_zero2_with_cpu_offload_and_clipping(capsys):
+    """On the CPU: the strategy object the recipe describes, and what the module adds to its config."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    from grpo_lightning.module import GRPOModule
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "internvl.yaml"), "--print_config"])
+    config = printed_config(capsys.readouterr().out)
+    strategy = DeepSpeedStrategy(**config["trainer"]["strategy"]["init_args"])
+    zero = strategy.config["zero_optimization"]
+    assert zero["stage"] == 2
+    assert zero["offload_optimizer"]["device"] == "cpu"
+    assert "offload_param" not in zero or zero["offload_param"] is None
+    assert config["model"]["optimizer"]["class_path"] == "deepspeed.ops.adam.DeepSpeedCPUAdam"
+    # Lightning forbids gradient clipping with manual optimization; the module hands max_grad_norm to DeepSpeed.
+    module = GRPOModule(model_name_or_path="unused", max_grad_norm=config["model"]["max_grad_norm"])
+    module.trainer = SimpleNamespace(strategy=strategy)
+    module.setup("fit")
+    assert strategy.config["gradient_clipping"] == 1.0
+
+
+def test_the_full_reward_suite_and_a_plugin_from_yaml_in_a_demo_fit(assets, data_kwargs, tmp_path):
+    """`configs/demo_rewards.yaml`: accuracy, format, explanation (CIDEr-D + tiny CLIP) and a dotted-path plugin."""
+    import json
+
+    reward_kwargs = {
+        "explanation": {
+            "cider_weight": 0.5,
+            "clip_weight": 0.5,
+            "corpus_file": data_kwargs["train_file"],
+            "clip_model": str(demo_assets.clip_config_path(assets)),
+            "clip_pretrained": "random",
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "tests.reward_plugin:brevity": {"max_words": 20},
+    }
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "demo.yaml"),
+        "--config",
+        str(ROOT / "configs" / "demo_rewards.yaml"),
+    ]
+    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
+    args += ["--model.reward_kwargs", json.dumps(reward_kwargs), "--trainer.max_steps", "3"]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.limit_val_batches", "0"]
+    for key, value in data_kwargs.items():
+        args += [f"--data.{key}", value]
+    main(args)
+    scalars = read_scalars(tmp_path)
+    for name in ("accuracy", "format", "explanation", "tag_count", "brevity"):
+        points = scalars[f"train/rewards/{name}/mean"]
+        assert len(points) == 3 and all(0.0 <= value <= 3.0 for _, value in points), name
+    # explanation scores are in [0, 1] (a random model rarely writes an <explain>: those completions score 0)
+    assert all(0.0 <= value <= 1.0 for _, value in scalars["train/rewards/explanation/mean"])

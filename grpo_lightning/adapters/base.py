@@ -14,6 +14,8 @@ without knowing the tensor layouts.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -150,6 +152,32 @@ class VLMAdapter:
         token_aligned = {key: left_pad(values, 0)[0] for key, values in aligned.items()}
         return PromptBatch(input_ids, attention_mask, visual, texts, token_aligned)
 
+    #: Where the vision encoder and the language model sit in the model (``get_submodule`` paths).
+    vision_tower_path: ClassVar[str] = "model.vision_tower"
+    language_model_path: ClassVar[str] = "model.language_model"
+    #: LoRA targets by default: every attention and MLP projection of the language model.
+    default_lora_targets: ClassVar[tuple[str, ...]] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+
+    def vision_tower(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.get_submodule(self.vision_tower_path)
+
+    def lora_target_regex(self, names: Sequence[str] | None = None) -> str:
+        """A peft ``target_modules`` regex for the given projection names inside the language model only.
+
+        The vision tower uses the same names (``q_proj``...) in some families, hence the path anchor.
+        """
+        names = tuple(names) if names else self.default_lora_targets
+        alternatives = "|".join(re.escape(name) for name in names)
+        return rf"{re.escape(self.language_model_path)}\..*\.({alternatives})"
+
     #: Processor outputs that carry the image, one entry per image along dim 0.
     visual_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
     #: Processor outputs with one value per prompt token, besides input_ids and attention_mask.
@@ -206,6 +234,7 @@ class VLMAdapter:
         prompt_index: list[int],
         *,
         max_new_tokens: int,
+        min_new_tokens: int = 0,
         do_sample: bool,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -218,6 +247,7 @@ class VLMAdapter:
             **inputs,
             **prompts.visual_for(prompt_index, self.vision_dtype(model)),
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             do_sample=do_sample,
             use_cache=True,
             pad_token_id=self.tokenizer.pad_token_id,

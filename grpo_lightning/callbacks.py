@@ -1,0 +1,378 @@
+"""Checkpoints that survive a kill, resume that finds them, and the Hugging Face export at the end of ``fit``.
+
+What Lightning 2.6 does by itself, and what is added here (each point is checked in ``tests/test_checkpoints.py``):
+
+* Writing a file checkpoint, ``TorchCheckpointIO`` serialises the whole checkpoint into memory, writes it to a
+  ``tempfile.mkstemp()`` file in the system temp folder (``$TMPDIR``) and ``shutil.move``-s it into place. When that
+  folder is on another file system than the checkpoints (``/tmp`` on a local disk or tmpfs, logs on a network
+  file system), the move is a copy into the final name, and a process killed during it leaves a truncated
+  ``last.ckpt``. Killed writes also leave their temp files behind in ``$TMPDIR``, and nothing is fsync-ed.
+  :class:`AtomicCheckpointIO` writes ``<path>.tmp-<pid>`` beside the destination, fsyncs it, ``os.replace``-s it
+  over the destination (atomic on a POSIX file system) and removes the temp files of writers that died.
+* ``ModelCheckpoint(every_n_train_steps=N, save_last=True)`` saves every N steps but not the final step when the
+  run length is not a multiple of N (``last.ckpt`` is then up to N-1 steps old). :class:`StepCheckpoint` also
+  saves at the end of training. With manual optimisation (GRPOModule's) Lightning warns at every periodic save
+  that the checkpoint holds the weights after the optimizer step; that is what a resumed run needs, and the
+  warning is silenced.
+* ``fit(ckpt_path="last")`` looks for ``last.ckpt`` only in the checkpoint folder of the *new* run, which with
+  an automatically numbered logger version (``version_1`` after ``version_0``) is always empty: Lightning warns
+  "there is no last checkpoint available", and trains from scratch. :class:`StepCheckpoint` also looks in the
+  other versions of the same run name and resumes the most recent ``last.ckpt``.
+* ``save_last="link"`` replaces ``last.ckpt`` by removing it and then creating a symlink; here the new link is
+  made under a temporary name and renamed over the old one, so ``last.ckpt`` always exists. This is the choice
+  for DeepSpeed, whose checkpoints are folders written in place by DeepSpeed itself (no ``CheckpointIO``): a
+  ``last.ckpt`` copy would be overwritten file by file, while a link switches only once the new step folder
+  is complete.
+* A run name with ``/`` (``TensorBoardLogger(name="internvl/lr1e-6")``) is a nested folder under ``save_dir``;
+  version numbering and the lookup of ``last.ckpt`` work in it. Names that are absolute, hold ``..`` or ``.``,
+  or empty parts (``a//b``, ``a/``) would put the run elsewhere or alias another one, and are refused at
+  start-up by :func:`check_run_name`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from typing_extensions import override
+
+from grpo_lightning.export import ExportDtype, export_model, push_to_hub
+
+__all__ = ["AtomicCheckpointIO", "HFExportCallback", "StepCheckpoint", "check_run_name"]
+
+_TEMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
+
+
+# ------------------------------------------------------------------------------------------- checkpoint IO
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files that are complete or absent: never truncated, whenever the writing process dies.
+
+    The checkpoint is streamed to ``<path>.tmp-<pid>`` in the destination's folder, flushed to disk (``fsync``),
+    and renamed over ``path`` with ``os.replace``, which is atomic on a POSIX file system: a reader, or a run
+    resumed after a kill, sees the previous file or the new one. The folder is fsync-ed after the rename so the
+    new name survives a power cut. Temp files left by writers that died (their process id is no longer running
+    on this machine) are removed at the next save in the same folder. Remote paths (``s3://``...) are written as
+    Lightning does, as a single object upload.
+
+    Use it as a Trainer plugin: ``Trainer(plugins=[AtomicCheckpointIO()])``, or in YAML
+    ``trainer.plugins: [{class_path: grpo_lightning.callbacks.AtomicCheckpointIO}]``. DeepSpeed writes its
+    checkpoints itself and does not call it (see :class:`StepCheckpoint` ``save_last="link"``).
+
+    Args:
+        fsync: flush each checkpoint and its folder entry to the disk before reporting it saved. Off, a kill
+            still cannot leave a truncated file; a power cut can.
+    """
+
+    def __init__(self, fsync: bool = True):
+        super().__init__()
+        self.fsync = fsync
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no `storage_options`; remove them from the save call.")
+        if not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path)
+            return
+        path = Path(str(path).removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path.parent)
+        temp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(temp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                if self.fsync:
+                    os.fsync(file.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            _fsync_folder(path.parent)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``*.tmp-<pid>`` files in ``folder`` whose writer is no longer running on this machine.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for entry in Path(folder).iterdir():
+        match = _TEMP_SUFFIX.search(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap check: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _fsync_folder(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+# ----------------------------------------------------------------------------------------------- run names
+def check_run_name(name: str | None) -> None:
+    """Refuse a run name that is not a plain relative folder path (``/`` between non-empty folder names).
+
+    ``internvl/lr1e-6`` is fine: a nested folder under the logger's ``save_dir``. An absolute name would move the
+    run out of ``save_dir`` (``os.path.join`` drops ``save_dir``), ``..`` climbs out of it, and ``.`` or empty
+    parts (``a//b``, ``a/``) make a second spelling of another run's folder, which then shares its version
+    numbers and its ``last.ckpt``.
+
+    Args:
+        name: the logger's ``name`` (None or empty: no run folder, allowed).
+
+    Raises:
+        ValueError: the name is not allowed; the message gives one that is.
+    """
+    if not name:
+        return
+    parts = name.split("/")
+    if all(part not in ("", ".", "..") for part in parts):
+        return
+    suggestion = "/".join(part for part in parts if part not in ("", ".", "..")) or "run"
+    raise ValueError(
+        f"The run name {name!r} is not a relative folder path: a run name is folder names separated by single '/', "
+        "none of them '.' or '..', with no '/' at either end, so that the run stays in its own folder under the "
+        f"logger's save_dir. Set the logger's name (trainer.logger.init_args.name) to {suggestion!r}, for example."
+    )
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+class StepCheckpoint(ModelCheckpoint):
+    """A checkpoint every N optimizer steps and at the end of training, and ``last.ckpt`` beside them.
+
+    The files go to the run's log folder, ``<save_dir>/<name>/<version>/checkpoints/`` (``step=500.ckpt``...,
+    ``last.ckpt``), unless ``dirpath`` says otherwise. A run resumes only when asked:
+    ``python -m grpo_lightning fit ... --ckpt_path last`` continues from the most recent ``last.ckpt`` among the
+    versions of the same run name (the new run logs to a new version folder); ``--ckpt_path PATH`` from a file.
+
+    Args:
+        every_n_train_steps: save every this many optimizer steps (``trainer.global_step``: with ``num_iterations``
+            > 1 one batch makes several steps); 0 saves only at the end of training.
+        save_top_k: how many step checkpoints to keep: -1 all, 1 only the latest, 0 none (only ``last.ckpt``).
+        save_last: keep ``last.ckpt``: True writes it as a file (a second copy of the latest checkpoint),
+            ``"link"`` as a symbolic link to the latest step checkpoint (no copy; the choice with DeepSpeed,
+            whose checkpoints are folders; needs ``save_top_k`` -1).
+        dirpath: where to save (None: the run's log folder, as above).
+        filename: name pattern of the step checkpoints (``{step}`` gives ``step=500.ckpt``).
+        save_weights_only: leave optimizer, scheduler and loop states out (such a checkpoint cannot resume a run).
+    """
+
+    def __init__(
+        self,
+        every_n_train_steps: int = 500,
+        save_top_k: int = -1,
+        save_last: bool | Literal["link"] = True,
+        dirpath: str | None = None,
+        filename: str = "{step}",
+        save_weights_only: bool = False,
+    ):
+        if every_n_train_steps < 0:
+            raise ValueError(f"every_n_train_steps must be 0 (only at the end) or more, not {every_n_train_steps}.")
+        if save_top_k not in (-1, 0, 1):
+            raise ValueError(f"save_top_k must be -1 (keep all), 0 or 1 (keep the latest), not {save_top_k}.")
+        if save_last == "link" and save_top_k == 1:
+            raise ValueError(
+                "save_last='link' with save_top_k=1 deletes the step checkpoint that last.ckpt points to before "
+                "linking the new one, so a kill in between leaves no last.ckpt; use save_top_k=-1 with 'link', "
+                "or save_last=True."
+            )
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            save_last=save_last,
+            save_top_k=save_top_k,
+            every_n_train_steps=every_n_train_steps,
+            save_weights_only=save_weights_only,
+        )
+        self._in_run_folder = dirpath is None
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for logger in trainer.loggers:
+            check_run_name(logger.name)
+        super().setup(trainer, pl_module, stage)
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning saves only at multiples of every_n_train_steps: the steps after the last multiple would be lost.
+        if not self._should_skip_saving_checkpoint(trainer):
+            monitor_candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, monitor_candidates)
+            self._save_last_checkpoint(trainer, monitor_candidates)
+        super().on_train_end(trainer, pl_module)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A resumed run writes to a new version folder by design; Lightning warns that the previous folder's
+        # best/last paths are not carried over, which is what we want (the previous run's files stay untouched).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
+            super().load_state_dict(state_dict)
+
+    def find_last_checkpoint(self, trainer: L.Trainer) -> str | None:
+        """The checkpoint that ``fit(ckpt_path="last")`` resumes: the most recently written ``last.ckpt`` of this run
+        name (all its versions), or None when there is none (then Lightning warns and trains from scratch)."""
+        found = [path for path in self._find_last_checkpoints(trainer) if os.path.exists(path)]
+        return max(found, key=os.path.getmtime, default=None)
+
+    @override
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        found = super()._find_last_checkpoints(trainer)
+        run_folder = self._run_folder(trainer)
+        if run_folder is not None and run_folder.is_dir():
+            last = re.compile(rf"^{self.CHECKPOINT_NAME_LAST}(-v\d+)?{re.escape(self.FILE_EXTENSION)}$")
+            for version in run_folder.iterdir():
+                checkpoints = version / "checkpoints"
+                if checkpoints.is_dir():
+                    found |= {os.path.normpath(p) for p in checkpoints.iterdir() if last.match(p.name) and p.exists()}
+        return found
+
+    def _run_folder(self, trainer: L.Trainer) -> Path | None:
+        """``<save_dir>/<name>``, whose sub-folders are the versions of this run; None when not that layout."""
+        if not self._in_run_folder or not trainer.loggers:
+            return None
+        logger = trainer.loggers[0]
+        save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+        if not _is_local_file_protocol(save_dir):
+            return None
+        return Path(save_dir, str(logger.name or ""))
+
+    @staticmethod
+    @override
+    def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            if os.path.isdir(linkpath) and not os.path.islink(linkpath):
+                shutil.rmtree(linkpath)  # a real folder from save_last=True under DeepSpeed; cannot be renamed over
+            temp = f"{linkpath}.tmp-{os.getpid()}"
+            if os.path.lexists(temp):
+                os.remove(temp)
+            try:
+                os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), temp)
+            except OSError:  # no symlinks (Windows without the privilege): a copy, as Lightning does
+                copy = shutil.copytree if os.path.isdir(filepath) else shutil.copyfile
+                copy(filepath, temp)
+            os.replace(temp, linkpath)
+        trainer.strategy.barrier()
+
+
+# -------------------------------------------------------------------------------------------------- export
+class HFExportCallback(Callback):
+    """At the end of ``fit``, export the policy as a Hugging Face folder (LoRA merged), and optionally push it.
+
+    The folder loads with ``AutoModelForImageTextToText.from_pretrained`` and ``AutoProcessor.from_pretrained``
+    (see :func:`grpo_lightning.export.export_model`). Only the global-rank-0 process writes. Sharded weights
+    (DeepSpeed ZeRO-3, FSDP) are not whole on any process at that point: such runs are refused at start-up;
+    export their checkpoint with ``python -m grpo_lightning.export CKPT OUT_DIR`` instead.
+
+    Args:
+        export_dir: the folder to write (default: ``<trainer.log_dir>/hf_export``, beside the run's logs and
+            checkpoints). It must not hold files already, which is checked at start-up.
+        push_to_hub: also upload the folder to the hub repository ``hub_model_id`` (token: ``HF_TOKEN`` or the
+            saved ``hf auth login``).
+        hub_model_id: the repository to create or update, ``user-or-org/name``; required with ``push_to_hub``.
+        private: create the repository as private (an existing repository keeps its visibility).
+        dtype: cast the exported weights to this dtype (None: the training dtype).
+    """
+
+    def __init__(
+        self,
+        export_dir: str | None = None,
+        push_to_hub: bool = False,
+        hub_model_id: str | None = None,
+        private: bool = True,
+        dtype: ExportDtype | None = None,
+    ):
+        if push_to_hub and not hub_model_id:
+            raise ValueError(
+                "HFExportCallback(push_to_hub=True) needs hub_model_id, the repository to create or update, "
+                "e.g. hub_model_id: your-name/internvl3-1b-grpo-vivqax."
+            )
+        self.export_dir = export_dir
+        self.push_to_hub = push_to_hub
+        self.hub_model_id = hub_model_id
+        self.private = private
+        self.dtype = dtype
+        self.exported_to: Path | None = None
+
+    def resolve_export_dir(self, trainer: L.Trainer) -> Path:
+        """Where this run's export goes."""
+        if self.export_dir is not None:
+            return Path(self.export_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir, "hf_export")
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        strategy = trainer.strategy
+        if getattr(strategy, "zero_stage_3", False) or isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
+            raise ValueError(
+                f"HFExportCallback cannot export at the end of fit with {type(strategy).__name__}: the weights are "
+                "sharded across processes. Remove the callback and export the final checkpoint with "
+                "`python -m grpo_lightning.export CKPT OUT_DIR`."
+            )
+        export_dir = self.resolve_export_dir(trainer)
+        occupied = trainer.is_global_zero and export_dir.exists() and any(export_dir.iterdir())
+        if trainer.strategy.reduce_boolean_decision(occupied, all=False):  # every process stops, not rank 0 alone
+            raise FileExistsError(
+                f"HFExportCallback would export to {export_dir} at the end of fit, but it holds files already; "
+                "choose another export_dir or move that folder away before training."
+            )
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        export_dir = self.resolve_export_dir(trainer)  # on every rank: trainer.log_dir is a collective call
+        if not trainer.is_global_zero:
+            return
+        self.exported_to = export_model(pl_module.model, pl_module.adapter.processor, export_dir, dtype=self.dtype)
+        rank_zero_info(f"Exported the trained model to {self.exported_to}")
+        if self.push_to_hub:
+            url = push_to_hub(
+                self.exported_to,
+                self.hub_model_id,
+                private=self.private,
+                commit_message=f"GRPO fine-tuning, {trainer.global_step} steps",
+            )
+            rank_zero_info(f"Pushed {self.exported_to} to {url}")

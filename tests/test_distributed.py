@@ -1,0 +1,64 @@
+"""Several processes: the demo under DDP on 2 CPU processes (gloo), as a user would launch it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from grpo_lightning import demo_assets
+from scripts.tb_scalars import read_scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rank_reward(completions, solution, id, **kwargs):  # noqa: A002 - `id` is the batch field's name
+    """Reward = this process's rank; also records which prompts each rank saw, and checks they are whole groups."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    group = int(os.environ["GRPO_TEST_G"])
+    runs = [id[i : i + group] for i in range(0, len(id), group)]
+    if any(len(set(run)) != 1 or len(run) != group for run in runs) or len({run[0] for run in runs}) != len(runs):
+        raise AssertionError(f"rank {rank} got a split group: {id}")
+    with open(f"{os.environ['GRPO_TEST_IDS']}.rank{rank}", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(sorted({run[0] for run in runs})) + "\n")
+    return [float(rank)] * len(completions)
+
+
+@pytest.mark.slow
+def test_the_demo_runs_on_two_processes_with_whole_groups_reduced_metrics_and_one_checkpoint(
+    assets, data_kwargs, tmp_path
+):
+    ids_file = tmp_path / "ids"
+    args = [sys.executable, "-m", "grpo_lightning", "fit", "--config", "configs/demo.yaml"]
+    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    args += ["--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
+    args += ["--model.reward_funcs", "[tests.test_distributed:rank_reward]", "--model.reward_weights", "null"]
+    args += ["--model.num_generations", "4", "--model.max_completion_length", "8"]
+    args += ["--data.batch_size", "4", "--data.val_file", "null"]
+    for key, value in data_kwargs.items():
+        if key.startswith("train"):
+            args += [f"--data.{key}", value]
+    env = {**os.environ, "GRPO_TEST_G": "4", "GRPO_TEST_IDS": str(ids_file), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    per_rank = [[json.loads(line) for line in Path(f"{ids_file}.rank{r}").read_text().splitlines()] for r in (0, 1)]
+    assert [len(steps) for steps in per_rank] == [2, 2]
+    for rank0, rank1 in zip(*per_rank, strict=True):
+        assert len(rank0) == len(rank1) == 2, "each process takes batch_size / world_size = 2 whole prompts"
+        assert not set(rank0) & set(rank1), "the two processes must see different prompts"
+
+    scalars = read_scalars(tmp_path / "logs")
+    # rank 0 scores 0.0 and rank 1 scores 1.0: the logged reward is their mean only if it was reduced.
+    assert [value for _, value in scalars["train/reward"]] == [0.5, 0.5]
+    # written once, by rank 0: the end-of-training step checkpoint and the last.ckpt link to it
+    checkpoints = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "logs").rglob("*.ckpt"))
+    assert checkpoints == ["logs/demo/version_0/checkpoints/last.ckpt", "logs/demo/version_0/checkpoints/step=2.ckpt"]
+    assert len(list((tmp_path / "logs").rglob("events.out.tfevents.*"))) == 1
