@@ -519,8 +519,8 @@ class GRPOModule(L.LightningModule):
         for f, (name, _) in enumerate(self.reward_funcs):
             column = per_func[:, f]
             if not torch.isnan(column).all():
-                metrics[f"train/rewards/{name}/mean"] = torch.nanmean(column).float()
-                metrics[f"train/rewards/{name}/std"] = _nanstd(column).float()
+                metrics[f"train/rewards/{name}"] = torch.nanmean(column).float()
+                metrics[f"train/rewards_std/{name}"] = _nanstd(column).float()
         metrics = {k: v.detach().float().to(self.device) for k, v in metrics.items()}
         size = len(rewards)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=size, sync_dist=True)

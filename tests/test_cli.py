@@ -77,6 +77,7 @@ def test_demo_config_trains_and_its_reward_rises(assets, data_kwargs, tmp_path):
         "--model.model_name_or_path": str(demo_assets.internvl_path(assets)),
         "--trainer.logger.init_args.save_dir": str(tmp_path),
         "--trainer.max_steps": "40",
+        "--trainer.val_check_interval": "20",
         "--trainer.enable_progress_bar": "false",
         **{f"--data.{key}": value for key, value in data_kwargs.items()},
     }
@@ -90,7 +91,9 @@ def test_demo_config_trains_and_its_reward_rises(assets, data_kwargs, tmp_path):
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
     # Measured: first 10 steps ~0.04, last 10 steps ~0.3 (tag_count reward, 4 prompts x G=8).
     assert last > first + 0.1, (first, last)
-    assert "val/reward" in scalars  # validation ran at step 20 and 40
+    assert [step for step, _ in scalars["val/accuracy"]] == [19, 39]  # validation ran after steps 20 and 40
+    assert (tmp_path / "demo" / "version_0" / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "demo" / "version_0" / "hf_export" / "model.safetensors").exists()
 
 
 def test_the_recipe_builds_deepspeed_zero2_with_cpu_offload_and_clipping(capsys):
@@ -148,7 +151,7 @@ def test_the_full_reward_suite_and_a_plugin_from_yaml_in_a_demo_fit(assets, data
     main(args)
     scalars = read_scalars(tmp_path)
     for name in ("accuracy", "format", "explanation", "tag_count", "brevity"):
-        points = scalars[f"train/rewards/{name}/mean"]
+        points = scalars[f"train/rewards/{name}"]
         assert len(points) == 3 and all(0.0 <= value <= 3.0 for _, value in points), name
     # explanation scores are in [0, 1] (a random model rarely writes an <explain>: those completions score 0)
-    assert all(0.0 <= value <= 1.0 for _, value in scalars["train/rewards/explanation/mean"])
+    assert all(0.0 <= value <= 1.0 for _, value in scalars["train/rewards/explanation"])
