@@ -226,6 +226,55 @@ class VLMAdapter:
     def vision_dtype(self, model: torch.nn.Module) -> torch.dtype:
         return next(model.parameters()).dtype
 
+    # ------------------------------------------------------------------------ encoding images once
+    #: Whether the model accepts precomputed image features (``mm_encoder_outputs``) instead of pixels, so that
+    #: the vision encoder runs once per distinct prompt however many sequences share its image.
+    shares_image_features: ClassVar[bool] = False
+    #: Whether sampling may start from a prompt KV cache prefilled once per prompt and copied to its G samples.
+    shares_prompt_cache: ClassVar[bool] = False
+
+    def image_features(self, model: torch.nn.Module, prompts: PromptBatch, indices: list[int]) -> list[Any]:
+        """The projected image features of each of the given prompts, encoded in one vision-tower call."""
+        raise NotImplementedError
+
+    def feature_inputs(self, prompts: PromptBatch, features: dict[int, Any], prompt_index: list[int]) -> dict:
+        """Model keyword arguments that place each sequence's image features (``features[prompt]``)."""
+        raise NotImplementedError
+
+    def visual_inputs(self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int]) -> dict[str, Any]:
+        """The image inputs of a forward pass over sequences of the given prompts (repeats allowed)."""
+        if not self.shares_image_features:
+            return prompts.visual_for(prompt_index, self.vision_dtype(model))
+        unique = list(dict.fromkeys(prompt_index))
+        features = dict(zip(unique, self.image_features(model, prompts, unique), strict=True))
+        return self.feature_inputs(prompts, features, prompt_index)
+
+    def prefill(self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int]) -> Any:
+        """KV cache of each distinct prompt minus its last token, computed once and copied to its sequences.
+
+        Row j of the cache belongs to sequence j (prompt ``prompt_index[j]``). The model then only processes each
+        sequence's last prompt token (a text token) and what follows, so neither the image nor the prompt is
+        encoded once per sample. Gradients flow through the copies into the one shared computation.
+        """
+        unique = list(dict.fromkeys(prompt_index))
+        inputs = prompts.token_inputs(unique)
+        head = {key: value[:, :-1] for key, value in inputs.items()}
+        outputs = model(
+            **head,
+            **self.position_kwargs(head["attention_mask"]),
+            **self.visual_inputs(model, prompts, unique),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = outputs.past_key_values
+        rows = torch.tensor([unique.index(p) for p in prompt_index], device=inputs["input_ids"].device)
+        cache.batch_select_indices(rows)
+        return cache
+
+    def can_share_prefix(self, model: torch.nn.Module) -> bool:
+        # Gradient checkpointing turns the KV cache off in training mode; then every sequence runs whole.
+        return self.shares_prompt_cache and not (model.training and getattr(model, "is_gradient_checkpointing", False))
+
     @torch.no_grad()
     def generate(
         self,
@@ -240,12 +289,20 @@ class VLMAdapter:
         top_p: float = 1.0,
         top_k: int | None = None,
     ) -> Tensor:
-        """Sample one completion for each entry of ``prompt_index``; returns (N, C) right-padded ids."""
+        """Sample one completion for each entry of ``prompt_index``; returns (N, C) right-padded ids.
+
+        When ``prompt_index`` is runs of equal length (G samples of each prompt) and the family allows it, each
+        prompt, image included, is encoded and prefilled once and its KV cache shared by its G samples.
+        """
         inputs = prompts.token_inputs(prompt_index)
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if do_sample else {}
+        if self.shares_prompt_cache:
+            extra = {"cache": self.prefill(model, prompts, prompt_index)}
+        else:
+            extra = prompts.visual_for(prompt_index, self.vision_dtype(model))
         output = model.generate(
             **inputs,
-            **prompts.visual_for(prompt_index, self.vision_dtype(model)),
+            **extra,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             do_sample=do_sample,
@@ -282,14 +339,28 @@ class VLMAdapter:
         num_seqs, full_width = completion_ids.shape
         width = max(int(completion_mask.sum(-1).max().item()), 1) if completion_mask.numel() else 1
         inputs = prompts.token_inputs(prompt_index, completion_mask[:, :width])
+        prompt_width = inputs["input_ids"].shape[1]
         inputs["input_ids"] = torch.cat([inputs["input_ids"], completion_ids[:, :width]], dim=1)
-        outputs = model(
-            **inputs,
-            **self.position_kwargs(inputs["attention_mask"]),
-            **prompts.visual_for(prompt_index, self.vision_dtype(model)),
-            logits_to_keep=width + 1,
-            use_cache=False,
-        )
+        positions = self.position_kwargs(inputs["attention_mask"])
+        if self.can_share_prefix(model):
+            # The prompt (image included) runs once per distinct prompt; each sequence continues from its copy
+            # of that cache with its last prompt token and its completion.
+            outputs = model(
+                input_ids=inputs["input_ids"][:, prompt_width - 1 :],
+                attention_mask=inputs["attention_mask"],
+                **{key: value[..., prompt_width - 1 :] for key, value in positions.items()},
+                cache=self.prefill(model, prompts, prompt_index),
+                logits_to_keep=width + 1,
+                use_cache=True,
+            )
+        else:
+            outputs = model(
+                **inputs,
+                **positions,
+                **self.visual_inputs(model, prompts, prompt_index),
+                logits_to_keep=width + 1,
+                use_cache=False,
+            )
         # The logit at position t predicts token t + 1: drop the last one, keep the `width` that score completions.
         logits = outputs.logits[:, :-1, :] / temperature
         logits = logits.index_fill(-1, torch.tensor(self.suppressed_token_ids(model), device=logits.device), -torch.inf)

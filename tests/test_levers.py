@@ -1,0 +1,114 @@
+"""Performance levers, each counted where it can be, and each shown to leave the result unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grpo_lightning.data import ViVQAXDataModule
+from grpo_lightning.module import GRPOModule
+from tests.test_module import fit, make_module
+
+B, G = 2, 4
+
+
+@pytest.fixture
+def batch(data_kwargs):
+    data = ViVQAXDataModule(**data_kwargs, batch_size=B, shuffle=False)
+    data.setup("fit")
+    return next(iter(data.train_dataloader()))
+
+
+def count_images(module) -> list[int]:
+    """Record how many images (tiles or patch groups) each vision-tower call encodes."""
+    calls: list[int] = []
+    tower = module.adapter.vision_tower(module.model)
+    tower.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(_images_in(args, kwargs)), with_kwargs=True)
+    return calls
+
+
+def _images_in(args, kwargs) -> int:
+    pixels = kwargs.get("pixel_values", args[0] if args else kwargs.get("hidden_states"))
+    grid = kwargs.get("grid_thw")
+    return int(grid.shape[0]) if grid is not None else int(pixels.shape[0])
+
+
+def plain(module: GRPOModule) -> GRPOModule:
+    """The same module without the levers: pixels into every forward pass, G separate prefills."""
+    module.adapter.shares_image_features = False
+    module.adapter.shares_prompt_cache = False
+    return module
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy(assets, data_kwargs, tmp_path, family):
+    module = make_module(assets, family, num_generations=G, micro_batch_size=G, beta=0.04)
+    module.configure_model()
+    calls = count_images(module)
+    reference_calls = []
+    with module.reference() as reference:
+        tower = module.adapter.vision_tower(reference)
+        tower.register_forward_pre_hook(
+            lambda mod, args, kwargs: reference_calls.append(_images_in(args, kwargs)), with_kwargs=True
+        )
+    fit(module, data_kwargs, tmp_path, steps=1, batch_size=B)
+    # rollout: B images; policy update: one micro-batch per prompt (micro_batch_size = G), B images.
+    # InternVL shares the prompt cache while sampling; Qwen2-VL samples the plain way (B * G images).
+    rollout = B if family == "internvl" else B * G
+    assert sum(calls) == rollout + B, calls
+    assert sum(reference_calls) == B, reference_calls
+    plain_module = make_module(assets, family, num_generations=G, micro_batch_size=G, beta=0.0)
+    plain_module.configure_model()
+    plain(plain_module)
+    plain_calls = count_images(plain_module)
+    fit(plain_module, data_kwargs, tmp_path / "plain", steps=1, batch_size=B)
+    assert sum(plain_calls) == 2 * B * G  # without the levers: every sequence encodes its image, twice
+
+
+def test_sampling_from_a_shared_prompt_cache_gives_the_plain_tokens(assets, batch):
+    module = make_module(assets, num_generations=G, max_completion_length=10)
+    module.configure_model()
+    shared = module.generate_rollout(batch, num_generations=G, do_sample=False)
+    baseline = plain(module).generate_rollout(batch, num_generations=G, do_sample=False)
+    assert torch.equal(shared.completion_ids, baseline.completion_ids)
+    torch.manual_seed(5)
+    shared = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    module.adapter.shares_prompt_cache = True
+    torch.manual_seed(5)
+    again = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    assert torch.equal(shared.completion_ids, again.completion_ids)
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchanged(assets, batch, family):
+    """Same rollout through the lever path (image encoded and prompt prefilled once per prompt, its cache copied to
+    the G sequences, gradients flowing back through the copies) and the plain path: equal log-probs, loss and
+    gradients."""
+    module = make_module(assets, family, num_generations=G, beta=0.0)
+    module.configure_model()
+    torch.manual_seed(0)
+    rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    advantages = torch.linspace(-1, 1, len(rollout.completions))
+    results = []
+    levers = (module.adapter.shares_image_features, module.adapter.shares_prompt_cache)
+    for shares in (True, False):
+        module.adapter.shares_image_features = shares and levers[0]
+        module.adapter.shares_prompt_cache = shares and levers[1]
+        module.model.zero_grad(set_to_none=True)
+        logps, _ = module.adapter.completion_logps(
+            module.model,
+            rollout.prompts,
+            rollout.prompt_index.tolist(),
+            rollout.completion_ids,
+            rollout.completion_mask,
+        )
+        mask = rollout.completion_mask.float()
+        loss = -((logps * mask).sum(-1) / mask.sum(-1).clamp(min=1) * advantages).mean()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
+        results.append((logps.detach(), loss.detach(), grads))
+    (logps_a, loss_a, grads_a), (logps_b, loss_b, grads_b) = results
+    torch.testing.assert_close(logps_a, logps_b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    assert grads_a.shape == grads_b.shape and grads_a.abs().max() > 0
+    torch.testing.assert_close(grads_a, grads_b, rtol=1e-4, atol=1e-6)
