@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--max-completion-length", type=int, default=24)
     parser.add_argument("--micro-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--plain", action="store_true", help="turn the levers off: pixels into every pass, one prefill per sample"
+    )
     args = parser.parse_args()
     root = Path(args.assets)
     if not demo_assets.is_complete(root):
@@ -47,6 +50,9 @@ def main() -> None:
         micro_batch_size=args.micro_batch_size,
         log_completions_every_n_steps=0,
     )
+    module.configure_model()
+    if args.plain:
+        module.adapter.shares_image_features = module.adapter.shares_prompt_cache = False
     recorder = StepRecorder()
     data = ViVQAXDataModule(
         train_file=str(demo_assets.split_json_path(root, "train")),
@@ -68,7 +74,10 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(recorder.steps) - warmup} measured steps"
     )
-    print(f"prompts/step 4, G {args.num_generations}, completion length <= {args.max_completion_length}")
+    print(
+        f"prompts/step 4, G {args.num_generations}, completion length <= {args.max_completion_length}, "
+        + ("levers off (--plain)" if args.plain else "levers on")
+    )
     step = medians["train/step_time"]
     for stage in ("rollout", "reward", "reference", "update"):
         value = medians[f"train/time/{stage}"]

@@ -71,6 +71,9 @@ def main() -> int:
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--workdir", default=None, help="where to build the model (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--plain", action="store_true", help="turn the levers off: pixels into every pass, one prefill per sample"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check needs a CUDA device; none is visible.", file=sys.stderr)
@@ -103,6 +106,9 @@ def main() -> int:
         batch_size=args.prompts,
         max_image_side=None,
     )
+    module.configure_model()
+    if args.plain:
+        module.adapter.shares_image_features = module.adapter.shares_prompt_cache = False
     recorder = StepRecorder()
     trainer = L.Trainer(
         accelerator="gpu",
@@ -130,7 +136,7 @@ def main() -> int:
     print(
         f"settings: {args.prompts} prompts x G={args.num_generations}, {args.completion_length} completion tokens, "
         f"beta 0.04, bf16, DeepSpeed ZeRO-2 + CPU optimizer offload, gradient checkpointing, "
-        f"micro-batch {args.micro_batch_size}"
+        f"micro-batch {args.micro_batch_size}, levers {'off (--plain)' if args.plain else 'on'}"
     )
     for i, step in enumerate(steps):
         print(

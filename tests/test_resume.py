@@ -22,7 +22,12 @@ def characters_reward(completions, solution, **kwargs):
 def run(assets, data_kwargs, save_dir, max_steps, ckpt_path=None):
     L.seed_everything(7)
     module = make_module(
-        assets, reward_funcs=["tests.test_resume:characters_reward"], beta=0.04, log_completions_every_n_steps=0
+        assets,
+        reward_funcs=["tests.test_resume:characters_reward"],
+        beta=0.04,
+        log_completions_every_n_steps=0,
+        # a schedule that changes every step: a resumed run that restarted it would end with other weights
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.1, total_iters=6),
     )
     checkpoints = ModelCheckpoint(every_n_train_steps=3, save_top_k=-1, save_last=True)
     trainer = L.Trainer(
@@ -58,6 +63,9 @@ def test_resuming_from_step_3_reproduces_the_straight_run(assets, data_kwargs, t
     # the same samples drawn and scored the same
     assert [v for _, v in resumed_rewards] == pytest.approx([v for _, v in straight_rewards], rel=1e-6)
     assert len({v for _, v in straight_rewards}) > 1
+    straight_lr = read_scalars(tmp_path / "straight")["train/learning_rate"]
+    assert read_scalars(tmp_path / "stopped")["train/learning_rate"] == straight_lr
+    assert straight_lr[0][1] > straight_lr[-1][1]
 
 
 @pytest.mark.slow

@@ -1,0 +1,214 @@
+"""The TRL comparison harness's pure parts: settings mapping, equal-work check, summaries, the ratio line.
+
+Runs without trl (CI does not install the ``bench`` extra) and without building or loading a model.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_harness():
+    spec = importlib.util.spec_from_file_location("bench_vs_trl", ROOT / "benchmarks" / "bench_vs_trl.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_harness()
+
+
+def _grpo_module_parameters() -> set[str]:
+    """GRPOModule's constructor arguments, read from the source (importing it would load Lightning)."""
+    tree = ast.parse((ROOT / "grpo_lightning" / "module.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "GRPOModule":
+            init = next(f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+            return {a.arg for a in init.args.args + init.args.kwonlyargs} - {"self"}
+    raise AssertionError("GRPOModule not found in grpo_lightning/module.py")
+
+
+def _run(settings, completion_lengths=None, trained=None, num_steps=None, min_max=True):
+    """A fake run record: every step's completions of the given lengths (default: all exactly L)."""
+    n, length = settings.sequences_per_step, settings.completion_length
+    lengths = completion_lengths or [length] * n
+    steps = []
+    for i in range(settings.total_steps if num_steps is None else num_steps):
+        steps.append(
+            {
+                "wall_s": 1.0 + i,
+                "in_step_s": 0.5 + i,
+                "completion_tokens": sum(lengths),
+                "trained_tokens": (trained or 1000) + i,
+                "min_completion_length": min(lengths) if min_max else None,
+                "max_completion_length": max(lengths) if min_max else None,
+            }
+        )
+    return {"steps": steps, "peak_rss_mib": 1000.0}
+
+
+def test_harness_helpers_work_without_trl():
+    """In a fresh interpreter where ``import trl`` fails, the harness loads and its helpers run."""
+    code = (
+        "import sys, importlib.util; sys.modules['trl'] = None\n"  # None in sys.modules: import raises ImportError
+        f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'benchmarks' / 'bench_vs_trl.py')!r})\n"
+        "b = importlib.util.module_from_spec(spec); sys.modules['b'] = b; spec.loader.exec_module(b)\n"
+        "s = b.BenchSettings(); b.trl_config_kwargs(s, 'o', []); b.ours_module_kwargs(s, 'm')\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'lightning', 'datasets') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"  # nothing heavy at import time either
+
+
+def test_settings_validate():
+    with pytest.raises(ValueError, match="num_generations"):
+        bench.BenchSettings(num_generations=1)
+    with pytest.raises(ValueError, match="must divide"):
+        bench.BenchSettings(prompts_per_step=2, num_generations=4, micro_batch_size=3)
+    s = bench.BenchSettings(prompts_per_step=2, num_generations=4, completion_length=32)
+    assert (s.sequences_per_step, s.micro_batch, s.completion_tokens_per_step) == (8, 8, 256)
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 2, 4])
+def test_both_trainers_get_the_same_work(micro_batch_size):
+    s = bench.BenchSettings(
+        prompts_per_step=2, num_generations=4, completion_length=24, micro_batch_size=micro_batch_size
+    )
+    ours = bench.ours_module_kwargs(s, "/m")
+    trl = bench.trl_config_kwargs(s, "/out", [5, 7])
+    assert set(ours) <= _grpo_module_parameters()
+    # one generation of B x G sequences and one optimizer step per batch, in equal micro-batches
+    assert trl["generation_batch_size"] == s.sequences_per_step == 8
+    assert trl["per_device_train_batch_size"] * trl["gradient_accumulation_steps"] == 8
+    assert trl["per_device_train_batch_size"] == ours["micro_batch_size"] == (micro_batch_size or 8)
+    assert trl["num_iterations"] == ours["num_iterations"] == 1
+    # exactly L tokens per completion in both
+    assert ours["min_completion_length"] == ours["max_completion_length"] == 24
+    assert trl["max_completion_length"] == trl["generation_kwargs"]["min_new_tokens"] == 24
+    assert trl["generation_kwargs"]["suppress_tokens"] == [5, 7]
+    pairs = [
+        ("num_generations", "num_generations"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("beta", "beta"),
+        ("epsilon_low", "epsilon"),
+        ("loss_type", "loss_type"),
+        ("scale_rewards", "scale_rewards"),
+        ("max_grad_norm", "max_grad_norm"),
+        ("gradient_checkpointing", "gradient_checkpointing"),
+    ]
+    for ours_key, trl_key in pairs:
+        assert ours[ours_key] == trl[trl_key], (ours_key, trl_key)
+    assert ours["top_k"] is None and trl["top_k"] == 0  # both: no top-k filtering
+    adamw = s.adamw_kwargs()
+    assert (adamw["lr"], adamw["betas"], adamw["eps"], adamw["weight_decay"]) == (
+        trl["learning_rate"],
+        (trl["adam_beta1"], trl["adam_beta2"]),
+        trl["adam_epsilon"],
+        trl["weight_decay"],
+    )
+    assert trl["optim"] == "adamw_torch" and trl["lr_scheduler_type"] == "constant" and trl["warmup_steps"] == 0
+    assert ours["lr_scheduler"] is None and ours["epsilon_high"] is None
+    assert trl["bf16"] is False and trl["fp16"] is False and ours["dtype"] == "float32"
+    assert ours["attn_implementation"] == trl["model_init_kwargs"]["attn_implementation"] == "sdpa"
+    assert trl["shuffle_dataset"] is False and trl["use_vllm"] is False and trl["report_to"] == []
+    assert trl["max_steps"] == s.total_steps
+    assert len(bench.mapping_table(s)) > 10
+
+
+def test_check_equal_work_accepts_identical_work():
+    s = bench.BenchSettings(prompts_per_step=2, num_generations=4, completion_length=16)
+    bench.check_equal_work(s, _run(s, min_max=False), _run(s))
+
+
+@pytest.mark.parametrize(
+    "trl_run, message",
+    [
+        ("short", "completion tokens, expected 128"),
+        ("tokens", "ours trained on 1000 tokens, trl on 1001"),
+        ("steps", "3 steps recorded, 4 expected"),
+    ],
+)
+def test_check_equal_work_fails_loudly(trl_run, message):
+    s = bench.BenchSettings(prompts_per_step=2, num_generations=4, completion_length=16)
+    runs = {
+        "short": _run(s, completion_lengths=[16] * 7 + [3]),
+        "tokens": _run(s, trained=1001),
+        "steps": _run(s, num_steps=3),
+    }
+    with pytest.raises(bench.UnequalWorkError, match=re.escape(message)):
+        bench.check_equal_work(s, _run(s), runs[trl_run])
+
+
+def test_check_equal_work_reads_min_and_max_lengths():
+    s = bench.BenchSettings(prompts_per_step=1, num_generations=2, completion_length=8)
+    lopsided = _run(s, completion_lengths=[6, 10])  # the right total, but not L each
+    with pytest.raises(bench.UnequalWorkError, match="min_completion_length 6, expected 8"):
+        bench.check_equal_work(s, _run(s), lopsided)
+
+
+def test_summary_and_last_line():
+    s = bench.BenchSettings(warmup_steps=1, measured_steps=3)
+    ours = [_run(s), _run(s)]
+    trl = [_run(s), _run(s)]
+    for run in trl:
+        run["peak_rss_mib"] = 1600.0
+        for step in run["steps"]:
+            step["wall_s"] *= 4
+    o, t = bench.summarize(ours, skip=1), bench.summarize(trl, skip=1)
+    assert (o["wall_s"], o["in_step_s"], o["steps"]) == (3.0, 2.5, 6)  # medians of steps 2-4 of both runs
+    assert t["wall_s"] == 12.0
+    line = bench.ratio_line(o, t)
+    assert line == "ratio_step_time=0.250 ratio_peak_rss=0.625"
+    assert re.fullmatch(r"ratio_step_time=\d+\.\d{3} ratio_peak_rss=\d+\.\d{3}", line)
+
+
+def test_sweep_points():
+    s = bench.BenchSettings(prompts_per_step=2, num_generations=4, completion_length=32)
+    points = [(axis, p.num_generations, p.completion_length, p.micro_batch) for axis, p in bench.sweep_settings(s)]
+    assert points == [
+        ("G", 2, 32, 4),
+        ("G, L", 4, 32, 8),  # the given point belongs to both series, and is run once
+        ("G", 8, 32, 8),  # 16 and 32 sequences go in passes of 8 in both trainers
+        ("G", 16, 32, 8),
+        ("L", 4, 16, 8),
+        ("L", 4, 64, 8),
+        ("L", 4, 128, 8),
+    ]
+    given = bench.sweep_settings(dataclasses.replace(s, micro_batch_size=4))
+    assert {p.micro_batch for _, p in given} == {4}
+    with pytest.raises(ValueError, match="must divide"):
+        bench.sweep_settings(bench.BenchSettings(prompts_per_step=1, num_generations=4, micro_batch_size=4))
+
+
+def test_format_table():
+    table = bench.format_table(("a", "bb"), [(1, "x"), ("long", 2.5)])
+    assert table.splitlines() == ["| a    | bb  |", "|------|-----|", "| 1    | x   |", "| long | 2.5 |"]
+
+
+def test_trl_reward_is_our_format_reward_on_message_completions():
+    good = "<think>a</think><answer>b</answer><explain>c</explain>"
+    completions = [[{"role": "assistant", "content": good}], [{"role": "assistant", "content": "no tags"}]]
+    assert bench._trl_format_reward(completions, solution=["", ""]) == [1.0, 0.0]
+    assert bench._trl_format_reward.__name__ == "format"
+
+
+def test_others_share_of_the_machine():
+    # 2 cores for 10 s = 20 CPU-seconds; the machine was busy 15, of which 12 were ours: others took 15%
+    assert bench.others_share(15.0, 12.0, 10.0, cores=2) == pytest.approx(0.15)
+    assert bench.others_share(11.0, 12.0, 10.0, cores=2) == 0.0  # counter granularity: never negative
+    assert bench.others_share(0.0, 5.0, 10.0, cores=2) == 0.0  # unreadable counters
+    assert bench.busy_warning(0.05) == []
+    assert bench.busy_warning(0.3)[0].startswith("warning: other processes used up to 30% of the CPUs")
