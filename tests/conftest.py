@@ -15,6 +15,20 @@ import pytest  # noqa: E402
 from grpo_lightning import demo_assets  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls run far slower with 2 OpenMP threads on a loaded 2-core box; one thread, then restore.
+
+    Use in a test module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> Path:
     """Tiny InternVL and Qwen2-VL checkpoints and a synthetic ViVQA-X dataset (the `make demo` layout)."""

@@ -49,13 +49,7 @@ def _state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny matmuls are ~1000x slower with 2 OpenMP threads on a loaded 2-core box; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
