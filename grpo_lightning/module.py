@@ -359,6 +359,7 @@ class GRPOModule(L.LightningModule):
         totals = {
             name: torch.zeros((), device=self.device) for name in ("loss", "kl", "clip_low", "clip_high", "entropy")
         }
+        num_tokens_local = mask.sum().clamp(min=1)  # the statistics below are token means over this batch
         micro_batches = self.micro_batches(mask.shape[0])
         for iteration in range(hp.num_iterations):
             for index, mb in enumerate(micro_batches):
@@ -370,15 +371,15 @@ class GRPOModule(L.LightningModule):
                 if ref_logps is not None:
                     kl = kl_k3(logps, ref_logps[mb])
                     per_token_loss = per_token_loss + hp.beta * kl
-                    totals["kl"] += _masked_sum(kl.detach(), mask[mb]) / iteration_tokens(mask)
+                    totals["kl"] += _masked_sum(kl.detach(), mask[mb]) / num_tokens_local
                 loss = aggregate_loss(per_token_loss, mask[mb], hp.loss_type, **normalisers)
                 with self.gradient_sync(index == len(micro_batches) - 1):
                     self.manual_backward(loss)
                 totals["loss"] += loss.detach()
-                totals["clip_low"] += _masked_sum(low.float(), mask[mb]) / iteration_tokens(mask)
-                totals["clip_high"] += _masked_sum(high.float(), mask[mb]) / iteration_tokens(mask)
+                totals["clip_low"] += _masked_sum(low.float(), mask[mb]) / num_tokens_local
+                totals["clip_high"] += _masked_sum(high.float(), mask[mb]) / num_tokens_local
                 if entropy is not None:
-                    totals["entropy"] += _masked_sum(entropy, mask[mb]) / iteration_tokens(mask)
+                    totals["entropy"] += _masked_sum(entropy, mask[mb]) / num_tokens_local
             if hp.max_grad_norm is not None and not isinstance(self.trainer.strategy, DeepSpeedStrategy):
                 self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
@@ -584,10 +585,6 @@ def prediction_records(batch: dict[str, list[Any]], completions: list[str]) -> l
             }
         )
     return records
-
-
-def iteration_tokens(mask: Tensor) -> Tensor:
-    return mask.sum().clamp(min=1)
 
 
 def _masked_sum(values: Tensor, mask: Tensor) -> Tensor:
