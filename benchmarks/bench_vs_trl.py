@@ -2,8 +2,9 @@
 
     pip install -e '.[bench]'          # trl and what it needs; never a runtime dependency of grpo_lightning
     python benchmarks/bench_vs_trl.py [--rounds 2] [--steps 3] [--warmup 1] [--work-dir DIR] [--sweep]
+    python benchmarks/bench_vs_trl.py --device cuda --dtype bfloat16 --model-shape internvl3-1b   # on a GPU
 
-Builds, offline, one random-weight InternVL checkpoint (``MODEL_SHAPE``: real 448-pixel tiles of 14-pixel patches,
+Builds, offline, one random-weight InternVL checkpoint (``CPU_MODEL_SHAPE``: real 448-pixel tiles of 14-pixel patches,
 so 1,024 patches per tile through the vision tower and 256 image tokens per prompt, a Qwen2-shaped language model)
 and a synthetic ViVQA-X dataset, then trains it with both trainers on the same prompts in the same order (no
 shuffling): B prompts x G completions per optimizer step, every completion exactly L tokens (``min_new_tokens`` =
@@ -33,6 +34,13 @@ TRL on a CPU: its fused log-prob head (``trl.kernels.chunked_logprob``) projects
 the LM head on CUDA (Triton), but every position, prompt included, elsewhere. That is what TRL costs here, and what
 the default (``--trl-lm-head stock``) measures; ``--trl-lm-head completion-only`` makes TRL score only completion
 positions on the CPU too (same log-probs, less work), for the comparison with TRL as lean as on a GPU.
+
+On a GPU (``--device cuda``) both trainers run on the one visible device, in the given ``--dtype`` (``bfloat16``:
+weights loaded in bf16 and bf16 autocast in both, torch AdamW on the bf16 weights in both: Lightning's
+``bf16-mixed`` precision and TRL's ``bf16=True``), and ``--model-shape internvl3-1b`` builds the 802M-parameter
+InternVL3-1B-shaped model of ``scripts/gpu_check.py``. The step clocks synchronize the device before reading the
+time; each run's peak GPU memory (``torch.cuda.max_memory_allocated``) is printed beside its peak RSS, and the last
+line gains ``ratio_peak_gpu_memory=<ours/trl>``.
 """
 
 from __future__ import annotations
@@ -53,13 +61,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: The benchmark checkpoint: random weights, InternVL3-1B's proportions shrunk to a 2-core CPU (43.5M parameters,
-#: 11.3M of them in the vision tower). A 448-px tile of 14-px patches is 1,024 vision tokens and 256 image tokens per
-#: prompt after the 0.5 pixel shuffle, as in InternVL3-1B, so the vision tower and the prefill cost what they cost
-#: there: one tile through the vision tower costs about twice the language model's prefill of its prompt (about three
-#: times in InternVL3-1B), and the LM head costs about 0.4 of the language model per token (as with InternVL3-1B's
-#: 151,674-token vocabulary).
-MODEL_SHAPE: dict[str, Any] = {
+#: The CPU benchmark's checkpoint (``--model-shape cpu``): random weights, InternVL3-1B's proportions shrunk to a 2-core
+#: CPU (43.5M parameters, 11.3M of them in the vision tower). A 448-px tile of 14-px patches is 1,024 vision tokens and
+#: 256 image tokens per prompt after the 0.5 pixel shuffle, as in InternVL3-1B, so the vision tower and the prefill cost
+#: what they cost there: one tile through the vision tower costs about twice the language model's prefill of its prompt
+#: (about three times in InternVL3-1B), and the LM head costs about 0.4 of the language model per token (as with
+#: InternVL3-1B's 151,674-token vocabulary).
+CPU_MODEL_SHAPE: dict[str, Any] = {
     "vocab_size": 1000,
     "pad_vocab_to": 16384,
     "hidden_size": 512,
@@ -76,6 +84,23 @@ MODEL_SHAPE: dict[str, Any] = {
     "downsample_ratio": 0.5,
     "max_patches": 1,
 }
+
+#: ``--model-shape`` choices: ``cpu`` (above) and ``internvl3-1b`` (``demo_assets.INTERNVL3_1B_SHAPE``, for a GPU).
+MODEL_SHAPE_NAMES = ("cpu", "internvl3-1b")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
+
+
+def model_shape(name: str) -> dict[str, Any]:
+    """``build_tiny_internvl`` arguments of the named shape (``MODEL_SHAPE_NAMES``)."""
+    if name == "cpu":
+        return dict(CPU_MODEL_SHAPE)
+    if name == "internvl3-1b":
+        from grpo_lightning.demo_assets import INTERNVL3_1B_SHAPE
+
+        return dict(INTERNVL3_1B_SHAPE)
+    raise ValueError(f"Unknown model shape {name!r}; choose one of {', '.join(MODEL_SHAPE_NAMES)}.")
+
 
 RESULT_KEYS = ("ours", "trl")
 #: How TRL's fused log-prob head runs (``--trl-lm-head``): as installed, or patched to score completion positions
@@ -109,6 +134,9 @@ class BenchSettings:
         threads: torch threads of both.
         warmup_steps: steps left out of the medians, per run.
         measured_steps: steps measured per run.
+        device: ``cpu`` or ``cuda`` (one device, both trainers).
+        dtype: weights and autocast of both, ``float32`` or ``bfloat16``.
+        model_shape: the checkpoint's shape, a name of ``MODEL_SHAPE_NAMES``.
     """
 
     prompts_per_step: int = 2
@@ -128,8 +156,18 @@ class BenchSettings:
     threads: int = 2
     warmup_steps: int = 1
     measured_steps: int = 3
+    device: str = "cpu"
+    dtype: str = "float32"
+    model_shape: str = "cpu"
 
     def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("device", self.device, DEVICES),
+            ("dtype", self.dtype, DTYPES),
+            ("model_shape", self.model_shape, MODEL_SHAPE_NAMES),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
         if self.num_generations < 2:
             raise ValueError("num_generations must be at least 2: GRPO compares completions within a group.")
         if min(self.prompts_per_step, self.completion_length, self.measured_steps, self.threads) < 1:
@@ -157,6 +195,10 @@ class BenchSettings:
     @property
     def completion_tokens_per_step(self) -> int:
         return self.sequences_per_step * self.completion_length
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == "bfloat16"
 
     def adamw_kwargs(self) -> dict[str, Any]:
         """``torch.optim.AdamW`` arguments of both: torch's betas and eps, no weight decay."""
@@ -186,7 +228,7 @@ def ours_module_kwargs(settings: BenchSettings, model_path: str) -> dict[str, An
         "generation_batch_size": None,
         "lr_scheduler": None,
         "max_grad_norm": s.max_grad_norm,
-        "dtype": "float32",
+        "dtype": s.dtype,
         "attn_implementation": s.attn_implementation,
         "gradient_checkpointing": False,
         "log_completions_every_n_steps": 0,
@@ -205,8 +247,8 @@ def trl_config_kwargs(settings: BenchSettings, output_dir: str, suppress_token_i
     accumulation = s.sequences_per_step // s.micro_batch
     return {
         "output_dir": output_dir,
-        "use_cpu": True,
-        "bf16": False,
+        "use_cpu": s.device == "cpu",
+        "bf16": s.bf16,
         "fp16": False,
         "seed": s.seed,
         "data_seed": s.seed,
@@ -236,7 +278,7 @@ def trl_config_kwargs(settings: BenchSettings, output_dir: str, suppress_token_i
         "warmup_steps": 0,
         "max_grad_norm": s.max_grad_norm,
         "gradient_checkpointing": False,
-        "model_init_kwargs": {"dtype": "float32", "attn_implementation": s.attn_implementation},
+        "model_init_kwargs": {"dtype": s.dtype, "attn_implementation": s.attn_implementation},
         "use_vllm": False,
         "report_to": [],
         # One log per step, as ours logs every step: the per-step metrics are what check_equal_work reads.
@@ -249,6 +291,11 @@ def trl_config_kwargs(settings: BenchSettings, output_dir: str, suppress_token_i
         "dataloader_pin_memory": False,
         "include_num_input_tokens_seen": "no",
     }
+
+
+def ours_precision(settings: BenchSettings) -> str:
+    """Lightning's precision for ours: bf16 autocast over the bf16 weights, as TRL's ``bf16=True`` does."""
+    return "bf16-mixed" if settings.bf16 else "32-true"
 
 
 def mapping_table(settings: BenchSettings, trl_lm_head: str = "stock") -> list[tuple[str, str, str]]:
@@ -285,9 +332,9 @@ def mapping_table(settings: BenchSettings, trl_lm_head: str = "stock") -> list[t
         ("grad clipping", f"max_grad_norm={s.max_grad_norm}", f"max_grad_norm={s.max_grad_norm}"),
         ("updates per rollout", "num_iterations=1", "num_iterations=1"),
         (
-            "precision, attention",
-            f"float32, {s.attn_implementation}",
-            f"bf16=False, fp16=False, {s.attn_implementation}",
+            "device, precision, attention",
+            f"{s.device}, dtype={s.dtype}, precision={ours_precision(s)}, {s.attn_implementation}",
+            f"use_cpu={s.device == 'cpu'}, dtype={s.dtype}, bf16={s.bf16}, fp16=False, {s.attn_implementation}",
         ),
         ("gradient checkpointing", "off", "gradient_checkpointing=False"),
         ("reward", "format (grpo_lightning.rewards)", "the same function on the completion text"),
@@ -339,22 +386,29 @@ def step_times(run: dict[str, Any], skip: int, key: str = "wall_s") -> list[floa
     return [step[key] for step in run["steps"][skip:]]
 
 
-def summarize(runs: Sequence[dict[str, Any]], skip: int) -> dict[str, float]:
-    """Medians over every measured step of the given runs of one trainer, and the largest peak RSS among them."""
+def summarize(runs: Sequence[dict[str, Any]], skip: int) -> dict[str, Any]:
+    """Medians over every measured step of the given runs of one trainer, and the largest peak RSS (and peak GPU
+    memory, None on a CPU) among them."""
+    gpu = [run.get("peak_gpu_mib") for run in runs]
     return {
         "wall_s": statistics.median(t for run in runs for t in step_times(run, skip, "wall_s")),
         "in_step_s": statistics.median(t for run in runs for t in step_times(run, skip, "in_step_s")),
         "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+        "peak_gpu_mib": None if None in gpu else max(gpu),
         "steps": sum(len(step_times(run, skip)) for run in runs),
     }
 
 
-def ratio_line(ours: dict[str, float], trl: dict[str, float]) -> str:
-    """The machine-readable last line: ours / TRL for the median step time and the peak RSS."""
-    return (
+def ratio_line(ours: dict[str, Any], trl: dict[str, Any]) -> str:
+    """The machine-readable last line: ours / TRL for the median step time and the peak RSS, and for the peak GPU
+    memory when both ran on a GPU."""
+    line = (
         f"ratio_step_time={ours['wall_s'] / trl['wall_s']:.3f} "
         f"ratio_peak_rss={ours['peak_rss_mib'] / trl['peak_rss_mib']:.3f}"
     )
+    if ours.get("peak_gpu_mib") is not None and trl.get("peak_gpu_mib") is not None:
+        line += f" ratio_peak_gpu_memory={ours['peak_gpu_mib'] / trl['peak_gpu_mib']:.3f}"
+    return line
 
 
 #: Sequences per forward/backward pass at the sweep's larger points (both trainers), unless --micro-batch-size is
@@ -399,6 +453,35 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _start_device(settings: BenchSettings) -> None:
+    """Torch threads of the run and, on a GPU, a fresh peak-memory counter (stops when no GPU is visible)."""
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    if settings.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA device is visible to this process.")
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _clock(settings: BenchSettings) -> float:
+    """The wall clock, after the GPU's queued work is done (``perf_counter`` alone would miss it)."""
+    if settings.device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _peak_gpu_mib(settings: BenchSettings) -> float | None:
+    """The run's peak allocated GPU memory in MiB (None on a CPU)."""
+    if settings.device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 # ------------------------------------------------------------------------------------------------ the two workers
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """One GRPOModule fit of ``total_steps`` steps; per-step wall times, in-step times and token counts."""
@@ -412,7 +495,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from grpo_lightning.profiling import StepRecorder
 
     s = settings_from_json(spec["settings"])
-    torch.set_num_threads(s.threads)
+    _start_device(s)
 
     class StepClock(StepRecorder):
         """StepRecorder's per-step metrics plus the wall clock at the end of each step."""
@@ -423,11 +506,11 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
             self.start = 0.0
 
         def on_train_start(self, trainer, pl_module) -> None:
-            self.start = time.perf_counter()
+            self.start = _clock(s)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-            self.ends.append(time.perf_counter())
+            self.ends.append(_clock(s))
 
     clock = StepClock()
     module = GRPOModule(
@@ -444,8 +527,9 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     )
     L.seed_everything(s.seed, verbose=False)
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator="gpu" if s.device == "cuda" else "cpu",
         devices=1,
+        precision=ours_precision(s),
         max_steps=s.total_steps,
         logger=False,
         enable_checkpointing=False,
@@ -455,7 +539,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         callbacks=[clock],
     )
     trainer.fit(module, datamodule=data)
-    peak = _peak_rss_mib()
+    peak, peak_gpu = _peak_rss_mib(), _peak_gpu_mib(s)
     previous = [clock.start, *clock.ends[:-1]]
     steps = [
         {
@@ -471,7 +555,13 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     ]
     parameters = sum(p.numel() for p in module.model.parameters())
     vision = sum(p.numel() for p in module.adapter.vision_tower(module.model).parameters())
-    return {"steps": steps, "peak_rss_mib": peak, "parameters": parameters, "vision_parameters": vision}
+    return {
+        "steps": steps,
+        "peak_rss_mib": peak,
+        "peak_gpu_mib": peak_gpu,
+        "parameters": parameters,
+        "vision_parameters": vision,
+    }
 
 
 def _trl_format_reward(completions: list[Any], **kwargs: Any) -> list[float | None]:
@@ -488,12 +578,11 @@ _trl_format_reward.__name__ = "format"  # TRL logs rewards under the function's 
 def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     """One TRL GRPOTrainer run of ``total_steps`` steps on the same data; the same per-step records as ours."""
     import datasets
-    import torch
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     s = settings_from_json(spec["settings"])
-    torch.set_num_threads(s.threads)
+    _start_device(s)
 
     class StepClock(TrainerCallback):
         """Wall clock at the begin and end of each optimizer step, and TRL's per-step logs."""
@@ -505,13 +594,13 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
             self.start = 0.0
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+            self.start = _clock(s)
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self.begins.append(time.perf_counter())
+            self.begins.append(_clock(s))
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
+            self.ends.append(_clock(s))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "completions/mean_length" in logs:
@@ -535,7 +624,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    peak = _peak_rss_mib()
+    peak, peak_gpu = _peak_rss_mib(), _peak_gpu_mib(s)
     if len(clock.logs) != len(clock.ends):
         raise RuntimeError(f"TRL logged {len(clock.logs)} steps of {len(clock.ends)}: expected one log per step")
     previous = [clock.start, *clock.ends[:-1]]
@@ -553,7 +642,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
                 "max_completion_length": round(logs["completions/max_length"]),
             }
         )
-    return {"steps": steps, "peak_rss_mib": peak}
+    return {"steps": steps, "peak_rss_mib": peak, "peak_gpu_mib": peak_gpu}
 
 
 def worker_main(kind: str, spec_path: str, out_path: str) -> None:
@@ -563,14 +652,16 @@ def worker_main(kind: str, spec_path: str, out_path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ orchestration
-def prepare_assets(work_dir: Path, seed: int) -> dict[str, str]:
-    """Build (or reuse, when built with the same shape and seed) the checkpoint and dataset under ``work_dir``."""
+def prepare_assets(work_dir: Path, settings: BenchSettings) -> dict[str, str]:
+    """Build (or reuse, when built with the same shape, weights dtype and seed) the checkpoint of
+    ``settings.model_shape`` and the dataset under ``work_dir``."""
     from grpo_lightning import demo_assets
 
-    marker = work_dir / "bench_assets.json"
-    meta = {"shape": MODEL_SHAPE, "seed": seed}
+    seed, shape = settings.seed, model_shape(settings.model_shape)
+    marker = work_dir / f"bench_assets-{settings.model_shape}.json"
+    meta = {"shape": shape, "dtype": settings.dtype, "seed": seed}
     paths = {
-        "model_path": str(work_dir / "models" / "bench-internvl"),
+        "model_path": str(work_dir / "models" / f"bench-internvl-{settings.model_shape}"),
         "train_file": str(demo_assets.split_json_path(work_dir, "train")),
         "train_image_dir": str(demo_assets.image_dir(work_dir, "train")),
     }
@@ -579,7 +670,7 @@ def prepare_assets(work_dir: Path, seed: int) -> dict[str, str]:
     marker.unlink(missing_ok=True)
     splits = demo_assets.write_dataset(demo_assets.data_dir(work_dir), seed=seed, num_train=64, num_val=4)
     corpus = demo_assets.default_corpus([r for split in splits.values() for r in split], seed=seed)
-    demo_assets.build_tiny_internvl(paths["model_path"], seed=seed, corpus=corpus, **MODEL_SHAPE)
+    demo_assets.build_tiny_internvl(paths["model_path"], seed=seed, corpus=corpus, dtype=settings.dtype, **shape)
     marker.write_text(json.dumps(meta), encoding="utf-8")
     return paths
 
@@ -776,23 +867,29 @@ def run_sweep(settings: BenchSettings, spec: dict[str, Any], work_dir: Path, qui
         summary = compare(point, spec, work_dir, 1, f"sweep-G{g}-L{length}", quiet_wait)
         o, t = summary["ours"], summary["trl"]
         ratio = o["wall_s"] / t["wall_s"]
-        rss = (f"{o['peak_rss_mib']:.0f}", f"{t['peak_rss_mib']:.0f}")
-        row = (axis, g, length, point.micro_batch, f"{o['wall_s']:.2f}", f"{t['wall_s']:.2f}", f"{ratio:.3f}", *rss)
+        memory = [f"{o['peak_rss_mib']:.0f}", f"{t['peak_rss_mib']:.0f}"]
+        if settings.device == "cuda":
+            memory += [f"{o['peak_gpu_mib']:.0f}", f"{t['peak_gpu_mib']:.0f}"]
+        row = (axis, g, length, point.micro_batch, f"{o['wall_s']:.2f}", f"{t['wall_s']:.2f}", f"{ratio:.3f}", *memory)
         rows.append(row)
     headers = ("varied", "G", "L", "per pass", "ours s/step", "TRL s/step", "ours/TRL", "ours RSS MiB", "TRL RSS MiB")
+    if settings.device == "cuda":
+        headers += ("ours GPU MiB", "TRL GPU MiB")
     return format_table(headers, rows)
 
 
 def describe(settings: BenchSettings, paths: dict[str, str], spec: dict[str, Any], rounds: int) -> str:
     """The header: machine, versions, model shape, the work of one step, and the settings mapping."""
-    s, m = settings, MODEL_SHAPE
+    s, m = settings, model_shape(settings.model_shape)
     versions = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "trl", "lightning"))
     return "\n".join(
         [
             f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; {versions}",
+            f"device: {_device_name(s)}; weights and autocast {s.dtype}",
             f"grpo_lightning at git {_git_head()}; {s.threads} torch threads in each run; load average {_load()}",
-            f"model: random-weight InternVL at {paths['model_path']}: {m['image_size']}-px tiles of "
-            f"{m['patch_size']}-px patches, vision {m['vision_num_layers']} layers x {m['vision_hidden_size']}, "
+            f"model: random-weight InternVL ({s.model_shape} shape) at {paths['model_path']}: "
+            f"{m['image_size']}-px tiles of {m['patch_size']}-px patches, vision {m['vision_num_layers']} layers x "
+            f"{m['vision_hidden_size']}, "
             f"language {m['num_layers']} layers x {m['hidden_size']} (MLP {m['intermediate_size']}, "
             f"{m['num_attention_heads']} heads / {m['num_key_value_heads']} KV heads), vocabulary {m['pad_vocab_to']}",
             f"work: B={s.prompts_per_step} prompts x G={s.num_generations} completions x L={s.completion_length} "
@@ -808,10 +905,18 @@ def describe(settings: BenchSettings, paths: dict[str, str], spec: dict[str, Any
 def report(settings: BenchSettings, summary: dict[str, dict[str, Any]], elapsed: float) -> str:
     """The result table, our stage breakdown and, last, the ratio line."""
     o, t = summary["ours"], summary["trl"]
+    gpu = o.get("peak_gpu_mib") is not None
     rows = [
-        (name, f"{r['wall_s']:.3f}", f"{r['in_step_s']:.3f}", f"{r['peak_rss_mib']:.0f}")
+        (
+            name,
+            f"{r['wall_s']:.3f}",
+            f"{r['in_step_s']:.3f}",
+            f"{r['peak_rss_mib']:.0f}",
+            *([f"{r['peak_gpu_mib']:.0f}"] if gpu else []),
+        )
         for name, r in (("ours (grpo_lightning)", o), (f"TRL {_version('trl')}", t))
     ]
+    headers = ("trainer", "s/step", "s in step", "peak RSS MiB", *(["peak GPU MiB"] if gpu else []))
     stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in o["stages"].items())
     return "\n".join(
         [
@@ -820,7 +925,7 @@ def report(settings: BenchSettings, summary: dict[str, dict[str, Any]], elapsed:
             "per step in both",
             f"result: medians over {o['steps']} measured steps per trainer (whole run {elapsed:.0f} s, load average "
             f"{_load()} at the end)",
-            format_table(("trainer", "s/step", "s in step", "peak RSS MiB"), rows),
+            format_table(headers, rows),
             f"ours, median seconds per stage: {stages}",
             *busy_warning(max(o["others_share"], t["others_share"])),
             ratio_line(o, t),
@@ -845,6 +950,16 @@ def _version(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "missing"
+
+
+def _device_name(settings: BenchSettings) -> str:
+    """The GPU's name and memory, or ``CPU``."""
+    if settings.device != "cuda":
+        return "CPU"
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA {torch.version.cuda}"
 
 
 def _load() -> str:
@@ -882,6 +997,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=defaults.warmup_steps, help="warm-up steps per run")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of both")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", choices=DEVICES, default=defaults.device, help="where both trainers run")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="weights and autocast of both (default: float32 on a CPU, bfloat16 on a GPU)",
+    )
+    parser.add_argument(
+        "--model-shape",
+        choices=MODEL_SHAPE_NAMES,
+        default=None,
+        help="cpu: the 43.5M-parameter model for a 2-core CPU; internvl3-1b: the 802M-parameter InternVL3-1B shape "
+        "of scripts/gpu_check.py (default: cpu on a CPU, internvl3-1b on a GPU)",
+    )
     parser.add_argument(
         "--trl-lm-head",
         choices=TRL_LM_HEADS,
@@ -903,9 +1032,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.worker:
         worker_main(*args.worker)
         return
-    if _version("trl") == "missing":
-        sys.exit("trl is not installed: pip install -e '.[bench]' (the bench extra), then run this again.")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = BenchSettings(
         prompts_per_step=args.prompts_per_step,
         num_generations=args.num_generations,
@@ -917,12 +1043,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         threads=args.threads,
         warmup_steps=args.warmup,
         measured_steps=args.steps or 3,
+        device=args.device,
+        dtype=args.dtype or ("bfloat16" if args.device == "cuda" else "float32"),
+        model_shape=args.model_shape or ("internvl3-1b" if args.device == "cuda" else "cpu"),
     )
+    if settings.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: no CUDA device is visible here; run on a GPU machine or leave --device out.")
+    if _version("trl") == "missing":
+        sys.exit("trl is not installed: pip install -e '.[bench]' (the bench extra), then run this again.")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_vs_trl-") as tmp:
         work_dir = Path(args.work_dir or tmp).resolve()
         work_dir.mkdir(parents=True, exist_ok=True)
-        paths = prepare_assets(work_dir, settings.seed)
+        paths = prepare_assets(work_dir, settings)
         spec = {**paths, **prepare_trl_inputs(paths, work_dir, settings), "trl_lm_head": args.trl_lm_head}
         print(describe(settings, paths, spec, args.rounds), flush=True)
         sweep = None

@@ -704,6 +704,29 @@ def _save(model, processor, out_dir: Path) -> Path:
     return out_dir
 
 
+#: InternVL3-1B's dimensions (OpenGVLab/InternVL3-1B-hf config.json) as ``build_tiny_internvl`` arguments: a
+#: Qwen2.5-0.5B-shaped language model (hidden 896, 24 layers, 14 heads / 2 KV heads, MLP 4864, vocabulary 151,674)
+#: and an InternViT-300M-shaped vision tower (hidden 1024, 24 layers, 16 heads, MLP 4096) on 448-px tiles of
+#: 14-px patches, 256 image tokens per tile. 802M parameters with random weights: the GPU checks' model.
+INTERNVL3_1B_SHAPE: dict[str, Any] = {
+    "pad_vocab_to": 151_674,
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vision_hidden_size": 1024,
+    "vision_intermediate_size": 4096,
+    "vision_num_layers": 24,
+    "vision_num_heads": 16,
+    "image_size": 448,
+    "patch_size": 14,
+    "downsample_ratio": 0.5,
+    "max_patches": 1,
+    "max_position_embeddings": 32_768,
+}
+
+
 def build_tiny_internvl(
     out_dir: str | os.PathLike,
     *,

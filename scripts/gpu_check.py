@@ -36,24 +36,6 @@ from grpo_lightning.data import ViVQAXDataModule  # noqa: E402
 from grpo_lightning.module import GRPOModule  # noqa: E402
 from grpo_lightning.profiling import StepRecorder  # noqa: E402
 
-#: InternVL3-1B's shape (OpenGVLab/InternVL3-1B-hf config.json).
-INTERNVL3_1B = dict(
-    pad_vocab_to=151_674,
-    hidden_size=896,
-    intermediate_size=4864,
-    num_layers=24,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    vision_hidden_size=1024,
-    vision_intermediate_size=4096,
-    vision_num_layers=24,
-    vision_num_heads=16,
-    image_size=448,
-    patch_size=14,
-    max_patches=1,
-    max_position_embeddings=32_768,
-)
-
 
 def optimizer_factory():
     """DeepSpeedCPUAdam (compiled on first use), the optimizer ZeRO's CPU offload is built for."""
@@ -83,7 +65,9 @@ def main() -> int:
     start = time.perf_counter()
     data_dir = workdir / "data"
     demo_assets.write_dataset(data_dir, seed=0, num_train=max(16, args.prompts * args.steps), num_val=4)
-    model_dir = demo_assets.build_tiny_internvl(workdir / "internvl3-1b-shaped", dtype="bfloat16", **INTERNVL3_1B)
+    model_dir = demo_assets.build_tiny_internvl(
+        workdir / "internvl3-1b-shaped", dtype="bfloat16", **demo_assets.INTERNVL3_1B_SHAPE
+    )
     build_seconds = time.perf_counter() - start
 
     module = GRPOModule(

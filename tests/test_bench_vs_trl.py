@@ -77,6 +77,12 @@ def test_settings_validate():
         bench.BenchSettings(num_generations=1)
     with pytest.raises(ValueError, match="must divide"):
         bench.BenchSettings(prompts_per_step=2, num_generations=4, micro_batch_size=3)
+    with pytest.raises(ValueError, match="device must be one of cpu, cuda, not 'gpu'"):
+        bench.BenchSettings(device="gpu")
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16"):
+        bench.BenchSettings(dtype="float16")
+    with pytest.raises(ValueError, match="model_shape must be one of cpu, internvl3-1b"):
+        bench.BenchSettings(model_shape="internvl3-2b")
     s = bench.BenchSettings(prompts_per_step=2, num_generations=4, completion_length=32)
     assert (s.sequences_per_step, s.micro_batch, s.completion_tokens_per_step) == (8, 8, 256)
 
@@ -122,10 +128,54 @@ def test_both_trainers_get_the_same_work(micro_batch_size):
     assert trl["optim"] == "adamw_torch" and trl["lr_scheduler_type"] == "constant" and trl["warmup_steps"] == 0
     assert ours["lr_scheduler"] is None and ours["epsilon_high"] is None
     assert trl["bf16"] is False and trl["fp16"] is False and ours["dtype"] == "float32"
+    assert trl["use_cpu"] is True and trl["model_init_kwargs"]["dtype"] == "float32"
+    assert bench.ours_precision(s) == "32-true"
     assert ours["attn_implementation"] == trl["model_init_kwargs"]["attn_implementation"] == "sdpa"
     assert trl["shuffle_dataset"] is False and trl["use_vllm"] is False and trl["report_to"] == []
     assert trl["max_steps"] == s.total_steps
     assert len(bench.mapping_table(s)) > 10
+
+
+def test_gpu_bf16_settings_reach_both_trainers_alike():
+    """--device cuda --dtype bfloat16: both load bf16 weights, run under bf16 autocast on the GPU, and keep the
+    rest of the mapping."""
+    s = bench.BenchSettings(device="cuda", dtype="bfloat16", model_shape="internvl3-1b")
+    ours = bench.ours_module_kwargs(s, "/m")
+    trl = bench.trl_config_kwargs(s, "/out", [5])
+    assert ours["dtype"] == trl["model_init_kwargs"]["dtype"] == "bfloat16"
+    assert bench.ours_precision(s) == "bf16-mixed"  # autocast over bf16 weights, as accelerate's bf16 in TRL
+    assert trl["bf16"] is True and trl["fp16"] is False and trl["use_cpu"] is False
+    assert ours["gradient_checkpointing"] is trl["gradient_checkpointing"] is False
+    cpu = bench.trl_config_kwargs(bench.BenchSettings(), "/out", [5])
+    changed = {key for key in trl if trl[key] != cpu[key]}
+    assert changed == {"use_cpu", "bf16", "model_init_kwargs"}
+    row = dict((name, (a, b)) for name, a, b in bench.mapping_table(s))["device, precision, attention"]
+    assert row == (
+        "cuda, dtype=bfloat16, precision=bf16-mixed, sdpa",
+        "use_cpu=False, dtype=bfloat16, bf16=True, fp16=False, sdpa",
+    )
+
+
+def test_model_shapes():
+    from grpo_lightning.demo_assets import INTERNVL3_1B_SHAPE
+
+    assert bench.model_shape("cpu") == bench.CPU_MODEL_SHAPE
+    assert bench.model_shape("internvl3-1b") == INTERNVL3_1B_SHAPE
+    # InternVL3-1B's vision tower sees the CPU model's tiles: 448-px tiles of 14-px patches, 256 image tokens
+    for key in ("image_size", "patch_size", "downsample_ratio", "max_patches"):
+        assert bench.CPU_MODEL_SHAPE[key] == INTERNVL3_1B_SHAPE[key], key
+    with pytest.raises(ValueError, match="Unknown model shape 'big'"):
+        bench.model_shape("big")
+
+
+def test_device_cuda_without_a_gpu_stops_before_building_anything(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda would run the benchmark")
+    with pytest.raises(SystemExit, match="no CUDA device is visible here"):
+        bench.main(["--device", "cuda", "--work-dir", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_check_equal_work_accepts_identical_work():
@@ -173,6 +223,22 @@ def test_summary_and_last_line():
     line = bench.ratio_line(o, t)
     assert line == "ratio_step_time=0.250 ratio_peak_rss=0.625"
     assert re.fullmatch(r"ratio_step_time=\d+\.\d{3} ratio_peak_rss=\d+\.\d{3}", line)
+    assert o["peak_gpu_mib"] is None  # a CPU run
+
+
+def test_last_line_on_a_gpu_adds_peak_gpu_memory():
+    s = bench.BenchSettings(warmup_steps=1, measured_steps=3, device="cuda", dtype="bfloat16")
+    ours, trl = [_run(s), _run(s)], [_run(s), _run(s)]
+    for run, gpu in zip(ours + trl, (3000.0, 3500.0, 9000.0, 10000.0), strict=True):
+        run["peak_gpu_mib"] = gpu
+    o, t = bench.summarize(ours, skip=1), bench.summarize(trl, skip=1)
+    assert (o["peak_gpu_mib"], t["peak_gpu_mib"]) == (3500.0, 10000.0)  # the largest peak of each trainer's runs
+    assert bench.ratio_line(o, t) == "ratio_step_time=1.000 ratio_peak_rss=1.000 ratio_peak_gpu_memory=0.350"
+    o["stages"], o["parameters"], o["vision_parameters"] = {"rollout": 1.0}, 10, 4
+    o["others_share"] = t["others_share"] = 0.0
+    text = bench.report(s, {"ours": o, "trl": t}, elapsed=10.0)
+    assert "| peak GPU MiB |" in text and "| 3500" in text and "| 10000" in text
+    assert text.splitlines()[-1] == "ratio_step_time=1.000 ratio_peak_rss=1.000 ratio_peak_gpu_memory=0.350"
 
 
 def test_sweep_points():
