@@ -69,8 +69,8 @@ class GRPOModule(L.LightningModule):
         epsilon_low: lower clip range of the probability ratio.
         epsilon_high: upper clip range (None: same as ``epsilon_low``; larger values are DAPO's clip-higher).
         num_iterations: optimizer steps on each rollout (mu in the GRPO paper); >1 computes old-policy log-probs.
-        scale_rewards: divide advantages by the group's std (``group``), the batch's (``batch``) or not at all
-            (``none``, Dr. GRPO).
+        scale_rewards: divide advantages by the group's std (``group``), the batch's (``batch``; the global
+            batch's under data parallelism) or not at all (``none``, Dr. GRPO).
         loss_type: loss aggregation: ``grpo`` (mean of per-sequence token means), ``bnpo`` (token mean over
             the process's batch), ``dr_grpo`` (token sum / (sequences * max_completion_length)), ``dapo``
             (token mean over the global batch).
@@ -242,7 +242,7 @@ class GRPOModule(L.LightningModule):
             rollout = self.generate_rollout(batch, hp.num_generations, do_sample=True)
         with self.timed("reward", seconds):
             rewards, per_func = self.score(rollout, batch)
-            advantages = compute_group_advantages(rewards, hp.num_generations, hp.scale_rewards).to(self.device)
+            advantages = self.advantages(rewards)
         with self.timed("reference", seconds):
             ref_logps = self.reference_logps(rollout) if hp.beta > 0 else None
             old_logps = self.completion_logps(self.model, rollout) if hp.num_iterations > 1 else None
@@ -300,6 +300,22 @@ class GRPOModule(L.LightningModule):
         solution = fields.pop("solution", [""] * len(index))
         per_func = score_completions(self.reward_funcs, rollout.completions, solution, fields)
         return combine_rewards(per_func, self.reward_weights).float(), per_func
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        """Group-relative advantages of this process's rewards (N,), on the module's device.
+
+        Groups are whole on each process, so group means and group stds are the same as on one process. The
+        ``batch`` std is over the global batch: every process's rewards are gathered (each process holds the same
+        number of sequences), scaled together, and each process keeps its own rows, as with one process.
+        """
+        hp = self.hparams
+        rewards = rewards.to(self.device)
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        if hp.scale_rewards != "batch" or world_size == 1:
+            return compute_group_advantages(rewards, hp.num_generations, hp.scale_rewards)
+        gathered = self.all_gather(rewards).reshape(world_size, -1)  # (world_size, N), rank-major
+        advantages = compute_group_advantages(gathered.reshape(-1), hp.num_generations, hp.scale_rewards)
+        return advantages.view(world_size, -1)[self.global_rank]
 
     def reference_logps(self, rollout: Rollout) -> Tensor:
         with self.reference() as reference:

@@ -41,6 +41,9 @@ def test_the_demo_runs_on_two_processes_with_whole_groups_reduced_metrics_and_on
     args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
     args += ["--model.reward_funcs", "[tests.test_distributed:rank_reward]", "--model.reward_weights", "null"]
     args += ["--model.num_generations", "4", "--model.max_completion_length", "8"]
+    # batch-scaled advantages gather every process's rewards: this runs that collective for real (the values are
+    # checked against one process in test_module.py)
+    args += ["--model.scale_rewards", "batch"]
     args += ["--data.batch_size", "4", "--data.val_file", "null"]
     for key, value in data_kwargs.items():
         if key.startswith("train"):

@@ -219,3 +219,39 @@ def test_several_iterations_per_rollout_step_the_optimizer_each_time(assets, dat
     # 2 rollouts x 2 optimizer steps; the second iteration's ratio differs from 1, so clipping can happen.
     assert trainer.global_step == 4
     assert len(read_scalars(trainer.logger.log_dir)["train/reward"]) == 2
+
+
+class _TwoProcesses:
+    """Stands in for a 2-process trainer: ``all_gather`` returns both processes' rewards, rank-major."""
+
+    def __init__(self, rank: int, rewards_per_rank: list[torch.Tensor]):
+        self.world_size, self.global_rank = 2, rank
+        self.strategy = self
+        self.rewards_per_rank = rewards_per_rank
+
+    def all_gather(self, tensor, group=None, sync_grads=False):
+        assert torch.equal(tensor, self.rewards_per_rank[self.global_rank])  # this process sends its own rewards
+        return torch.stack(self.rewards_per_rank)
+
+
+@pytest.mark.parametrize("scale_rewards", ["batch", "group", "none"])
+def test_advantages_under_data_parallelism_equal_one_process_over_the_global_batch(assets, scale_rewards):
+    """Two processes with 2 whole groups each: every mode gives each process the rows one process would give it
+    for the whole batch; for ``batch`` that needs the gathered rewards (each process's own std differs)."""
+    from grpo_lightning.algorithms import compute_group_advantages
+
+    local = [
+        torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]),  # rank 0: rewards of 0/1
+        torch.tensor([0.0, 10.0, 5.0, 5.0, 2.0, 3.0, 9.0, 1.0]),  # rank 1: a much wider spread
+    ]
+    whole = compute_group_advantages(torch.cat(local), num_generations=4, scale_rewards=scale_rewards)
+    for rank in (0, 1):
+        module = make_module(assets, num_generations=4, scale_rewards=scale_rewards)
+        module._trainer = _TwoProcesses(rank, local)
+        got = module.advantages(local[rank])
+        torch.testing.assert_close(got, whole[rank * 8 : (rank + 1) * 8], rtol=0, atol=1e-6)
+        own = compute_group_advantages(local[rank], num_generations=4, scale_rewards=scale_rewards)
+        if scale_rewards == "batch":  # negative control: this process's own batch std is not the global one
+            assert not torch.allclose(own, got)
+        else:
+            torch.testing.assert_close(own, got, rtol=0, atol=0)
