@@ -52,10 +52,9 @@ def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy
             lambda mod, args, kwargs: reference_calls.append(_images_in(args, kwargs)), with_kwargs=True
         )
     fit(module, data_kwargs, tmp_path, steps=1, batch_size=B)
-    # rollout: B images; policy update: one micro-batch per prompt (micro_batch_size = G), B images.
-    # InternVL shares the prompt cache while sampling; Qwen2-VL samples the plain way (B * G images).
-    rollout = B if family == "internvl" else B * G
-    assert sum(calls) == rollout + B, calls
+    # rollout: B images (one prefill per prompt, its cache shared by the G samples); policy update: one
+    # micro-batch per prompt (micro_batch_size = G), B images.
+    assert sum(calls) == B + B, calls
     assert sum(reference_calls) == B, reference_calls
     plain_module = make_module(assets, family, num_generations=G, micro_batch_size=G, beta=0.0)
     plain_module.configure_model()
@@ -65,8 +64,9 @@ def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy
     assert sum(plain_calls) == 2 * B * G  # without the levers: every sequence encodes its image, twice
 
 
-def test_sampling_from_a_shared_prompt_cache_gives_the_plain_tokens(assets, batch):
-    module = make_module(assets, num_generations=G, max_completion_length=10)
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+def test_sampling_from_a_shared_prompt_cache_gives_the_plain_tokens(assets, batch, family):
+    module = make_module(assets, family, num_generations=G, max_completion_length=10)
     module.configure_model()
     shared = module.generate_rollout(batch, num_generations=G, do_sample=False)
     baseline = plain(module).generate_rollout(batch, num_generations=G, do_sample=False)
@@ -77,6 +77,36 @@ def test_sampling_from_a_shared_prompt_cache_gives_the_plain_tokens(assets, batc
     torch.manual_seed(5)
     again = module.generate_rollout(batch, num_generations=G, do_sample=True)
     assert torch.equal(shared.completion_ids, again.completion_ids)
+
+
+def test_qwen2_vl_samples_from_a_shared_cache_at_the_plain_multimodal_positions(assets, batch):
+    """Qwen2-VL's RoPE offsets follow the copied cache: every decoding step sees the positions (all three axes)
+    that plain sampling gives it."""
+    from grpo_lightning.adapters.qwen2_vl import _rope_state
+
+    module = make_module(assets, "qwen2_vl", num_generations=G, max_completion_length=6, min_completion_length=6)
+    module.configure_model()
+    seen: list[torch.Tensor] = []
+
+    def axes(positions: torch.Tensor) -> torch.Tensor:
+        """The (3, N, L) RoPE positions: given as (3 + 1 text row, N, L), (3, N, L) or (1, N, L) for all three."""
+        return positions[-3:] if positions.shape[0] >= 3 else positions.expand(3, -1, -1)
+
+    module.model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(axes(kwargs["position_ids"]).clone()), with_kwargs=True
+    )
+    module.generate_rollout(batch, num_generations=G, do_sample=False)
+    shared, seen[:] = list(seen), []
+    plain(module).generate_rollout(batch, num_generations=G, do_sample=False)
+    baseline = seen
+    assert _rope_state(module.model).rope_deltas.abs().sum() > 0  # the offsets are not trivially zero here
+    # shared: the B prompts' prefill, the last prompt token of each of the B*G sequences, then one step per token;
+    # plain: the B*G whole prompts, then one step per token
+    assert shared[0].shape[1] == B and baseline[0].shape[1] == B * G
+    assert len(shared) == len(baseline) + 1 == 6 + 1
+    assert torch.equal(shared[1], baseline[0][..., -1:])
+    for step, (a, b) in enumerate(zip(shared[2:], baseline[1:], strict=True)):
+        assert torch.equal(a, b), step
 
 
 @pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])

@@ -266,10 +266,15 @@ class VLMAdapter:
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = outputs.past_key_values
+        cache = outputs.cache
         rows = torch.tensor([unique.index(p) for p in prompt_index], device=inputs["input_ids"].device)
         cache.batch_select_indices(rows)
         return cache
+
+    def continuation_positions(self, model: torch.nn.Module, attention_mask: Tensor, start: int) -> dict[str, Tensor]:
+        """Position keyword arguments for the tokens from ``start`` on, continuing from a prompt cache that
+        ``prefill`` just made (``attention_mask`` covers the whole sequences)."""
+        return {key: value[..., start:] for key, value in self.position_kwargs(attention_mask).items()}
 
     def can_share_prefix(self, model: torch.nn.Module) -> bool:
         # Gradient checkpointing turns the KV cache off in training mode; then every sequence runs whole.
@@ -341,22 +346,22 @@ class VLMAdapter:
         inputs = prompts.token_inputs(prompt_index, completion_mask[:, :width])
         prompt_width = inputs["input_ids"].shape[1]
         inputs["input_ids"] = torch.cat([inputs["input_ids"], completion_ids[:, :width]], dim=1)
-        positions = self.position_kwargs(inputs["attention_mask"])
         if self.can_share_prefix(model):
             # The prompt (image included) runs once per distinct prompt; each sequence continues from its copy
             # of that cache with its last prompt token and its completion.
+            cache = self.prefill(model, prompts, prompt_index)
             outputs = model(
                 input_ids=inputs["input_ids"][:, prompt_width - 1 :],
                 attention_mask=inputs["attention_mask"],
-                **{key: value[..., prompt_width - 1 :] for key, value in positions.items()},
-                cache=self.prefill(model, prompts, prompt_index),
+                **self.continuation_positions(model, inputs["attention_mask"], prompt_width - 1),
+                cache=cache,
                 logits_to_keep=width + 1,
                 use_cache=True,
             )
         else:
             outputs = model(
                 **inputs,
-                **positions,
+                **self.position_kwargs(inputs["attention_mask"]),
                 **self.visual_inputs(model, prompts, prompt_index),
                 logits_to_keep=width + 1,
                 use_cache=False,

@@ -3,7 +3,9 @@
 The processor flattens each image into patches (``pixel_values``: (patches, C*T*P*P)) described by
 ``image_grid_thw`` (images, 3). Positions are 3-D multimodal RoPE that the model derives itself from
 ``input_ids``, ``mm_token_type_ids`` (one per token: image or text), ``image_grid_thw`` and the attention
-mask, so no position ids are passed.
+mask, so no position ids are passed, except after a shared prompt cache: there every token is text and its
+position is its text position plus its prompt's RoPE offset (``rope_deltas``), which the model computes while
+prefilling the distinct prompts and which ``prefill`` hands on to the prompt's G sequences.
 """
 
 from __future__ import annotations
@@ -24,12 +26,34 @@ class Qwen2VLAdapter(VLMAdapter):
     # Marks which prompt tokens are image tokens, for the multimodal RoPE (transformers >= 5).
     token_aligned_keys: ClassVar[tuple[str, ...]] = ("mm_token_type_ids",)
 
-    # Image features replace pixels in log-prob passes; sampling keeps the plain path, because the multimodal
-    # RoPE offsets the model stores while prefilling are per batch row and would not follow a copied cache.
     shares_image_features: ClassVar[bool] = True
+    shares_prompt_cache: ClassVar[bool] = True
 
     def position_kwargs(self, attention_mask: Tensor) -> dict[str, Tensor]:
         return {}
+
+    def prefill(self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int]) -> Any:
+        """The base class's shared prompt cache, and the model's RoPE offsets copied along with it: prefilling the
+        distinct prompts leaves one offset per distinct prompt on the model, which generation (and
+        ``continuation_positions``) then reads per sequence."""
+        cache = super().prefill(model, prompts, prompt_index)
+        unique = list(dict.fromkeys(prompt_index))
+        state = _rope_state(model)
+        if state.rope_deltas is None or state.rope_deltas.shape[0] != len(unique):
+            raise RuntimeError(
+                f"{type(state).__name__} did not leave one RoPE offset per prompt after the prefill (rope_deltas: "
+                f"{None if state.rope_deltas is None else tuple(state.rope_deltas.shape)}, {len(unique)} prompts): "
+                "this transformers version stores them differently; set the adapter's shares_prompt_cache to False."
+            )
+        state.rope_deltas = state.rope_deltas[[unique.index(p) for p in prompt_index]]
+        return cache
+
+    def continuation_positions(self, model: torch.nn.Module, attention_mask: Tensor, start: int) -> dict[str, Tensor]:
+        # Text tokens only: the same position on the three RoPE axes, the text position plus the prompt's offset
+        # (get_rope_index's offset is relative to the count of unpadded tokens, as the text position here is).
+        text = (attention_mask.long().cumsum(-1) - 1)[:, start:]
+        positions = text + _rope_state(model).rope_deltas.to(text.device)
+        return {"position_ids": positions.unsqueeze(0).expand(3, -1, -1)}
 
     def image_features(self, model: torch.nn.Module, prompts: PromptBatch, indices: list[int]) -> list[Any]:
         visual = prompts.visual_for(indices, self.vision_dtype(model))
@@ -43,3 +67,11 @@ class Qwen2VLAdapter(VLMAdapter):
             },
             "image_grid_thw": torch.cat([prompts.visual[p]["image_grid_thw"] for p in prompt_index]),
         }
+
+
+def _rope_state(model: torch.nn.Module) -> torch.nn.Module:
+    """The submodule that keeps the multimodal RoPE offsets (``Qwen2VLModel``), also inside a PEFT wrapper."""
+    for module in model.modules():
+        if hasattr(module, "rope_deltas") and hasattr(module, "get_rope_index"):
+            return module
+    raise RuntimeError(f"{type(model).__name__} has no submodule with rope_deltas: not a Qwen2-VL model?")

@@ -1,0 +1,174 @@
+"""Seconds per rollout (sampling B x G completions) with the levers on and off, for InternVL and Qwen2-VL.
+
+    python benchmarks/bench_rollout.py [--family internvl qwen2_vl] [--repeats 3] [--work-dir DIR]
+
+Builds, offline, a random-weight model of each family at the CPU benchmark's scale: one 448-px image per prompt,
+256 image tokens after the 2x2 merge, a 6-layer vision tower and a 6-layer language model of width 512 (InternVL:
+``bench_vs_trl.CPU_MODEL_SHAPE``). It then times ``GRPOModule.generate_rollout`` on the same B prompts, each
+completion exactly L tokens, alternating the lever path (each prompt's image encoded and its prompt prefilled
+once, the KV cache copied to its G samples) and the plain path (every sample encodes its image and prefills its
+prompt), with the same seed. It counts the vision tower's images per rollout and checks that both paths sample
+the same tokens (greedy, one rollout each) before timing. The last line is
+``<family>_rollout_ratio=<levers/plain>`` for each family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from grpo_lightning import demo_assets  # noqa: E402
+from grpo_lightning.data import ViVQAXDataModule  # noqa: E402
+from grpo_lightning.module import GRPOModule  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_trl import CPU_MODEL_SHAPE  # noqa: E402
+
+#: Qwen2-VL at the same scale: 448 x 448 pixels of 14-px patches (32 x 32 patches, 256 tokens after the 2 x 2
+#: merge), vision 6 layers x 384, language model 6 layers x 512.
+QWEN2VL_SHAPE: dict[str, Any] = {
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "vision_embed_dim": 384,
+    "vision_num_layers": 6,
+    "vision_num_heads": 6,
+    "vision_mlp_ratio": 4,
+    "patch_size": 14,
+    "merge_size": 2,
+    "min_pixels": 448 * 448,
+    "max_pixels": 448 * 448,
+}
+FAMILIES = ("internvl", "qwen2_vl")
+
+
+def build(work_dir: Path, family: str, seed: int = 0) -> Path:
+    """The family's checkpoint under ``work_dir`` (reused when built before with the same shape)."""
+    shape = CPU_MODEL_SHAPE if family == "internvl" else QWEN2VL_SHAPE
+    path = work_dir / "models" / family
+    marker = work_dir / f"{family}.json"
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == shape:
+        return path
+    builder = demo_assets.build_tiny_internvl if family == "internvl" else demo_assets.build_tiny_qwen2vl
+    builder(path, seed=seed, **shape)
+    marker.write_text(json.dumps(shape), encoding="utf-8")
+    return path
+
+
+def set_levers(module: GRPOModule, on: bool) -> None:
+    adapter = type(module.adapter)
+    module.adapter.shares_image_features = on and adapter.shares_image_features
+    module.adapter.shares_prompt_cache = on and adapter.shares_prompt_cache
+
+
+def count_images(module: GRPOModule) -> list[int]:
+    """Images (InternVL tiles, Qwen2-VL images) per vision-tower call, appended as the tower runs."""
+    calls: list[int] = []
+
+    def record(_module, args, kwargs):
+        grid = kwargs.get("grid_thw")
+        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        calls.append(int(grid.shape[0]) if grid is not None else int(pixels.shape[0]))
+
+    module.adapter.vision_tower(module.model).register_forward_pre_hook(record, with_kwargs=True)
+    return calls
+
+
+def bench_family(family: str, args: argparse.Namespace, work_dir: Path, data_dir: Path) -> dict[str, Any]:
+    module = GRPOModule(
+        model_name_or_path=str(build(work_dir, family)),
+        reward_funcs=["format"],
+        num_generations=args.num_generations,
+        max_completion_length=args.completion_length,
+        min_completion_length=args.completion_length,
+        log_completions_every_n_steps=0,
+    )
+    module.configure_model()
+    data = ViVQAXDataModule(
+        train_file=str(data_dir / "ViVQA-X_train.json"),
+        train_image_dir=str(data_dir / "train2014"),
+        batch_size=args.prompts,
+        shuffle=False,
+        max_image_side=None,
+    )
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    images = count_images(module)
+    greedy = {}
+    for on in (True, False):
+        set_levers(module, on)
+        images.clear()
+        greedy[on] = module.generate_rollout(batch, args.num_generations, do_sample=False).completion_ids
+        greedy[f"images-{on}"] = sum(images)
+    if not torch.equal(greedy[True], greedy[False]):
+        raise RuntimeError(f"{family}: the lever path sampled other tokens than the plain path (greedy)")
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(args.repeats):
+        for on in (True, False):
+            set_levers(module, on)
+            torch.manual_seed(args.seed)
+            start = time.perf_counter()
+            module.generate_rollout(batch, args.num_generations, do_sample=True)
+            times[on].append(time.perf_counter() - start)
+    result = {
+        "levers_s": statistics.median(times[True]),
+        "plain_s": statistics.median(times[False]),
+        "images_levers": greedy["images-True"],
+        "images_plain": greedy["images-False"],
+        "times": times,
+        "parameters": sum(p.numel() for p in module.model.parameters()),
+    }
+    result["ratio"] = result["levers_s"] / result["plain_s"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument("--prompts", type=int, default=2, help="B")
+    parser.add_argument("--num-generations", type=int, default=4, help="G")
+    parser.add_argument("--completion-length", type=int, default=32, help="L (exact)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rollouts per path (alternating)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", default=None, help="keep the models and data here (default: a temp dir)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench_rollout-") as tmp:
+        work_dir = Path(args.work_dir or tmp).resolve()
+        data_dir = work_dir / "data"
+        if not (data_dir / "ViVQA-X_train.json").is_file():
+            demo_assets.write_dataset(data_dir, seed=args.seed, num_train=max(16, args.prompts), num_val=4)
+        print(
+            f"torch {torch.__version__}, {args.threads} threads; B={args.prompts} prompts x G={args.num_generations} "
+            f"completions of exactly {args.completion_length} tokens; {args.repeats} timed rollouts per path"
+        )
+        ratios = []
+        for family in args.family:
+            r = bench_family(family, args, work_dir, data_dir)
+            times = {on: " ".join(f"{t:.2f}" for t in r["times"][on]) for on in (True, False)}
+            print(
+                f"{family} ({r['parameters'] / 1e6:.1f}M parameters): levers {r['levers_s']:.3f} s [{times[True]}], "
+                f"plain {r['plain_s']:.3f} s [{times[False]}]; vision-tower images per rollout "
+                f"{r['images_levers']} vs {r['images_plain']}; greedy tokens identical"
+            )
+            ratios.append(f"{family}_rollout_ratio={r['ratio']:.3f}")
+    print(" ".join(ratios))
+
+
+if __name__ == "__main__":
+    main()
