@@ -137,6 +137,7 @@ class BenchSettings:
         device: ``cpu`` or ``cuda`` (one device, both trainers).
         dtype: weights and autocast of both, ``float32`` or ``bfloat16``.
         model_shape: the checkpoint's shape, a name of ``MODEL_SHAPE_NAMES``.
+        gradient_checkpointing: recompute activations in the backward pass, both trainers (non-reentrant).
     """
 
     prompts_per_step: int = 2
@@ -159,6 +160,7 @@ class BenchSettings:
     device: str = "cpu"
     dtype: str = "float32"
     model_shape: str = "cpu"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name, value, choices in (
@@ -230,7 +232,7 @@ def ours_module_kwargs(settings: BenchSettings, model_path: str) -> dict[str, An
         "max_grad_norm": s.max_grad_norm,
         "dtype": s.dtype,
         "attn_implementation": s.attn_implementation,
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": s.gradient_checkpointing,
         "log_completions_every_n_steps": 0,
     }
 
@@ -277,7 +279,8 @@ def trl_config_kwargs(settings: BenchSettings, output_dir: str, suppress_token_i
         "lr_scheduler_type": "constant",
         "warmup_steps": 0,
         "max_grad_norm": s.max_grad_norm,
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": s.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if s.gradient_checkpointing else None,
         "model_init_kwargs": {"dtype": s.dtype, "attn_implementation": s.attn_implementation},
         "use_vllm": False,
         "report_to": [],
@@ -336,7 +339,12 @@ def mapping_table(settings: BenchSettings, trl_lm_head: str = "stock") -> list[t
             f"{s.device}, dtype={s.dtype}, precision={ours_precision(s)}, {s.attn_implementation}",
             f"use_cpu={s.device == 'cpu'}, dtype={s.dtype}, bf16={s.bf16}, fp16=False, {s.attn_implementation}",
         ),
-        ("gradient checkpointing", "off", "gradient_checkpointing=False"),
+        (
+            "gradient checkpointing",
+            "on (non-reentrant)" if s.gradient_checkpointing else "off",
+            f"gradient_checkpointing={s.gradient_checkpointing}"
+            + (", use_reentrant=False" if s.gradient_checkpointing else ""),
+        ),
         ("reward", "format (grpo_lightning.rewards)", "the same function on the completion text"),
         ("data order", "shuffle=False", "shuffle_dataset=False"),
         ("logging", "every step (logger=False)", "logging_steps=1, report_to=[]"),
@@ -1005,6 +1013,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="weights and autocast of both (default: float32 on a CPU, bfloat16 on a GPU)",
     )
     parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="both trainers recompute activations (as the recipe)"
+    )
+    parser.add_argument(
         "--model-shape",
         choices=MODEL_SHAPE_NAMES,
         default=None,
@@ -1046,6 +1057,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         device=args.device,
         dtype=args.dtype or ("bfloat16" if args.device == "cuda" else "float32"),
         model_shape=args.model_shape or ("internvl3-1b" if args.device == "cuda" else "cpu"),
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     if settings.device == "cuda":
         import torch

@@ -81,7 +81,8 @@ class GRPOModule(L.LightningModule):
         max_grad_norm: clip the gradient norm to this value before each step (None: no clipping).
         dtype: dtype the weights are loaded in; the Trainer's ``precision`` decides the compute dtype.
         attn_implementation: attention kernel passed to ``from_pretrained`` (None: the library's default).
-        gradient_checkpointing: recompute activations in the backward pass (sampling keeps its KV cache).
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant; sampling keeps its KV
+            cache, and the policy pass still prefills each prompt once for its G sequences).
         freeze_vision_modules: keep the vision encoder's weights fixed (the projector and language model train).
         lora_r: LoRA rank; 0 trains all weights. With LoRA only the adapters train, and the reference model is
             the same network with its adapters disabled (no second copy in memory).

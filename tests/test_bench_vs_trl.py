@@ -149,6 +149,10 @@ def test_gpu_bf16_settings_reach_both_trainers_alike():
     cpu = bench.trl_config_kwargs(bench.BenchSettings(), "/out", [5])
     changed = {key for key in trl if trl[key] != cpu[key]}
     assert changed == {"use_cpu", "bf16", "model_init_kwargs"}
+    checkpointed = dataclasses.replace(s, gradient_checkpointing=True)
+    ours, trl = bench.ours_module_kwargs(checkpointed, "/m"), bench.trl_config_kwargs(checkpointed, "/out", [5])
+    assert ours["gradient_checkpointing"] is trl["gradient_checkpointing"] is True
+    assert trl["gradient_checkpointing_kwargs"] == {"use_reentrant": False}  # ours is non-reentrant too
     row = dict((name, (a, b)) for name, a, b in bench.mapping_table(s))["device, precision, attention"]
     assert row == (
         "cuda, dtype=bfloat16, precision=bf16-mixed, sdpa",

@@ -142,3 +142,49 @@ def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchang
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
     assert grads_a.shape == grads_b.shape and grads_a.abs().max() > 0
     torch.testing.assert_close(grads_a, grads_b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and_gradients(assets, batch, family):
+    """With gradient checkpointing, the prompt is still prefilled once per prompt in the policy pass: its cache is
+    read-only, so the layers' replay in the backward pass reads the same prefix; log-probs, loss and gradients
+    equal the plain path's, and the replay did happen."""
+    module = make_module(assets, family, num_generations=G, beta=0.0, gradient_checkpointing=True)
+    module.configure_model()
+    assert module.model.is_gradient_checkpointing
+    torch.manual_seed(0)
+    rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    module.model.train()
+    language_model = module.model.get_submodule(module.adapter.language_model_path)
+    attention_calls: list[int] = []  # the attention runs inside the checkpointed layer: once more on replay
+    language_model.layers[0].self_attn.register_forward_pre_hook(
+        lambda mod, args, kwargs: attention_calls.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
+    images = count_images(module)
+    advantages = torch.linspace(-1, 1, len(rollout.completions))
+    results = []
+    for shares in (True, False):
+        module.adapter.shares_image_features = module.adapter.shares_prompt_cache = shares
+        module.model.zero_grad(set_to_none=True)
+        attention_calls.clear()
+        images.clear()
+        logps, _ = module.adapter.completion_logps(
+            module.model,
+            rollout.prompts,
+            rollout.prompt_index.tolist(),
+            rollout.completion_ids,
+            rollout.completion_mask,
+        )
+        mask = rollout.completion_mask.float()
+        loss = -((logps * mask).sum(-1) / mask.sum(-1).clamp(min=1) * advantages).mean()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
+        results.append((logps.detach(), loss.detach(), grads, list(attention_calls), sum(images)))
+    (logps_a, loss_a, grads_a, calls_a, images_a), (logps_b, loss_b, grads_b, calls_b, images_b) = results
+    # shared: the B prompts' prefill and the B*G continuations, each replayed; plain: the B*G sequences, replayed
+    assert calls_a == [B, B * G, B * G, B] and calls_b == [B * G, B * G], (calls_a, calls_b)
+    assert (images_a, images_b) == (B, B * G)
+    torch.testing.assert_close(logps_a, logps_b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    assert grads_a.shape == grads_b.shape and grads_a.abs().max() > 0
+    torch.testing.assert_close(grads_a, grads_b, rtol=1e-4, atol=1e-6)

@@ -22,7 +22,9 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 from torch import Tensor
+from transformers.cache_utils import DynamicCache
 
+from grpo_lightning.adapters.prefix_cache import CaptureCache, cache_through_checkpointing
 from grpo_lightning.algorithms import entropy_from_logits, selective_log_softmax
 
 
@@ -249,36 +251,37 @@ class VLMAdapter:
         features = dict(zip(unique, self.image_features(model, prompts, unique), strict=True))
         return self.feature_inputs(prompts, features, prompt_index)
 
-    def prefill(self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int]) -> Any:
+    def prefill(
+        self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int], *, growing: bool
+    ) -> DynamicCache:
         """KV cache of each distinct prompt minus its last token, computed once and copied to its sequences.
 
         Row j of the cache belongs to sequence j (prompt ``prompt_index[j]``). The model then only processes each
         sequence's last prompt token (a text token) and what follows, so neither the image nor the prompt is
-        encoded once per sample. Gradients flow through the copies into the one shared computation.
+        encoded once per sample. ``growing``: a cache that sampling extends token by token; else a read-only one
+        for a log-prob pass, through which gradients flow into the one shared prefill, also under gradient
+        checkpointing (``prefix_cache``).
         """
         unique = list(dict.fromkeys(prompt_index))
         inputs = prompts.token_inputs(unique)
         head = {key: value[:, :-1] for key, value in inputs.items()}
-        outputs = model(
-            **head,
-            **self.position_kwargs(head["attention_mask"]),
-            **self.visual_inputs(model, prompts, unique),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = outputs.cache
+        capture = CaptureCache()
+        with cache_through_checkpointing(model):
+            model(
+                **head,
+                **self.position_kwargs(head["attention_mask"]),
+                **self.visual_inputs(model, prompts, unique),
+                cache=capture,
+                use_cache=False,  # the cache is ours and passed in: nothing for the model to create or return
+                logits_to_keep=1,
+            )
         rows = torch.tensor([unique.index(p) for p in prompt_index], device=inputs["input_ids"].device)
-        cache.batch_select_indices(rows)
-        return cache
+        return capture.shared(rows, growing=growing, config=model.config)
 
     def continuation_positions(self, model: torch.nn.Module, attention_mask: Tensor, start: int) -> dict[str, Tensor]:
         """Position keyword arguments for the tokens from ``start`` on, continuing from a prompt cache that
         ``prefill`` just made (``attention_mask`` covers the whole sequences)."""
         return {key: value[..., start:] for key, value in self.position_kwargs(attention_mask).items()}
-
-    def can_share_prefix(self, model: torch.nn.Module) -> bool:
-        # Gradient checkpointing turns the KV cache off in training mode; then every sequence runs whole.
-        return self.shares_prompt_cache and not (model.training and getattr(model, "is_gradient_checkpointing", False))
 
     @torch.no_grad()
     def generate(
@@ -302,7 +305,7 @@ class VLMAdapter:
         inputs = prompts.token_inputs(prompt_index)
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if do_sample else {}
         if self.shares_prompt_cache:
-            extra = {"cache": self.prefill(model, prompts, prompt_index)}
+            extra = {"cache": self.prefill(model, prompts, prompt_index, growing=True)}
         else:
             extra = prompts.visual_for(prompt_index, self.vision_dtype(model))
         output = model.generate(
@@ -346,18 +349,19 @@ class VLMAdapter:
         inputs = prompts.token_inputs(prompt_index, completion_mask[:, :width])
         prompt_width = inputs["input_ids"].shape[1]
         inputs["input_ids"] = torch.cat([inputs["input_ids"], completion_ids[:, :width]], dim=1)
-        if self.can_share_prefix(model):
+        if self.shares_prompt_cache:
             # The prompt (image included) runs once per distinct prompt; each sequence continues from its copy
             # of that cache with its last prompt token and its completion.
-            cache = self.prefill(model, prompts, prompt_index)
-            outputs = model(
-                input_ids=inputs["input_ids"][:, prompt_width - 1 :],
-                attention_mask=inputs["attention_mask"],
-                **self.continuation_positions(model, inputs["attention_mask"], prompt_width - 1),
-                cache=cache,
-                logits_to_keep=width + 1,
-                use_cache=True,
-            )
+            cache = self.prefill(model, prompts, prompt_index, growing=False)
+            with cache_through_checkpointing(model):
+                outputs = model(
+                    input_ids=inputs["input_ids"][:, prompt_width - 1 :],
+                    attention_mask=inputs["attention_mask"],
+                    **self.continuation_positions(model, inputs["attention_mask"], prompt_width - 1),
+                    cache=cache,
+                    logits_to_keep=width + 1,
+                    use_cache=False,  # the cache is ours and passed in: nothing for the model to create or return
+                )
         else:
             outputs = model(
                 **inputs,

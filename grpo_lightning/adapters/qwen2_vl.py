@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from grpo_lightning.adapters.base import PromptBatch, VLMAdapter
@@ -32,11 +33,13 @@ class Qwen2VLAdapter(VLMAdapter):
     def position_kwargs(self, attention_mask: Tensor) -> dict[str, Tensor]:
         return {}
 
-    def prefill(self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int]) -> Any:
+    def prefill(
+        self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int], *, growing: bool
+    ) -> DynamicCache:
         """The base class's shared prompt cache, and the model's RoPE offsets copied along with it: prefilling the
         distinct prompts leaves one offset per distinct prompt on the model, which generation (and
         ``continuation_positions``) then reads per sequence."""
-        cache = super().prefill(model, prompts, prompt_index)
+        cache = super().prefill(model, prompts, prompt_index, growing=growing)
         unique = list(dict.fromkeys(prompt_index))
         state = _rope_state(model)
         if state.rope_deltas is None or state.rope_deltas.shape[0] != len(unique):

@@ -1,15 +1,20 @@
-"""Seconds per rollout (sampling B x G completions) with the levers on and off, for InternVL and Qwen2-VL.
+"""Seconds per rollout and per policy pass with the levers on and off, for InternVL and Qwen2-VL.
 
-    python benchmarks/bench_rollout.py [--family internvl qwen2_vl] [--repeats 3] [--work-dir DIR]
+    python benchmarks/bench_levers.py [--family internvl qwen2_vl] [--repeats 3] [--gradient-checkpointing]
 
 Builds, offline, a random-weight model of each family at the CPU benchmark's scale: one 448-px image per prompt,
 256 image tokens after the 2x2 merge, a 6-layer vision tower and a 6-layer language model of width 512 (InternVL:
-``bench_vs_trl.CPU_MODEL_SHAPE``). It then times ``GRPOModule.generate_rollout`` on the same B prompts, each
-completion exactly L tokens, alternating the lever path (each prompt's image encoded and its prompt prefilled
-once, the KV cache copied to its G samples) and the plain path (every sample encodes its image and prefills its
-prompt), with the same seed. It counts the vision tower's images per rollout and checks that both paths sample
-the same tokens (greedy, one rollout each) before timing. The last line is
-``<family>_rollout_ratio=<levers/plain>`` for each family.
+``bench_vs_trl.CPU_MODEL_SHAPE``). On the same B prompts it times, alternating the lever path (each prompt's
+image encoded and its prompt prefilled once, the KV cache copied to its G sequences) and the plain path (every
+sequence encodes its image and runs its whole prompt):
+
+* rollout: ``GRPOModule.generate_rollout``, B x G completions of exactly L tokens, same seed;
+* policy pass: the log-probs of one such rollout under the policy in training mode, a loss and its backward,
+  with ``--gradient-checkpointing`` as the real recipe runs it.
+
+Before timing it checks that both paths sample the same tokens (greedy) and give the same loss, and it counts the
+vision tower's images per rollout. The last line is ``<family>_rollout_ratio=<levers/plain>
+<family>_policy_ratio=<levers/plain>`` for each family.
 """
 
 from __future__ import annotations
@@ -88,6 +93,21 @@ def count_images(module: GRPOModule) -> list[int]:
     return calls
 
 
+def policy_pass(module: GRPOModule, rollout) -> tuple[float, float]:
+    """Log-probs of the rollout under the policy (training mode, gradients on), a loss, its backward:
+    (seconds, loss)."""
+    module.model.train()
+    module.model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    logps, _ = module.adapter.completion_logps(
+        module.model, rollout.prompts, rollout.prompt_index.tolist(), rollout.completion_ids, rollout.completion_mask
+    )
+    mask = rollout.completion_mask.float()
+    loss = -(logps * mask).sum() / mask.sum()
+    loss.backward()
+    return time.perf_counter() - start, loss.item()
+
+
 def bench_family(family: str, args: argparse.Namespace, work_dir: Path, data_dir: Path) -> dict[str, Any]:
     module = GRPOModule(
         model_name_or_path=str(build(work_dir, family)),
@@ -95,6 +115,7 @@ def bench_family(family: str, args: argparse.Namespace, work_dir: Path, data_dir
         num_generations=args.num_generations,
         max_completion_length=args.completion_length,
         min_completion_length=args.completion_length,
+        gradient_checkpointing=args.gradient_checkpointing,
         log_completions_every_n_steps=0,
     )
     module.configure_model()
@@ -108,31 +129,36 @@ def bench_family(family: str, args: argparse.Namespace, work_dir: Path, data_dir
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     images = count_images(module)
-    greedy = {}
+    greedy, losses, image_counts = {}, {}, {}
     for on in (True, False):
         set_levers(module, on)
         images.clear()
-        greedy[on] = module.generate_rollout(batch, args.num_generations, do_sample=False).completion_ids
-        greedy[f"images-{on}"] = sum(images)
-    if not torch.equal(greedy[True], greedy[False]):
+        greedy[on] = module.generate_rollout(batch, args.num_generations, do_sample=False)
+        image_counts[on] = sum(images)
+    if not torch.equal(greedy[True].completion_ids, greedy[False].completion_ids):
         raise RuntimeError(f"{family}: the lever path sampled other tokens than the plain path (greedy)")
-    times: dict[bool, list[float]] = {True: [], False: []}
+    for on in (True, False):
+        set_levers(module, on)
+        losses[on] = policy_pass(module, greedy[True])[1]
+    if abs(losses[True] - losses[False]) > 1e-4 * max(1.0, abs(losses[False])):
+        raise RuntimeError(f"{family}: the lever path's loss {losses[True]} differs from the plain {losses[False]}")
+    times: dict[str, dict[bool, list[float]]] = {"rollout": {True: [], False: []}, "policy": {True: [], False: []}}
     for _ in range(args.repeats):
         for on in (True, False):
             set_levers(module, on)
             torch.manual_seed(args.seed)
             start = time.perf_counter()
             module.generate_rollout(batch, args.num_generations, do_sample=True)
-            times[on].append(time.perf_counter() - start)
-    result = {
-        "levers_s": statistics.median(times[True]),
-        "plain_s": statistics.median(times[False]),
-        "images_levers": greedy["images-True"],
-        "images_plain": greedy["images-False"],
+            times["rollout"][on].append(time.perf_counter() - start)
+            times["policy"][on].append(policy_pass(module, greedy[True])[0])
+    result: dict[str, Any] = {
+        "images": image_counts,
         "times": times,
         "parameters": sum(p.numel() for p in module.model.parameters()),
     }
-    result["ratio"] = result["levers_s"] / result["plain_s"]
+    for stage in ("rollout", "policy"):
+        levers, plain = (statistics.median(times[stage][on]) for on in (True, False))
+        result[stage] = {"levers_s": levers, "plain_s": plain, "ratio": levers / plain}
     return result
 
 
@@ -142,31 +168,38 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2, help="B")
     parser.add_argument("--num-generations", type=int, default=4, help="G")
     parser.add_argument("--completion-length", type=int, default=32, help="L (exact)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rollouts per path (alternating)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rollouts and passes per path (alternating)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="as the real recipe trains")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default=None, help="keep the models and data here (default: a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="bench_rollout-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_levers-") as tmp:
         work_dir = Path(args.work_dir or tmp).resolve()
         data_dir = work_dir / "data"
         if not (data_dir / "ViVQA-X_train.json").is_file():
             demo_assets.write_dataset(data_dir, seed=args.seed, num_train=max(16, args.prompts), num_val=4)
         print(
             f"torch {torch.__version__}, {args.threads} threads; B={args.prompts} prompts x G={args.num_generations} "
-            f"completions of exactly {args.completion_length} tokens; {args.repeats} timed rollouts per path"
+            f"completions of exactly {args.completion_length} tokens; {args.repeats} timed runs per path; "
+            f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}"
         )
         ratios = []
         for family in args.family:
             r = bench_family(family, args, work_dir, data_dir)
-            times = {on: " ".join(f"{t:.2f}" for t in r["times"][on]) for on in (True, False)}
             print(
-                f"{family} ({r['parameters'] / 1e6:.1f}M parameters): levers {r['levers_s']:.3f} s [{times[True]}], "
-                f"plain {r['plain_s']:.3f} s [{times[False]}]; vision-tower images per rollout "
-                f"{r['images_levers']} vs {r['images_plain']}; greedy tokens identical"
+                f"{family} ({r['parameters'] / 1e6:.1f}M parameters): vision-tower images per rollout "
+                f"{r['images'][True]} vs {r['images'][False]}; greedy tokens and loss identical"
             )
-            ratios.append(f"{family}_rollout_ratio={r['ratio']:.3f}")
+            for stage in ("rollout", "policy"):
+                t = r[stage]
+                runs = {on: " ".join(f"{x:.2f}" for x in r["times"][stage][on]) for on in (True, False)}
+                print(
+                    f"  {stage}: levers {t['levers_s']:.3f} s [{runs[True]}], plain {t['plain_s']:.3f} s "
+                    f"[{runs[False]}]"
+                )
+                ratios.append(f"{family}_{stage}_ratio={t['ratio']:.3f}")
     print(" ".join(ratios))
 
 

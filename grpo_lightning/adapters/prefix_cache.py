@@ -1,0 +1,81 @@
+"""A prompt's KV cache computed once and shared by its G sequences, in sampling and in gradient passes.
+
+``CaptureCache`` records each layer's keys and values while the distinct prompts are prefilled; ``shared``
+then gives each sequence its prompt's rows, either as an ordinary growing ``DynamicCache`` (sampling) or as a
+``ReadOnlyPrefixCache`` (log-prob passes), whose layers prepend the prefix to the new keys and values without
+storing anything. Neither writes twice when a layer runs twice, so both are safe under gradient checkpointing,
+which replays every layer's forward in the backward pass: ``cache_through_checkpointing`` lets the checkpointed
+layers keep them (transformers otherwise drops any cache there), and gradients reach the one shared prefill
+through the copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+
+class _CaptureLayer(DynamicLayer):
+    """Keeps the last keys and values it was given and returns them as they are: a replay stores the same again."""
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+
+class _ReadOnlyPrefixLayer(DynamicLayer):
+    """A fixed prefix, prepended to each call's keys and values, which are not stored: a replay reads the same."""
+
+    def __init__(self, keys: Tensor, values: Tensor):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.keys, self.values = keys, values
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+class ReadOnlyPrefixCache(DynamicCache):
+    """Each layer's prefix keys and values (one row per sequence), read by every forward pass and never grown."""
+
+    def __init__(self, prefix: list[tuple[Tensor, Tensor]]):
+        Cache.__init__(self, layers=[_ReadOnlyPrefixLayer(keys, values) for keys, values in prefix])
+
+
+class CaptureCache(DynamicCache):
+    """Records the keys and values of one prefill (the distinct prompts), layer by layer."""
+
+    def __init__(self) -> None:
+        Cache.__init__(self, layer_class_to_replicate=_CaptureLayer)
+
+    def shared(self, rows: Tensor, *, growing: bool, config=None) -> DynamicCache:
+        """The prefix of each sequence (row ``rows[j]`` of the prefill for sequence j): a ``DynamicCache`` that
+        sampling grows (``growing``; ``config`` gives its layer types), else a ``ReadOnlyPrefixCache``."""
+        prefix = [(layer.keys[rows], layer.values[rows]) for layer in self.layers]
+        if growing:
+            return DynamicCache(ddp_cache_data=prefix, config=config)
+        return ReadOnlyPrefixCache(prefix)
+
+
+@contextlib.contextmanager
+def cache_through_checkpointing(model: torch.nn.Module) -> Iterator[None]:
+    """Let the model's checkpointed layers keep the cache they are given (only ours: they write nothing twice)."""
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    before = [m.__dict__.get("_can_checkpoint_with_cache") for m in layers]
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, before, strict=True):
+            if value is None:
+                del layer._can_checkpoint_with_cache
+            else:
+                layer._can_checkpoint_with_cache = value
