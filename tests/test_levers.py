@@ -19,10 +19,11 @@ def batch(data_kwargs):
     return next(iter(data.train_dataloader()))
 
 
-def count_images(module) -> list[int]:
-    """Record how many images (tiles or patch groups) each vision-tower call encodes."""
+def count_images(module, model=None) -> list[int]:
+    """Record how many images (tiles or patch groups) each vision-tower call encodes (in ``model``, by default the
+    module's; give the base model under PEFT's wrapper)."""
     calls: list[int] = []
-    tower = module.adapter.vision_tower(module.model)
+    tower = module.adapter.vision_tower(module.model if model is None else model)
     tower.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(_images_in(args, kwargs)), with_kwargs=True)
     return calls
 
@@ -144,23 +145,29 @@ def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchang
     torch.testing.assert_close(grads_a, grads_b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
-def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and_gradients(assets, batch, family):
+@pytest.mark.parametrize("family, lora_r", [("internvl", 0), ("qwen2_vl", 0), ("internvl", 4)])
+def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and_gradients(
+    assets, batch, family, lora_r
+):
     """With gradient checkpointing, the prompt is still prefilled once per prompt in the policy pass: its cache is
     read-only, so the layers' replay in the backward pass reads the same prefix; log-probs, loss and gradients
-    equal the plain path's, and the replay did happen."""
-    module = make_module(assets, family, num_generations=G, beta=0.0, gradient_checkpointing=True)
+    (of the LoRA adapters alone with LoRA) equal the plain path's, and the replay did happen."""
+    # no LoRA dropout: its random masks would differ between the two paths, which run different batch shapes
+    module = make_module(
+        assets, family, num_generations=G, beta=0.0, gradient_checkpointing=True, lora_r=lora_r, lora_dropout=0.0
+    )
     module.configure_model()
     assert module.model.is_gradient_checkpointing
     torch.manual_seed(0)
     rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
     module.model.train()
-    language_model = module.model.get_submodule(module.adapter.language_model_path)
+    base = module.model.get_base_model() if lora_r else module.model  # under PEFT's wrapper with LoRA
+    language_model = base.get_submodule(module.adapter.language_model_path)
     attention_calls: list[int] = []  # the attention runs inside the checkpointed layer: once more on replay
     language_model.layers[0].self_attn.register_forward_pre_hook(
         lambda mod, args, kwargs: attention_calls.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
     )
-    images = count_images(module)
+    images = count_images(module, base)
     advantages = torch.linspace(-1, 1, len(rollout.completions))
     results = []
     for shares in (True, False):
@@ -188,3 +195,6 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
     assert grads_a.shape == grads_b.shape and grads_a.abs().max() > 0
     torch.testing.assert_close(grads_a, grads_b, rtol=1e-4, atol=1e-6)
+    if lora_r:
+        trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+        assert grads_a.numel() == trainable < sum(p.numel() for p in module.model.parameters()) // 10
