@@ -183,7 +183,7 @@ class GRPOModule(L.LightningModule):
             load_kwargs["attn_implementation"] = hp.attn_implementation
         model = AutoModelForImageTextToText.from_pretrained(hp.model_name_or_path, **load_kwargs).train()
         if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if hp.freeze_vision_modules:
             self.adapter.vision_tower(model).requires_grad_(False)
         if hp.lora_r > 0:

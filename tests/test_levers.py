@@ -157,7 +157,7 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and
         assets, family, num_generations=G, beta=0.0, gradient_checkpointing=True, lora_r=lora_r, lora_dropout=0.0
     )
     module.configure_model()
-    assert module.model.is_gradient_checkpointing
+    assert module.model.is_activation_checkpointing
     torch.manual_seed(0)
     rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
     module.model.train()

@@ -197,7 +197,7 @@ def test_invalid_settings_are_refused_with_a_clear_message(assets):
 def test_gradient_checkpointing_trains_and_sampling_keeps_the_kv_cache(assets, data_kwargs, tmp_path, monkeypatch):
     module = make_module(assets, gradient_checkpointing=True)
     module.configure_model()
-    assert module.model.is_gradient_checkpointing
+    assert module.model.is_activation_checkpointing
     seen = []
     original = module.model.generate
 
