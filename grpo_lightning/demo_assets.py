@@ -852,8 +852,12 @@ def build_tiny_qwen2vl(
     min_pixels: int = 32 * 32,
     max_pixels: int = 64 * 64,
     max_position_embeddings: int = 4096,
+    family: str = "qwen2_vl",
+    window_size: int = 32,
 ) -> Path:
-    """Build and save (model + processor) a random-weight ``Qwen2VLForConditionalGeneration`` at ``out_dir``.
+    """Build and save (model + processor) a random-weight ``Qwen2VLForConditionalGeneration`` at ``out_dir``, or
+    with ``family="qwen2_5_vl"`` a ``Qwen2_5_VLForConditionalGeneration`` (its vision tower attends within windows
+    of ``window_size`` pixels, every layer but the last).
 
     Images are resized (aspect kept) to a multiple of ``patch_size * merge_size`` pixels with an area between
     ``min_pixels`` and ``max_pixels``; each gives ``grid_h * grid_w / merge_size ** 2`` ``<|image_pad|>`` tokens
@@ -861,12 +865,19 @@ def build_tiny_qwen2vl(
     """
     import torch
     from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
         Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
     )
+
+    if family not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(f"family must be qwen2_vl or qwen2_5_vl, not {family!r}")
+    qwen2_5 = family == "qwen2_5_vl"
 
     head_dim = hidden_size // num_attention_heads
     if hidden_size % num_attention_heads or head_dim % 2:
@@ -898,15 +909,22 @@ def build_tiny_qwen2vl(
     }
     vision_config = {
         "depth": vision_num_layers,
-        "embed_dim": vision_embed_dim,
-        "hidden_size": hidden_size,
         "num_heads": vision_num_heads,
-        "mlp_ratio": vision_mlp_ratio,
         "patch_size": patch_size,
         "spatial_merge_size": merge_size,
         "temporal_patch_size": temporal_patch_size,
     }
-    config = Qwen2VLConfig(
+    if qwen2_5:
+        vision_config |= {
+            "hidden_size": vision_embed_dim,
+            "intermediate_size": vision_embed_dim * vision_mlp_ratio,
+            "out_hidden_size": hidden_size,
+            "window_size": window_size,
+            "fullatt_block_indexes": [vision_num_layers - 1],
+        }
+    else:
+        vision_config |= {"embed_dim": vision_embed_dim, "hidden_size": hidden_size, "mlp_ratio": vision_mlp_ratio}
+    config = (Qwen2_5_VLConfig if qwen2_5 else Qwen2VLConfig)(
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
@@ -917,11 +935,11 @@ def build_tiny_qwen2vl(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config).eval()
+        model = (Qwen2_5_VLForConditionalGeneration if qwen2_5 else Qwen2VLForConditionalGeneration)(config).eval()
     model.generation_config = _generation_config(tokenizer)
 
     patch_kwargs = {"patch_size": patch_size, "merge_size": merge_size, "temporal_patch_size": temporal_patch_size}
-    processor = Qwen2VLProcessor(
+    processor = (Qwen2_5_VLProcessor if qwen2_5 else Qwen2VLProcessor)(
         image_processor=Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, **patch_kwargs),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels * 4, **patch_kwargs),

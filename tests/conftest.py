@@ -14,6 +14,17 @@ import pytest  # noqa: E402
 
 from grpo_lightning import demo_assets  # noqa: E402
 
+#: Where the ``assets`` fixture puts a tiny Qwen2.5-VL beside the demo's InternVL and Qwen2-VL.
+QWEN2_5_VL_SUBDIR = "models/tiny-qwen2_5vl"
+
+#: The model families the adapters support, each with its checkpoint under the ``assets`` fixture.
+FAMILY_SUBDIRS = {
+    "internvl": demo_assets.INTERNVL_SUBDIR,
+    "qwen2_vl": demo_assets.QWEN2VL_SUBDIR,
+    "qwen2_5_vl": QWEN2_5_VL_SUBDIR,
+}
+FAMILIES = tuple(FAMILY_SUBDIRS)
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
@@ -34,6 +45,8 @@ def assets(tmp_path_factory) -> Path:
     """Tiny InternVL and Qwen2-VL checkpoints and a synthetic ViVQA-X dataset (the `make demo` layout)."""
     root = tmp_path_factory.mktemp("demo-assets")
     demo_assets.build_demo_assets(root, seed=0, num_train=64, num_val=16)
+    # not part of the demo: the third supported family, for the tests that run every family
+    demo_assets.build_tiny_qwen2vl(root / QWEN2_5_VL_SUBDIR, seed=0, family="qwen2_5_vl")
     return root
 
 

@@ -7,6 +7,7 @@ import torch
 
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
+from tests.conftest import FAMILIES
 from tests.test_module import fit, make_module
 
 B, G = 2, 4
@@ -41,7 +42,7 @@ def plain(module: GRPOModule) -> GRPOModule:
     return module
 
 
-@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy(assets, data_kwargs, tmp_path, family):
     module = make_module(assets, family, num_generations=G, micro_batch_size=G, beta=0.04)
     module.configure_model()
@@ -65,7 +66,7 @@ def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy
     assert sum(plain_calls) == 2 * B * G  # without the levers: every sequence encodes its image, twice
 
 
-@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_sampling_from_a_shared_prompt_cache_gives_the_plain_tokens(assets, batch, family):
     module = make_module(assets, family, num_generations=G, max_completion_length=10)
     module.configure_model()
@@ -80,12 +81,13 @@ def test_sampling_from_a_shared_prompt_cache_gives_the_plain_tokens(assets, batc
     assert torch.equal(shared.completion_ids, again.completion_ids)
 
 
-def test_qwen2_vl_samples_from_a_shared_cache_at_the_plain_multimodal_positions(assets, batch):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen2_vl_samples_from_a_shared_cache_at_the_plain_multimodal_positions(assets, batch, family):
     """Qwen2-VL's RoPE offsets follow the copied cache: every decoding step sees the positions (all three axes)
     that plain sampling gives it."""
     from grpo_lightning.adapters.qwen2_vl import _rope_state
 
-    module = make_module(assets, "qwen2_vl", num_generations=G, max_completion_length=6, min_completion_length=6)
+    module = make_module(assets, family, num_generations=G, max_completion_length=6, min_completion_length=6)
     module.configure_model()
     seen: list[torch.Tensor] = []
 
@@ -110,7 +112,7 @@ def test_qwen2_vl_samples_from_a_shared_cache_at_the_plain_multimodal_positions(
         assert torch.equal(a, b), step
 
 
-@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchanged(assets, batch, family):
     """Same rollout through the lever path (image encoded and prompt prefilled once per prompt, its cache copied to
     the G sequences, gradients flowing back through the copies) and the plain path: equal log-probs, loss and
@@ -145,7 +147,7 @@ def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchang
     torch.testing.assert_close(grads_a, grads_b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family, lora_r", [("internvl", 0), ("qwen2_vl", 0), ("internvl", 4)])
+@pytest.mark.parametrize("family, lora_r", [*((family, 0) for family in FAMILIES), ("internvl", 4)])
 def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and_gradients(
     assets, batch, family, lora_r
 ):

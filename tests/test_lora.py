@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from grpo_lightning.data import ViVQAXDataModule
+from tests.conftest import FAMILIES
 from tests.test_module import fit, make_module
 
 
@@ -14,7 +15,7 @@ def snapshot(module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in module.model.named_parameters()}
 
 
-@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_lora_trains_only_the_adapters_of_the_language_model(assets, data_kwargs, tmp_path, family):
     module = make_module(assets, family, lora_r=4, lora_alpha=8, lora_dropout=0.0, beta=0.04)
     module.configure_model()

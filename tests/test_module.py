@@ -7,10 +7,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from grpo_lightning import demo_assets
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
 from scripts.tb_scalars import read_scalars
+from tests.conftest import FAMILIES, FAMILY_SUBDIRS
 
 REQUIRED_TAGS = {
     "train/loss",
@@ -33,7 +33,7 @@ REQUIRED_TAGS = {
 
 
 def make_module(assets, family: str = "internvl", **overrides) -> GRPOModule:
-    path = demo_assets.internvl_path(assets) if family == "internvl" else demo_assets.qwen2vl_path(assets)
+    path = assets / FAMILY_SUBDIRS[family]
     kwargs = dict(
         model_name_or_path=str(path),
         reward_funcs=["tag_count", "format"],
@@ -69,7 +69,7 @@ def flat_params(module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in module.model.parameters()])
 
 
-@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_training_steps_update_weights_and_log_every_metric(assets, data_kwargs, tmp_path, family):
     module = make_module(assets, family)
     module.configure_model()
@@ -138,7 +138,7 @@ def test_gradient_does_not_depend_on_the_micro_batch_size(assets, data_kwargs, t
     torch.testing.assert_close(deltas[0], deltas[1], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_completion_logps_equal_an_unpadded_forward_pass(assets, data_kwargs, family):
     """Left padding, trimmed padding and logits_to_keep must not change a single log-prob."""
     module = make_module(assets, family)
