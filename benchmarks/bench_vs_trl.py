@@ -5,12 +5,13 @@
     python benchmarks/bench_vs_trl.py --device cuda --dtype bfloat16 --model-shape internvl3-1b   # on a GPU
 
 Builds, offline, one random-weight InternVL checkpoint (``CPU_MODEL_SHAPE``: real 448-pixel tiles of 14-pixel patches,
-so 1,024 patches per tile through the vision tower and 256 image tokens per prompt, a Qwen2-shaped language model)
-and a synthetic ViVQA-X dataset, then trains it with both trainers on the same prompts in the same order (no
-shuffling): B prompts x G completions per optimizer step, every completion exactly L tokens (``min_new_tokens`` =
-``max_new_tokens``), the same sampling settings, KL weight, loss, optimizer (AdamW, no weight decay, constant
-learning rate), gradient clipping, fp32 and sdpa attention, no gradient checkpointing, one generation and one
-optimizer step per batch (``num_iterations`` 1). ``mapping_table`` prints which setting of ours is which of TRL's.
+so 1,024 patches per tile through the vision tower and 256 image tokens per prompt, a Qwen2-shaped language model) and
+a synthetic ViVQA-X dataset, then trains it with both trainers on the same prompts in the same order (no shuffling): B
+prompts x G completions per optimizer step, every completion exactly L tokens (``min_new_tokens`` =
+``max_new_tokens``), the same sampling settings, KL weight, loss, optimizer (AdamW, no weight decay, constant learning
+rate), gradient clipping, fp32 and sdpa attention, gradient checkpointing off (``--gradient-checkpointing``: on in
+both, non-reentrant), one generation and one optimizer step per batch (``num_iterations`` 1). ``mapping_table`` prints
+which setting of ours is which of TRL's.
 
 Each run is a fresh subprocess (so its peak RSS is that trainer's alone) with the same thread count and seed; runs
 alternate ours / TRL over ``--rounds``. A step's time is the wall time between the ends of two consecutive optimizer
