@@ -15,9 +15,13 @@ B, G = 2, 4
 
 @pytest.fixture
 def batch(data_kwargs):
+    """B prompts whose images differ in shape, so that Qwen2-VL's prompts differ in image tokens and RoPE offsets
+    (a prompt's sequences must get that prompt's offset, not another's)."""
     data = ViVQAXDataModule(**data_kwargs, batch_size=B, shuffle=False)
     data.setup("fit")
-    return next(iter(data.train_dataloader()))
+    batch = next(iter(data.train_dataloader()))
+    batch["image"] = [batch["image"][0], batch["image"][1].resize((120, 120))]  # Qwen2-VL: offsets -8 and -12
+    return batch
 
 
 def count_images(module, model=None) -> list[int]:
@@ -102,7 +106,8 @@ def test_qwen2_vl_samples_from_a_shared_cache_at_the_plain_multimodal_positions(
     shared, seen[:] = list(seen), []
     plain(module).generate_rollout(batch, num_generations=G, do_sample=False)
     baseline = seen
-    assert _rope_state(module.model).rope_deltas.abs().sum() > 0  # the offsets are not trivially zero here
+    deltas = _rope_state(module.model).rope_deltas.flatten().tolist()  # per sequence, left by the plain path
+    assert len(set(deltas)) == B and 0 not in deltas, deltas  # distinct per prompt and not trivially zero
     # shared: the B prompts' prefill, the last prompt token of each of the B*G sequences, then one step per token;
     # plain: the B*G whole prompts, then one step per token
     assert shared[0].shape[1] == B and baseline[0].shape[1] == B * G
@@ -200,3 +205,21 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and
     if lora_r:
         trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
         assert grads_a.numel() == trainable < sum(p.numel() for p in module.model.parameters()) // 10
+
+
+def test_reentrant_gradient_checkpointing_is_refused_where_it_would_cut_the_prefix_off(assets, batch):
+    """The reentrant kind runs the layers without a graph, so the shared prefix would get no gradient: the policy
+    pass refuses it with what to do; sampling (no gradients, nothing replayed) still shares the cache."""
+    module = make_module(assets, "internvl", num_generations=G)
+    module.configure_model()
+    module.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    rollout = module.generate_rollout(batch, num_generations=G, do_sample=False)
+    module.model.train()
+    with pytest.raises(RuntimeError, match=r"reentrant gradient checkpointing.*use_reentrant': False"):
+        module.adapter.completion_logps(
+            module.model,
+            rollout.prompts,
+            rollout.prompt_index.tolist(),
+            rollout.completion_ids,
+            rollout.completion_mask,
+        )

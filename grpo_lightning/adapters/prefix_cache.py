@@ -3,10 +3,13 @@
 ``CaptureCache`` records each layer's keys and values while the distinct prompts are prefilled; ``shared``
 then gives each sequence its prompt's rows, either as an ordinary growing ``DynamicCache`` (sampling) or as a
 ``ReadOnlyPrefixCache`` (log-prob passes), whose layers prepend the prefix to the new keys and values without
-storing anything. Neither writes twice when a layer runs twice, so both are safe under gradient checkpointing,
-which replays every layer's forward in the backward pass: ``cache_through_checkpointing`` lets the checkpointed
-layers keep them (transformers otherwise drops any cache there), and gradients reach the one shared prefill
-through the copies.
+storing anything. Gradient checkpointing replays every layer's forward in the backward pass; the capture cache
+and the read-only cache give the same result when replayed (the growing cache would not, but sampling runs
+without gradients, so nothing replays it). ``cache_through_checkpointing`` lets the checkpointed layers keep
+these caches (transformers otherwise drops any cache there), and gradients reach the one shared prefill through
+the copies. That needs non-reentrant checkpointing, whose backward follows the recorded graph: the reentrant
+kind runs the layers under ``no_grad`` and would silently cut the prefix off from the gradient, so it is
+refused.
 """
 
 from __future__ import annotations
@@ -66,8 +69,20 @@ class CaptureCache(DynamicCache):
 
 @contextlib.contextmanager
 def cache_through_checkpointing(model: torch.nn.Module) -> Iterator[None]:
-    """Let the model's checkpointed layers keep the cache they are given (only ours: they write nothing twice)."""
+    """Let the model's checkpointed layers keep the cache they are given (only ours: they write nothing twice).
+
+    Raises:
+        RuntimeError: a layer is checkpointed the reentrant way (gradients would not reach the shared prefix).
+    """
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    replaying = torch.is_grad_enabled()  # without gradients nothing is checkpointed (sampling, reference passes)
+    for layer in layers:
+        if replaying and layer.training and layer.gradient_checkpointing and _is_reentrant(layer):
+            raise RuntimeError(
+                f"{type(layer).__name__} uses reentrant gradient checkpointing, which would cut the shared prompt "
+                "prefix off from the gradient. Enable checkpointing with activation_checkpointing_kwargs="
+                "{'use_reentrant': False} (GRPOModule does), or set the adapter's shares_prompt_cache to False."
+            )
     before = [m.__dict__.get("_can_checkpoint_with_cache") for m in layers]
     for layer in layers:
         layer._can_checkpoint_with_cache = True
@@ -79,3 +94,9 @@ def cache_through_checkpointing(model: torch.nn.Module) -> Iterator[None]:
                 del layer._can_checkpoint_with_cache
             else:
                 layer._can_checkpoint_with_cache = value
+
+
+def _is_reentrant(layer: GradientCheckpointingLayer) -> bool:
+    """Whether the layer's checkpoint function is torch's reentrant kind (its default when not told)."""
+    function = getattr(layer, "_gradient_checkpointing_func", None)
+    return bool(getattr(function, "keywords", {}).get("use_reentrant", True))
