@@ -306,17 +306,23 @@ class GRPOModule(L.LightningModule):
         """Group-relative advantages of this process's rewards (N,), on the module's device.
 
         Groups are whole on each process, so group means and group stds are the same as on one process. The
-        ``batch`` std is over the global batch: every process's rewards are gathered (each process holds the same
-        number of sequences), scaled together, and each process keeps its own rows, as with one process.
+        ``batch`` std is over the global batch: every process's rewards are gathered (padded to the largest
+        process's count, so a short last batch on some process is fine), scaled together, and each process keeps
+        its own rows, as with one process.
         """
         hp = self.hparams
         rewards = rewards.to(self.device)
         world_size = self.trainer.world_size if self._trainer is not None else 1
         if hp.scale_rewards != "batch" or world_size == 1:
             return compute_group_advantages(rewards, hp.num_generations, hp.scale_rewards)
-        gathered = self.all_gather(rewards).reshape(world_size, -1)  # (world_size, N), rank-major
-        advantages = compute_group_advantages(gathered.reshape(-1), hp.num_generations, hp.scale_rewards)
-        return advantages.view(world_size, -1)[self.global_rank]
+        sizes = self.all_gather(torch.tensor(len(rewards), device=self.device)).reshape(-1).tolist()
+        padded = torch.full((max(sizes),), torch.nan, dtype=rewards.dtype, device=self.device)
+        padded[: len(rewards)] = rewards
+        gathered = self.all_gather(padded).reshape(world_size, -1)  # rank-major, each row padded with NaN
+        everyone = torch.cat([gathered[rank, :size] for rank, size in enumerate(sizes)])
+        advantages = compute_group_advantages(everyone, hp.num_generations, hp.scale_rewards)
+        start = sum(sizes[: self.global_rank])
+        return advantages[start : start + len(rewards)]
 
     def reference_logps(self, rollout: Rollout) -> Tensor:
         with self.reference() as reference:

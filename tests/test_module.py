@@ -222,7 +222,8 @@ def test_several_iterations_per_rollout_step_the_optimizer_each_time(assets, dat
 
 
 class _TwoProcesses:
-    """Stands in for a 2-process trainer: ``all_gather`` returns both processes' rewards, rank-major."""
+    """Stands in for a 2-process trainer: ``all_gather`` stacks what both processes send, rank-major (each
+    process's rewards padded with NaN as the module pads them, or their counts)."""
 
     def __init__(self, rank: int, rewards_per_rank: list[torch.Tensor]):
         self.world_size, self.global_rank = 2, rank
@@ -230,26 +231,34 @@ class _TwoProcesses:
         self.rewards_per_rank = rewards_per_rank
 
     def all_gather(self, tensor, group=None, sync_grads=False):
-        assert torch.equal(tensor, self.rewards_per_rank[self.global_rank])  # this process sends its own rewards
-        return torch.stack(self.rewards_per_rank)
+        if tensor.ndim == 0:  # the counts
+            assert tensor.item() == len(self.rewards_per_rank[self.global_rank])
+            return torch.tensor([len(r) for r in self.rewards_per_rank])
+        sent = [torch.cat([r, torch.full((len(tensor) - len(r),), torch.nan)]) for r in self.rewards_per_rank]
+        torch.testing.assert_close(tensor, sent[self.global_rank], equal_nan=True)  # it sends its own rewards
+        return torch.stack(sent)
 
 
 @pytest.mark.parametrize("scale_rewards", ["batch", "group", "none"])
-def test_advantages_under_data_parallelism_equal_one_process_over_the_global_batch(assets, scale_rewards):
-    """Two processes with 2 whole groups each: every mode gives each process the rows one process would give it
-    for the whole batch; for ``batch`` that needs the gathered rewards (each process's own std differs)."""
+@pytest.mark.parametrize("groups", [(2, 2), (2, 1)])
+def test_advantages_under_data_parallelism_equal_one_process_over_the_global_batch(assets, scale_rewards, groups):
+    """Two processes with whole groups (the same number, or one short last batch): every mode gives each process
+    the rows one process would give it for the whole batch; for ``batch`` that needs the gathered rewards (each
+    process's own std differs)."""
     from grpo_lightning.algorithms import compute_group_advantages
 
     local = [
         torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]),  # rank 0: rewards of 0/1
         torch.tensor([0.0, 10.0, 5.0, 5.0, 2.0, 3.0, 9.0, 1.0]),  # rank 1: a much wider spread
     ]
+    local = [rewards[: 4 * n] for rewards, n in zip(local, groups, strict=True)]
     whole = compute_group_advantages(torch.cat(local), num_generations=4, scale_rewards=scale_rewards)
     for rank in (0, 1):
         module = make_module(assets, num_generations=4, scale_rewards=scale_rewards)
         module._trainer = _TwoProcesses(rank, local)
         got = module.advantages(local[rank])
-        torch.testing.assert_close(got, whole[rank * 8 : (rank + 1) * 8], rtol=0, atol=1e-6)
+        start = len(local[0]) if rank else 0
+        torch.testing.assert_close(got, whole[start : start + len(local[rank])], rtol=0, atol=1e-6)
         own = compute_group_advantages(local[rank], num_generations=4, scale_rewards=scale_rewards)
         if scale_rewards == "batch":  # negative control: this process's own batch std is not the global one
             assert not torch.allclose(own, got)
