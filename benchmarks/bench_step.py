@@ -1,6 +1,7 @@
 """Seconds per GRPO step on the tiny offline InternVL, and where the time goes.
 
     python benchmarks/bench_step.py [--assets assets/demo] [--steps 12] [--num-generations 8]
+    python benchmarks/bench_step.py --model DIR --lora-r 8 [--no-feature-reuse]   # another InternVL checkpoint
 
 Runs the demo setting (4 prompts x G completions of 24 tokens, beta 0.04) for a few steps after a warm-up
 and prints, per stage, the median seconds per step as GRPOModule logs them (``train/time/*``): rollout
@@ -37,13 +38,22 @@ def main() -> None:
     parser.add_argument(
         "--plain", action="store_true", help="turn the levers off: pixels into every pass, one prefill per sample"
     )
+    parser.add_argument("--model", default=None, help="a checkpoint to train (default: the demo's tiny InternVL)")
+    parser.add_argument("--warmup", type=int, default=3, help="steps left out of the medians")
+    parser.add_argument("--lora-r", type=int, default=0, help="> 0: train LoRA adapters of this rank")
+    parser.add_argument(
+        "--no-feature-reuse",
+        action="store_true",
+        help="with LoRA, encode the images in every pass instead of once per step",
+    )
     args = parser.parse_args()
     root = Path(args.assets)
     if not demo_assets.is_complete(root):
         demo_assets.build_demo_assets(root)
-    warmup = 3
+    warmup = args.warmup
     module = GRPOModule(
-        model_name_or_path=str(demo_assets.internvl_path(root)),
+        model_name_or_path=args.model or str(demo_assets.internvl_path(root)),
+        lora_r=args.lora_r,
         reward_funcs=["tag_count", "format"],
         num_generations=args.num_generations,
         max_completion_length=args.max_completion_length,
@@ -53,6 +63,8 @@ def main() -> None:
     module.configure_model()
     if args.plain:
         module.adapter.shares_image_features = module.adapter.shares_prompt_cache = False
+    if args.no_feature_reuse:
+        module.reuse_image_features = False
     recorder = StepRecorder()
     data = ViVQAXDataModule(
         train_file=str(demo_assets.split_json_path(root, "train")),
@@ -77,6 +89,12 @@ def main() -> None:
     print(
         f"prompts/step 4, G {args.num_generations}, completion length <= {args.max_completion_length}, "
         + ("levers off (--plain)" if args.plain else "levers on")
+        + (
+            f", LoRA r={args.lora_r}, image features "
+            + ("once per step" if module.reuse_image_features else "encoded in every pass")
+            if args.lora_r
+            else ""
+        )
     )
     step = medians["train/step_time"]
     for stage in ("rollout", "reward", "reference", "update"):

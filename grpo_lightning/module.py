@@ -166,6 +166,8 @@ class GRPOModule(L.LightningModule):
         # The reference model is kept out of the module tree: never optimised, never checkpointed.
         self._reference: list[torch.nn.Module] = []
         self.adapter: VLMAdapter | None = None
+        #: Whether one encoding of each image serves every pass of a step (set by ``configure_model``).
+        self.reuse_image_features = False
 
     # ------------------------------------------------------------------------------------ set-up
     def configure_model(self) -> None:
@@ -188,6 +190,10 @@ class GRPOModule(L.LightningModule):
             self.adapter.vision_tower(model).requires_grad_(False)
         if hp.lora_r > 0:
             model = self._with_lora(model)
+            # The adapters sit in the language model only: the image features are the same in sampling, in the
+            # reference (adapters off) and in the policy pass, so each image is encoded once per step.
+            feature_modules = self.adapter.image_feature_modules(model.get_base_model())
+            self.reuse_image_features = not any(p.requires_grad for m in feature_modules for p in m.parameters())
         elif hp.beta > 0:
             reference = AutoModelForImageTextToText.from_pretrained(hp.model_name_or_path, **load_kwargs)
             reference.requires_grad_(False).eval()
@@ -269,6 +275,8 @@ class GRPOModule(L.LightningModule):
         """Sample ``num_generations`` completions for each prompt of the batch (prompt-major order)."""
         hp = self.hparams
         prompts = self.adapter.prepare_prompts(batch["image"], batch["prompt"]).to(self.device)
+        if self.reuse_image_features:
+            prompts.feature_memo = {}
         prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)
         chunk = hp.generation_batch_size or len(prompt_index)
         was_training = self.model.training

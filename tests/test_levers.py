@@ -165,6 +165,7 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and
     )
     module.configure_model()
     assert module.model.is_activation_checkpointing
+    module.reuse_image_features = False  # LoRA's features once per step: its own test below; here every pass encodes
     torch.manual_seed(0)
     rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
     module.model.train()
@@ -223,3 +224,38 @@ def test_reentrant_gradient_checkpointing_is_refused_where_it_would_cut_the_pref
             rollout.completion_ids,
             rollout.completion_mask,
         )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_with_lora_each_image_is_encoded_once_per_step_and_the_update_is_unchanged(
+    assets, data_kwargs, tmp_path, family
+):
+    """With LoRA the vision tower and projector are frozen and the reference is the same network with its adapters
+    off: sampling, reference and policy passes get the same image features, so one encoding (B images) serves the
+    whole step instead of one per pass (3 B), and the step's update is the same."""
+    runs = {}
+    for reuse in (True, False):
+        torch.manual_seed(0)  # the LoRA matrices start from the global RNG
+        module = make_module(
+            assets, family, num_generations=G, micro_batch_size=G, beta=0.04, lora_r=4, lora_dropout=0.0
+        )
+        module.configure_model()
+        assert module.reuse_image_features
+        module.reuse_image_features = reuse
+        images = count_images(module, module.model.get_base_model())
+        fit(module, data_kwargs, tmp_path / str(reuse), steps=1, batch_size=B)
+        trained = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+        runs[reuse] = (sum(images), trained)
+    (images_once, weights_once), (images_each, weights_each) = runs[True], runs[False]
+    assert (images_once, images_each) == (B, 3 * B)
+    assert weights_once.keys() == weights_each.keys() and weights_once
+    assert any(w.abs().max() > 0 for name, w in weights_once.items() if "lora_B" in name)  # the step trained them
+    for name in weights_once:
+        torch.testing.assert_close(weights_once[name], weights_each[name], rtol=1e-5, atol=1e-7)
+
+
+def test_without_lora_image_features_are_encoded_in_every_pass(assets):
+    """Full fine-tuning trains the vision side and keeps a separate reference: nothing may be reused across passes."""
+    module = make_module(assets, "internvl", freeze_vision_modules=True)
+    module.configure_model()
+    assert module.reuse_image_features is False  # the projector still trains

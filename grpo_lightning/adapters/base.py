@@ -39,6 +39,9 @@ class PromptBatch:
         texts: B rendered prompt strings (chat template applied), for logging.
         token_aligned: other (B, P) per-token inputs the model needs (e.g. Qwen2-VL's ``mm_token_type_ids``),
             left-padded with 0 like ``input_ids``.
+        feature_memo: None, or a dict that keeps each prompt's image features (computed without gradients) for
+            every later pass over these prompts. Set it only when those features cannot change between the passes
+            (with LoRA: the vision side is frozen and the reference is the same network).
     """
 
     input_ids: Tensor
@@ -46,6 +49,7 @@ class PromptBatch:
     visual: list[dict[str, Tensor]]
     texts: list[str] = field(default_factory=list)
     token_aligned: dict[str, Tensor] = field(default_factory=dict)
+    feature_memo: dict[int, Any] | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -57,6 +61,7 @@ class PromptBatch:
             visual=[{k: v.to(device) for k, v in d.items()} for d in self.visual],
             texts=self.texts,
             token_aligned={k: v.to(device) for k, v in self.token_aligned.items()},
+            feature_memo=self.feature_memo,
         )
 
     def token_inputs(self, indices: list[int], completion_mask: Tensor | None = None) -> dict[str, Tensor]:
@@ -157,6 +162,8 @@ class VLMAdapter:
     #: Where the vision encoder and the language model sit in the model (``get_submodule`` paths).
     vision_tower_path: ClassVar[str] = "model.vision_tower"
     language_model_path: ClassVar[str] = "model.language_model"
+    #: Every module that ``image_features`` runs: the vision encoder and the projector into the language model.
+    image_feature_paths: ClassVar[tuple[str, ...]] = ("model.vision_tower", "model.multi_modal_projector")
     #: LoRA targets by default: every attention and MLP projection of the language model.
     default_lora_targets: ClassVar[tuple[str, ...]] = (
         "q_proj",
@@ -170,6 +177,9 @@ class VLMAdapter:
 
     def vision_tower(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.get_submodule(self.vision_tower_path)
+
+    def image_feature_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return [model.get_submodule(path) for path in self.image_feature_paths]
 
     def lora_target_regex(self, names: Sequence[str] | None = None) -> str:
         """A peft ``target_modules`` regex for the given projection names inside the language model only.
@@ -248,7 +258,15 @@ class VLMAdapter:
         if not self.shares_image_features:
             return prompts.visual_for(prompt_index, self.vision_dtype(model))
         unique = list(dict.fromkeys(prompt_index))
-        features = dict(zip(unique, self.image_features(model, prompts, unique), strict=True))
+        memo = prompts.feature_memo
+        if memo is None:
+            features = dict(zip(unique, self.image_features(model, prompts, unique), strict=True))
+        else:
+            missing = [p for p in unique if p not in memo]
+            if missing:
+                with torch.no_grad():
+                    memo.update(zip(missing, self.image_features(model, prompts, missing), strict=True))
+            features = {p: memo[p] for p in unique}
         return self.feature_inputs(prompts, features, prompt_index)
 
     def prefill(

@@ -24,6 +24,7 @@ class Qwen2VLAdapter(VLMAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl", "qwen2_5_vl")
     visual_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "image_grid_thw")
     vision_tower_path: ClassVar[str] = "model.visual"
+    image_feature_paths: ClassVar[tuple[str, ...]] = ("model.visual",)  # its patch merger projects too
     # Marks which prompt tokens are image tokens, for the multimodal RoPE (transformers >= 5).
     token_aligned_keys: ClassVar[tuple[str, ...]] = ("mm_token_type_ids",)
 
