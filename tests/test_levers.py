@@ -39,6 +39,24 @@ def _images_in(args, kwargs) -> int:
     return int(grid.shape[0]) if grid is not None else int(pixels.shape[0])
 
 
+def policy_pass(module: GRPOModule, rollout, advantages: torch.Tensor):
+    """The rollout's log-probs under the policy, a per-sequence-mean loss weighted by ``advantages``, its backward:
+    (log-probs, loss, every parameter's gradient flattened)."""
+    module.model.zero_grad(set_to_none=True)
+    logps, _ = module.adapter.completion_logps(
+        module.model,
+        rollout.prompts,
+        rollout.prompt_index.tolist(),
+        rollout.completion_ids,
+        rollout.completion_mask,
+    )
+    mask = rollout.completion_mask.float()
+    loss = -((logps * mask).sum(-1) / mask.sum(-1).clamp(min=1) * advantages).mean()
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
+    return logps.detach(), loss.detach(), grads
+
+
 def plain(module: GRPOModule) -> GRPOModule:
     """The same module without the levers: pixels into every forward pass, G separate prefills."""
     module.adapter.shares_image_features = False
@@ -132,19 +150,7 @@ def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchang
     for shares in (True, False):
         module.adapter.shares_image_features = shares and levers[0]
         module.adapter.shares_prompt_cache = shares and levers[1]
-        module.model.zero_grad(set_to_none=True)
-        logps, _ = module.adapter.completion_logps(
-            module.model,
-            rollout.prompts,
-            rollout.prompt_index.tolist(),
-            rollout.completion_ids,
-            rollout.completion_mask,
-        )
-        mask = rollout.completion_mask.float()
-        loss = -((logps * mask).sum(-1) / mask.sum(-1).clamp(min=1) * advantages).mean()
-        loss.backward()
-        grads = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
-        results.append((logps.detach(), loss.detach(), grads))
+        results.append(policy_pass(module, rollout, advantages))
     (logps_a, loss_a, grads_a), (logps_b, loss_b, grads_b) = results
     torch.testing.assert_close(logps_a, logps_b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
@@ -180,21 +186,9 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and
     results = []
     for shares in (True, False):
         module.adapter.shares_image_features = module.adapter.shares_prompt_cache = shares
-        module.model.zero_grad(set_to_none=True)
         attention_calls.clear()
         images.clear()
-        logps, _ = module.adapter.completion_logps(
-            module.model,
-            rollout.prompts,
-            rollout.prompt_index.tolist(),
-            rollout.completion_ids,
-            rollout.completion_mask,
-        )
-        mask = rollout.completion_mask.float()
-        loss = -((logps * mask).sum(-1) / mask.sum(-1).clamp(min=1) * advantages).mean()
-        loss.backward()
-        grads = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
-        results.append((logps.detach(), loss.detach(), grads, list(attention_calls), sum(images)))
+        results.append((*policy_pass(module, rollout, advantages), list(attention_calls), sum(images)))
     (logps_a, loss_a, grads_a, calls_a, images_a), (logps_b, loss_b, grads_b, calls_b, images_b) = results
     # shared: the B prompts' prefill and the B*G continuations, each replayed; plain: the B*G sequences, replayed
     assert calls_a == [B, B * G, B * G, B] and calls_b == [B * G, B * G], (calls_a, calls_b)
