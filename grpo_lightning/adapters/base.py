@@ -294,7 +294,12 @@ class VLMAdapter:
                 logits_to_keep=1,
             )
         rows = torch.tensor([unique.index(p) for p in prompt_index], device=inputs["input_ids"].device)
+        self.share_prefill_state(model, rows, num_prompts=len(unique))
         return capture.shared(rows, growing=growing, config=model.config)
+
+    def share_prefill_state(self, model: torch.nn.Module, rows: Tensor, num_prompts: int) -> None:
+        """Copy whatever per-prompt state the model kept from ``prefill`` (``num_prompts`` rows) to the sequences,
+        sequence j getting row ``rows[j]``, as the cache is copied. Nothing to copy unless a family says so."""
 
     def continuation_positions(self, model: torch.nn.Module, attention_mask: Tensor, start: int) -> dict[str, Tensor]:
         """Position keyword arguments for the tokens from ``start`` on, continuing from a prompt cache that

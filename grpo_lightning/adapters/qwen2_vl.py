@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from grpo_lightning.adapters.base import PromptBatch, VLMAdapter
@@ -34,23 +33,17 @@ class Qwen2VLAdapter(VLMAdapter):
     def position_kwargs(self, attention_mask: Tensor) -> dict[str, Tensor]:
         return {}
 
-    def prefill(
-        self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int], *, growing: bool
-    ) -> DynamicCache:
-        """The base class's shared prompt cache, and the model's RoPE offsets copied along with it: prefilling the
-        distinct prompts leaves one offset per distinct prompt on the model, which generation (and
-        ``continuation_positions``) then reads per sequence."""
-        cache = super().prefill(model, prompts, prompt_index, growing=growing)
-        unique = list(dict.fromkeys(prompt_index))
+    def share_prefill_state(self, model: torch.nn.Module, rows: Tensor, num_prompts: int) -> None:
+        """The model's RoPE offsets follow the copied cache: prefilling the distinct prompts leaves one offset per
+        prompt on the model, which generation (and ``continuation_positions``) then reads per sequence."""
         state = _rope_state(model)
-        if state.rope_deltas is None or state.rope_deltas.shape[0] != len(unique):
+        if state.rope_deltas is None or state.rope_deltas.shape[0] != num_prompts:
             raise RuntimeError(
                 f"{type(state).__name__} did not leave one RoPE offset per prompt after the prefill (rope_deltas: "
-                f"{None if state.rope_deltas is None else tuple(state.rope_deltas.shape)}, {len(unique)} prompts): "
+                f"{None if state.rope_deltas is None else tuple(state.rope_deltas.shape)}, {num_prompts} prompts): "
                 "this transformers version stores them differently; set the adapter's shares_prompt_cache to False."
             )
-        state.rope_deltas = state.rope_deltas[[unique.index(p) for p in prompt_index]]
-        return cache
+        state.rope_deltas = state.rope_deltas[rows.to(state.rope_deltas.device)]
 
     def continuation_positions(self, model: torch.nn.Module, attention_mask: Tensor, start: int) -> dict[str, Tensor]:
         # Text tokens only: the same position on the three RoPE axes, the text position plus the prompt's offset
