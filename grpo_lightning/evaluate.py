@@ -38,16 +38,30 @@ def load_predictions(path: Path) -> list[dict[str, Any]]:
         PredictionsFormatError: naming the file (and line, or record index and question_id) and what to fix.
     """
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        if not text.strip():
+            raise PredictionsFormatError(
+                f"{path}: empty file, no prediction records; write the predictions as a JSON list of records "
+                "(`python -m grpo_lightning predict` does)."
+            )
+        data = json.loads(text)
     except FileNotFoundError:
         raise PredictionsFormatError(f"{path}: no such predictions file.") from None
+    except IsADirectoryError:
+        raise PredictionsFormatError(f"{path}: a folder, not a predictions file.") from None
     except UnicodeDecodeError as err:
         raise PredictionsFormatError(f"{path}: not UTF-8 text ({err.reason}); save the predictions as UTF-8.") from None
     except json.JSONDecodeError as err:
         raise PredictionsFormatError(
             f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg}); the file must be a JSON list of records."
         ) from None
-    return validate_records(data, source=str(path))
+    records = validate_records(data, source=str(path))
+    if not records:
+        raise PredictionsFormatError(
+            f"{path}: an empty list, no prediction records to score; check that `predict` ran on a split with "
+            "samples and wrote this file."
+        )
+    return records
 
 
 def format_table(scores: Scores) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from grpo_lightning.errors import UserError
 from grpo_lightning.text import canonical_answer, normalize_text
 
 #: The fields every prediction record must have.
@@ -61,7 +62,7 @@ SCALE = "fraction: 0-1 (CIDEr 0-10), as in the published ViVQA-X baseline scores
 _CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 
-class PredictionsFormatError(ValueError):
+class PredictionsFormatError(UserError, ValueError):
     """A predictions file or record list that does not follow the public predictions format."""
 
 

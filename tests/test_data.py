@@ -12,7 +12,15 @@ from PIL import Image
 
 from grpo_lightning import demo_assets
 from grpo_lightning.cli import main as cli_main
-from grpo_lightning.data import DataValidationError, ViVQAXDataModule, VQADataset, read_samples
+from grpo_lightning.data import (
+    DataFileNotFoundError,
+    DataValidationError,
+    ImageReadError,
+    ViVQAXDataModule,
+    VQADataset,
+    read_samples,
+)
+from grpo_lightning.errors import UserError
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.prepare import main as prepare_main
 from grpo_lightning.prompts import DEFAULT_PROMPT_TEMPLATE, render_prompt
@@ -274,23 +282,177 @@ def test_an_unreadable_image_is_named(jsonl_split):
     assert str(error.value).splitlines()[1] == expected
 
 
-def test_a_corrupt_image_is_found_by_verify_images_and_named_when_read(jsonl_split):
+def test_a_file_that_is_no_image_is_refused_by_the_start_up_scan(jsonl_split):
     path, images = jsonl_split
     record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
     image_path = images / record["image"]
     image_path.write_bytes(b"not a jpeg at all")
-    data = load(path, images, shuffle=False)  # stat-only scan: the file exists
-    with pytest.raises(ValueError) as error:
-        data.dataset("train")[0]
-    assert str(error.value) == (
-        f"{path}:1: sample {record['id']}: cannot read image {image_path} (cannot identify image file "
-        f"'{image_path}'). Set data.verify_images: true to find every such file before training starts."
+    with pytest.raises(DataValidationError) as error:
+        load(path, images)
+    assert str(error.value).splitlines()[1] == (
+        f"  {path}:1: sample {record['id']}: not an image: {image_path} (cannot identify image file '{image_path}')"
     )
+
+
+def test_a_truncated_jpeg_passes_the_header_scan_and_is_found_by_verify_images_or_named_when_read(jsonl_split):
+    path, images = jsonl_split
+    record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    image_path = images / record["image"]
+    Image.effect_noise((64, 64), 60).convert("RGB").save(image_path, format="JPEG")
+    jpeg = image_path.read_bytes()
+    image_path.write_bytes(jpeg[: jpeg.index(b"\xff\xda") + 100])  # the header survives, the scan data is cut
+    data = load(path, images, shuffle=False)  # the default scan parses headers only
+    with pytest.raises(ImageReadError) as error:
+        data.dataset("train")[0]
+    assert str(error.value).startswith(f"{path}:1: sample {record['id']}: cannot read image {image_path} (image file ")
+    assert str(error.value).endswith(". Set data.verify_images: true to find every such file before training starts.")
     with pytest.raises(DataValidationError) as error:
         load(path, images, verify_images=True)
     assert (
-        str(error.value).splitlines()[1].startswith(f"  {path}:1: sample {record['id']}: corrupt image: {image_path} (")
+        str(error.value)
+        .splitlines()[1]
+        .startswith(f"  {path}:1: sample {record['id']}: corrupt image: {image_path} (image file is truncated")
     )
+
+
+def test_a_missing_data_file_is_a_user_error_and_a_file_not_found_error(tmp_path):
+    with pytest.raises(DataFileNotFoundError) as error:
+        read_samples(tmp_path / "nope.jsonl")
+    assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, UserError)
+    assert str(error.value) == f"{tmp_path / 'nope.jsonl'}: no such data file; check the data paths in your config."
+    with pytest.raises(DataFileNotFoundError, match=r"^.*: a folder, not a data file; point the data paths"):
+        read_samples(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_data_file_that_is_not_utf8_is_named_with_its_line_and_byte_offset(jsonl_split, suffix):
+    path, images = jsonl_split
+    lines = path.read_text(encoding="utf-8").splitlines()
+    text = "\n".join(lines) + "\n" if suffix == ".jsonl" else "[\n" + ",\n".join(lines) + "\n]\n"
+    line = 3 if suffix == ".jsonl" else 4  # the JSON list's first line is its "["
+    raw = text.encode("utf-8")
+    offset = raw.index(b'"', sum(len(x) + 1 for x in raw.split(b"\n")[: line - 1]) + 10)
+    raw = raw[:offset] + "é".encode("latin-1") + raw[offset + 1 :]  # a Windows editor's Latin-1 save
+    broken = path.with_suffix(suffix)
+    broken.write_bytes(raw)
+    with pytest.raises(DataValidationError) as error:
+        load(broken, images)
+    column = offset - raw.rindex(b"\n", 0, offset)
+    assert str(error.value) == (
+        f"{broken}:{line}: not UTF-8 text: byte 0xe9 at byte offset {offset} (line {line}, column {column}) is not "
+        "valid UTF-8. Re-save the file as UTF-8 (in an editor, or with `iconv -f ITS_ENCODING -t UTF-8`)."
+    )
+    assert isinstance(error.value, UserError)
+
+
+def test_a_utf16_data_file_is_named_as_such_and_a_utf8_byte_order_mark_is_fine(jsonl_split):
+    path, images = jsonl_split
+    text = path.read_text(encoding="utf-8")
+    path.write_bytes(text.encode("utf-16"))
+    with pytest.raises(DataValidationError, match=rf"^{path}:1: not UTF-8 text \(it looks like UTF-16\): byte 0x"):
+        load(path, images)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert len(load(path, images).dataset("train")) == len(text.splitlines())
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.jsonl", ""), ("empty.json", "[]"), ("blank.jsonl", "\n  \n")])
+def test_an_empty_training_file_is_refused_at_setup(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataValidationError) as error:
+        load(path, tmp_path)
+    assert str(error.value) == (
+        f"{path}: the train split has no samples (the file holds no records); training on it would export an "
+        "untrained model. Point data.train_file at a file with samples "
+        "(`python -m grpo_lightning.prepare` writes them)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "option", "what_to_do"),
+    [
+        ("fit", "val_file", "point data.val_file at a file with samples, or set data.val_file: null to train without "),
+        ("validate", "val_file", "point data.val_file at a file with samples, or set data.val_file: null to train "),
+        ("test", "test_file", "point data.test_file at a file with samples, or set data.test_file: null to use the "),
+        ("predict", "val_file", "point data.val_file at a file with samples, or set data.val_file: null to train "),
+    ],
+)
+def test_an_empty_evaluation_split_is_refused_when_the_stage_needs_it(jsonl_split, tmp_path, stage, option, what_to_do):
+    path, images = jsonl_split
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]", encoding="utf-8")
+    split = "val" if option == "val_file" else "test"
+    data = ViVQAXDataModule(
+        train_file=str(path),
+        train_image_dir=str(images),
+        val_image_dir=str(images),
+        batch_size=2,
+        **{option: str(empty)},
+    )
+    with pytest.raises(DataValidationError) as error:
+        data.setup(stage)
+    assert str(error.value).startswith(
+        f"{empty}: the {split} split has no samples (the file holds no records); " + what_to_do
+    )
+    if stage != "fit":  # the training split is not read by a stage that does not train
+        assert data.dataset("train") is None
+
+
+@pytest.fixture
+def one_record(jsonl_split):
+    """A one-line copy of the split; ``write(image)`` names another image in it."""
+    path, images = jsonl_split
+    record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    single = path.with_name("one.jsonl")
+
+    def write(image: str) -> Path:
+        single.write_text(json.dumps({**record, "image": image}, ensure_ascii=False) + "\n", encoding="utf-8")
+        return single
+
+    return write, record, images
+
+
+@pytest.mark.parametrize(
+    "name", ["../../../../../../etc/passwd", "/etc/passwd", "../outside.jpg", "sub/../../outside.jpg"]
+)
+def test_an_image_path_that_leaves_the_image_folder_is_refused(one_record, tmp_path, name):
+    write, record, images = one_record
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.jpg")
+    path = write(name)
+    with pytest.raises(DataValidationError) as error:
+        load(path, images)
+    real = (images / name).resolve()
+    assert str(error.value).splitlines()[1] == (
+        f"  {path}:1: sample {record['id']}: image path {name!r} leads out of the image folder {images} (to {real}); "
+        "name images inside that folder, or set data.allow_images_outside_image_dir: true if you trust this data file"
+    )
+
+
+def test_images_outside_the_folder_load_when_allowed(one_record, tmp_path):
+    write, _, images = one_record
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.jpg")
+    for name in ("../outside.jpg", str(tmp_path / "outside.jpg")):
+        data = load(write(name), images, allow_images_outside_image_dir=True)
+        assert data.dataset("train")[0]["image"].size == (8, 8)
+
+
+def test_a_symlink_is_judged_by_where_it_leads_and_names_inside_the_folder_stay_inside(one_record, tmp_path):
+    write, record, images = one_record
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere" / "a.jpg")
+    (images / "link").symlink_to(tmp_path / "elsewhere" / "deep")
+    # `link/../a.jpg` looks like images/a.jpg, but the OS goes through the link: elsewhere/a.jpg
+    with pytest.raises(DataValidationError, match=r"image path 'link/\.\./a\.jpg' leads out of the image folder"):
+        load(write("link/../a.jpg"), images)
+    # a file the folder's owner linked in, named without `..`, is inside
+    (images / "linked.jpg").symlink_to(tmp_path / "elsewhere" / "a.jpg")
+    assert len(load(write("linked.jpg"), images).dataset("train")) == 1
+    # an absolute path inside the folder, through the folder's own symlinked location or its real one
+    (tmp_path / "images_link").symlink_to(images)
+    for folder, absolute in [(images, images / record["image"]), (tmp_path / "images_link", images / record["image"])]:
+        assert len(load(write(str(absolute)), folder).dataset("train")) == 1
+    # a name with `..` that ends inside the folder is inside
+    assert len(load(write(f"link/../../images/{record['image']}"), images).dataset("train")) == 1
 
 
 def test_skip_invalid_samples_leaves_them_out_and_says_which(jsonl_split):
@@ -309,7 +471,7 @@ def test_skip_invalid_samples_leaves_them_out_and_says_which(jsonl_split):
     ]
 
 
-def test_fit_stops_before_the_first_step_on_a_corrupted_copy(assets, jsonl_split, tmp_path, monkeypatch):
+def test_fit_stops_before_the_first_step_on_a_corrupted_copy(assets, jsonl_split, tmp_path, monkeypatch, capsys):
     """The issue's check: one malformed line and one missing image; `fit` names both and trains nothing."""
     path, images = jsonl_split
     edit_line(path, 2, lambda record: '{"id": oops}')
@@ -321,9 +483,11 @@ def test_fit_stops_before_the_first_step_on_a_corrupted_copy(assets, jsonl_split
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
     steps = []
     monkeypatch.setattr(GRPOModule, "training_step", lambda self, batch, batch_idx: steps.append(batch_idx))
-    with pytest.raises(DataValidationError) as error:
+    with pytest.raises(SystemExit) as exited:  # a user error: one message, status 2
         cli_main(args)
-    message = str(error.value)
+    assert exited.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error: 2 problems in the data:\n")
     assert f"{path}:2: malformed JSON" in message
     assert f"{path}:1: sample {record['id']}: image not found: {images / record['image']}" in message
     assert steps == []

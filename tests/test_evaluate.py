@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from grpo_lightning import evaluate, metrics
+from grpo_lightning.errors import UserError
 from grpo_lightning.metrics import (
     METRICS,
     PROTOCOLS,
@@ -284,6 +285,34 @@ def test_unreadable_files_are_named(tmp_path, capsys, content, fragment):
         evaluate.main([str(path)])
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}") and fragment in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", ": empty file, no prediction records; write the predictions as a JSON list of records"),
+        (b" \n", ": empty file, no prediction records; write the predictions as a JSON list of records"),
+        (b"[]", ": an empty list, no prediction records to score; check that `predict` ran on a split with samples"),
+        (b"[\n]\n", ": an empty list, no prediction records to score; check that `predict` ran on a split with "),
+    ],
+)
+def test_an_empty_predictions_file_is_an_error_not_an_empty_table(tmp_path, capsys, content, message):
+    path = tmp_path / "preds.json"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main([str(path)])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {path}{message}") and captured.out == ""
+    with pytest.raises(PredictionsFormatError) as raised:
+        evaluate.load_predictions(path)
+    assert isinstance(raised.value, UserError) and str(raised.value).startswith(f"{path}{message}")
+
+
+def test_a_folder_is_no_predictions_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main([str(tmp_path)])
+    assert capsys.readouterr().err == f"error: {tmp_path}: a folder, not a predictions file.\n"
 
 
 # ---------------------------------------------------------------------------------------- the CLI

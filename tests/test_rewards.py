@@ -6,11 +6,22 @@ import json
 import math
 import sys
 import types
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
-from grpo_lightning.rewards import REWARDS, combine_rewards, get_reward, reward_name, score_completions
+from grpo_lightning.errors import ConfigError, UserError
+from grpo_lightning.rewards import (
+    REWARDS,
+    RewardError,
+    RewardOpinions,
+    combine_rewards,
+    get_reward,
+    reward_name,
+    score_completions,
+)
 from grpo_lightning.rewards.format import format_reward, tag_count_reward
 
 WELL_FORMED = "<think>Con mèo ngồi trên ghế.</think><answer>có</answer><explain>vì con mèo đang ngồi trên ghế</explain>"
@@ -72,7 +83,7 @@ def test_registry_resolves_names_and_dotted_paths(monkeypatch):
     ],
 )
 def test_registry_errors(name, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         get_reward(name)
     assert "format" in REWARDS
 
@@ -100,12 +111,115 @@ def test_a_reward_that_raises_names_itself_and_the_sample():
 
 
 def test_a_reward_with_the_wrong_length_or_a_nan_is_refused():
-    with pytest.raises(RuntimeError, match="returned 1 scores for 2 completions"):
+    with pytest.raises(RewardError, match=r"^Reward 'short' returned 1 scores for 2 completions \(sample ids 1, 2\)"):
         score_completions([("short", lambda completions, solution, **kw: [1.0])], ["a", "b"], ["", ""], {"id": [1, 2]})
-    with pytest.raises(RuntimeError, match="returned nan for sample id 2"):
+    with pytest.raises(RuntimeError, match="^Reward 'nan' returned nan for sample id 2; rewards must be finite"):
         score_completions(
             [("nan", lambda completions, solution, **kw: [0.0, math.nan])], ["a", "b"], ["", ""], {"id": [1, 2]}
         )
+
+
+CONTRACT = r"; a reward must return a list with one number \(or None for no opinion\) per completion\.$"
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (None, r"^Reward 'plugin' returned None for sample ids q-1, q-2"),
+        ("0.5", r"^Reward 'plugin' returned '0\.5' \(a str\) for sample ids q-1, q-2"),
+        ({"q-1": 1.0}, r"^Reward 'plugin' returned \{'q-1': 1\.0\} \(a dict\) for sample ids q-1, q-2"),
+        (0.5, r"^Reward 'plugin' returned 0\.5 \(a float\) for sample ids q-1, q-2"),
+        ([1.0, "0.5"], r"^Reward 'plugin' returned '0\.5' \(a str\) for sample id q-2"),
+        ([1.0, [0.5]], r"^Reward 'plugin' returned \[0\.5\] \(a list\) for sample id q-2"),
+        ([1.0, 1j], r"^Reward 'plugin' returned 1j \(a complex\) for sample id q-2"),
+        (np.array(["1.0", "0.5"]), r"^Reward 'plugin' returned '1\.0' \(a str\) for sample id q-1"),
+    ],
+)
+def test_a_reward_that_returns_no_list_of_numbers_names_itself_and_the_sample(returned, message):
+    with pytest.raises(RewardError, match=message + CONTRACT) as error:
+        score_completions(
+            [("plugin", lambda completions, solution, **kw: returned)], ["a", "b"], ["", ""], {"id": ["q-1", "q-2"]}
+        )
+    assert isinstance(error.value, UserError) and isinstance(error.value, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    "returned",
+    [
+        [True, False],  # bools count 1.0 / 0.0: `[a == b for ...]` is a valid reward
+        [1, 0],
+        (1.0, 0.0),
+        [np.float32(1.0), np.int64(0)],
+        [np.bool_(True), np.float64(0.0)],
+        np.array([1.0, 0.0]),
+        torch.tensor([1.0, 0.0]),
+        [torch.tensor(1.0), torch.tensor(0)],
+    ],
+)
+def test_any_real_numbers_are_scores(returned):
+    scores = score_completions(
+        [("plugin", lambda completions, solution, **kw: returned)], ["a", "b"], ["", ""], {"id": ["q-1", "q-2"]}
+    )
+    assert scores[:, 0].tolist() == [1.0, 0.0] and scores.dtype == torch.float64
+
+
+def observed_warnings(opinions: RewardOpinions, steps: list[torch.Tensor], ids=("q-1", "q-2")) -> list[str]:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for step, scores in enumerate(steps):
+            opinions.observe(scores, step, list(ids))
+    return [str(w.message) for w in record]
+
+
+def test_a_step_where_a_reward_has_no_opinion_is_warned_about_at_powers_of_two():
+    silent = torch.tensor([[1.0, math.nan], [0.0, math.nan]], dtype=torch.float64)
+    scored = torch.tensor([[1.0, 1.0], [0.0, math.nan]], dtype=torch.float64)
+    steps = [silent, silent, scored, silent, silent, silent]
+    assert observed_warnings(RewardOpinions(["format", "yes_no"]), steps) == [
+        "Step 0: reward 'yes_no' had no opinion (returned None) on any of the 2 completions (sample ids q-1, q-2); "
+        "it contributed nothing to the step (1 such step(s) of 1 so far; the next warning comes at 2).",
+        "Step 1: reward 'yes_no' had no opinion (returned None) on any of the 2 completions (sample ids q-1, q-2); "
+        "it contributed nothing to the step (2 such step(s) of 2 so far; the next warning comes at 4).",
+        "Step 4: reward 'yes_no' had no opinion (returned None) on any of the 2 completions (sample ids q-1, q-2); "
+        "it contributed nothing to the step (4 such step(s) of 5 so far; the next warning comes at 8).",
+    ]
+
+
+def test_a_run_whose_rewards_never_have_an_opinion_stops_after_the_first_steps():
+    """The only reward returns None for everything: the advantages are all 0 and the run would learn nothing."""
+    opinions = RewardOpinions(["plugin"], patience=3)
+    nothing = torch.full((4, 1), math.nan, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"^Step 0: no reward had an opinion on any of the 4 completions"):
+        opinions.observe(nothing, 0, ["q-1"] * 4)
+    with pytest.warns(UserWarning, match=r"^Step 1: no reward had an opinion"):
+        opinions.observe(nothing, 1, ["q-2"] * 4)
+    with pytest.raises(
+        RewardError, match=r"^No reward \('plugin'\) scored any completion in the first 3 training steps"
+    ):
+        opinions.observe(nothing, 2, ["q-3"] * 4)
+
+
+def test_one_opinion_in_the_first_steps_is_enough_and_later_silence_only_warns():
+    """A reward that scores some samples only may have nothing to score in one batch; that is no reason to stop."""
+    nothing = torch.full((2, 1), math.nan, dtype=torch.float64)
+    steps = [nothing, torch.tensor([[1.0], [math.nan]], dtype=torch.float64)] + [nothing] * 8
+    messages = observed_warnings(RewardOpinions(["yes_no"], patience=2), steps)
+    assert [m.split(":")[0] for m in messages] == ["Step 0", "Step 2", "Step 4", "Step 8"]
+    assert messages[-1].startswith("Step 8: no reward had an opinion on any of the 2 completions (every reward ")
+    assert messages[-1].endswith(
+        "the step's advantages are all 0 and it learns nothing (8 such step(s) of 9 so far; "
+        "the next warning comes at 16)."
+    )
+
+
+def test_every_process_decides_alike_from_the_opinions_of_all():
+    """Under data parallelism a process without opinions does not stop while another process had some."""
+    opinions = RewardOpinions(["yes_no"], patience=1)
+    with pytest.warns(UserWarning):
+        opinions.observe(torch.full((2, 1), math.nan, dtype=torch.float64), 0, opinions_everywhere=lambda count: 3)
+    silent_everywhere = RewardOpinions(["yes_no"], patience=1)
+    with pytest.raises(RewardError), pytest.warns(UserWarning):
+        silent_everywhere.observe(torch.full((2, 1), math.nan, dtype=torch.float64), 0, opinions_everywhere=lambda c: 0)
 
 
 def test_the_issue_rewards_are_registered():

@@ -5,6 +5,13 @@ A reward is a plain function ``(completions: list[str], solution: list[str], **k
 left out of that sample's weighted sum. ``kwargs`` carry every batch field (``id``, ``question``,
 ``answer``, ``explanations``, ``image_path``, ...), repeated so that entry j belongs to completion j.
 
+A score is a real number: a ``float``, an ``int``, a ``bool`` (``True`` counts 1.0, so ``[a == b for ...]`` is a
+valid 0/1 reward), a numpy scalar or a one-element tensor. The list itself may be a list, a tuple, a numpy array or
+a 1-D tensor. Anything else (a bare ``None``, a string such as ``"0.5"``, NaN) stops the run with a
+:class:`RewardError` naming the reward and the sample. A reward with no opinion on any completion of a training
+step contributes nothing to it; :class:`RewardOpinions` warns about that, and stops the run when no reward scored
+anything in its first steps.
+
 Rewards are named in the config (``reward_funcs``) by a registered name or a dotted path
 ``my_pkg.my_module:my_reward``, so users add rewards without editing the library. Registered:
 
@@ -20,16 +27,29 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import numbers
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
+from grpo_lightning.errors import ConfigError, UserError
 from grpo_lightning.rewards.accuracy import accuracy_reward
 from grpo_lightning.rewards.explanation import ExplanationReward
 from grpo_lightning.rewards.format import format_reward, tag_count_reward
 
 RewardFunc = Callable[..., list[float | None]]
+
+#: What every message about a reward's return value says a reward must return.
+REWARD_CONTRACT = "a reward must return a list with one number (or None for no opinion) per completion"
+
+
+class RewardError(UserError, RuntimeError):
+    """A reward function that returned something other than one real number (or None) per completion."""
+
 
 REWARDS: dict[str, RewardFunc] = {}
 
@@ -64,20 +84,20 @@ def get_reward(name: str, **options: Any) -> RewardFunc:
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
-            raise ValueError(f"Reward {name!r}: cannot import module {module_name!r} ({err}).") from err
+            raise ConfigError(f"Reward {name!r}: cannot import module {module_name!r} ({err}).") from err
         target = getattr(module, attr, None)
         if not callable(target):
-            raise ValueError(f"Reward {name!r}: module {module_name!r} has no callable {attr!r}.")
+            raise ConfigError(f"Reward {name!r}: module {module_name!r} has no callable {attr!r}.")
     else:
         known = ", ".join(sorted(REWARDS))
-        raise ValueError(
+        raise ConfigError(
             f"Unknown reward {name!r}. Registered rewards: {known}; or give a dotted path 'my_pkg.my_module:my_reward'."
         )
     if isinstance(target, type):
         try:
             return target(**options)
         except TypeError as err:
-            raise ValueError(f"Reward {name!r}: invalid options {sorted(options)} ({err}).") from err
+            raise ConfigError(f"Reward {name!r}: invalid options {sorted(options)} ({err}).") from err
     return functools.partial(target, **options) if options else target
 
 
@@ -94,8 +114,9 @@ def score_completions(
 ) -> torch.Tensor:
     """Run every reward on the completions; returns (N, F) float64 scores with NaN where a reward said None.
 
-    A reward that raises or returns the wrong number of scores is reported with its name and the id of
-    the offending sample, so a broken plugin is found in seconds rather than in a stack trace.
+    A reward that raises is reported with its name and the id of the offending sample, so a broken plugin is found
+    in seconds rather than in a stack trace; one that returns anything but one real number or None per completion
+    (see the module docstring) raises a :class:`RewardError` that names it, the sample and what a reward must return.
     """
     scores = torch.full((len(completions), len(funcs)), math.nan, dtype=torch.float64)
     ids = fields.get("id", list(range(len(completions))))
@@ -105,15 +126,141 @@ def score_completions(
         except Exception as err:
             sample = _first_failing_sample(func, completions, solution, fields, ids)
             raise RuntimeError(f"Reward {name!r} raised {type(err).__name__}: {err} (sample id {sample}).") from err
+        values = _score_list(name, values, ids)
         if len(values) != len(completions):
-            raise RuntimeError(f"Reward {name!r} returned {len(values)} scores for {len(completions)} completions.")
+            raise RewardError(
+                f"Reward {name!r} returned {len(values)} scores for {len(completions)} completions "
+                f"(sample ids {_some(ids)}); {REWARD_CONTRACT}."
+            )
         for j, value in enumerate(values):
-            if value is None:
-                continue
-            if not math.isfinite(float(value)):
-                raise RuntimeError(f"Reward {name!r} returned {value} for sample id {ids[j]}; rewards must be finite.")
-            scores[j, f] = float(value)
+            score = _score_value(name, value, ids[j])
+            if score is not None:
+                scores[j, f] = score
     return scores
+
+
+def _score_list(name: str, values: Any, ids: list[Any]) -> Sequence[Any]:
+    """The reward's return value as a sequence, or a RewardError when it is not a list-like of scores."""
+    if isinstance(values, torch.Tensor | np.ndarray) and values.ndim == 1:
+        return values.tolist()
+    if isinstance(values, list | tuple):
+        return values
+    got = "None" if values is None else f"{_short_repr(values)} (a {type(values).__name__})"
+    raise RewardError(f"Reward {name!r} returned {got} for sample ids {_some(ids)}; {REWARD_CONTRACT}.")
+
+
+def _score_value(name: str, value: Any, sample_id: Any) -> float | None:
+    """One returned score as a float (None stays None); RewardError for strings, NaN and anything not real."""
+    if value is None:
+        return None
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy scalars, 0-d arrays and tensors
+        value = value.item()
+    if not isinstance(value, numbers.Real):  # bool and int are Real; str, complex and lists are not
+        raise RewardError(
+            f"Reward {name!r} returned {_short_repr(value)} (a {type(value).__name__}) for sample id {sample_id}; "
+            f"{REWARD_CONTRACT}."
+        )
+    score = float(value)
+    if not math.isfinite(score):
+        raise RewardError(f"Reward {name!r} returned {value} for sample id {sample_id}; rewards must be finite.")
+    return score
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _some(ids: Sequence[Any], limit: int = 5) -> str:
+    """The first few sample ids of a batch, for messages ("a, b, c and 13 more")."""
+    unique = list(dict.fromkeys(ids))
+    shown = ", ".join(str(i) for i in unique[:limit])
+    return shown + (f" and {len(unique) - limit} more" if len(unique) > limit else "")
+
+
+#: The key under which :class:`RewardOpinions` counts steps on which no reward had an opinion.
+_EVERY_REWARD = "(every reward)"
+
+
+def _ids_note(ids: Sequence[Any], before: str, after: str = "") -> str:
+    return f"{before}sample ids {_some(ids)}{after}" if len(ids) else ""
+
+
+class RewardOpinions:
+    """Watches training steps for rewards that had no opinion (None) on any completion of the batch.
+
+    Such a reward contributes nothing to the step; when no reward has an opinion, every reward of the step is 0,
+    every advantage is 0 and the step learns nothing. Each reward's silent steps are warned about at the 1st, 2nd,
+    4th, 8th, ... occurrence with counts, so the log is not flooded. When no reward scored any completion in any
+    of the first ``patience`` steps, the rewards cannot score this data at all (a plugin that returns None for
+    everything, a field missing from every record), and :meth:`observe` raises a :class:`RewardError` rather than
+    letting the run train on nothing. ``patience`` is a few steps rather than one because a reward that scores only
+    some samples (one answer type, say) may by chance have no sample to score in one small batch.
+
+    Args:
+        names: the reward names, in the column order of the scores.
+        patience: how many leading steps without any opinion stop the run.
+    """
+
+    def __init__(self, names: Sequence[str], patience: int = 3):
+        self.names = list(names)
+        self.patience = patience
+        self.steps = 0
+        self.silent_steps: Counter[str] = Counter()
+        self.learned_something = False
+
+    def observe(
+        self,
+        scores: torch.Tensor,
+        step: int,
+        ids: Sequence[Any] = (),
+        opinions_everywhere: Callable[[int], int] = lambda count: count,
+    ) -> None:
+        """Count one training step's silent rewards; warn at powers of two; raise if the run cannot learn.
+
+        Args:
+            scores: the step's (N, F) scores from :func:`score_completions` (NaN: no opinion).
+            step: the global step, for messages.
+            ids: the sample id of each completion, for messages.
+            opinions_everywhere: the number of opinions over every process, given this process's (a sum over
+                processes under data parallelism, so that all processes decide alike); called only in the first
+                ``patience`` steps.
+        """
+        self.steps += 1
+        opinions = (~torch.isnan(scores)).sum(dim=0)
+        silent = [name for name, count in zip(self.names, opinions.tolist(), strict=True) if count == 0]
+        if len(silent) == len(self.names):
+            silent = [_EVERY_REWARD]
+        for name in silent:
+            self.silent_steps[name] += 1
+            count = self.silent_steps[name]
+            if count & (count - 1) == 0:  # 1, 2, 4, 8, ...
+                rank_zero_warn(self._message(name, scores.shape[0], step, count, ids))
+        if self.learned_something or self.steps > self.patience:
+            return
+        self.learned_something = opinions_everywhere(int(opinions.sum())) > 0
+        if not self.learned_something and self.steps == self.patience:
+            names = ", ".join(repr(name) for name in self.names)
+            raise RewardError(
+                f"No reward ({names}) scored any completion in the first {self.patience} training steps: every "
+                f"reward returned None for every completion{_ids_note(ids, ' (last ', ')')}, so every advantage is 0 "
+                "and the model learns nothing. Check that the rewards can score this data (the fields they read, "
+                "the answer types they cover), or add a reward that scores every completion, such as 'format'; "
+                f"{REWARD_CONTRACT}."
+            )
+
+    def _message(self, name: str, completions: int, step: int, count: int, ids: Sequence[Any]) -> str:
+        so_far = f"{count} such step(s) of {self.steps} so far; the next warning comes at {2 * count}"
+        if name == _EVERY_REWARD:
+            return (
+                f"Step {step}: no reward had an opinion on any of the {completions} completions (every reward "
+                f"returned None{_ids_note(ids, '; ')}), so the step's advantages are all 0 and it learns nothing "
+                f"({so_far})."
+            )
+        return (
+            f"Step {step}: reward {name!r} had no opinion (returned None) on any of the {completions} completions"
+            f"{_ids_note(ids, ' (', ')')}; it contributed nothing to the step ({so_far})."
+        )
 
 
 def combine_rewards(scores: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
@@ -136,4 +283,14 @@ def _first_failing_sample(func, completions, solution, fields, ids) -> Any:
     return "unknown (fails only on the whole batch)"
 
 
-__all__ = ["REWARDS", "combine_rewards", "get_reward", "register_reward", "reward_name", "score_completions"]
+__all__ = [
+    "REWARDS",
+    "REWARD_CONTRACT",
+    "RewardError",
+    "RewardOpinions",
+    "combine_rewards",
+    "get_reward",
+    "register_reward",
+    "reward_name",
+    "score_completions",
+]
