@@ -14,10 +14,21 @@ What Lightning 2.6 does by itself, and what is added here (each point is checked
   saves at the end of training. With manual optimisation (GRPOModule's) Lightning warns at every periodic save
   that the checkpoint holds the weights after the optimizer step; that is what a resumed run needs, and the
   warning is silenced.
+* A checkpoint that Lightning writes at the end of training (``on_train_end``) records the epoch as finished
+  even when ``max_steps`` stopped it half-way: resumed, the run would start the next epoch's order. And
+  ``ModelCheckpoint(save_on_exception=True)`` saves the state of the moment of the failure: half a step (the
+  random streams and the data already drawn for it, possibly some weights updated). :class:`StepCheckpoint`
+  keeps, in memory, the loop state (data position included) and random states of the end of the last completed
+  step, and writes those into both: every checkpoint it writes resumes exactly where a straight run would be.
+  It saves on any exception in training, Ctrl-C included, unless an optimizer step had begun (then the weights
+  are no longer those of a step end) or several processes train (saving is collective; see
+  :meth:`StepCheckpoint.on_exception`).
 * ``fit(ckpt_path="last")`` looks for ``last.ckpt`` only in the checkpoint folder of the *new* run, which with
   an automatically numbered logger version (``version_1`` after ``version_0``) is always empty: Lightning warns
   "there is no last checkpoint available", and trains from scratch. :class:`StepCheckpoint` also looks in the
-  other versions of the same run name and resumes the most recent ``last.ckpt``.
+  other versions of the same run name and resumes the most recent ``last.ckpt``; :func:`continue_logger_version`
+  (which the command line calls) makes the resumed run log into that version folder again, so that its curves
+  go on where they stopped instead of starting over in a new folder.
 * ``save_last="link"`` replaces ``last.ckpt`` by removing it and then creating a symlink; here the new link is
   made under a temporary name and renamed over the old one, so ``last.ckpt`` always exists. This is the choice
   for DeepSpeed, whose checkpoints are folders written in place by DeepSpeed itself (no ``CheckpointIO``): a
@@ -31,10 +42,14 @@ What Lightning 2.6 does by itself, and what is added here (each point is checked
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,15 +57,17 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from grpo_lightning.export import ExportDtype, export_model, push_to_hub
 
-__all__ = ["AtomicCheckpointIO", "HFExportCallback", "StepCheckpoint", "check_run_name"]
+__all__ = ["AtomicCheckpointIO", "HFExportCallback", "StepCheckpoint", "check_run_name", "continue_logger_version"]
 
 _TEMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
 
@@ -172,14 +189,67 @@ def check_run_name(name: str | None) -> None:
     )
 
 
+def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | None) -> list[str]:
+    """Make a resumed run log into the version folder its checkpoint was saved in, so its curves continue there.
+
+    A checkpoint in ``<save_dir>/<name>/<version>/checkpoints/`` of a logger of ``trainer`` (TensorBoard, CSV)
+    whose version was left to numbering sets that logger's version to ``<version>``: the resumed run writes its
+    events, config, checkpoints and export beside the earlier part's, and TensorBoard shows one curve. Call it
+    before ``trainer.fit`` (the command line does, for ``--ckpt_path``); once a logger has picked its version
+    (``trainer.log_dir`` was read), or when the version was set, it is left alone.
+
+    Args:
+        trainer: the Trainer that will resume.
+        ckpt_path: the checkpoint file or folder the run resumes from; ``"last"``: the one that
+            :class:`StepCheckpoint` finds for ``fit(ckpt_path="last")`` (None: nothing to do).
+
+    Returns:
+        The log folders the loggers now write to because of this call.
+    """
+    if ckpt_path == "last":
+        found = [c.find_last_checkpoint(trainer) for c in trainer.checkpoint_callbacks if isinstance(c, StepCheckpoint)]
+        ckpt_path = max((path for path in found if path), key=os.path.getmtime, default=None)
+    if ckpt_path is None or not _is_local_file_protocol(str(ckpt_path)):
+        return []
+    checkpoint_folder = Path(os.path.abspath(ckpt_path)).parent  # abspath: last.ckpt may be a link, keep its folder
+    if checkpoint_folder.name != "checkpoints":
+        return []
+    version_folder = checkpoint_folder.parent
+    continued = []
+    for logger in trainer.loggers:
+        root_dir = getattr(logger, "root_dir", None)
+        if root_dir is None or getattr(logger, "_version", 0) is not None or not _is_local_file_protocol(root_dir):
+            continue
+        if Path(os.path.abspath(root_dir)) != version_folder.parent:
+            continue
+        numbered = re.fullmatch(r"version_(\d+)", version_folder.name)
+        logger._version = int(numbered.group(1)) if numbered else version_folder.name
+        continued.append(str(version_folder))
+    return continued
+
+
 # --------------------------------------------------------------------------------------------- checkpoints
+@dataclass(frozen=True)
+class _StepEnd:
+    """What a checkpoint needs besides weights and optimizer states, as it was at the end of a training step."""
+
+    global_step: int
+    fit_loop: dict[str, Any]  # the loops' progress and the training dataloader's position
+    rng_states: dict[str, Any]
+
+
 class StepCheckpoint(ModelCheckpoint):
-    """A checkpoint every N optimizer steps and at the end of training, and ``last.ckpt`` beside them.
+    """A checkpoint every N optimizer steps, at the end of training and when training fails; ``last.ckpt`` beside.
 
     The files go to the run's log folder, ``<save_dir>/<name>/<version>/checkpoints/`` (``step=500.ckpt``...,
     ``last.ckpt``), unless ``dirpath`` says otherwise. A run resumes only when asked:
     ``python -m grpo_lightning fit ... --ckpt_path last`` continues from the most recent ``last.ckpt`` among the
-    versions of the same run name (the new run logs to a new version folder); ``--ckpt_path PATH`` from a file.
+    versions of the same run name, ``--ckpt_path PATH`` from a file; the command line then logs into the version
+    folder of that checkpoint again (see :func:`continue_logger_version`).
+
+    Every checkpoint holds the state of the end of a completed step (loops, data position, random streams), so
+    that resuming from it gives the weights a straight run would have: the one written when ``max_steps`` ends
+    training mid-epoch, and the one written when training stops on an exception (see :meth:`on_exception`).
 
     Args:
         every_n_train_steps: save every this many optimizer steps (``trainer.global_step``: with ``num_iterations``
@@ -221,27 +291,126 @@ class StepCheckpoint(ModelCheckpoint):
             save_weights_only=save_weights_only,
         )
         self._in_run_folder = dirpath is None
+        self._step_end: _StepEnd | None = None  # the state of the end of the last completed step of this run
+        self._optimizer_step_begun = False  # in the step after _step_end
+        self._restoring: _StepEnd | None = None  # set while a checkpoint of _step_end is written
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for logger in trainer.loggers:
             check_run_name(logger.name)
-        super().setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():
+            if self._in_run_folder:  # a resumed run continues in its version folder (continue_logger_version)
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step_end, self._optimizer_step_begun = None, False
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        # The state of a step end is what a periodic checkpoint saves here; kept for the checkpoints written later
+        # (end of training, failure). A few kB of loop counters and random states, against a step of seconds.
+        self._step_end = _StepEnd(
+            trainer.global_step, copy.deepcopy(trainer.fit_loop.state_dict()), _collect_rng_states()
+        )
+        self._optimizer_step_begun = False
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
             super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     @override
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self._optimizer_step_begun = True  # from here until the step ends, the weights are not a step end's
+
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning saves only at multiples of every_n_train_steps: the steps after the last multiple would be lost.
-        if not self._should_skip_saving_checkpoint(trainer):
+        # At this point Lightning counts the epoch as finished (max_steps stopped it half-way), so the checkpoint
+        # gets the loop state of the last step's end: resumed, the run continues the same epoch's order.
+        step_end = self._step_end
+        if step_end is not None and not self._should_skip_saving_checkpoint(trainer):
+            self._save_step_end(trainer, step_end)
+        super().on_train_end(trainer, pl_module)
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Save the last completed step when training stops on an exception (Ctrl-C, SIGTERM included).
+
+        The checkpoint holds the weights, optimizer and loop states and random streams of the end of the last
+        completed step, so ``--ckpt_path last``, once the cause is fixed, trains on as the run would have. Nothing
+        is saved, and the message says why, when:
+
+        * an optimizer step had begun in the failing step: some weights or optimizer moments may be updated, and
+          they no longer match any step end; resume from the last periodic checkpoint;
+        * several processes train (DDP, DeepSpeed): saving is collective, and the exception may have stopped one
+          process only while the others wait in a collective of the step; the run stops as Lightning stops it, and
+          the last periodic checkpoint is the one to resume.
+
+        A message (Lightning's log, and a note on the exception) names the checkpoint and how to resume.
+        """
+        step_end = self._step_end
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or step_end is None:
+            return
+        saved_before = (self.last_model_path if self.save_last else None) or self._last_checkpoint_saved or None
+        resume = "--ckpt_path last" if self.save_last else "--ckpt_path {}"
+        fix = "" if isinstance(exception, KeyboardInterrupt) else "fix the cause and "
+        if trainer.world_size > 1:
+            message = (
+                f"Training stopped ({type(exception).__name__}); no checkpoint was saved on the way out: with "
+                f"{trainer.world_size} processes saving is collective, and the others may be waiting in this step."
+            )
+        elif self._optimizer_step_begun:
+            message = (
+                f"Training stopped ({type(exception).__name__}) after an optimizer step had begun, so the weights are "
+                f"no longer those of step {step_end.global_step}; no checkpoint was saved on the way out."
+            )
+        else:
+            if self._last_global_step_saved != step_end.global_step:
+                try:
+                    self._save_step_end(trainer, step_end)
+                except Exception as error:  # the failure being reported is the original one
+                    rank_zero_warn(f"Saving the step={step_end.global_step} checkpoint failed: {error!r}")
+            path = self.last_model_path if self.save_last else self._last_checkpoint_saved
+            if self._last_global_step_saved == step_end.global_step and path:
+                message = (
+                    f"Training stopped ({type(exception).__name__}): saved step={step_end.global_step} checkpoint to "
+                    f"{path}; {fix}resume with {resume.format(path)}."
+                )
+                rank_zero_info(message)
+                exception.add_note(message)
+                return
+            message = f"Training stopped ({type(exception).__name__}); no checkpoint of step {step_end.global_step}."
+        if saved_before:
+            message += f" The last saved checkpoint is {saved_before}; resume with {resume.format(saved_before)}."
+        rank_zero_warn(message)
+        exception.add_note(message)
+
+    @override
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._restoring is not None:
+            checkpoint["loops"]["fit_loop"] = copy.deepcopy(self._restoring.fit_loop)
+
+    def _save_step_end(self, trainer: L.Trainer, step_end: _StepEnd) -> None:
+        """Save the step checkpoint and ``last.ckpt`` as they would have been saved at the end of that step."""
+        with self._at_step_end(step_end):
             monitor_candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, monitor_candidates)
             self._save_last_checkpoint(trainer, monitor_candidates)
-        super().on_train_end(trainer, pl_module)
+
+    @contextlib.contextmanager
+    def _at_step_end(self, step_end: _StepEnd) -> Iterator[None]:
+        # The loop state goes in through on_save_checkpoint; the random streams are set back for the time of the
+        # save, so that the module (GRPOModule.on_save_checkpoint) saves those of the step end, then put forward.
+        now = _collect_rng_states()
+        _set_rng_states(step_end.rng_states)
+        self._restoring = step_end
+        try:
+            yield
+        finally:
+            self._restoring = None
+            _set_rng_states(now)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -259,9 +428,13 @@ class StepCheckpoint(ModelCheckpoint):
 
     @override
     def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
-        found = super()._find_last_checkpoints(trainer)
         run_folder = self._run_folder(trainer)
-        if run_folder is not None and run_folder.is_dir():
+        if run_folder is None:
+            return super()._find_last_checkpoints(trainer)
+        # Not Lightning's look in trainer.log_dir: reading it makes the logger pick its version, which
+        # continue_logger_version may still have to set. That folder is one of the versions scanned here.
+        found: set[str] = set()
+        if run_folder.is_dir():
             last = re.compile(rf"^{self.CHECKPOINT_NAME_LAST}(-v\d+)?{re.escape(self.FILE_EXTENSION)}$")
             for version in run_folder.iterdir():
                 checkpoints = version / "checkpoints"
@@ -308,7 +481,10 @@ class HFExportCallback(Callback):
 
     Args:
         export_dir: the folder to write (default: ``<trainer.log_dir>/hf_export``, beside the run's logs and
-            checkpoints). It must not hold files already, which is checked at start-up.
+            checkpoints). A folder given here must not hold files already, which is checked at start-up. The
+            default one belongs to the run, as its checkpoints do: a resumed run that continues in the same log
+            folder (see :func:`continue_logger_version`) replaces the export of its earlier part at the end of fit
+            (the new folder is written beside it and swapped in whole).
         push_to_hub: also upload the folder to the hub repository ``hub_model_id`` (token: ``HF_TOKEN`` or the
             saved ``hf auth login``).
         hub_model_id: the repository to create or update, ``user-or-org/name``; required with ``push_to_hub``.
@@ -353,12 +529,15 @@ class HFExportCallback(Callback):
                 "sharded across processes. Remove the callback and export the final checkpoint with "
                 "`python -m grpo_lightning.export CKPT OUT_DIR`."
             )
+        if self.export_dir is None:
+            return  # the run's own folder: an export there is the earlier part's of a resumed run, replaced at the end
         export_dir = self.resolve_export_dir(trainer)
         occupied = trainer.is_global_zero and export_dir.exists() and any(export_dir.iterdir())
         if trainer.strategy.reduce_boolean_decision(occupied, all=False):  # every process stops, not rank 0 alone
             raise FileExistsError(
                 f"HFExportCallback would export to {export_dir} at the end of fit, but it holds files already; "
-                "choose another export_dir or move that folder away before training."
+                "choose another export_dir or move that folder away before training (or leave export_dir unset: "
+                "the export then goes to the run's log folder, where a resumed run replaces its earlier export)."
             )
 
     @override
@@ -366,7 +545,13 @@ class HFExportCallback(Callback):
         export_dir = self.resolve_export_dir(trainer)  # on every rank: trainer.log_dir is a collective call
         if not trainer.is_global_zero:
             return
-        self.exported_to = export_model(pl_module.model, pl_module.adapter.processor, export_dir, dtype=self.dtype)
+        self.exported_to = export_model(
+            pl_module.model,
+            pl_module.adapter.processor,
+            export_dir,
+            dtype=self.dtype,
+            overwrite=self.export_dir is None,
+        )
         rank_zero_info(f"Exported the trained model to {self.exported_to}")
         if self.push_to_hub:
             url = push_to_hub(

@@ -20,7 +20,13 @@ import yaml
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from grpo_lightning.callbacks import AtomicCheckpointIO, HFExportCallback, StepCheckpoint, check_run_name
+from grpo_lightning.callbacks import (
+    AtomicCheckpointIO,
+    HFExportCallback,
+    StepCheckpoint,
+    check_run_name,
+    continue_logger_version,
+)
 from grpo_lightning.cli import main as cli_main
 from grpo_lightning.data import ViVQAXDataModule
 from tests.test_module import make_module
@@ -182,6 +188,28 @@ def test_ckpt_path_last_resumes_the_latest_version_of_the_same_run_and_only_when
     fresh = boring_fit(tmp_path, "exp", steps=2)  # no ckpt_path: a new run from step 0, never a silent resume
     assert fresh.ckpt_path is None
     assert saved_steps(Path(fresh.log_dir) / "checkpoints") == {"last.ckpt": 2, "step=2.ckpt": 2}
+
+
+def test_a_resumed_run_logs_into_the_version_folder_of_its_checkpoint(tmp_path):
+    first = boring_fit(tmp_path, "exp", steps=3)
+    checkpoint = Path(first.log_dir) / "checkpoints" / "last.ckpt"
+
+    def trainer_for(name: str, version: int | None = None) -> L.Trainer:
+        logger = TensorBoardLogger(tmp_path, name=name, version=version)
+        return L.Trainer(logger=logger, callbacks=[StepCheckpoint(every_n_train_steps=2)], accelerator="cpu")
+
+    resumed = trainer_for("exp")
+    assert continue_logger_version(resumed, "last") == [first.log_dir]
+    assert resumed.log_dir == first.log_dir
+    pinned = trainer_for("exp", version=5)  # a version the user chose is theirs
+    assert continue_logger_version(pinned, checkpoint) == []
+    assert Path(pinned.log_dir) == tmp_path / "exp" / "version_5"
+    other = trainer_for("other")  # another run name resuming from this run's weights: its own folder
+    assert continue_logger_version(other, checkpoint) == []
+    assert Path(other.log_dir) == tmp_path / "other" / "version_0"
+    fresh = trainer_for("exp")
+    assert continue_logger_version(fresh, None) == []
+    assert Path(fresh.log_dir) == tmp_path / "exp" / "version_1"
 
 
 def test_ckpt_path_last_without_any_checkpoint_warns_and_trains_from_scratch(tmp_path):
