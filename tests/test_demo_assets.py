@@ -205,7 +205,7 @@ def test_chat_template_renders(loaded, name):
 
 
 def _expected_image_tokens(name, model, processor, inputs) -> int:
-    if name == "internvl":  # one tile per image by default: pixel_values is (tiles, 3, H, W)
+    if name == "internvl":  # pixel_values is (tiles, 3, H, W), tiles and thumbnail together
         return model.config.image_seq_length * inputs["pixel_values"].shape[0]
     merge = model.config.vision_config.spatial_merge_size
     return int(inputs["image_grid_thw"].prod(-1).sum()) // merge**2
@@ -224,7 +224,9 @@ def test_processor_forward_generate(loaded, name, size):
     if name == "internvl":
         assert set(inputs) == {"input_ids", "attention_mask", "pixel_values"}
         vc = model.config.vision_config
-        assert tuple(inputs["pixel_values"].shape) == (1, 3, *vc.image_size)
+        # dynamic tiling: a square picture is one 64-px tile; a 117x80 one a 2x2 grid and a thumbnail
+        tiles = {(64, 64): 1, (117, 80): 5}[size]
+        assert tuple(inputs["pixel_values"].shape) == (tiles, 3, *vc.image_size)
     else:
         assert set(inputs) == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"}
         grid = inputs["image_grid_thw"]
@@ -235,7 +237,8 @@ def test_processor_forward_generate(loaded, name, size):
         assert torch.equal(inputs["mm_token_type_ids"] != 0, is_image)
     n_image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
     assert n_image_tokens == _expected_image_tokens(name, model, processor, inputs)
-    assert n_image_tokens == (16 if name == "internvl" else {(64, 64): 16, (117, 80): 12}[size])
+    expected = {"internvl": {(64, 64): 16, (117, 80): 5 * 16}, "qwen2vl": {(64, 64): 16, (117, 80): 12}}
+    assert n_image_tokens == expected[name][size]
     # Text around the image placeholder survives tokenization.
     text = tok.decode(inputs["input_ids"][0], skip_special_tokens=True)
     assert "Hình trong ảnh có màu gì?" in text
@@ -266,7 +269,8 @@ def test_batched_padded_forward(loaded, name):
     assert (inputs["attention_mask"][:, -1] == 1).all() and (inputs["attention_mask"][0] == 0).any()
     counts = (inputs["input_ids"] == model.config.image_token_id).sum(-1)
     if name == "internvl":
-        assert counts.tolist() == [16, 16] and inputs["pixel_values"].shape[0] == 2
+        # 1 tile, and a 1x2 grid with its thumbnail for the tall picture
+        assert counts.tolist() == [16, 3 * 16] and inputs["pixel_values"].shape[0] == 1 + 3
     else:
         assert counts.tolist() == (inputs["image_grid_thw"].prod(-1) // 4).tolist()
     with torch.no_grad():

@@ -15,18 +15,29 @@ B, G = 2, 4
 
 @pytest.fixture
 def batch(data_kwargs):
-    """B prompts whose images differ in shape, so that Qwen2-VL's prompts differ in image tokens and RoPE offsets
-    (a prompt's sequences must get that prompt's offset, not another's)."""
-    data = ViVQAXDataModule(**data_kwargs, batch_size=B, shuffle=False)
-    data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
-    batch["image"] = [batch["image"][0], batch["image"][1].resize((120, 120))]  # Qwen2-VL: offsets -8 and -12
+    """B prompts whose images differ in shape, so that InternVL's prompts differ in tile count (dynamic tiling: 5 and
+    1, see ``tiles_per_prompt``) and Qwen2-VL's in image tokens and RoPE offsets (a prompt's sequences must get that
+    prompt's tiles and offset, not another's)."""
+    batch = first_batch(data_kwargs)
+    batch["image"] = [batch["image"][0], batch["image"][1].resize((64, 64))]  # Qwen2-VL: offsets -8 and -12
     return batch
 
 
+def first_batch(data_kwargs) -> dict:
+    """The B prompts of a one-step ``fit``'s training step."""
+    data = ViVQAXDataModule(**data_kwargs, batch_size=B, shuffle=False)
+    data.setup("fit")
+    return next(iter(data.train_dataloader()))
+
+
+def tiles_per_prompt(prompts) -> list[int]:
+    """InternVL: how many tiles (thumbnail included) each prompt's image became."""
+    return [visual["pixel_values"].shape[0] for visual in prompts.visual]
+
+
 def count_images(module, model=None) -> list[int]:
-    """Record how many images (tiles or patch groups) each vision-tower call encodes (in ``model``, by default the
-    module's; give the base model under PEFT's wrapper)."""
+    """Record how many images each vision-tower call encodes, as InternVL's tiles or Qwen2-VL's images (in ``model``,
+    by default the module's; give the base model under PEFT's wrapper)."""
     calls: list[int] = []
     tower = module.adapter.vision_tower(module.model if model is None else model)
     tower.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(_images_in(args, kwargs)), with_kwargs=True)
@@ -37,6 +48,13 @@ def _images_in(args, kwargs) -> int:
     pixels = kwargs.get("pixel_values", args[0] if args else kwargs.get("hidden_states"))
     grid = kwargs.get("grid_thw")
     return int(grid.shape[0]) if grid is not None else int(pixels.shape[0])
+
+
+def once_each(module, batch) -> int:
+    """What ``count_images`` records for encoding each of the batch's images once (InternVL: their tiles)."""
+    prompts = module.adapter.prepare_prompts(batch["image"], batch["prompt"])
+    visual = prompts.visual_for(list(range(len(prompts))))
+    return _images_in((), {"pixel_values": visual["pixel_values"], "grid_thw": visual.get("image_grid_thw")})
 
 
 def policy_pass(module: GRPOModule, rollout, advantages: torch.Tensor):
@@ -76,16 +94,17 @@ def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy
             lambda mod, args, kwargs: reference_calls.append(_images_in(args, kwargs)), with_kwargs=True
         )
     fit(module, data_kwargs, tmp_path, steps=1, batch_size=B)
-    # rollout: B images (one prefill per prompt, its cache shared by the G samples); policy update: one
-    # micro-batch per prompt (micro_batch_size = G), B images.
-    assert sum(calls) == B + B, calls
-    assert sum(reference_calls) == B, reference_calls
+    once = once_each(module, first_batch(data_kwargs))
+    # rollout: the B images once (one prefill per prompt, its cache shared by the G samples); policy update: one
+    # micro-batch per prompt (micro_batch_size = G), the B images once.
+    assert sum(calls) == once + once, calls
+    assert sum(reference_calls) == once, reference_calls
     plain_module = make_module(assets, family, num_generations=G, micro_batch_size=G, beta=0.0)
     plain_module.configure_model()
     plain(plain_module)
     plain_calls = count_images(plain_module)
     fit(plain_module, data_kwargs, tmp_path / "plain", steps=1, batch_size=B)
-    assert sum(plain_calls) == 2 * B * G  # without the levers: every sequence encodes its image, twice
+    assert sum(plain_calls) == 2 * G * once  # without the levers: every sequence encodes its image, twice
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -144,6 +163,8 @@ def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchang
     module.configure_model()
     torch.manual_seed(0)
     rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    if family == "internvl":
+        assert tiles_per_prompt(rollout.prompts) == [5, 1]  # a 2x2 grid and its thumbnail, and a single tile
     advantages = torch.linspace(-1, 1, len(rollout.completions))
     results = []
     levers = (module.adapter.shares_image_features, module.adapter.shares_prompt_cache)
@@ -174,6 +195,8 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and
     module.reuse_image_features = False  # LoRA's features once per step: its own test below; here every pass encodes
     torch.manual_seed(0)
     rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    if family == "internvl":
+        assert tiles_per_prompt(rollout.prompts) == [5, 1]
     module.model.train()
     base = module.model.get_base_model() if lora_r else module.model  # under PEFT's wrapper with LoRA
     language_model = base.get_submodule(module.adapter.language_model_path)
@@ -192,7 +215,7 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and
     (logps_a, loss_a, grads_a, calls_a, images_a), (logps_b, loss_b, grads_b, calls_b, images_b) = results
     # shared: the B prompts' prefill and the B*G continuations, each replayed; plain: the B*G sequences, replayed
     assert calls_a == [B, B * G, B * G, B] and calls_b == [B * G, B * G], (calls_a, calls_b)
-    assert (images_a, images_b) == (B, B * G)
+    assert (images_a, images_b) == (once_each(module, batch), G * once_each(module, batch))
     torch.testing.assert_close(logps_a, logps_b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
     assert grads_a.shape == grads_b.shape and grads_a.abs().max() > 0
@@ -225,8 +248,8 @@ def test_with_lora_each_image_is_encoded_once_per_step_and_the_update_is_unchang
     assets, data_kwargs, tmp_path, family
 ):
     """With LoRA the vision tower and projector are frozen and the reference is the same network with its adapters
-    off: sampling, reference and policy passes get the same image features, so one encoding (B images) serves the
-    whole step instead of one per pass (3 B), and the step's update is the same."""
+    off: sampling, reference and policy passes get the same image features, so one encoding of the B images serves
+    the whole step instead of one per pass (3 of them), and the step's update is the same."""
     runs = {}
     for reuse in (True, False):
         torch.manual_seed(0)  # the LoRA matrices start from the global RNG
@@ -241,7 +264,8 @@ def test_with_lora_each_image_is_encoded_once_per_step_and_the_update_is_unchang
         trained = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
         runs[reuse] = (sum(images), trained)
     (images_once, weights_once), (images_each, weights_each) = runs[True], runs[False]
-    assert (images_once, images_each) == (B, 3 * B)
+    once = once_each(module, first_batch(data_kwargs))
+    assert (images_once, images_each) == (once, 3 * once)
     assert weights_once.keys() == weights_each.keys() and weights_once
     assert any(w.abs().max() > 0 for name, w in weights_once.items() if "lora_B" in name)  # the step trained them
     for name in weights_once:

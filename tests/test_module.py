@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from grpo_lightning.data import ViVQAXDataModule
+from grpo_lightning.errors import ConfigError
 from grpo_lightning.module import GRPOModule
 from scripts.tb_scalars import read_scalars
 from tests.conftest import FAMILIES, FAMILY_SUBDIRS
@@ -144,11 +145,11 @@ def test_completion_logps_equal_an_unpadded_forward_pass(assets, data_kwargs, fa
     module = make_module(assets, family)
     module.configure_model()
     module.model.eval()
-    data = ViVQAXDataModule(**data_kwargs, batch_size=3, shuffle=False)
-    data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
+    batch = first_prompts(data_kwargs)
     torch.manual_seed(0)
     rollout = module.generate_rollout(batch, num_generations=2, do_sample=True)
+    if family == "internvl":  # dynamic tiling: 2x2 grids and a 1x2 one, each with its thumbnail
+        assert [visual["pixel_values"].shape[0] for visual in rollout.prompts.visual] == [5, 5, 3]
     logps = module.completion_logps(module.model, rollout)
     adapter = module.adapter
     suppressed = adapter.suppressed_token_ids(module.model)
@@ -192,6 +193,107 @@ def test_invalid_settings_are_refused_with_a_clear_message(assets):
         make_module(assets, reward_weights=[1.0])
     with pytest.raises(ValueError, match="Unknown reward 'nope'"):
         make_module(assets, reward_funcs=["nope"])
+
+
+def first_prompts(data_kwargs, size: int = 3) -> dict:
+    """The first training batch: pictures of two sizes and aspect ratios, so 5, 5 and 3 InternVL tiles."""
+    data = ViVQAXDataModule(**data_kwargs, batch_size=size, shuffle=False)
+    data.setup("fit")
+    return next(iter(data.train_dataloader()))
+
+
+def image_layout(prompts) -> list:
+    """Per prompt: InternVL's tile count, or Qwen2-VL's image grid (t, h, w) in patches."""
+    return [
+        visual["image_grid_thw"][0].tolist() if "image_grid_thw" in visual else visual["pixel_values"].shape[0]
+        for visual in prompts.visual
+    ]
+
+
+@pytest.mark.parametrize(
+    "family, options, checkpoint_layout, layout, saved",
+    [
+        ("internvl", {"max_patches": 2}, [5, 5, 3], [1, 1, 3], {"crop_to_patches": True, "max_patches": 2}),
+        ("internvl", {"crop_to_patches": False}, [5, 5, 3], [1, 1, 1], {"crop_to_patches": False, "max_patches": 1}),
+        (
+            "qwen2_vl",
+            {"min_pixels": 256, "max_pixels": 1024},
+            [[1, 6, 8], [1, 6, 8], [1, 8, 6]],
+            [[1, 2, 4], [1, 2, 4], [1, 4, 2]],
+            {"size": {"shortest_edge": 256, "longest_edge": 1024}},
+        ),
+    ],
+)
+def test_image_resolution_options_reach_the_prompts_and_the_exported_processor(
+    assets, data_kwargs, tmp_path, family, options, checkpoint_layout, layout, saved
+):
+    """The options resize the images of training prompts, and the exported processor, loaded back, resizes them the
+    same way: same prompt tokens, same pixels."""
+    import json
+
+    from transformers import AutoProcessor
+
+    from grpo_lightning.adapters import build_adapter
+    from grpo_lightning.export import export_model
+
+    batch = first_prompts(data_kwargs)
+    module = make_module(assets, family, **options)
+    module.configure_model()
+    prompts = module.adapter.prepare_prompts(batch["image"], batch["prompt"])
+    plain = build_adapter(family, AutoProcessor.from_pretrained(module.hparams.model_name_or_path))
+    assert image_layout(plain.prepare_prompts(batch["image"], batch["prompt"])) == checkpoint_layout
+    assert image_layout(prompts) == layout
+
+    out = export_model(module.model, module.adapter.processor, tmp_path / "export")
+    written = json.loads((out / "processor_config.json").read_text(encoding="utf-8"))["image_processor"]
+    assert {key: written[key] for key in saved} == saved
+    reloaded = build_adapter(family, AutoProcessor.from_pretrained(out)).prepare_prompts(
+        batch["image"], batch["prompt"]
+    )
+    assert torch.equal(reloaded.input_ids, prompts.input_ids)
+    for again, trained in zip(reloaded.visual, prompts.visual, strict=True):
+        assert again.keys() == trained.keys()
+        assert all(torch.equal(again[key], trained[key]) for key in trained)
+
+
+@pytest.mark.parametrize(
+    "family, options, message",
+    [
+        (
+            "internvl",
+            {"max_pixels": 1024},
+            r"max_pixels does not apply to this checkpoint \(model_type internvl\).*"
+            r"options of this model family: crop_to_patches, min_patches, max_patches",
+        ),
+        (
+            "qwen2_vl",
+            {"crop_to_patches": True, "max_patches": 6},
+            r"crop_to_patches, max_patches do not apply to this checkpoint \(model_type qwen2_vl / qwen2_5_vl\)"
+            r".*options of this model family: min_pixels, max_pixels",
+        ),
+        ("internvl", {"min_patches": 3, "max_patches": 2}, r"min_patches \(3\) is above max_patches \(2\)"),
+        ("internvl", {"min_patches": 6}, r"min_patches \(6\) is above max_patches \(4, the checkpoint's value\)"),
+        ("internvl", {"crop_to_patches": False, "max_patches": 2}, r"crop_to_patches is false .*remove them"),
+        ("qwen2_vl", {"min_pixels": 8192}, r"min_pixels \(8192\) is above max_pixels \(4096, the checkpoint's"),
+        (
+            "qwen2_vl",
+            {"min_pixels": 64, "max_pixels": 100},
+            r"max_pixels \(100\) is below one image token of this model \(16x16",
+        ),
+    ],
+)
+def test_image_resolution_options_the_model_cannot_use_are_refused_before_it_loads(assets, family, options, message):
+    module = make_module(assets, family, **options)
+    with pytest.raises(ConfigError, match=message):
+        module.configure_model()
+    assert module.model is None and module.adapter is None
+
+
+def test_image_resolution_counts_below_one_are_refused(assets):
+    with pytest.raises(ConfigError, match="max_patches must be at least 1, not 0"):
+        make_module(assets, max_patches=0)
+    with pytest.raises(ConfigError, match="min_pixels must be at least 1, not -5"):
+        make_module(assets, "qwen2_vl", min_pixels=-5)
 
 
 def test_gradient_checkpointing_trains_and_sampling_keeps_the_kv_cache(assets, data_kwargs, tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from transformers.cache_utils import DynamicCache
 
 from grpo_lightning.adapters.prefix_cache import CaptureCache, cache_through_checkpointing
 from grpo_lightning.algorithms import entropy_from_logits, selective_log_softmax
+from grpo_lightning.errors import ConfigError
 
 
 @dataclass
@@ -127,6 +128,36 @@ class VLMAdapter:
             raise ValueError(
                 "The tokenizer has no pad token; set `pad_token` in the checkpoint's tokenizer_config.json."
             )
+
+    # ---------------------------------------------------------------------------------- resolution
+    #: The image-resolution options (``GRPOModule`` arguments of the same names) that this family's processor has.
+    image_resolution_options: ClassVar[tuple[str, ...]] = ()
+
+    def configure_image_resolution(self, **options: Any) -> None:
+        """Set the image resolution from the options that are not None, on the processor object itself, so that
+        ``save_pretrained`` (the export) writes them into ``processor_config.json``.
+
+        Raises:
+            ConfigError: an option that this family's processor does not have (it would be silently ignored), or a
+                value that it cannot use.
+        """
+        given = {name: value for name, value in options.items() if value is not None}
+        foreign = [name for name in given if name not in self.image_resolution_options]
+        if foreign:
+            verb, it = ("does", "it") if len(foreign) == 1 else ("do", "them")
+            model_types = " / ".join(self.model_types)
+            raise ConfigError(
+                f"{', '.join(foreign)} {verb} not apply to this checkpoint (model_type {model_types}), "
+                f"whose processor would ignore {it}; remove {it} from the model options. Image-resolution options of "
+                f"this model family: {', '.join(self.image_resolution_options) or 'none'}."
+            )
+        if given:
+            self.set_image_resolution(**given)
+
+    def set_image_resolution(self, **options: Any) -> None:
+        """Write the given (accepted, not None) image-resolution options into the processor; families that have
+        options override this."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------------------------- prompting
     def build_messages(self, prompt: str) -> list[dict[str, Any]]:
@@ -407,6 +438,20 @@ class VLMAdapter:
             with torch.no_grad():
                 entropy[:, :width] = entropy_from_logits(logits.detach())
         return logps, entropy
+
+
+def resolution_range(
+    names: tuple[str, str], given: tuple[int | None, int | None], loaded: tuple[int, int]
+) -> tuple[int, int]:
+    """The (low, high) bounds of an image-resolution range named ``names``: the ``given`` ones where not None, else
+    the checkpoint's (``loaded``). Raises a ConfigError that names both unless low <= high."""
+    low, high = (loaded[i] if given[i] is None else given[i] for i in (0, 1))
+    if low > high:
+        where = ["" if value is not None else ", the checkpoint's value" for value in given]
+        raise ConfigError(
+            f"{names[0]} ({low}{where[0]}) is above {names[1]} ({high}{where[1]}); give {names[0]} <= {names[1]}."
+        )
+    return low, high
 
 
 def left_pad(sequences: list[Tensor], pad_id: int) -> tuple[Tensor, Tensor]:

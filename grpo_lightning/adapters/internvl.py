@@ -5,6 +5,10 @@ image into 448-px crops (``pixel_values``: (tiles, 3, 448, 448)) and expands one
 per tile in the prompt; positions are ordinary 1-D RoPE positions, so the base class's left-padding
 position ids apply. Projected image features can replace the pixels (``mm_encoder_outputs``), so images are
 encoded once per prompt and sampling starts from a prompt cache shared by the G samples.
+
+Resolution (dynamic tiling): an image becomes a grid of tiles whose aspect ratio is closest to its own, between
+``min_patches`` and ``max_patches`` tiles, plus a thumbnail of the whole image when the grid has more than one.
+Prompts of one batch may so hold different numbers of tiles; each prompt's tiles stay its own (``PromptBatch.visual``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Any, ClassVar
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from grpo_lightning.adapters.base import PromptBatch, VLMAdapter
+from grpo_lightning.adapters.base import PromptBatch, VLMAdapter, resolution_range
+from grpo_lightning.errors import ConfigError
 
 
 class InternVLAdapter(VLMAdapter):
@@ -22,6 +27,31 @@ class InternVLAdapter(VLMAdapter):
     visual_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
     shares_image_features: ClassVar[bool] = True
     shares_prompt_cache: ClassVar[bool] = True
+    image_resolution_options: ClassVar[tuple[str, ...]] = ("crop_to_patches", "min_patches", "max_patches")
+
+    def set_image_resolution(
+        self, *, crop_to_patches: bool | None = None, min_patches: int | None = None, max_patches: int | None = None
+    ) -> None:
+        image_processor = self.processor.image_processor
+        if crop_to_patches is False:
+            if min_patches is not None or max_patches is not None:
+                raise ConfigError(
+                    "min_patches and max_patches bound the tile count of crop_to_patches: true, but crop_to_patches is "
+                    "false (one tile per image); remove them, or set crop_to_patches: true."
+                )
+            # InternVLProcessor asks for tiling in every call (its class default overrides the image processor's own
+            # crop_to_patches): a budget of one tile is what makes every image a single tile, in training and in the
+            # exported processor alike.
+            image_processor.crop_to_patches = False
+            image_processor.min_patches = image_processor.max_patches = 1
+            return
+        low, high = resolution_range(
+            ("min_patches", "max_patches"),
+            (min_patches, max_patches),
+            (image_processor.min_patches, image_processor.max_patches),
+        )
+        image_processor.crop_to_patches = True  # tile counts were asked for; the saved config says so too
+        image_processor.min_patches, image_processor.max_patches = low, high
 
     def image_features(self, model: torch.nn.Module, prompts: PromptBatch, indices: list[int]) -> list[Any]:
         config = model.config

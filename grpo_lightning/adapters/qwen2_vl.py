@@ -6,6 +6,10 @@ The processor flattens each image into patches (``pixel_values``: (patches, C*T*
 mask, so no position ids are passed, except after a shared prompt cache: there every token is text and its
 position is its text position plus its prompt's RoPE offset (``rope_deltas``), which the model computes while
 prefilling the distinct prompts and which ``prefill`` hands on to the prompt's G sequences.
+
+Resolution: each image is resized, aspect kept, to a multiple of ``patch_size * merge_size`` pixels (28 for the
+released checkpoints) per side with an area between ``min_pixels`` and ``max_pixels``; every 28x28 pixels become one
+image token.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import torch
 from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from grpo_lightning.adapters.base import PromptBatch, VLMAdapter
+from grpo_lightning.adapters.base import PromptBatch, VLMAdapter, resolution_range
+from grpo_lightning.errors import ConfigError
 
 
 class Qwen2VLAdapter(VLMAdapter):
@@ -29,6 +34,25 @@ class Qwen2VLAdapter(VLMAdapter):
 
     shares_image_features: ClassVar[bool] = True
     shares_prompt_cache: ClassVar[bool] = True
+    image_resolution_options: ClassVar[tuple[str, ...]] = ("min_pixels", "max_pixels")
+
+    def set_image_resolution(self, *, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        from transformers.image_utils import SizeDict
+
+        image_processor = self.processor.image_processor
+        low, high = resolution_range(
+            ("min_pixels", "max_pixels"),
+            (min_pixels, max_pixels),
+            (image_processor.size["shortest_edge"], image_processor.size["longest_edge"]),
+        )
+        token_side = image_processor.patch_size * image_processor.merge_size
+        if high < token_side**2:
+            raise ConfigError(
+                f"max_pixels ({high}) is below one image token of this model ({token_side}x{token_side} = "
+                f"{token_side**2} pixels); raise it."
+            )
+        # The image processor's `size` holds both bounds (min_pixels / max_pixels are their older names).
+        image_processor.size = SizeDict(shortest_edge=low, longest_edge=high)
 
     def position_kwargs(self, attention_mask: Tensor) -> dict[str, Tensor]:
         return {}
