@@ -2,27 +2,240 @@
 
 A LightningCLI over :class:`GRPOModule` and :class:`ViVQAXDataModule`: the constructors' typed
 signatures and docstrings are the configuration schema, so ``--help`` and ``fit --print_config`` show
-every option. Configs live in ``configs/`` as commented YAML.
+every option. Configs live in ``configs/`` as commented YAML and ship with the package: ``--config NAME.yaml``
+that is not a file here is the shipped config of that name (e.g. ``--config internvl.yaml``).
+
+What the command line adds to LightningCLI:
+
+- ``model.reward_kwargs.explanation.corpus_file`` defaults to ``data.train_file`` (CIDEr-D's document
+  frequencies come from the training split): one path serves both, and ``--print_config`` shows it.
+- With ``--ckpt_path FILE`` (validate, test, predict, fit), the checkpoint's hyperparameters fill in what the
+  command line and configs leave unset; what they set wins, except the model's identity
+  (:data:`MODEL_IDENTITY`), which always comes from the checkpoint because its weights need it.
+- A user error (bad data, config value, reward, path; :class:`~grpo_lightning.errors.UserError`) prints one
+  message and exits with status 2; ``GRPO_LIGHTNING_TRACEBACK=1`` shows the traceback too. A parse error
+  prints the error first, with the closest option for a misspelt one, instead of the full usage.
+- The training progress bar counts optimizer steps of the run (:class:`~grpo_lightning.progress.StepProgressBar`).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.resources
 import os
+import re
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
-from lightning.pytorch.cli import LightningCLI
+import torch
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.trainer import Trainer
 
-from grpo_lightning.callbacks import StepCheckpoint, check_run_name
+from grpo_lightning import quiet_deepspeed_without_cuda
+from grpo_lightning.callbacks import StepCheckpoint, check_run_name, continue_logger_version
 from grpo_lightning.data import ViVQAXDataModule
+from grpo_lightning.errors import TRACEBACK_ENV, ConfigError, UserError
 from grpo_lightning.module import GRPOModule
+from grpo_lightning.progress import StepProgressBar
+
+#: The module options a checkpoint's weights need: the base checkpoint (architecture, processor, the weights
+#: that are not trained) and the LoRA structure and scale. With ``--ckpt_path FILE`` these always come from the
+#: checkpoint. Everything else (sampling, loss, rewards, dtype, evaluation, predictions_file) may be changed.
+MODEL_IDENTITY = ("model_name_or_path", "lora_r", "lora_alpha", "lora_target_modules")
+
+CONFIG_FLAGS = ("--config", "-c")
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def shipped_configs_dir() -> Path:
+    """The folder of the configs that ship with the package (in the repository: a link to ``configs/``)."""
+    return Path(str(importlib.resources.files("grpo_lightning") / "configs"))
+
+
+def shipped_config(name: str) -> Path | None:
+    """The shipped config called ``name`` (a bare file name such as ``internvl.yaml``), or None."""
+    if Path(name).name != name:
+        return None
+    path = shipped_configs_dir() / name
+    return path if path.is_file() else None
+
+
+def check_yaml_syntax(path: str | os.PathLike) -> None:
+    """Raise :class:`ConfigError` naming the file, line and column of a YAML syntax error."""
+    try:
+        yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        context = ""
+        if err.context and err.context_mark is not None:
+            context = f" ({err.context} at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
+        raise ConfigError(f"{where}: invalid YAML: {err.problem}{context}. Fix the syntax there.") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}. Fix the syntax there.") from None
+
+
+def resolve_config(value: str) -> str:
+    """A ``--config`` value as jsonargparse should get it: a file here, else the shipped config of that name.
+
+    Values that are neither (inline YAML such as ``{trainer: {max_steps: 10}}``) are left to jsonargparse.
+    """
+    if os.path.isfile(value):
+        check_yaml_syntax(value)
+        return value
+    shipped = shipped_config(value)
+    if shipped is not None:
+        print(
+            f"--config {value}: no such file here; using the config shipped with grpo_lightning: {shipped}",
+            file=sys.stderr,
+        )
+        check_yaml_syntax(shipped)
+        return str(shipped)
+    if value.endswith((".yaml", ".yml", ".json")):
+        names = ", ".join(sorted(p.name for p in shipped_configs_dir().glob("*.yaml")))
+        raise ConfigError(
+            f"--config {value}: no such file (looked in {os.getcwd()} and among the shipped configs: {names}); "
+            "give a config file's path or one of those names."
+        )
+    return value
+
+
+def resolve_config_args(args: Sequence[str]) -> list[str]:
+    """``args`` with each ``--config``/``-c`` value resolved by :func:`resolve_config`."""
+    resolved = list(args)
+    for index, arg in enumerate(resolved):
+        flag, equals, value = arg.partition("=")
+        if flag not in CONFIG_FLAGS:
+            continue
+        if equals:
+            resolved[index] = f"{flag}={resolve_config(value)}"
+        elif index + 1 < len(resolved):
+            resolved[index + 1] = resolve_config(resolved[index + 1])
+    return resolved
+
+
+def link_reward_corpus(config: Namespace) -> Namespace:
+    """Fill ``model.reward_kwargs.explanation.corpus_file`` from ``data.train_file`` when it is not set.
+
+    The explanation reward's CIDEr-D takes its document frequencies from the training split; declaring the
+    path once keeps the two from drifting apart. ``config`` is one subcommand's namespace; configs without the
+    ``explanation`` reward are left as they are.
+    """
+    reward_funcs = config.get("model.reward_funcs") or ()
+    train_file = config.get("data.train_file")
+    if "explanation" not in reward_funcs or not train_file:
+        return config
+    reward_kwargs = dict(config.get("model.reward_kwargs") or {})
+    explanation = dict(reward_kwargs.get("explanation") or {})
+    if explanation.get("corpus_file") is None:
+        explanation["corpus_file"] = train_file
+        reward_kwargs["explanation"] = explanation
+        config["model.reward_kwargs"] = reward_kwargs
+    return config
+
+
+# ------------------------------------------------------------------------------------------------ parser
+class GRPOArgumentParser(LightningArgumentParser):
+    """Prints a parse error first (with the closest option for a misspelt one), then one line of help; and
+    shows linked values (:func:`link_reward_corpus`) in ``--print_config`` and the saved ``config.yaml``."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        self._logger.error(message)
+        sys.stderr.write(f"error: {message}{parser.suggestion(message)}\n")
+        sys.stderr.write(f"tip: `{parser.prog.replace(' [options]', '')} --help` lists every option.\n")
+        self.exit(2)
+
+    def suggestion(self, message: str) -> str:
+        """``' (did you mean --model.num_generations?)'`` for an unrecognized option close to a known one."""
+        unknown = re.findall(r"--[\w.]+", message.partition("unrecognized arguments:")[2])
+        known = [option for option in self._option_string_actions if option.startswith("--")]
+        guesses = [match for option in unknown for match in difflib.get_close_matches(option, known, n=1)]
+        return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
+    def dump(self, cfg: Namespace, *args: Any, **kwargs: Any) -> str:
+        cfg = cfg.clone()
+        subcommand = cfg.get("subcommand")
+        link_reward_corpus(cfg[subcommand] if subcommand and isinstance(cfg.get(subcommand), Namespace) else cfg)
+        return super().dump(cfg, *args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_hyperparameters(ckpt_path: str | os.PathLike) -> dict[str, Any]:
+    """The module's init arguments saved in a Lightning checkpoint file (memory-mapped: the weights stay on disk)."""
+    checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    hparams.pop("_class_path", None)
+    return hparams
 
 
 class GRPOCLI(LightningCLI):
-    """LightningCLI that checks, before training, what would otherwise fail late or silently."""
+    """LightningCLI that lets the command line win over a checkpoint's hyperparameters, links the reward corpus
+    to the training split, shows optimizer steps, and checks before training what would otherwise fail late."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._args = args  # parsed again over a checkpoint's hyperparameters (_parse_ckpt_path)
+        self.config = parser.parse_object(args) if isinstance(args, (dict, Namespace)) else parser.parse_args(args)
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path FILE``: defaults < the checkpoint's hyperparameters < configs and command line;
+        then :data:`MODEL_IDENTITY` from the checkpoint.
+
+        (LightningCLI parses the hyperparameters over the whole config instead, so that every ``--model.*``
+        value given with a checkpoint was silently replaced by the one used in training.)
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():  # "last" is resolved by the Trainer; DeepSpeed: a folder
+            return
+        hparams = checkpoint_hyperparameters(ckpt_path)
+        if not hparams:
+            return
+        try:
+            from_checkpoint = self.parser.parse_object({subcommand: {"model": hparams}})
+        except SystemExit:
+            sys.stderr.write(f"--ckpt_path {ckpt_path}: its hyperparameters do not parse with this version.\n")
+            raise
+        if isinstance(self._args, (dict, Namespace)):
+            self.config = self.parser.parse_object(self._args, from_checkpoint)
+        else:
+            self.config = self.parser.parse_args(self._args, namespace=from_checkpoint)
+        model, trained = self.config[subcommand]["model"], from_checkpoint[subcommand]["model"]
+        for key in MODEL_IDENTITY:
+            if key in hparams and model.get(key) != trained.get(key):
+                print(
+                    f"--ckpt_path {ckpt_path}: model.{key} is {trained.get(key)!r} as in training, not "
+                    f"{model.get(key)!r}: the checkpoint's weights need it.",
+                    file=sys.stderr,
+                )
+                model[key] = trained.get(key)
+
+    def before_instantiate_classes(self) -> None:
+        link_reward_corpus(self.config[self.subcommand] if self.subcommand else self.config)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with :class:`StepProgressBar` unless the config disables the bar or names its own."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = kwargs.pop("callbacks", config.get("callbacks")) or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(StepProgressBar())
+        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
     def before_fit(self) -> None:
         for logger in self.trainer.loggers:
             check_run_name(logger.name)
-        if self.config[self.subcommand].get("ckpt_path") == "last":
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path == "last":
             found = [
                 callback.find_last_checkpoint(self.trainer)
                 for callback in self.trainer.checkpoint_callbacks
@@ -33,18 +246,39 @@ class GRPOCLI(LightningCLI):
                     "--ckpt_path last: this run name has no last.ckpt yet (and without a StepCheckpoint callback none "
                     "is looked for); drop --ckpt_path to start a new run, or give a checkpoint's path."
                 )
+        # A resumed run goes on in its checkpoint's log folder: one curve per run in TensorBoard, not one per resume.
+        continue_logger_version(self.trainer, ckpt_path)
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
+def main(args: Sequence[str] | None = None) -> LightningCLI:
+    """Run the command line on ``args`` (default: ``sys.argv[1:]``); a user error exits with status 2."""
     # Tokenizers' thread pool and dataloader worker processes do not mix; the workers only decode images.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return GRPOCLI(
-        GRPOModule,
-        ViVQAXDataModule,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "GRPO fine-tuning of vision-language models on PyTorch Lightning."},
-    )
+    quiet_deepspeed_without_cuda()
+    try:
+        return GRPOCLI(
+            GRPOModule,
+            ViVQAXDataModule,
+            args=resolve_config_args(sys.argv[1:] if args is None else args),
+            parser_class=GRPOArgumentParser,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={
+                "prog": program_name(),
+                "description": "GRPO fine-tuning of vision-language models on PyTorch Lightning.",
+            },
+        )
+    except UserError as err:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            traceback.print_exc()
+        notes = "".join(f"\n{note}" for note in getattr(err, "__notes__", ()))  # e.g. where a crash checkpoint went
+        print(f"error: {err}{notes}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def program_name() -> str:
+    """How the user ran us: ``python -m grpo_lightning`` or the ``grpo-lightning`` script."""
+    name = Path(sys.argv[0]).name
+    return "python -m grpo_lightning" if name in ("__main__.py", "-m", "-c", "") else name
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ laptop CPU and without any network access:
     A native transformers ``InternVLForConditionalGeneration`` (model_type ``internvl``, the classes of
     ``OpenGVLab/InternVL3-1B-hf``: an ``InternVLVisionConfig`` ViT + a Qwen2 language model) with random weights,
     2 layers each and hidden sizes of 32-64, 64x64-pixel tiles split into 8x8 patches (16 image tokens per tile
-    after the 0.5 pixel shuffle), saved beside its ``InternVLProcessor`` (``GotOcr2ImageProcessor`` with a single
-    tile per image by default, the tokenizer below, an InternVL3-style ChatML chat template).
+    after the 0.5 pixel shuffle), saved beside its ``InternVLProcessor`` (``GotOcr2ImageProcessor`` with dynamic
+    tiling as InternVL3 does it, up to 4 tiles plus a thumbnail: the demo's 64-128 px pictures get 1, 3 or 5 tiles
+    by size and aspect ratio; the tokenizer below; an InternVL3-style ChatML chat template).
 ``DIR/models/tiny-qwen2vl/``
     The same for ``Qwen2VLForConditionalGeneration`` (model_type ``qwen2_vl``) with a ``Qwen2VLProcessor`` whose
     ``min_pixels``/``max_pixels`` keep every image at a few dozen patches, and the Qwen2-VL chat template.
@@ -53,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grpo_lightning import quiet_deepspeed_without_cuda
 from grpo_lightning.prompts import DEFAULT_PROMPT_TEMPLATE, render_prompt
 
 __all__ = [
@@ -745,7 +747,7 @@ def build_tiny_internvl(
     image_size: int = 64,
     patch_size: int = 8,
     downsample_ratio: float = 0.5,
-    max_patches: int = 1,
+    max_patches: int = 4,
     max_position_embeddings: int = 4096,
     pad_vocab_to: int | None = None,
     dtype: str = "float32",
@@ -754,7 +756,8 @@ def build_tiny_internvl(
 
     ``image_size`` is the tile side in pixels; each tile gives ``(image_size // patch_size) ** 2 *
     downsample_ratio ** 2`` image tokens (the processor's ``image_seq_length``). ``max_patches`` is the image
-    processor's tile budget (1 = no multi-tile cropping: every image is resized to one tile). ``pad_vocab_to``
+    processor's tile budget: an image gets the grid of 1 to ``max_patches`` tiles closest to its aspect ratio, plus a
+    thumbnail when that grid has more than one (1 = no multi-tile cropping: every image is one tile). ``pad_vocab_to``
     grows the vocabulary with filler tokens to a real checkpoint's size (151,674 for InternVL3-1B), so that
     embedding, logits and sampling cost what they cost there; ``dtype`` is the saved weights' dtype.
     Returns ``out_dir``.
@@ -822,7 +825,9 @@ def build_tiny_internvl(
 
     size = {"height": image_size, "width": image_size}
     processor = InternVLProcessor(
-        image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False, min_patches=1, max_patches=max_patches),
+        image_processor=GotOcr2ImageProcessor(
+            size=size, crop_to_patches=max_patches > 1, min_patches=1, max_patches=max_patches
+        ),
         tokenizer=tokenizer,
         video_processor=InternVLVideoProcessor(size=size),
         image_seq_length=image_seq_length,
@@ -1067,6 +1072,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT/.complete exists")
     args = parser.parse_args(argv)
 
+    quiet_deepspeed_without_cuda()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     meta = build_demo_assets(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val, force=args.force)
     if meta["skipped"]:

@@ -43,7 +43,8 @@ from grpo_lightning.algorithms import (
     is_truncated,
     kl_k3,
 )
-from grpo_lightning.rewards import combine_rewards, get_reward, reward_name, score_completions
+from grpo_lightning.errors import ConfigError
+from grpo_lightning.rewards import RewardOpinions, combine_rewards, get_reward, reward_name, score_completions
 from grpo_lightning.text import extract_tag
 
 # Batch fields that are not passed on to reward functions (they hold pixels, not text).
@@ -81,6 +82,17 @@ class GRPOModule(L.LightningModule):
         max_grad_norm: clip the gradient norm to this value before each step (None: no clipping).
         dtype: dtype the weights are loaded in; the Trainer's ``precision`` decides the compute dtype.
         attn_implementation: attention kernel passed to ``from_pretrained`` (None: the library's default).
+        crop_to_patches: InternVL: split each image into tiles of the checkpoint's tile size (448 px for InternVL3) on
+            the grid closest to its aspect ratio, plus a thumbnail of the whole image when there are several (dynamic
+            resolution); false: one tile per image. None: as the checkpoint's processor does (InternVL's tiles).
+            The image options of one model family are refused for another.
+        min_patches: InternVL: the fewest tiles per image, thumbnail not counted (None: the checkpoint's).
+        max_patches: InternVL: the most tiles per image, thumbnail not counted (None: the checkpoint's, 12 for
+            InternVL3). Each tile is the processor's ``image_seq_length`` prompt tokens (256 for InternVL3).
+        min_pixels: Qwen2-VL: smaller images are scaled up, aspect kept, to at least this many pixels (None: the
+            checkpoint's).
+        max_pixels: Qwen2-VL: larger images are scaled down, aspect kept, to at most this many pixels; every 28x28
+            pixels are one prompt token (None: the checkpoint's).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant; sampling keeps its KV
             cache, and the policy pass still prefills each prompt once for its G sequences).
         freeze_vision_modules: keep the vision encoder's weights fixed (the projector and language model train).
@@ -126,6 +138,11 @@ class GRPOModule(L.LightningModule):
         max_grad_norm: float | None = 1.0,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         attn_implementation: str | None = None,
+        crop_to_patches: bool | None = None,
+        min_patches: int | None = None,
+        max_patches: int | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
         gradient_checkpointing: bool = False,
         freeze_vision_modules: bool = False,
         lora_r: int = 0,
@@ -150,6 +167,10 @@ class GRPOModule(L.LightningModule):
             )
         if num_iterations < 1 or micro_batch_size < 1:
             raise ValueError("num_iterations and micro_batch_size must be at least 1.")
+        image_counts = (min_patches, max_patches, min_pixels, max_pixels)
+        for name, value in zip(("min_patches", "max_patches", "min_pixels", "max_pixels"), image_counts, strict=True):
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1, not {value}.")
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         reward_kwargs = reward_kwargs or {}
@@ -165,6 +186,7 @@ class GRPOModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         # The reference model is kept out of the module tree: never optimised, never checkpointed.
         self._reference: list[torch.nn.Module] = []
+        self._rng_streams_restored = False  # every process's random streams came from a checkpoint
         self.adapter: VLMAdapter | None = None
         #: Whether one encoding of each image serves every pass of a step (set by ``configure_model``).
         self.reuse_image_features = False
@@ -179,7 +201,15 @@ class GRPOModule(L.LightningModule):
         hp = self.hparams
         check_checkpoint_layout(hp.model_name_or_path)  # before AutoConfig, which would prompt to run remote code
         config = AutoConfig.from_pretrained(hp.model_name_or_path)
-        self.adapter = build_adapter(config.model_type, AutoProcessor.from_pretrained(hp.model_name_or_path))
+        adapter = build_adapter(config.model_type, AutoProcessor.from_pretrained(hp.model_name_or_path))
+        adapter.configure_image_resolution(  # on the processor itself, which the export saves
+            crop_to_patches=hp.crop_to_patches,
+            min_patches=hp.min_patches,
+            max_patches=hp.max_patches,
+            min_pixels=hp.min_pixels,
+            max_pixels=hp.max_pixels,
+        )
+        self.adapter = adapter
         load_kwargs: dict[str, Any] = {"dtype": getattr(torch, hp.dtype)}
         if hp.attn_implementation is not None:
             load_kwargs["attn_implementation"] = hp.attn_implementation
@@ -228,13 +258,35 @@ class GRPOModule(L.LightningModule):
             dtype = next(self.model.parameters()).dtype
             self.reference_model.to(device=self.device, dtype=dtype)
 
+    def on_train_start(self) -> None:
+        # seed_everything gives every process the same seed; sampling draws from the global RNGs, so the
+        # processes would sample their completions with the same random numbers. Each process other than the
+        # first moves to a stream of its own (a run resumed with every process's saved streams keeps those).
+        if self.trainer.world_size > 1 and not self._rng_streams_restored and self.global_rank > 0:
+            seed_process_streams(torch.initial_seed() + self.global_rank)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Sampling draws from the global RNGs; a resumed run continues their streams (Lightning saves none).
-        checkpoint["rng_states"] = _rng_states_to_tensors(_collect_rng_states())
+        # Sampling draws from the global RNGs; a resumed run continues their streams (Lightning saves none). Every
+        # process has streams of its own: all are saved, in rank order (a collective: every process saves).
+        states = _rng_states_to_tensors(_collect_rng_states())
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, states)
+            checkpoint["rng_states"] = gathered
+        else:
+            checkpoint["rng_states"] = [states]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "rng_states" in checkpoint:
-            _set_rng_states(_rng_states_from_tensors(checkpoint["rng_states"]))
+        saved = checkpoint.get("rng_states")
+        if saved is None:
+            return
+        per_process = saved if isinstance(saved, list) else [saved]
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        rank = self.global_rank if self._trainer is not None else 0
+        # Another number of processes than the run that saved: the first process continues the saved stream and
+        # the others get their own in on_train_start (the samples then differ from an uninterrupted run's).
+        self._rng_streams_restored = len(per_process) == world_size
+        _set_rng_states(_rng_states_from_tensors(per_process[rank if self._rng_streams_restored else 0]))
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(p for p in self.model.parameters() if p.requires_grad)
@@ -308,6 +360,17 @@ class GRPOModule(L.LightningModule):
         fields = {key: [values[i] for i in index] for key, values in batch.items() if key not in _NON_REWARD_FIELDS}
         solution = fields.pop("solution", [""] * len(index))
         per_func = score_completions(self.reward_funcs, rollout.completions, solution, fields)
+        if self.training:  # a training step on which no reward has an opinion learns nothing: warn, or stop early
+            if "_reward_opinions" not in self.__dict__:
+                self._reward_opinions = RewardOpinions([name for name, _ in self.reward_funcs])
+            strategy = self._trainer.strategy if self._trainer is not None else None
+
+            def opinions_everywhere(count: int) -> int:
+                if strategy is None:
+                    return count
+                return int(strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum"))
+
+            self._reward_opinions.observe(per_func, self.global_step, fields.get("id", ()), opinions_everywhere)
         return combine_rewards(per_func, self.reward_weights).float(), per_func
 
     def advantages(self, rewards: Tensor) -> Tensor:
@@ -584,6 +647,17 @@ class GRPOModule(L.LightningModule):
                 logger.log_text(key="train/completions", columns=["markdown"], data=[[text]], step=self.global_step)
             elif hasattr(experiment, "add_text"):
                 experiment.add_text("train/completions", text, global_step=self.global_step)
+
+
+def seed_process_streams(seed: int) -> None:
+    """Seed torch's (CPU and CUDA), NumPy's and Python's global random streams of this process."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def _rng_states_to_tensors(states: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def printed_config(out: str) -> dict:
-    """The YAML that --print_config wrote (DeepSpeed may log a line of its own on import)."""
-    return yaml.safe_load("\n".join(line for line in out.splitlines() if not line.startswith("[")))
+    """The YAML that --print_config wrote: all of stdout, nothing else printed there."""
+    return yaml.safe_load(out)
 
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -128,7 +129,6 @@ def test_the_full_reward_suite_and_a_plugin_from_yaml_in_a_demo_fit(assets, data
         "explanation": {
             "cider_weight": 0.5,
             "clip_weight": 0.5,
-            "corpus_file": data_kwargs["train_file"],
             "clip_model": str(demo_assets.clip_config_path(assets)),
             "clip_pretrained": "random",
             "cache_dir": str(tmp_path / "cache"),
@@ -148,7 +148,9 @@ def test_the_full_reward_suite_and_a_plugin_from_yaml_in_a_demo_fit(assets, data
     args += ["--trainer.limit_val_batches", "0"]
     for key, value in data_kwargs.items():
         args += [f"--data.{key}", value]
-    main(args)
+    cli = main(args)
+    # linked from data.train_file, not repeated
+    assert cli.model.hparams.reward_kwargs["explanation"]["corpus_file"] == data_kwargs["train_file"]
     scalars = read_scalars(tmp_path)
     for name in ("accuracy", "format", "explanation", "tag_count", "brevity"):
         points = scalars[f"train/rewards/{name}"]
@@ -177,3 +179,171 @@ def test_a_run_name_that_escapes_the_log_folder_is_refused(assets, data_kwargs, 
         args += [f"--data.{key}", value]
     with pytest.raises(ValueError, match="outside"):
         main(args)
+
+
+# ------------------------------------------------------------------------------------------------ shipped configs
+def run_cli(*args: str, cwd: Path, command: tuple[str, ...] = (sys.executable, "-m", "grpo_lightning")):
+    return subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_the_shipped_recipe_by_name_from_another_folder_trains_answer_format_and_explanation(tmp_path):
+    """The design card's command, as a user of the installed package runs it: a config name, not a path."""
+    result = run_cli("fit", "--config", "internvl.yaml", "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shipped = Path(result.stderr.strip().splitlines()[-1].rpartition(": ")[2])
+    assert result.stderr.startswith("--config internvl.yaml: no such file here; using the config shipped")
+    assert shipped.resolve() == (ROOT / "configs" / "internvl.yaml").resolve()
+    config = printed_config(result.stdout)
+    model = config["model"]
+    assert model["reward_funcs"] == ["accuracy", "format", "explanation"]
+    assert model["reward_weights"] == [1.0, 1.0, 2.0]
+    explanation = model["reward_kwargs"]["explanation"]
+    assert explanation["corpus_file"] == config["data"]["train_file"] == "data/ViVQA-X/ViVQA-X_train_grpo.jsonl"
+    assert explanation["clip_model"] == "xlm-roberta-base-ViT-B-32"
+    assert (
+        "corpus_file"
+        not in yaml.safe_load((ROOT / "configs" / "internvl.yaml").read_text())["model"]["reward_kwargs"]["explanation"]
+    )  # one path in the recipe: data.train_file
+
+
+def test_the_console_script_resolves_shipped_configs_the_same_way(tmp_path):
+    script = Path(sys.executable).with_name("grpo-lightning")
+    result = run_cli("fit", "--config", "demo.yaml", "--print_config", cwd=tmp_path, command=(str(script),))
+    assert result.returncode == 0, result.stderr
+    assert "using the config shipped with grpo_lightning" in result.stderr
+    assert printed_config(result.stdout)["model"]["model_name_or_path"] == "assets/demo/models/tiny-internvl"
+
+
+def test_the_shipped_configs_are_package_data():
+    from grpo_lightning.cli import shipped_config, shipped_configs_dir
+
+    assert sorted(p.name for p in shipped_configs_dir().glob("*.yaml")) == [c.name for c in CONFIGS]
+    assert shipped_config("internvl.yaml").read_bytes() == (ROOT / "configs" / "internvl.yaml").read_bytes()
+    assert shipped_config("../configs/internvl.yaml") is None  # only bare names fall back to the shipped ones
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '[tool.setuptools.package-data]\ngrpo_lightning = ["configs/*.yaml"]' in pyproject
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "internvl3.yaml"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --config internvl3.yaml: no such file (looked in ")
+    assert "demo.yaml, demo_qwen2vl.yaml, demo_rewards.yaml, internvl.yaml" in err
+
+
+# ------------------------------------------------------------------------------------------------ the corpus link
+def test_the_reward_overlay_takes_its_corpus_from_data_train_file(capsys):
+    demo, overlay = ROOT / "configs" / "demo.yaml", ROOT / "configs" / "demo_rewards.yaml"
+    assert "corpus_file" not in yaml.safe_load(overlay.read_text())["model"]["reward_kwargs"]["explanation"]
+    args = ["fit", "--config", str(demo), "--config", str(overlay), "--data.train_file", "x/train.jsonl"]
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    explanation = printed_config(capsys.readouterr().out)["model"]["reward_kwargs"]["explanation"]
+    assert explanation["corpus_file"] == "x/train.jsonl"
+    assert explanation["clip_model"] == "assets/demo/models/tiny-clip.json"
+
+
+def test_an_explicit_corpus_file_wins_and_configs_without_explanation_are_left_alone():
+    from jsonargparse import Namespace
+
+    from grpo_lightning.cli import link_reward_corpus
+
+    def config(reward_funcs, reward_kwargs):
+        return Namespace(
+            model=Namespace(reward_funcs=reward_funcs, reward_kwargs=reward_kwargs),
+            data=Namespace(train_file="train.jsonl"),
+        )
+
+    linked = link_reward_corpus(config(["accuracy", "explanation"], {"explanation": {"clip_weight": 1.0}}))
+    assert linked.model.reward_kwargs == {"explanation": {"clip_weight": 1.0, "corpus_file": "train.jsonl"}}
+    linked = link_reward_corpus(config(["explanation"], None))
+    assert linked.model.reward_kwargs == {"explanation": {"corpus_file": "train.jsonl"}}
+    linked = link_reward_corpus(config(["explanation"], {"explanation": {"corpus_file": "other.json"}}))
+    assert linked.model.reward_kwargs == {"explanation": {"corpus_file": "other.json"}}
+    assert link_reward_corpus(config(["format"], None)).model.reward_kwargs is None
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_a_yaml_syntax_error_names_the_file_and_line_without_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  model_name_or_path: x\n  reward_funcs: [format\n  beta: 0.1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}, line 4, column 7: invalid YAML: expected ',' or ']', but got ':'")
+    assert "(while parsing a flow sequence at line 3, column 17)" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_misspelt_option_shows_the_error_first_and_the_closest_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--model.num_generatons", "4"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "error: unrecognized arguments: --model.num_generatons 4 (did you mean --model.num_generations?)",
+        "tip: `python -m grpo_lightning fit --help` lists every option.",
+    ]
+
+
+def test_a_user_error_is_one_message_and_status_2_unless_the_traceback_is_asked_for(capsys, monkeypatch):
+    args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--model.reward_funcs", "[acuracy]"]
+    args += ["--model.reward_weights", "[1.0]"]
+    monkeypatch.delenv("GRPO_LIGHTNING_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown reward 'acuracy'. Registered rewards: accuracy, ")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    monkeypatch.setenv("GRPO_LIGHTNING_TRACEBACK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert "grpo_lightning.errors.ConfigError: Unknown reward 'acuracy'" in err
+    assert err.splitlines()[-1].startswith("error: Unknown reward 'acuracy'.")
+
+
+# ------------------------------------------------------------------------------------------------ a CPU run's output
+def test_a_cpu_run_shows_optimizer_steps_and_no_deepspeed_warning(assets, data_kwargs, tmp_path):
+    """`python -m grpo_lightning fit --config configs/demo.yaml` for one step, as a user sees it."""
+    args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.max_steps", "1"]
+    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets)), "--model.num_generations", "2"]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--trainer.limit_val_batches", "0"]
+    args += ["--data.batch_size", "2", "--model.max_completion_length", "4"]
+    for key, value in data_kwargs.items():
+        args += [f"--data.{key}", value]
+    env = {key: value for key, value in os.environ.items() if key != "DS_ACCELERATOR"}
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_lightning", *args], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Setting accelerator to CPU" not in output
+    assert "Exported the trained model" in output  # the export, which imports DeepSpeed, ran
+    bar = [line for line in output.replace("\r", "\n").splitlines() if line.startswith("train step:")]
+    assert bar and "1/1" in bar[-1], bar
+    assert "Epoch" not in output and "v_num" not in output
+
+
+def test_the_progress_bar_counts_optimizer_steps_across_epochs_and_resumes():
+    from types import SimpleNamespace
+
+    from grpo_lightning.progress import StepProgressBar
+
+    progress = StepProgressBar()
+    progress.train_progress_bar = progress.init_train_tqdm()
+    trainer = SimpleNamespace(max_steps=100, global_step=40, estimated_stepping_batches=100)
+    progress.on_train_epoch_start(trainer)  # a run resumed at step 40, in its third epoch
+    assert (progress.train_progress_bar.n, progress.train_progress_bar.total) == (40, 100)
+    assert progress.train_progress_bar.desc.startswith("train step")
+    trainer.global_step = 41
+    progress.on_train_epoch_start(trainer)  # a new epoch does not restart the count
+    assert progress.train_progress_bar.n == 41
+    progress.train_progress_bar.close()

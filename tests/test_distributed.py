@@ -26,6 +26,8 @@ def rank_reward(completions, solution, id, **kwargs):  # noqa: A002 - `id` is th
         raise AssertionError(f"rank {rank} got a split group: {id}")
     with open(f"{os.environ['GRPO_TEST_IDS']}.rank{rank}", "a", encoding="utf-8") as handle:
         handle.write(json.dumps(sorted({run[0] for run in runs})) + "\n")
+    with open(f"{os.environ['GRPO_TEST_IDS']}.completions{rank}", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(completions) + "\n")
     return [float(rank)] * len(completions)
 
 
@@ -57,6 +59,11 @@ def test_the_demo_runs_on_two_processes_with_whole_groups_reduced_metrics_and_on
     for rank0, rank1 in zip(*per_rank, strict=True):
         assert len(rank0) == len(rank1) == 2, "each process takes batch_size / world_size = 2 whole prompts"
         assert not set(rank0) & set(rank1), "the two processes must see different prompts"
+
+    # Every process starts from the same seed; each must still sample with random numbers of its own (with one
+    # stream for all, the tiny model gives both processes the very same completions for their different prompts).
+    completions = [Path(f"{ids_file}.completions{r}").read_text().splitlines() for r in (0, 1)]
+    assert all(rank0 != rank1 for rank0, rank1 in zip(*completions, strict=True))
 
     scalars = read_scalars(tmp_path / "logs")
     # rank 0 scores 0.0 and rank 1 scores 1.0: the logged reward is their mean only if it was reduced.

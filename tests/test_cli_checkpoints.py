@@ -1,0 +1,109 @@
+"""`--ckpt_path FILE`: what the command line and configs set wins over the checkpoint's hyperparameters, the
+checkpoint fills in the rest, and the model's identity (base model, LoRA structure) always comes from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from grpo_lightning import demo_assets
+from grpo_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: What the checkpoint was trained with, beyond configs/demo.yaml (which sets none of these).
+TRAINED = {"lora_r": 4, "lora_alpha": 8.0, "top_k": 5, "num_completions_to_log": 2}
+
+
+def cli_args(subcommand: str, assets, data_kwargs, save_dir: Path, *extra: str) -> list[str]:
+    args = [subcommand, "--config", str(ROOT / "configs" / "demo.yaml")]
+    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
+    args += ["--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.enable_progress_bar", "false"]
+    args += ["--model.num_generations", "2", "--data.batch_size", "2", "--data.val_batch_size", "4"]
+    for key, value in data_kwargs.items():
+        args += [f"--data.{key}", value]
+    return args + list(extra)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(assets, data_kwargs, tmp_path_factory) -> Path:
+    """A 2-step LoRA fit of the tiny InternVL with the hyperparameters in TRAINED."""
+    save_dir = tmp_path_factory.mktemp("fit")
+    extra = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--model.max_completion_length", "8"]
+    for key, value in TRAINED.items():
+        extra += [f"--model.{key}", str(value)]
+    main(cli_args("fit", assets, data_kwargs, save_dir, *extra))
+    (path,) = save_dir.rglob("last.ckpt")
+    return path
+
+
+def assert_trained_identity_and_hparams(cli, **given):
+    hparams = cli.model.hparams
+    assert {key: hparams[key] for key in TRAINED} == {**TRAINED, **given}
+    adapters = [name for name, _ in cli.model.model.named_parameters() if "lora_A" in name]
+    assert adapters, "the LoRA structure of the checkpoint was not rebuilt"
+
+
+def test_validate_takes_the_command_line_over_the_checkpoint(assets, data_kwargs, checkpoint, tmp_path):
+    args = cli_args("validate", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
+    args += ["--model.max_completion_length", "3", "--model.top_k", "7", "--trainer.limit_val_batches", "1"]
+    cli = main(args)
+    assert cli.model.hparams.max_completion_length == 3
+    assert_trained_identity_and_hparams(cli, top_k=7)
+    assert "val/accuracy" in cli.trainer.callback_metrics
+
+
+def test_test_takes_the_command_line_over_the_checkpoint(assets, data_kwargs, checkpoint, tmp_path):
+    args = cli_args("test", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
+    args += [
+        "--model.max_completion_length",
+        "3",
+        "--model.eval_metrics",
+        "[bleu]",
+        "--trainer.limit_test_batches",
+        "1",
+    ]
+    cli = main(args)
+    assert cli.model.hparams.max_completion_length == 3
+    assert list(cli.model.hparams.eval_metrics) == ["bleu"]
+    assert_trained_identity_and_hparams(cli)
+    assert "test/unfiltered/BLEU-4" in cli.trainer.callback_metrics
+    assert "test/unfiltered/CIDEr" not in cli.trainer.callback_metrics
+
+
+def test_predict_writes_where_asked_with_the_length_asked(assets, data_kwargs, checkpoint, tmp_path):
+    predictions = tmp_path / "asked" / "predictions.json"
+    args = cli_args("predict", assets, data_kwargs, tmp_path / "logs", "--ckpt_path", str(checkpoint))
+    args += ["--model.predictions_file", str(predictions), "--model.max_completion_length", "3"]
+    args += ["--trainer.limit_predict_batches", "1"]
+    cli = main(args)
+    assert_trained_identity_and_hparams(cli)
+    records = json.loads(predictions.read_text(encoding="utf-8"))
+    assert len(records) == 4  # one batch of data.val_batch_size
+    tokenizer = cli.model.adapter.processor.tokenizer
+    lengths = [len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in records]
+    assert max(lengths) <= 3, lengths
+    assert not list((tmp_path / "logs").rglob("predictions.json"))
+
+
+def test_resuming_fit_takes_the_command_line_over_the_checkpoint(assets, data_kwargs, checkpoint, tmp_path):
+    args = cli_args("fit", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
+    args += ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--model.max_completion_length", "3"]
+    args += ["--model.num_completions_to_log", "1"]
+    cli = main(args)
+    assert cli.trainer.global_step == 3  # resumed at 2, one more step
+    assert cli.model.hparams.max_completion_length == 3
+    assert_trained_identity_and_hparams(cli, num_completions_to_log=1)
+
+
+def test_a_different_identity_on_the_command_line_is_replaced_with_a_note(
+    assets, data_kwargs, checkpoint, tmp_path, capsys
+):
+    args = cli_args("validate", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
+    args += ["--model.lora_r", "16", "--trainer.limit_val_batches", "1"]
+    cli = main(args)
+    assert_trained_identity_and_hparams(cli)
+    note = f"--ckpt_path {checkpoint}: model.lora_r is 4 as in training, not 16: the checkpoint's weights need it."
+    assert note in capsys.readouterr().err.splitlines()
