@@ -215,16 +215,24 @@ def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | N
     if checkpoint_folder.name != "checkpoints":
         return []
     version_folder = checkpoint_folder.parent
+    numbered = re.fullmatch(r"version_(\d+)", version_folder.name)
+    version = int(numbered.group(1)) if numbered else version_folder.name
     continued = []
     for logger in trainer.loggers:
         root_dir = getattr(logger, "root_dir", None)
-        if root_dir is None or getattr(logger, "_version", 0) is not None or not _is_local_file_protocol(root_dir):
+        if root_dir is None or not _is_local_file_protocol(root_dir):
             continue
         if Path(os.path.abspath(root_dir)) != version_folder.parent:
             continue
-        numbered = re.fullmatch(r"version_(\d+)", version_folder.name)
-        logger._version = int(numbered.group(1)) if numbered else version_folder.name
+        if getattr(logger, "_version", 0) is None:
+            logger._version = version
+        elif logger._version not in (version, version_folder.name):  # a version the user set for another folder
+            continue
         continued.append(str(version_folder))
+    if continued:  # the folder's checkpoints and export are this run's own earlier part's
+        for callback in trainer.callbacks:
+            if isinstance(callback, (StepCheckpoint, HFExportCallback)):
+                callback.continues_run = True
     return continued
 
 
@@ -291,6 +299,8 @@ class StepCheckpoint(ModelCheckpoint):
             save_weights_only=save_weights_only,
         )
         self._in_run_folder = dirpath is None
+        #: Set by :func:`continue_logger_version`: this run continues an earlier one's log folder.
+        self.continues_run = False
         self._step_end: _StepEnd | None = None  # the state of the end of the last completed step of this run
         self._optimizer_step_begun = False  # in the step after _step_end
         self._restoring: _StepEnd | None = None  # set while a checkpoint of _step_end is written
@@ -300,7 +310,7 @@ class StepCheckpoint(ModelCheckpoint):
         for logger in trainer.loggers:
             check_run_name(logger.name)
         with warnings.catch_warnings():
-            if self._in_run_folder:  # a resumed run continues in its version folder (continue_logger_version)
+            if self._in_run_folder and self.continues_run:  # its own folder (continue_logger_version)
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             super().setup(trainer, pl_module, stage)
 
@@ -348,7 +358,9 @@ class StepCheckpoint(ModelCheckpoint):
           process only while the others wait in a collective of the step; the run stops as Lightning stops it, and
           the last periodic checkpoint is the one to resume.
 
-        A message (Lightning's log, and a note on the exception) names the checkpoint and how to resume.
+        A message (Lightning's log, and a note on the exception) names the checkpoint and how to resume. A failure
+        during a validation run saves the step before it; the resumed run trains on from there and does not repeat
+        that validation (the next one comes at its interval).
         """
         step_end = self._step_end
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or step_end is None:
@@ -511,6 +523,8 @@ class HFExportCallback(Callback):
         self.private = private
         self.dtype = dtype
         self.exported_to: Path | None = None
+        #: Set by :func:`continue_logger_version`: this run continues an earlier one's log folder and its export.
+        self.continues_run = False
 
     def resolve_export_dir(self, trainer: L.Trainer) -> Path:
         """Where this run's export goes."""
@@ -529,7 +543,7 @@ class HFExportCallback(Callback):
                 "sharded across processes. Remove the callback and export the final checkpoint with "
                 "`python -m grpo_lightning.export CKPT OUT_DIR`."
             )
-        if self.export_dir is None:
+        if self.export_dir is None and self.continues_run:
             return  # the run's own folder: an export there is the earlier part's of a resumed run, replaced at the end
         export_dir = self.resolve_export_dir(trainer)
         occupied = trainer.is_global_zero and export_dir.exists() and any(export_dir.iterdir())
@@ -550,7 +564,7 @@ class HFExportCallback(Callback):
             pl_module.adapter.processor,
             export_dir,
             dtype=self.dtype,
-            overwrite=self.export_dir is None,
+            overwrite=self.export_dir is None and self.continues_run,
         )
         rank_zero_info(f"Exported the trained model to {self.exported_to}")
         if self.push_to_hub:

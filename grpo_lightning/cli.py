@@ -9,9 +9,9 @@ What the command line adds to LightningCLI:
 
 - ``model.reward_kwargs.explanation.corpus_file`` defaults to ``data.train_file`` (CIDEr-D's document
   frequencies come from the training split): one path serves both, and ``--print_config`` shows it.
-- With ``--ckpt_path FILE`` (validate, test, predict, fit), the checkpoint's hyperparameters fill in what the
-  command line and configs leave unset; what they set wins, except the model's identity
-  (:data:`MODEL_IDENTITY`), which always comes from the checkpoint because its weights need it.
+- With ``--ckpt_path PATH`` (validate, test, predict, fit), the checkpoint's hyperparameters fill in what the
+  command line and configs leave unset; what they set wins, except the LoRA structure (:data:`MODEL_IDENTITY`),
+  which always comes from the checkpoint because its weights need it.
 - A user error (bad data, config value, reward, path; :class:`~grpo_lightning.errors.UserError`) prints one
   message and exits with status 2; ``GRPO_LIGHTNING_TRACEBACK=1`` shows the traceback too. A parse error
   prints the error first, with the closest option for a misspelt one, instead of the full usage.
@@ -40,14 +40,14 @@ from lightning.pytorch.trainer import Trainer
 from grpo_lightning import quiet_deepspeed_without_cuda
 from grpo_lightning.callbacks import StepCheckpoint, check_run_name, continue_logger_version
 from grpo_lightning.data import ViVQAXDataModule
-from grpo_lightning.errors import TRACEBACK_ENV, ConfigError, UserError
+from grpo_lightning.errors import TRACEBACK_ENV, ConfigError, UserError, user_message
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.progress import StepProgressBar
 
-#: The module options a checkpoint's weights need: the base checkpoint (architecture, processor, the weights
-#: that are not trained) and the LoRA structure and scale. With ``--ckpt_path FILE`` these always come from the
-#: checkpoint. Everything else (sampling, loss, rewards, dtype, evaluation, predictions_file) may be changed.
-MODEL_IDENTITY = ("model_name_or_path", "lora_r", "lora_alpha", "lora_target_modules")
+#: The module options a checkpoint's weights need: the LoRA structure and scale. With ``--ckpt_path`` these always
+#: come from the checkpoint. Everything else (the base model's path, sampling, loss, rewards, dtype, evaluation,
+#: predictions_file) may be changed; the checkpoint's value fills in what the configs and command line leave unset.
+MODEL_IDENTITY = ("lora_r", "lora_alpha", "lora_target_modules")
 
 CONFIG_FLAGS = ("--config", "-c")
 
@@ -170,8 +170,18 @@ class GRPOArgumentParser(LightningArgumentParser):
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def checkpoint_hyperparameters(ckpt_path: str | os.PathLike) -> dict[str, Any]:
-    """The module's init arguments saved in a Lightning checkpoint file (memory-mapped: the weights stay on disk)."""
-    checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+    """The module's init arguments saved in a Lightning checkpoint: a file (memory-mapped: the weights stay on disk)
+    or a DeepSpeed checkpoint folder (whose ``*/mp_rank_00_model_states.pt`` holds them); {} when there are none."""
+    path = Path(ckpt_path)
+    if path.is_dir():
+        found = sorted(path.glob("*/mp_rank_00_model_states.pt"))
+        if not found:
+            return {}
+        # DeepSpeed's own objects (its config, version) are pickled beside the weights; the user gave this checkpoint
+        # to load, as Lightning does with weights_only=False for DeepSpeed.
+        checkpoint = torch.load(found[0], weights_only=False, map_location="cpu", mmap=True)
+    else:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
     hparams.pop("_class_path", None)
@@ -187,24 +197,21 @@ class GRPOCLI(LightningCLI):
         self.config = parser.parse_object(args) if isinstance(args, (dict, Namespace)) else parser.parse_args(args)
 
     def _parse_ckpt_path(self) -> None:
-        """With ``--ckpt_path FILE``: defaults < the checkpoint's hyperparameters < configs and command line;
-        then :data:`MODEL_IDENTITY` from the checkpoint.
+        """With ``--ckpt_path PATH`` (a file, or a DeepSpeed checkpoint folder): defaults < the checkpoint's
+        hyperparameters < configs and command line; then :data:`MODEL_IDENTITY` from the checkpoint.
 
         (LightningCLI parses the hyperparameters over the whole config instead, so that every ``--model.*``
-        value given with a checkpoint was silently replaced by the one used in training.)
+        value given with a checkpoint was silently replaced by the one used in training.) ``--ckpt_path last`` is
+        resolved by the Trainer later; the configs and command line alone then set the module's options.
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():  # "last" is resolved by the Trainer; DeepSpeed: a folder
+        if not ckpt_path or not Path(ckpt_path).exists():
             return
         hparams = checkpoint_hyperparameters(ckpt_path)
         if not hparams:
             return
-        try:
-            from_checkpoint = self.parser.parse_object({subcommand: {"model": hparams}})
-        except SystemExit:
-            sys.stderr.write(f"--ckpt_path {ckpt_path}: its hyperparameters do not parse with this version.\n")
-            raise
+        from_checkpoint = self._parse_checkpoint_hparams(ckpt_path, subcommand, hparams)
         if isinstance(self._args, (dict, Namespace)):
             self.config = self.parser.parse_object(self._args, from_checkpoint)
         else:
@@ -218,6 +225,26 @@ class GRPOCLI(LightningCLI):
                     file=sys.stderr,
                 )
                 model[key] = trained.get(key)
+        base = trained.get("model_name_or_path")
+        if base is not None and model.get("model_name_or_path") != base:
+            print(
+                f"--ckpt_path {ckpt_path}: the base model is {model.get('model_name_or_path')!r} (trained from "
+                f"{base!r}); it must be the same checkpoint, wherever it is now.",
+                file=sys.stderr,
+            )
+
+    def _parse_checkpoint_hparams(self, ckpt_path: str, subcommand: str, hparams: dict[str, Any]) -> Namespace:
+        """The checkpoint's hyperparameters as a config namespace; a :class:`ConfigError` when they do not parse."""
+        exit_on_error, self.parser.exit_on_error = self.parser.exit_on_error, False
+        try:
+            return self.parser.parse_object({subcommand: {"model": hparams}})
+        except Exception as err:  # jsonargparse's ArgumentError and the like
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path}: the module options saved in the checkpoint do not parse with this version "
+                f"of grpo_lightning ({err}); give the changed options on the command line or in a config."
+            ) from None
+        finally:
+            self.parser.exit_on_error = exit_on_error
 
     def before_instantiate_classes(self) -> None:
         link_reward_corpus(self.config[self.subcommand] if self.subcommand else self.config)
@@ -271,7 +298,7 @@ def main(args: Sequence[str] | None = None) -> LightningCLI:
         if os.environ.get(TRACEBACK_ENV) == "1":
             traceback.print_exc()
         notes = "".join(f"\n{note}" for note in getattr(err, "__notes__", ()))  # e.g. where a crash checkpoint went
-        print(f"error: {err}{notes}", file=sys.stderr)
+        print(f"error: {user_message(err)}{notes}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

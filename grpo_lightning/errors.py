@@ -7,6 +7,8 @@ other exception is a bug or an environment failure and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 #: Set to 1 to see the traceback of a user error too (for bug reports).
 TRACEBACK_ENV = "GRPO_LIGHTNING_TRACEBACK"
 
@@ -19,4 +21,19 @@ class ConfigError(UserError, ValueError):
     """A configuration value that cannot work (a missing model folder, an option out of range)."""
 
 
-__all__ = ["TRACEBACK_ENV", "ConfigError", "UserError"]
+def user_message(error: UserError) -> str:
+    """The message a user error was raised with, also when a dataloader worker process raised it.
+
+    PyTorch re-raises a worker's exception in the main process as the same type with a new message, "Caught X in
+    DataLoader worker process N" followed by the worker's whole traceback; the original message is the text after
+    the traceback's last line's ``X: ``.
+    """
+    text = str(error)
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return text
+    name = re.escape(type(error).__name__)
+    found = re.search(rf"^(?:[\w.]+\.)?{name}: (.*)\Z", text, flags=re.MULTILINE | re.DOTALL)
+    return found.group(1).rstrip() if found else text
+
+
+__all__ = ["TRACEBACK_ENV", "ConfigError", "UserError", "user_message"]

@@ -1,15 +1,17 @@
 """`--ckpt_path FILE`: what the command line and configs set wins over the checkpoint's hyperparameters, the
-checkpoint fills in the rest, and the model's identity (base model, LoRA structure) always comes from it."""
+checkpoint fills in the rest, and the LoRA structure always comes from it (also from a DeepSpeed checkpoint folder)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from grpo_lightning import demo_assets
-from grpo_lightning.cli import main
+from grpo_lightning.cli import checkpoint_hyperparameters, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,3 +109,48 @@ def test_a_different_identity_on_the_command_line_is_replaced_with_a_note(
     assert_trained_identity_and_hparams(cli)
     note = f"--ckpt_path {checkpoint}: model.lora_r is 4 as in training, not 16: the checkpoint's weights need it."
     assert note in capsys.readouterr().err.splitlines()
+
+
+def test_a_moved_base_model_is_taken_from_the_command_line_with_a_note(
+    assets, data_kwargs, checkpoint, tmp_path, capsys
+):
+    moved = tmp_path / "moved-model"
+    shutil.copytree(demo_assets.internvl_path(assets), moved)
+    args = cli_args("validate", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
+    args += ["--model.model_name_or_path", str(moved), "--trainer.limit_val_batches", "1"]
+    cli = main(args)
+    assert cli.model.hparams.model_name_or_path == str(moved)
+    assert_trained_identity_and_hparams(cli)
+    note = (
+        f"--ckpt_path {checkpoint}: the base model is {str(moved)!r} (trained from "
+        f"{str(demo_assets.internvl_path(assets))!r}); it must be the same checkpoint, wherever it is now."
+    )
+    assert note in capsys.readouterr().err.splitlines()
+
+
+def test_the_hyperparameters_of_a_deepspeed_checkpoint_folder_are_read(checkpoint, tmp_path):
+    """Lightning's DeepSpeed checkpoints are folders; their client state (hyperparameters included) is saved in
+    ``checkpoint/mp_rank_00_model_states.pt`` beside the weights."""
+    folder = tmp_path / "step=2.ckpt" / "checkpoint"
+    folder.mkdir(parents=True)
+    state = torch.load(checkpoint, weights_only=False)
+    torch.save(
+        {"module": state["state_dict"], "hyper_parameters": state["hyper_parameters"]},
+        folder / "mp_rank_00_model_states.pt",
+    )
+    hparams = checkpoint_hyperparameters(folder.parent)
+    assert {key: hparams[key] for key in TRAINED} == TRAINED
+    assert checkpoint_hyperparameters(tmp_path) == {}
+
+
+def test_checkpoint_options_that_do_not_parse_are_one_message(assets, data_kwargs, checkpoint, tmp_path, capsys):
+    state = torch.load(checkpoint, weights_only=False)
+    state["hyper_parameters"]["num_generations"] = "many"
+    broken = tmp_path / "broken.ckpt"
+    torch.save(state, broken)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("validate", assets, data_kwargs, tmp_path, "--ckpt_path", str(broken)))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --ckpt_path {broken}: the module options saved in the checkpoint do not parse")
+    assert "Traceback" not in err and "usage" not in err.lower()

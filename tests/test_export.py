@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from grpo_lightning import demo_assets
 from grpo_lightning.adapters import build_adapter
-from grpo_lightning.callbacks import HFExportCallback
+from grpo_lightning.callbacks import HFExportCallback, continue_logger_version
 from grpo_lightning.export import export_checkpoint, export_model, main, push_to_hub
 from tests.test_checkpoints import ManualBoringModel, fit_with, grpo_run, record_hub_calls
 from tests.test_module import make_module
@@ -194,3 +196,30 @@ def test_pushing_without_a_repository_id_is_refused(capsys):
         main(["model.ckpt", "out", "--push-to-hub"])
     assert exit_info.value.code == 2
     assert "--push-to-hub needs --hub-model-id user-or-org/name" in capsys.readouterr().err
+
+
+def test_only_a_resumed_run_replaces_the_export_in_its_log_folder(tmp_path):
+    """A new run that a fixed logger version puts into an earlier run's folder is refused before training, as with
+    an export_dir; a run that resumes a checkpoint of that folder (continue_logger_version) may replace it."""
+    folder = tmp_path / "logs" / "run" / "v"
+    (folder / "hf_export").mkdir(parents=True)
+    (folder / "hf_export" / "config.json").write_text("{}")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+
+    def trainer_with(callback: HFExportCallback) -> L.Trainer:
+        return L.Trainer(
+            accelerator="cpu",
+            max_steps=1,
+            logger=TensorBoardLogger(tmp_path / "logs", name="run", version="v"),
+            callbacks=[callback],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+
+    with pytest.raises(FileExistsError, match="holds files already"):
+        trainer_with(HFExportCallback()).fit(ManualBoringModel())
+    resumed = HFExportCallback()
+    assert continue_logger_version(trainer_with(resumed), folder / "checkpoints" / "last.ckpt") == [str(folder)]
+    assert resumed.continues_run

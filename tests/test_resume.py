@@ -38,7 +38,17 @@ def arm(at_call: int | None, error: BaseException | None = None) -> None:
     FAULT.update(at_call=at_call, error=error, calls=0)
 
 
-def run(assets, data_kwargs, save_dir, max_steps, ckpt_path=None, every_n_train_steps=2, lr_lambda=None, callbacks=()):
+def run(
+    assets,
+    data_kwargs,
+    save_dir,
+    max_steps,
+    ckpt_path=None,
+    every_n_train_steps=2,
+    lr_lambda=None,
+    callbacks=(),
+    limit_train_batches=None,
+):
     """A user's run: StepCheckpoint every 2 steps, an automatically numbered TensorBoard version, and on resume
     the version folder of the checkpoint again (as the command line does)."""
     L.seed_everything(7)
@@ -63,6 +73,7 @@ def run(assets, data_kwargs, save_dir, max_steps, ckpt_path=None, every_n_train_
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        limit_train_batches=limit_train_batches,
     )
     continue_logger_version(trainer, ckpt_path)
     data = ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=True, seed=3)
@@ -243,3 +254,20 @@ def test_a_failure_after_the_optimizer_step_began_saves_nothing_and_says_so(asse
         f"step 3; no checkpoint was saved on the way out. The last saved checkpoint is {folder / 'last.ckpt'}; "
         "resume with --ckpt_path last."
     ]
+
+
+@pytest.mark.slow
+def test_resuming_at_the_end_of_an_epoch_shortened_by_limit_train_batches_starts_the_next_epoch(
+    assets, data_kwargs, tmp_path
+):
+    """Epochs of 2 batches (limit_train_batches): the checkpoint of step 2 ends an epoch, so the resumed run starts
+    the next epoch at its first batch, as the straight run does, not 2 batches into it."""
+    arm(None)
+    _, straight = run(assets, data_kwargs, tmp_path / "straight", max_steps=5, limit_train_batches=2)
+    run(assets, data_kwargs, tmp_path / "stopped", max_steps=2, limit_train_batches=2)
+    _, resumed = run(assets, data_kwargs, tmp_path / "stopped", max_steps=5, ckpt_path="last", limit_train_batches=2)
+    torch.testing.assert_close(flat_params(resumed), flat_params(straight), rtol=1e-5, atol=1e-6)
+    straight_rewards = read_scalars(tmp_path / "straight")["train/reward"]
+    resumed_rewards = read_scalars(tmp_path / "stopped")["train/reward"]
+    assert [step for step, _ in resumed_rewards] == [step for step, _ in straight_rewards] == [0, 1, 2, 3, 4]
+    assert [v for _, v in resumed_rewards] == pytest.approx([v for _, v in straight_rewards], rel=1e-6)
