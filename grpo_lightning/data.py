@@ -4,7 +4,7 @@ Sources a split may come from, told apart by file name and record shape:
 
 - our JSONL (``python -m grpo_lightning.prepare``) and any VLM-R1-format JSONL: one JSON object per line,
   ``{"id", "image", "conversations": [{"from": "human", "value": "<image>PROMPT"}, {"from": "gpt",
-  "value": "<answer>A</answer><explain>E</explain>"}]}``; ours adds ``question``, ``answer``,
+  "value": SOLUTION}]}`` (SOLUTION: :func:`grpo_lightning.task.format_solution`); ours adds ``question``, ``answer``,
   ``explanations`` (all references), ``question_type`` and ``answer_type``, which other loaders ignore;
 - the raw ViVQA-X JSON, in its three published forms: a list of records, the same without
   ``question_type``/``answer_type``, and a dict keyed by question id.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from grpo_lightning.errors import ConfigError, UserError
-from grpo_lightning.prompts import DEFAULT_PROMPT_TEMPLATE, render_prompt
-from grpo_lightning.text import extract_tag
+from grpo_lightning.task import (
+    ANSWER_TAG,
+    DEFAULT_PROMPT_TEMPLATE,
+    EXPLAIN_TAG,
+    extract_tag,
+    format_solution,
+    render_prompt,
+)
 
 #: How many problems an error message lists before it says "... and N more".
 MAX_LISTED_PROBLEMS = 50
@@ -240,12 +246,12 @@ def _parse_conversation_record(record: dict[str, Any], where: str, problems: lis
         problems.append(Problem(where, f"missing field {', '.join(repr(k) for k in missing)}", sample_id))
         return None
     prompt = str(human).replace("<image>", "").strip()
-    answer = record.get("answer", extract_tag(str(gpt), "answer") if gpt is not None else None)
+    answer = record.get("answer", extract_tag(str(gpt), ANSWER_TAG) if gpt is not None else None)
     if answer is None:
         answer = str(gpt).strip()
     explanations = record.get("explanations")
     if explanations is None:
-        explanation = extract_tag(str(gpt), "explain") if gpt is not None else None
+        explanation = extract_tag(str(gpt), EXPLAIN_TAG) if gpt is not None else None
         explanations = [explanation] if explanation else []
     return _checked(
         Sample(
@@ -418,7 +424,7 @@ class VQADataset(Dataset):
             "image_path": str(image_path),
             "answer": sample.answer,
             "explanations": explanations,
-            "solution": f"<answer>{sample.answer}</answer><explain>{first}</explain>",
+            "solution": format_solution(sample.answer, first),
             "question_type": sample.question_type,
             "answer_type": sample.answer_type,
         }
@@ -454,17 +460,24 @@ class ResumableDataLoader(DataLoader):
     worker processes run ahead of it. The sampler must be a :class:`ResumableSampler`.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, epoch_length: Callable[[], int | float] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not isinstance(self.sampler, ResumableSampler):
             raise TypeError(f"ResumableDataLoader needs a ResumableSampler, not {type(self.sampler).__name__}.")
         #: Batches of the current epoch handed out so far (the skipped ones of a resumed epoch included).
         self.batches_done = 0
         self._resume_at = 0
+        # Batches the training loop takes from one epoch: len(self), or fewer with the Trainer's
+        # limit_train_batches (the data module passes that count).
+        self.epoch_length = epoch_length or (lambda: len(self))
 
     def __iter__(self) -> Iterator[Any]:
-        self.batches_done, self._resume_at = self._resume_at, 0
-        self.sampler.skip = self.batches_done * self.batch_size
+        # A generator: this runs when the loop asks for the epoch's first batch, not when Lightning calls iter().
+        resume_at, self._resume_at = self._resume_at, 0
+        if resume_at >= self.epoch_length():  # saved after the epoch's last batch: the next epoch starts afresh
+            resume_at = 0
+        self.batches_done = resume_at
+        self.sampler.skip = resume_at * self.batch_size
         for batch in super().__iter__():
             self.batches_done += 1
             yield batch
@@ -473,8 +486,14 @@ class ResumableDataLoader(DataLoader):
         return {"batches_done": self.batches_done}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        done = int(state_dict["batches_done"])
-        self._resume_at = done if done < len(self) else 0  # saved after the epoch's last batch: the next one starts
+        self._resume_at = int(state_dict["batches_done"])
+
+
+def limited_length(length: int, limit: int | float | None) -> int:
+    """Batches of an epoch of ``length`` under the Trainer's ``limit_train_batches``, counted as Lightning does."""
+    if isinstance(limit, int):
+        return min(length, limit)
+    return length if limit is None else int(length * limit)
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -629,7 +648,10 @@ class ViVQAXDataModule(L.LightningDataModule):
             seed=self.hparams.seed,
         )
         # The position in the epoch travels in the checkpoint through the loader (ResumableDataLoader).
-        return self._loader(dataset, self.per_device_batch_size, sampler=sampler, loader_class=ResumableDataLoader)
+        loader = self._loader(dataset, self.per_device_batch_size, sampler=sampler, loader_class=ResumableDataLoader)
+        if trainer is not None:
+            loader.epoch_length = lambda: limited_length(len(loader), trainer.limit_train_batches)
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         dataset = self.splits["val"].dataset

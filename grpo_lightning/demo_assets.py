@@ -27,7 +27,7 @@ laptop CPU and without any network access:
 The tokenizer of both models is a byte-level BPE (about 1000 tokens, Qwen2 pre-tokenization, NFC, so any
 Vietnamese text round-trips exactly) trained here with the ``tokenizers`` library on the synthetic dataset text and
 the answer-format prompt, with the real special tokens of each model family, and with the answer-format tags
-``<think> </think> <answer> </answer> <explain> </explain>`` as single, non-special added tokens (they survive
+(:data:`grpo_lightning.task.TAG_TOKENS`) as single, non-special added tokens (they survive
 ``decode(..., skip_special_tokens=True)``).
 
 Why: the test suite and ``make demo`` must run offline, in seconds, on a CPU, yet exercise exactly the code paths
@@ -55,7 +55,16 @@ from pathlib import Path
 from typing import Any
 
 from grpo_lightning import quiet_deepspeed_without_cuda
-from grpo_lightning.prompts import DEFAULT_PROMPT_TEMPLATE, render_prompt
+from grpo_lightning.task import (
+    ANSWER_TAG,
+    DEFAULT_PROMPT_TEMPLATE,
+    EXPLAIN_TAG,
+    TAG_TOKENS,
+    THINK_TAG,
+    format_solution,
+    render_prompt,
+    tagged,
+)
 
 __all__ = [
     "ANSWER_TAGS",
@@ -198,7 +207,7 @@ _BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((250, 250, 250), (232, 232, 23
 _NUMBER_WORDS = {1: "một", 2: "hai", 3: "ba"}
 
 #: The six answer-format tags, each a single (non-special) token of the demo tokenizers.
-ANSWER_TAGS = ("<think>", "</think>", "<answer>", "</answer>", "<explain>", "</explain>")
+ANSWER_TAGS = TAG_TOKENS
 
 
 @dataclass(frozen=True)
@@ -569,8 +578,8 @@ def default_corpus(records: Iterable[dict[str, Any]] | None = None, *, seed: int
         explanation = r["explanation"][0]
         texts.append(render_prompt(DEFAULT_PROMPT_TEMPLATE, r["question"]))
         texts.append(
-            f"<think>{r['question']} {' '.join(r['explanation'])}</think>"
-            f"<answer>{r['answer']}</answer><explain>{explanation}</explain>"
+            tagged(THINK_TAG, f"{r['question']} {' '.join(r['explanation'])}")
+            + format_solution(r["answer"], explanation)
         )
         texts.extend(r["explanation"])
     # Every template with every colour / shape / number, so each word of the task is in the corpus.
@@ -580,7 +589,7 @@ def default_corpus(records: Iterable[dict[str, Any]] | None = None, *, seed: int
             scene = Scene(64, 64, _BACKGROUNDS[0], (SceneShape(kind, color, (0, 0, 1, 1), (0, 0)),))
             for q_kind in _QUESTION_KINDS:
                 question, answer, expl, _, _ = _question(q_kind, scene, template_rng)
-                texts.append(f"{question} <answer>{answer}</answer> <explain>{' '.join(expl)}</explain>")
+                texts.append(f"{question} {tagged(ANSWER_TAG, answer)} {tagged(EXPLAIN_TAG, ' '.join(expl))}")
     texts.extend(f"{n} {word}" for n, word in _NUMBER_WORDS.items())
     texts.extend(_GENERIC_VI_TEXT)
     texts.append(DEFAULT_PROMPT_TEMPLATE)

@@ -29,6 +29,7 @@ from grpo_lightning.metrics import (
     validate_records,
 )
 from grpo_lightning.report import write_report
+from grpo_lightning.task import OPTIONAL_RECORD_FIELDS, REQUIRED_RECORD_FIELDS
 
 
 def load_predictions(path: Path) -> list[dict[str, Any]]:
@@ -94,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "predictions",
         type=Path,
-        help="JSON list of records: question_id, question, pred_ans, "
-        "pred_explain, gt_ans, gt_explain (list); optional answer_type, image_name, think, completion",
+        help=f"JSON list of records: {', '.join(REQUIRED_RECORD_FIELDS)} (gt_explain: a list); "
+        f"optional {', '.join(OPTIONAL_RECORD_FIELDS)}",
     )
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
     parser.add_argument(

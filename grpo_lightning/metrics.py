@@ -3,10 +3,10 @@
 Shared by ``python -m grpo_lightning.evaluate`` and the LightningModule's validation. The one entry point
 is :func:`evaluate_predictions`: records in the public predictions format in, :class:`Scores` out.
 
-A record (one per sample) has ``question_id``, ``question``, ``pred_ans``, ``pred_explain`` (strings,
-``""`` when the model gave none), ``gt_ans`` (a string) and ``gt_explain`` (a non-empty list of reference
-strings). Other fields (``completion``, ``think``, ``answer_type``, ``image_name``, ``image_id``) are
-optional; ``answer_type`` adds a per-type accuracy.
+A record (one per sample, defined in :mod:`grpo_lightning.task`) has ``question_id``, ``question``,
+``pred_ans``, ``pred_explain`` (strings, ``""`` when the model gave none), ``gt_ans`` (a string) and
+``gt_explain`` (a non-empty list of reference strings). Other fields (``completion``, ``think``,
+``answer_type``, ``image_name``, ``image_id``) are optional; ``answer_type`` adds a per-type accuracy.
 
 Two protocols, registered in :data:`PROTOCOLS`:
 
@@ -44,10 +44,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from grpo_lightning.errors import UserError
+from grpo_lightning.task import REQUIRED_RECORD_FIELDS
 from grpo_lightning.text import canonical_answer, normalize_text
-
-#: The fields every prediction record must have.
-REQUIRED_FIELDS = ("question_id", "question", "pred_ans", "pred_explain", "gt_ans", "gt_explain")
 
 #: Explanation metrics computed unless asked otherwise (those of the published ViVQA-X baselines).
 DEFAULT_METRICS = ("bleu", "meteor", "rouge", "cider")
@@ -380,17 +378,17 @@ def validate_records(records: Any, source: str = "predictions") -> list[dict[str
     if not isinstance(records, list):
         raise PredictionsFormatError(
             f"{source}: expected a JSON list of prediction records, got a {type(records).__name__}; "
-            f"write one record per sample with the fields {', '.join(REQUIRED_FIELDS)}."
+            f"write one record per sample with the fields {', '.join(REQUIRED_RECORD_FIELDS)}."
         )
     for index, record in enumerate(records):
         where = f"{source}: record {index}"
         if not isinstance(record, dict):
             raise PredictionsFormatError(f"{where} is a {type(record).__name__}, not an object with named fields.")
         where += f" (question_id {record['question_id']!r})" if "question_id" in record else ""
-        missing = [name for name in REQUIRED_FIELDS if name not in record]
+        missing = [name for name in REQUIRED_RECORD_FIELDS if name not in record]
         if missing:
             raise PredictionsFormatError(
-                f"{where} lacks {', '.join(missing)}; every record needs {', '.join(REQUIRED_FIELDS)} "
+                f"{where} lacks {', '.join(missing)}; every record needs {', '.join(REQUIRED_RECORD_FIELDS)} "
                 '(pred_explain may be "").'
             )
         for name in ("question", "pred_ans", "pred_explain", "gt_ans"):

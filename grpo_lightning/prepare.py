@@ -5,13 +5,15 @@ Reads ``DIR/ViVQA-X_{split}.json`` in any of its three published forms and write
 
     {"id": "393271001", "image": "COCO_val2014_000000393271.jpg",
      "conversations": [{"from": "human", "value": "<image>PROMPT"},
-                       {"from": "gpt", "value": "<answer>có</answer><explain>FIRST REFERENCE</explain>"}],
+                       {"from": "gpt", "value": "SOLUTION"}],
      "question": "...", "answer": "có", "explanations": ["...", "...", "..."],
      "question_type": "does this", "answer_type": "yes/no"}
 
 VLM-R1-style loaders read ``image`` and ``conversations`` and ignore the rest; ours also read ``question``,
 ``answer`` and every reference explanation (rewards and evaluation need all of them). PROMPT is the
-prompt template (default: :data:`grpo_lightning.prompts.DEFAULT_PROMPT_TEMPLATE`) with the question filled in.
+prompt template (default: :data:`grpo_lightning.task.DEFAULT_PROMPT_TEMPLATE`) with the question filled in;
+SOLUTION is the answer and the first reference explanation in the answer format
+(:func:`grpo_lightning.task.format_solution`).
 
 With ``--image-dir`` (the COCO root), each image is looked up as ``IMAGE_DIR/train2014/NAME`` or
 ``IMAGE_DIR/val2014/NAME`` (from the COCO file name), else ``IMAGE_DIR/NAME``, and missing ones are counted.
@@ -30,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from grpo_lightning.data import Sample, format_problems, read_samples
-from grpo_lightning.prompts import DEFAULT_PROMPT_TEMPLATE, render_prompt
+from grpo_lightning.task import DEFAULT_PROMPT_TEMPLATE, format_solution, render_prompt
 
 _COCO_SPLIT = re.compile(r"^COCO_(train2014|val2014|test2014|test2015)_")
 
@@ -46,7 +48,7 @@ def to_jsonl_record(sample: Sample, prompt_template: str) -> dict:
         "image": sample.image,
         "conversations": [
             {"from": "human", "value": "<image>" + render_prompt(prompt_template, sample.question)},
-            {"from": "gpt", "value": f"<answer>{sample.answer}</answer><explain>{first}</explain>"},
+            {"from": "gpt", "value": format_solution(sample.answer, first)},
         ],
         "question": sample.question,
         "answer": sample.answer,

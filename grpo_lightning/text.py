@@ -1,4 +1,4 @@
-"""String-level helpers shared by rewards and evaluation: tag extraction and Vietnamese text normalisation.
+"""Vietnamese text normalisation, shared by rewards and evaluation (reading tags is :mod:`grpo_lightning.task`'s).
 
 Normalisation keeps diacritics (they carry meaning in Vietnamese: "có" is "yes", "cỏ" is "grass") and
 makes the rest uniform: Unicode NFC (so decomposed input equals precomposed), lowercase, punctuation
@@ -29,9 +29,3 @@ def canonical_answer(text: str) -> str:
     """:func:`normalize_text`, then yes/no synonyms mapped to one form ("đúng" -> "có", "sai" -> "không")."""
     normalized = normalize_text(text)
     return YES_NO_SYNONYMS.get(normalized, normalized)
-
-
-def extract_tag(text: str, tag: str) -> str | None:
-    """The content of the last ``<tag>...</tag>`` in ``text`` (stripped), or None when there is none."""
-    matches = re.findall(rf"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", text, flags=re.DOTALL)
-    return matches[-1].strip() if matches else None

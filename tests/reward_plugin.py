@@ -6,7 +6,7 @@ pytest puts on ``sys.path``).
 
 from __future__ import annotations
 
-from grpo_lightning.text import extract_tag
+from grpo_lightning.task import EXPLAIN_TAG, extract_tag
 
 
 def brevity(completions: list[str], solution: list[str] | None = None, max_words: int = 30, **kwargs) -> list[float]:
@@ -20,7 +20,7 @@ def brevity(completions: list[str], solution: list[str] | None = None, max_words
     """
     scores = []
     for completion in completions:
-        explanation = extract_tag(completion, "explain")
+        explanation = extract_tag(completion, EXPLAIN_TAG)
         if not explanation:
             scores.append(0.0)
             continue

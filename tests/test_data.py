@@ -20,10 +20,10 @@ from grpo_lightning.data import (
     VQADataset,
     read_samples,
 )
-from grpo_lightning.errors import UserError
+from grpo_lightning.errors import UserError, user_message
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.prepare import main as prepare_main
-from grpo_lightning.prompts import DEFAULT_PROMPT_TEMPLATE, render_prompt
+from grpo_lightning.task import DEFAULT_PROMPT_TEMPLATE, render_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "vivqax"
@@ -491,3 +491,22 @@ def test_fit_stops_before_the_first_step_on_a_corrupted_copy(assets, jsonl_split
     assert f"{path}:2: malformed JSON" in message
     assert f"{path}:1: sample {record['id']}: image not found: {images / record['image']}" in message
     assert steps == []
+
+
+def test_an_unreadable_image_read_in_a_worker_process_is_one_message(jsonl_split, capsys):
+    """A dataloader worker's error comes back with the worker's traceback in its message; the user sees the message."""
+    path, images = jsonl_split
+    record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    image_path = images / record["image"]
+    jpeg = image_path.read_bytes()
+    image_path.write_bytes(jpeg[: jpeg.index(b"\xff\xda") + 100])
+    data = load(path, images, shuffle=False, num_workers=1)
+    with pytest.raises(ImageReadError) as error:
+        next(iter(data._loader(data.dataset("train"), batch_size=1)))
+    assert str(error.value).startswith("Caught ImageReadError in DataLoader worker process 0.")
+    assert user_message(error.value).startswith(f"{path}:1: sample {record['id']}: cannot read image {image_path} (")
+    assert user_message(error.value).endswith(
+        ". Set data.verify_images: true to find every such file before training starts."
+    )
+    assert "Traceback" not in user_message(error.value)
+    assert user_message(UserError("plain")) == "plain"

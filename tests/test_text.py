@@ -1,4 +1,4 @@
-"""Table-driven tests of the shared text helpers, with Vietnamese diacritics and decomposed input."""
+"""Table-driven tests of the text normalisation, with Vietnamese diacritics and decomposed input."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-from grpo_lightning.text import canonical_answer, extract_tag, normalize_text
+from grpo_lightning.text import canonical_answer, normalize_text
 
 
 @pytest.mark.parametrize(
@@ -39,18 +39,3 @@ def test_decomposed_and_precomposed_input_normalise_alike():
     word = "không"
     assert unicodedata.normalize("NFD", word) != word
     assert canonical_answer(unicodedata.normalize("NFD", word)) == canonical_answer(word) == "không"
-
-
-@pytest.mark.parametrize(
-    ("text", "tag", "expected"),
-    [
-        ("<answer> có </answer>", "answer", "có"),
-        ("<answer>a</answer> then <answer>b</answer>", "answer", "b"),  # the last one counts
-        ("<answer>\nhai\n</answer>", "answer", "hai"),
-        ("<answer>unterminated", "answer", None),
-        ("no tags", "explain", None),
-        ("<explain></explain>", "explain", ""),
-    ],
-)
-def test_extract_tag(text, tag, expected):
-    assert extract_tag(text, tag) == expected

@@ -1,4 +1,4 @@
-"""Answer accuracy: the seed's graded match of the ``<answer>`` content against the ground truth.
+"""Answer accuracy: a graded match (exact, half the words, none) of the completion's answer against the ground truth.
 
 The string-level core, :func:`answer_score`, is what evaluation reuses; :func:`accuracy_reward` applies it
 to a batch of completions.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from grpo_lightning.text import YES_NO_SYNONYMS, canonical_answer, extract_tag, normalize_text
+from grpo_lightning.task import ANSWER_TAG, extract_tag
+from grpo_lightning.text import YES_NO_SYNONYMS, canonical_answer, normalize_text
 
 #: Score for an exact match after normalisation (yes/no synonyms count as equal).
 EXACT_MATCH_SCORE = 3.0
@@ -35,7 +36,7 @@ def answer_score(prediction: str, ground_truth: str) -> float:
     accuracy reward with that in mind, or pair it with a length-aware reward.
 
     Args:
-        prediction: the model's answer (the content of its ``<answer>`` tag).
+        prediction: the model's answer (the content of its answer tag, :mod:`grpo_lightning.task`).
         ground_truth: the reference answer.
 
     Returns:
@@ -57,13 +58,13 @@ def answer_score(prediction: str, ground_truth: str) -> float:
 def accuracy_reward(
     completions: list[str], solution: list[str] | None = None, answer: list[str] | None = None, **kwargs: Any
 ) -> list[float | None]:
-    """:func:`answer_score` of each completion's last ``<answer>`` against the ground truth.
+    """:func:`answer_score` of each completion's answer (its last answer tag) against the ground truth.
 
-    A completion without an ``<answer>...</answer>`` scores 0.0.
+    A completion without a closed answer tag scores 0.0 (the tags are :mod:`grpo_lightning.task`'s).
 
     Args:
         completions: generated texts.
-        solution: reference completions; their ``<answer>`` content (or, without the tag, the whole
+        solution: reference completions; their answer tag's content (or, without the tag, the whole
             solution) is the ground truth when the batch has no ``answer`` field.
         answer: the ground-truth answers (the dataset's ``answer`` field), aligned with ``completions``.
         **kwargs: other batch fields, unused.
@@ -77,11 +78,11 @@ def accuracy_reward(
         answer = [_answer_of_solution(text) for text in solution]
     scores: list[float | None] = []
     for completion, truth in zip(completions, answer, strict=True):
-        predicted = extract_tag(completion, "answer")
+        predicted = extract_tag(completion, ANSWER_TAG)
         scores.append(0.0 if predicted is None else answer_score(predicted, truth))
     return scores
 
 
 def _answer_of_solution(solution: str) -> str:
-    tagged = extract_tag(solution, "answer")
+    tagged = extract_tag(solution, ANSWER_TAG)
     return solution if tagged is None else tagged

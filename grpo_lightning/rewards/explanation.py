@@ -1,4 +1,4 @@
-"""Explanation quality: a weighted mean of corpus CIDEr-D and CLIPScore for the ``<explain>`` text, in [0, 1].
+"""Explanation quality: a weighted mean of corpus CIDEr-D and CLIPScore for the explanation text, in [0, 1].
 
 - **CIDEr-D** (:mod:`grpo_lightning.rewards.cider`) against all the sample's reference explanations, with
   document frequencies computed once from the training split (:mod:`~grpo_lightning.rewards.reference_corpus`),
@@ -37,17 +37,17 @@ from grpo_lightning.rewards.clip_score import (
     resolve_device,
 )
 from grpo_lightning.rewards.reference_corpus import corpus_document_frequency
-from grpo_lightning.text import extract_tag
+from grpo_lightning.task import EXPLAIN_TAG, extract_tag
 
 DEFAULT_CLIP_MODEL = "xlm-roberta-base-ViT-B-32"
 
 
 class ExplanationReward:
-    """Score the ``<explain>`` text of each completion in [0, 1]: weighted mean of CIDEr-D and CLIPScore.
+    """Score the explanation of each completion in [0, 1]: weighted mean of CIDEr-D and CLIPScore.
 
-    A completion without an ``<explain>`` tag, or with an empty one, scores 0.0. A sample without reference
-    explanations has no CIDEr-D; its score is its CLIPScore alone, or None (no opinion) when ``clip_weight``
-    is 0.
+    A completion without an explain tag (:mod:`grpo_lightning.task`), or with an empty one, scores 0.0. A sample
+    without reference explanations has no CIDEr-D; its score is its CLIPScore alone, or None (no opinion) when
+    ``clip_weight`` is 0.
 
     Args:
         cider_weight: weight of CIDEr-D in the mean (0: no corpus is read).
@@ -118,7 +118,7 @@ class ExplanationReward:
         **kwargs: Any,
     ) -> list[float | None]:
         """One score in [0, 1] per completion (None: no references and no CLIP)."""
-        texts = [extract_tag(completion, "explain") or "" for completion in completions]
+        texts = [extract_tag(completion, EXPLAIN_TAG) or "" for completion in completions]
         # Only completions with an explanation are scored: the rest get 0.0 without opening their images.
         scored = [j for j, text in enumerate(texts) if text]
         components: list[tuple[float, list[float | None]]] = []
@@ -148,7 +148,7 @@ class ExplanationReward:
                     ),
                 )
             )
-        scores: list[float | None] = [0.0] * len(completions)  # no (or an empty) <explain>: nothing to score
+        scores: list[float | None] = [0.0] * len(completions)  # no (or an empty) explanation: nothing to score
         for position, j in enumerate(scored):
             scores[j] = _weighted_mean([(weight, values[position]) for weight, values in components])
         return scores
