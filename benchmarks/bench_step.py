@@ -28,7 +28,7 @@ from grpo_lightning.module import GRPOModule  # noqa: E402
 from grpo_lightning.profiling import StepRecorder  # noqa: E402
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", default="assets/demo", help="built by python -m grpo_lightning.demo_assets")
     parser.add_argument("--steps", type=int, default=12, help="measured steps (after 3 warm-up steps)")
@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--max-completion-length", type=int, default=24)
     parser.add_argument("--micro-batch-size", type=int, default=16)
     parser.add_argument(
-        "--plain", action="store_true", help="turn the levers off: pixels into every pass, one prefill per sample"
+        "--plain",
+        action="store_true",
+        help="the unshared reference encoding (shared_encoding=False): pixels into every pass, one prefill per sample",
     )
     parser.add_argument("--model", default=None, help="a checkpoint to train (default: the demo's tiny InternVL)")
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the medians")
@@ -46,7 +48,11 @@ def main() -> None:
         action="store_true",
         help="with LoRA, encode the images in every pass instead of once per step",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     root = Path(args.assets)
     if not demo_assets.is_complete(root):
         demo_assets.build_demo_assets(root)
@@ -61,10 +67,9 @@ def main() -> None:
         log_completions_every_n_steps=0,
     )
     module.configure_model()
-    if args.plain:
-        module.adapter.shares_image_features = module.adapter.shares_prompt_cache = False
-    if args.no_feature_reuse:
-        module.reuse_image_features = False
+    if args.plain or args.no_feature_reuse:
+        # a new adapter is attached to no model, so it keeps no image features across the passes of a step
+        module.adapter = type(module.adapter)(module.adapter.processor, shared_encoding=not args.plain)
     recorder = StepRecorder()
     data = ViVQAXDataModule(
         train_file=str(demo_assets.split_json_path(root, "train")),
@@ -88,10 +93,10 @@ def main() -> None:
     )
     print(
         f"prompts/step 4, G {args.num_generations}, completion length <= {args.max_completion_length}, "
-        + ("levers off (--plain)" if args.plain else "levers on")
+        + ("unshared encoding (--plain)" if args.plain else "shared encoding")
         + (
             f", LoRA r={args.lora_r}, image features "
-            + ("once per step" if module.reuse_image_features else "encoded in every pass")
+            + ("once per step" if module.adapter.reuses_image_features else "encoded in every pass")
             if args.lora_r
             else ""
         )

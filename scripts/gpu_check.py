@@ -54,7 +54,9 @@ def main() -> int:
     parser.add_argument("--workdir", default=None, help="where to build the model (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument(
-        "--plain", action="store_true", help="turn the levers off: pixels into every pass, one prefill per sample"
+        "--plain",
+        action="store_true",
+        help="the unshared reference encoding (shared_encoding=False): pixels into every pass, one prefill per sample",
     )
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -92,7 +94,7 @@ def main() -> int:
     )
     module.configure_model()
     if args.plain:
-        module.adapter.shares_image_features = module.adapter.shares_prompt_cache = False
+        module.adapter = type(module.adapter)(module.adapter.processor, shared_encoding=False)
     recorder = StepRecorder()
     trainer = L.Trainer(
         accelerator="gpu",
@@ -120,7 +122,7 @@ def main() -> int:
     print(
         f"settings: {args.prompts} prompts x G={args.num_generations}, {args.completion_length} completion tokens, "
         f"beta 0.04, bf16, DeepSpeed ZeRO-2 + CPU optimizer offload, gradient checkpointing, "
-        f"micro-batch {args.micro_batch_size}, levers {'off (--plain)' if args.plain else 'on'}"
+        f"micro-batch {args.micro_batch_size}, {'unshared encoding (--plain)' if args.plain else 'shared encoding'}"
     )
     for i, step in enumerate(steps):
         print(

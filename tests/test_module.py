@@ -366,3 +366,14 @@ def test_advantages_under_data_parallelism_equal_one_process_over_the_global_bat
             assert not torch.allclose(own, got)
         else:
             torch.testing.assert_close(own, got, rtol=0, atol=0)
+
+
+def test_the_adapter_registry_leaves_the_checkpoint_converter_unimported():
+    """Choosing an adapter must not pay for the remote-code InternVL converter, which only a remote-code checkpoint
+    needs (its error message names the converter's command)."""
+    import subprocess
+    import sys
+
+    code = "import grpo_lightning.adapters, sys; print('grpo_lightning.convert_internvl' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from grpo_lightning.adapters.base import PromptBatch, Rollout, VLMAdapter
+from grpo_lightning.adapters.base import PromptBatch, VLMAdapter
 from grpo_lightning.adapters.internvl import InternVLAdapter
 from grpo_lightning.adapters.qwen2_vl import Qwen2VLAdapter
 from grpo_lightning.errors import ConfigError
@@ -109,7 +109,6 @@ def build_adapter(model_type: str, processor: Any) -> VLMAdapter:
 __all__ = [
     "ADAPTERS",
     "PromptBatch",
-    "Rollout",
     "VLMAdapter",
     "adapter_class_for",
     "build_adapter",

@@ -10,6 +10,12 @@ That one rule covers both families: InternVL's ``pixel_values`` are (tiles, 3, H
 ``pixel_values`` / ``image_grid_thw`` are (patches, C*T*P*P) / (images, 3), and each concatenates per
 image along dim 0. It lets the module build any micro-batch (for example the G copies of one prompt)
 without knowing the tensor layouts.
+
+Shared encoding: the G sequences of a prompt share its image and its prompt text, so every pass (sampling and
+log-probs) encodes each distinct prompt's image once, prefills the prompt once and copies its KV cache to the
+sequences (``prefill``). ``VLMAdapter(processor, shared_encoding=False)`` is the unshared reference that the tests
+and benchmarks compare against: every sequence encodes its image and runs its whole prompt. The training module
+always uses the shared path.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ class PromptBatch:
         token_aligned: other (B, P) per-token inputs the model needs (e.g. Qwen2-VL's ``mm_token_type_ids``),
             left-padded with 0 like ``input_ids``.
         feature_memo: None, or a dict that keeps each prompt's image features (computed without gradients) for
-            every later pass over these prompts. Set it only when those features cannot change between the passes
-            (with LoRA: the vision side is frozen and the reference is the same network).
+            every later pass over these prompts; the adapter that makes the batch sets it when those features cannot
+            change between the passes (see ``VLMAdapter.attach``).
     """
 
     input_ids: Tensor
@@ -93,41 +99,31 @@ class PromptBatch:
         return out
 
 
-@dataclass
-class Rollout:
-    """Prompts and their sampled completions, laid out prompt-major: sequence j belongs to prompt j // G.
-
-    Attributes:
-        prompts: the B prompts.
-        prompt_index: (N,) index into ``prompts`` of each sequence (N = B * G).
-        completion_ids: (N, C) generated tokens, right-padded.
-        completion_mask: (N, C) 1 up to and including the first EOS, 0 after.
-        completions: N decoded completion texts (special tokens skipped).
-    """
-
-    prompts: PromptBatch
-    prompt_index: Tensor
-    completion_ids: Tensor
-    completion_mask: Tensor
-    completions: list[str]
-
-
 class VLMAdapter:
     """Base adapter: chat-template prompting, sampling and log-probs for HF image-text-to-text models.
 
     Subclasses set ``model_types`` (the config ``model_type`` values they serve) and override the
     hooks where their family differs.
+
+    Args:
+        processor: the checkpoint's processor (chat template, tokenizer, image processor).
+        shared_encoding: encode each distinct prompt (image and text) once per pass and share it with the prompt's
+            sequences, as training does; False gives the unshared reference path (every sequence encodes its image
+            and its whole prompt), which computes the same values more slowly, for tests and benchmarks.
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: Any, shared_encoding: bool = True):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         if self.tokenizer.pad_token_id is None:
             raise ValueError(
                 "The tokenizer has no pad token; set `pad_token` in the checkpoint's tokenizer_config.json."
             )
+        self.shared_encoding = shared_encoding
+        # The model whose image features are kept across the passes of a step (``attach``), or None.
+        self._feature_model: torch.nn.Module | None = None
 
     # ---------------------------------------------------------------------------------- resolution
     #: The image-resolution options (``GRPOModule`` arguments of the same names) that this family's processor has.
@@ -188,7 +184,8 @@ class VLMAdapter:
                 aligned[key].append(encoded[key][0])
         input_ids, attention_mask = left_pad(ids, self.tokenizer.pad_token_id)
         token_aligned = {key: left_pad(values, 0)[0] for key, values in aligned.items()}
-        return PromptBatch(input_ids, attention_mask, visual, texts, token_aligned)
+        memo = {} if self.reuses_image_features else None
+        return PromptBatch(input_ids, attention_mask, visual, texts, token_aligned, feature_memo=memo)
 
     #: Where the vision encoder and the language model sit in the model (``get_submodule`` paths).
     vision_tower_path: ClassVar[str] = "model.vision_tower"
@@ -269,12 +266,24 @@ class VLMAdapter:
     def vision_dtype(self, model: torch.nn.Module) -> torch.dtype:
         return next(model.parameters()).dtype
 
-    # ------------------------------------------------------------------------ encoding images once
-    #: Whether the model accepts precomputed image features (``mm_encoder_outputs``) instead of pixels, so that
-    #: the vision encoder runs once per distinct prompt however many sequences share its image.
-    shares_image_features: ClassVar[bool] = False
-    #: Whether sampling may start from a prompt KV cache prefilled once per prompt and copied to its G samples.
-    shares_prompt_cache: ClassVar[bool] = False
+    # ------------------------------------------------------------------------- shared image encoding
+    def attach(self, model: torch.nn.Module) -> None:
+        """Serve ``model``, the policy as it will train (after freezing and LoRA).
+
+        When nothing that computes the image features trains (``image_feature_paths``: LoRA adapts the language
+        model only; full fine-tuning with the vision side frozen), a prompt's features are the same in every pass
+        of ``model`` over it: sampling, the policy passes and, with LoRA, the reference pass (the same network with
+        its adapters off). Prompt batches made from then on keep them (``PromptBatch.feature_memo``), so each image
+        is encoded once per step; any other model (a separate reference copy) encodes its own.
+        """
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT's wrapper
+        trains = any(p.requires_grad for module in self.image_feature_modules(base) for p in module.parameters())
+        self._feature_model = model if self.shared_encoding and not trains else None
+
+    @property
+    def reuses_image_features(self) -> bool:
+        """Whether one encoding of each prompt's image serves every pass of a step (see ``attach``)."""
+        return self._feature_model is not None
 
     def image_features(self, model: torch.nn.Module, prompts: PromptBatch, indices: list[int]) -> list[Any]:
         """The projected image features of each of the given prompts, encoded in one vision-tower call."""
@@ -285,11 +294,10 @@ class VLMAdapter:
         raise NotImplementedError
 
     def visual_inputs(self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int]) -> dict[str, Any]:
-        """The image inputs of a forward pass over sequences of the given prompts (repeats allowed)."""
-        if not self.shares_image_features:
-            return prompts.visual_for(prompt_index, self.vision_dtype(model))
+        """The image inputs of a forward pass over sequences of the given prompts (repeats allowed): the projected
+        features of each distinct prompt, encoded once, or kept from an earlier pass of the attached model."""
         unique = list(dict.fromkeys(prompt_index))
-        memo = prompts.feature_memo
+        memo = prompts.feature_memo if model is self._feature_model else None
         if memo is None:
             features = dict(zip(unique, self.image_features(model, prompts, unique), strict=True))
         else:
@@ -300,6 +308,7 @@ class VLMAdapter:
             features = {p: memo[p] for p in unique}
         return self.feature_inputs(prompts, features, prompt_index)
 
+    # ------------------------------------------------------------------------ shared prompt encoding
     def prefill(
         self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int], *, growing: bool
     ) -> DynamicCache:
@@ -353,18 +362,18 @@ class VLMAdapter:
     ) -> Tensor:
         """Sample one completion for each entry of ``prompt_index``; returns (N, C) right-padded ids.
 
-        When ``prompt_index`` is runs of equal length (G samples of each prompt) and the family allows it, each
-        prompt, image included, is encoded and prefilled once and its KV cache shared by its G samples.
+        With shared encoding each distinct prompt, image included, is encoded and prefilled once and its KV cache
+        copied to its samples; the unshared reference hands every sequence its pixels and whole prompt.
         """
         inputs = prompts.token_inputs(prompt_index)
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if do_sample else {}
-        if self.shares_prompt_cache:
-            extra = {"cache": self.prefill(model, prompts, prompt_index, growing=True)}
+        if self.shared_encoding:
+            prompt = {"cache": self.prefill(model, prompts, prompt_index, growing=True)}
         else:
-            extra = prompts.visual_for(prompt_index, self.vision_dtype(model))
+            prompt = prompts.visual_for(prompt_index, self.vision_dtype(model))
         output = model.generate(
             **inputs,
-            **extra,
+            **prompt,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             do_sample=do_sample,
@@ -403,27 +412,8 @@ class VLMAdapter:
         inputs = prompts.token_inputs(prompt_index, completion_mask[:, :width])
         prompt_width = inputs["input_ids"].shape[1]
         inputs["input_ids"] = torch.cat([inputs["input_ids"], completion_ids[:, :width]], dim=1)
-        if self.shares_prompt_cache:
-            # The prompt (image included) runs once per distinct prompt; each sequence continues from its copy
-            # of that cache with its last prompt token and its completion.
-            cache = self.prefill(model, prompts, prompt_index, growing=False)
-            with cache_through_checkpointing(model):
-                outputs = model(
-                    input_ids=inputs["input_ids"][:, prompt_width - 1 :],
-                    attention_mask=inputs["attention_mask"],
-                    **self.continuation_positions(model, inputs["attention_mask"], prompt_width - 1),
-                    cache=cache,
-                    logits_to_keep=width + 1,
-                    use_cache=False,  # the cache is ours and passed in: nothing for the model to create or return
-                )
-        else:
-            outputs = model(
-                **inputs,
-                **self.position_kwargs(inputs["attention_mask"]),
-                **self.visual_inputs(model, prompts, prompt_index),
-                logits_to_keep=width + 1,
-                use_cache=False,
-            )
+        forward = self._forward_from_shared_prompts if self.shared_encoding else self._forward_whole_sequences
+        outputs = forward(model, prompts, prompt_index, inputs, prompt_width, logits_to_keep=width + 1)
         # The logit at position t predicts token t + 1: drop the last one, keep the `width` that score completions.
         logits = outputs.logits[:, :-1, :] / temperature
         logits = logits.index_fill(-1, torch.tensor(self.suppressed_token_ids(model), device=logits.device), -torch.inf)
@@ -438,6 +428,47 @@ class VLMAdapter:
             with torch.no_grad():
                 entropy[:, :width] = entropy_from_logits(logits.detach())
         return logps, entropy
+
+    def _forward_from_shared_prompts(
+        self,
+        model: torch.nn.Module,
+        prompts: PromptBatch,
+        prompt_index: list[int],
+        inputs: dict[str, Tensor],
+        prompt_width: int,
+        logits_to_keep: int,
+    ) -> Any:
+        """The forward pass of ``completion_logps``: each distinct prompt (image included) runs once; each sequence
+        continues from its copy of that cache with its last prompt token and its completion."""
+        cache = self.prefill(model, prompts, prompt_index, growing=False)
+        with cache_through_checkpointing(model):
+            return model(
+                input_ids=inputs["input_ids"][:, prompt_width - 1 :],
+                attention_mask=inputs["attention_mask"],
+                **self.continuation_positions(model, inputs["attention_mask"], prompt_width - 1),
+                cache=cache,
+                logits_to_keep=logits_to_keep,
+                use_cache=False,  # the cache is ours and passed in: nothing for the model to create or return
+            )
+
+    def _forward_whole_sequences(
+        self,
+        model: torch.nn.Module,
+        prompts: PromptBatch,
+        prompt_index: list[int],
+        inputs: dict[str, Tensor],
+        prompt_width: int,
+        logits_to_keep: int,
+    ) -> Any:
+        """The unshared reference of ``_forward_from_shared_prompts``: every sequence runs its image and its whole
+        prompt."""
+        return model(
+            **inputs,
+            **self.position_kwargs(inputs["attention_mask"]),
+            **prompts.visual_for(prompt_index, self.vision_dtype(model)),
+            logits_to_keep=logits_to_keep,
+            use_cache=False,
+        )
 
 
 def resolution_range(

@@ -25,8 +25,6 @@ from grpo_lightning.errors import ConfigError
 class InternVLAdapter(VLMAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("internvl",)
     visual_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
-    shares_image_features: ClassVar[bool] = True
-    shares_prompt_cache: ClassVar[bool] = True
     image_resolution_options: ClassVar[tuple[str, ...]] = ("crop_to_patches", "min_patches", "max_patches")
 
     def set_image_resolution(

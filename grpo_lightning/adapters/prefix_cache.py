@@ -81,7 +81,7 @@ def cache_through_checkpointing(model: torch.nn.Module) -> Iterator[None]:
             raise RuntimeError(
                 f"{type(layer).__name__} uses reentrant gradient checkpointing, which would cut the shared prompt "
                 "prefix off from the gradient. Enable checkpointing with activation_checkpointing_kwargs="
-                "{'use_reentrant': False} (GRPOModule does), or set the adapter's shares_prompt_cache to False."
+                "{'use_reentrant': False}, as GRPOModule's gradient_checkpointing option does."
             )
     before = [m.__dict__.get("_can_checkpoint_with_cache") for m in layers]
     for layer in layers:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import transformers
 from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -31,9 +32,6 @@ class Qwen2VLAdapter(VLMAdapter):
     image_feature_paths: ClassVar[tuple[str, ...]] = ("model.visual",)  # its patch merger projects too
     # Marks which prompt tokens are image tokens, for the multimodal RoPE (transformers >= 5).
     token_aligned_keys: ClassVar[tuple[str, ...]] = ("mm_token_type_ids",)
-
-    shares_image_features: ClassVar[bool] = True
-    shares_prompt_cache: ClassVar[bool] = True
     image_resolution_options: ClassVar[tuple[str, ...]] = ("min_pixels", "max_pixels")
 
     def set_image_resolution(self, *, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
@@ -65,7 +63,8 @@ class Qwen2VLAdapter(VLMAdapter):
             raise RuntimeError(
                 f"{type(state).__name__} did not leave one RoPE offset per prompt after the prefill (rope_deltas: "
                 f"{None if state.rope_deltas is None else tuple(state.rope_deltas.shape)}, {num_prompts} prompts): "
-                "this transformers version stores them differently; set the adapter's shares_prompt_cache to False."
+                f"transformers {transformers.__version__} stores them differently than this adapter expects; install "
+                "transformers 5.24 (`pip install transformers==5.24.0`), the version it is tested with."
             )
         state.rope_deltas = state.rope_deltas[rows.to(state.rope_deltas.device)]
 

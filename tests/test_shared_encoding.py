@@ -1,10 +1,12 @@
-"""Performance levers, each counted where it can be, and each shown to leave the result unchanged."""
+"""Shared image and prompt encoding: each counted where it can be, and each shown to leave the result of the
+unshared reference path (``VLMAdapter(processor, shared_encoding=False)``) unchanged."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from grpo_lightning.adapters import VLMAdapter
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
 from tests.conftest import FAMILIES
@@ -75,10 +77,21 @@ def policy_pass(module: GRPOModule, rollout, advantages: torch.Tensor):
     return logps.detach(), loss.detach(), grads
 
 
-def plain(module: GRPOModule) -> GRPOModule:
-    """The same module without the levers: pixels into every forward pass, G separate prefills."""
-    module.adapter.shares_image_features = False
-    module.adapter.shares_prompt_cache = False
+def reference_adapter(module: GRPOModule) -> VLMAdapter:
+    """The unshared reference path of the module's adapter: pixels into every forward pass, G separate prefills."""
+    return type(module.adapter)(module.adapter.processor, shared_encoding=False)
+
+
+def unshared(module: GRPOModule) -> GRPOModule:
+    """The same module on the unshared reference path."""
+    module.adapter = reference_adapter(module)
+    return module
+
+
+def without_feature_reuse(module: GRPOModule) -> GRPOModule:
+    """The same module with an adapter attached to no model: shared encoding, but image features encoded anew in
+    every pass (not kept across the passes of a step)."""
+    module.adapter = type(module.adapter)(module.adapter.processor)
     return module
 
 
@@ -99,33 +112,32 @@ def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy
     # micro-batch per prompt (micro_batch_size = G), the B images once.
     assert sum(calls) == once + once, calls
     assert sum(reference_calls) == once, reference_calls
-    plain_module = make_module(assets, family, num_generations=G, micro_batch_size=G, beta=0.0)
-    plain_module.configure_model()
-    plain(plain_module)
-    plain_calls = count_images(plain_module)
-    fit(plain_module, data_kwargs, tmp_path / "plain", steps=1, batch_size=B)
-    assert sum(plain_calls) == 2 * G * once  # without the levers: every sequence encodes its image, twice
+    unshared_module = make_module(assets, family, num_generations=G, micro_batch_size=G, beta=0.0)
+    unshared_module.configure_model()
+    unshared(unshared_module)
+    unshared_calls = count_images(unshared_module)
+    fit(unshared_module, data_kwargs, tmp_path / "unshared", steps=1, batch_size=B)
+    assert sum(unshared_calls) == 2 * G * once  # unshared: every sequence encodes its image, twice
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sampling_from_a_shared_prompt_cache_gives_the_plain_tokens(assets, batch, family):
+def test_sampling_from_a_shared_prompt_cache_gives_the_unshared_tokens(assets, batch, family):
     module = make_module(assets, family, num_generations=G, max_completion_length=10)
     module.configure_model()
-    shared = module.generate_rollout(batch, num_generations=G, do_sample=False)
-    baseline = plain(module).generate_rollout(batch, num_generations=G, do_sample=False)
-    assert torch.equal(shared.completion_ids, baseline.completion_ids)
-    torch.manual_seed(5)
-    shared = module.generate_rollout(batch, num_generations=G, do_sample=True)
-    module.adapter.shares_prompt_cache = True
-    torch.manual_seed(5)
-    again = module.generate_rollout(batch, num_generations=G, do_sample=True)
-    assert torch.equal(shared.completion_ids, again.completion_ids)
+    adapters = {"shared": module.adapter, "unshared": reference_adapter(module)}
+    for do_sample in (False, True):
+        rollouts = {}
+        for name, adapter in adapters.items():
+            module.adapter = adapter
+            torch.manual_seed(5)
+            rollouts[name] = module.generate_rollout(batch, num_generations=G, do_sample=do_sample)
+        assert torch.equal(rollouts["shared"].completion_ids, rollouts["unshared"].completion_ids), do_sample
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
-def test_qwen2_vl_samples_from_a_shared_cache_at_the_plain_multimodal_positions(assets, batch, family):
+def test_qwen2_vl_samples_from_a_shared_cache_at_the_unshared_multimodal_positions(assets, batch, family):
     """Qwen2-VL's RoPE offsets follow the copied cache: every decoding step sees the positions (all three axes)
-    that plain sampling gives it."""
+    that unshared sampling gives it."""
     from grpo_lightning.adapters.qwen2_vl import _rope_state
 
     module = make_module(assets, family, num_generations=G, max_completion_length=6, min_completion_length=6)
@@ -141,12 +153,12 @@ def test_qwen2_vl_samples_from_a_shared_cache_at_the_plain_multimodal_positions(
     )
     module.generate_rollout(batch, num_generations=G, do_sample=False)
     shared, seen[:] = list(seen), []
-    plain(module).generate_rollout(batch, num_generations=G, do_sample=False)
+    unshared(module).generate_rollout(batch, num_generations=G, do_sample=False)
     baseline = seen
-    deltas = _rope_state(module.model).rope_deltas.flatten().tolist()  # per sequence, left by the plain path
+    deltas = _rope_state(module.model).rope_deltas.flatten().tolist()  # per sequence, left by the unshared path
     assert len(set(deltas)) == B and 0 not in deltas, deltas  # distinct per prompt and not trivially zero
     # shared: the B prompts' prefill, the last prompt token of each of the B*G sequences, then one step per token;
-    # plain: the B*G whole prompts, then one step per token
+    # unshared: the B*G whole prompts, then one step per token
     assert shared[0].shape[1] == B and baseline[0].shape[1] == B * G
     assert len(shared) == len(baseline) + 1 == 6 + 1
     assert torch.equal(shared[1], baseline[0][..., -1:])
@@ -156,8 +168,8 @@ def test_qwen2_vl_samples_from_a_shared_cache_at_the_plain_multimodal_positions(
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchanged(assets, batch, family):
-    """Same rollout through the lever path (image encoded and prompt prefilled once per prompt, its cache copied to
-    the G sequences, gradients flowing back through the copies) and the plain path: equal log-probs, loss and
+    """Same rollout through the shared path (image encoded and prompt prefilled once per prompt, its cache copied
+    to the G sequences, gradients flowing back through the copies) and the unshared one: equal log-probs, loss and
     gradients."""
     module = make_module(assets, family, num_generations=G, beta=0.0)
     module.configure_model()
@@ -167,10 +179,8 @@ def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchang
         assert tiles_per_prompt(rollout.prompts) == [5, 1]  # a 2x2 grid and its thumbnail, and a single tile
     advantages = torch.linspace(-1, 1, len(rollout.completions))
     results = []
-    levers = (module.adapter.shares_image_features, module.adapter.shares_prompt_cache)
-    for shares in (True, False):
-        module.adapter.shares_image_features = shares and levers[0]
-        module.adapter.shares_prompt_cache = shares and levers[1]
+    for adapter in (module.adapter, reference_adapter(module)):
+        module.adapter = adapter
         results.append(policy_pass(module, rollout, advantages))
     (logps_a, loss_a, grads_a), (logps_b, loss_b, grads_b) = results
     torch.testing.assert_close(logps_a, logps_b, rtol=1e-5, atol=1e-5)
@@ -180,19 +190,19 @@ def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchang
 
 
 @pytest.mark.parametrize("family, lora_r", [*((family, 0) for family in FAMILIES), ("internvl", 4)])
-def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and_gradients(
+def test_the_shared_prefix_under_gradient_checkpointing_gives_the_unshared_loss_and_gradients(
     assets, batch, family, lora_r
 ):
     """With gradient checkpointing, the prompt is still prefilled once per prompt in the policy pass: its cache is
     read-only, so the layers' replay in the backward pass reads the same prefix; log-probs, loss and gradients
-    (of the LoRA adapters alone with LoRA) equal the plain path's, and the replay did happen."""
+    (of the LoRA adapters alone with LoRA) equal the unshared path's, and the replay did happen."""
     # no LoRA dropout: its random masks would differ between the two paths, which run different batch shapes
     module = make_module(
         assets, family, num_generations=G, beta=0.0, gradient_checkpointing=True, lora_r=lora_r, lora_dropout=0.0
     )
     module.configure_model()
     assert module.model.is_activation_checkpointing
-    module.reuse_image_features = False  # LoRA's features once per step: its own test below; here every pass encodes
+    without_feature_reuse(module)  # LoRA's features once per step: its own test below; here every pass encodes
     torch.manual_seed(0)
     rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
     if family == "internvl":
@@ -207,13 +217,13 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_plain_loss_and
     images = count_images(module, base)
     advantages = torch.linspace(-1, 1, len(rollout.completions))
     results = []
-    for shares in (True, False):
-        module.adapter.shares_image_features = module.adapter.shares_prompt_cache = shares
+    for adapter in (module.adapter, reference_adapter(module)):
+        module.adapter = adapter
         attention_calls.clear()
         images.clear()
         results.append((*policy_pass(module, rollout, advantages), list(attention_calls), sum(images)))
     (logps_a, loss_a, grads_a, calls_a, images_a), (logps_b, loss_b, grads_b, calls_b, images_b) = results
-    # shared: the B prompts' prefill and the B*G continuations, each replayed; plain: the B*G sequences, replayed
+    # shared: the B prompts' prefill and the B*G continuations, each replayed; unshared: the B*G sequences, replayed
     assert calls_a == [B, B * G, B * G, B] and calls_b == [B * G, B * G], (calls_a, calls_b)
     assert (images_a, images_b) == (once_each(module, batch), G * once_each(module, batch))
     torch.testing.assert_close(logps_a, logps_b, rtol=1e-5, atol=1e-5)
@@ -257,8 +267,9 @@ def test_with_lora_each_image_is_encoded_once_per_step_and_the_update_is_unchang
             assets, family, num_generations=G, micro_batch_size=G, beta=0.04, lora_r=4, lora_dropout=0.0
         )
         module.configure_model()
-        assert module.reuse_image_features
-        module.reuse_image_features = reuse
+        assert module.adapter.reuses_image_features
+        if not reuse:
+            without_feature_reuse(module)
         images = count_images(module, module.model.get_base_model())
         fit(module, data_kwargs, tmp_path / str(reuse), steps=1, batch_size=B)
         trained = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
@@ -276,4 +287,20 @@ def test_without_lora_image_features_are_encoded_in_every_pass(assets):
     """Full fine-tuning trains the vision side and keeps a separate reference: nothing may be reused across passes."""
     module = make_module(assets, "internvl", freeze_vision_modules=True)
     module.configure_model()
-    assert module.reuse_image_features is False  # the projector still trains
+    assert module.adapter.reuses_image_features is False  # the projector still trains
+
+
+def test_with_every_image_feature_module_frozen_the_policy_encodes_each_image_once_per_step(
+    assets, data_kwargs, tmp_path
+):
+    """Full fine-tuning with Qwen2-VL's vision tower (its projector included) frozen: sampling and the policy pass
+    share one encoding per image; the separate reference model encodes its own, with its own weights."""
+    module = make_module(
+        assets, "qwen2_vl", num_generations=G, micro_batch_size=G, beta=0.04, freeze_vision_modules=True
+    )
+    module.configure_model()
+    assert module.adapter.reuses_image_features
+    calls, reference_calls = count_images(module), count_images(module, module.reference_model)
+    fit(module, data_kwargs, tmp_path, steps=1, batch_size=B)
+    once = once_each(module, first_batch(data_kwargs))
+    assert (sum(calls), sum(reference_calls)) == (once, once), (calls, reference_calls)

@@ -1,20 +1,20 @@
-"""Seconds per rollout and per policy pass with the levers on and off, for InternVL and Qwen2-VL.
+"""Seconds per rollout and per policy pass with shared and unshared encoding, for InternVL and Qwen2-VL.
 
-    python benchmarks/bench_levers.py [--family internvl qwen2_vl] [--repeats 3] [--gradient-checkpointing]
+    python benchmarks/bench_shared_encoding.py [--family internvl qwen2_vl] [--repeats 3] [--gradient-checkpointing]
 
 Builds, offline, a random-weight model of each family at the CPU benchmark's scale: one 448-px image per prompt,
 256 image tokens after the 2x2 merge, a 6-layer vision tower and a 6-layer language model of width 512 (InternVL:
-``bench_vs_trl.CPU_MODEL_SHAPE``). On the same B prompts it times, alternating the lever path (each prompt's
-image encoded and its prompt prefilled once, the KV cache copied to its G sequences) and the plain path (every
-sequence encodes its image and runs its whole prompt):
+``bench_vs_trl.CPU_MODEL_SHAPE``). On the same B prompts it times, alternating the shared path (each prompt's
+image encoded and its prompt prefilled once, the KV cache copied to its G sequences) and the unshared reference
+path (``shared_encoding=False``: every sequence encodes its image and runs its whole prompt):
 
 * rollout: ``GRPOModule.generate_rollout``, B x G completions of exactly L tokens, same seed;
 * policy pass: the log-probs of one such rollout under the policy in training mode, a loss and its backward,
   with ``--gradient-checkpointing`` as the real recipe runs it.
 
 Before timing it checks that both paths sample the same tokens (greedy) and give the same loss, and it counts the
-vision tower's images per rollout. The last line is ``<family>_rollout_ratio=<levers/plain>
-<family>_policy_ratio=<levers/plain>`` for each family.
+vision tower's images per rollout. The last line is ``<family>_rollout_ratio=<shared/unshared>
+<family>_policy_ratio=<shared/unshared>`` for each family.
 """
 
 from __future__ import annotations
@@ -74,10 +74,9 @@ def build(work_dir: Path, family: str, seed: int = 0) -> Path:
     return path
 
 
-def set_levers(module: GRPOModule, on: bool) -> None:
-    adapter = type(module.adapter)
-    module.adapter.shares_image_features = on and adapter.shares_image_features
-    module.adapter.shares_prompt_cache = on and adapter.shares_prompt_cache
+def encoding_adapters(module: GRPOModule) -> dict[bool, Any]:
+    """The module's adapter (shared encoding) under True, its unshared reference under False."""
+    return {True: module.adapter, False: type(module.adapter)(module.adapter.processor, shared_encoding=False)}
 
 
 def count_images(module: GRPOModule) -> list[int]:
@@ -129,36 +128,37 @@ def bench_family(family: str, args: argparse.Namespace, work_dir: Path, data_dir
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     images = count_images(module)
+    adapters = encoding_adapters(module)
     greedy, losses, image_counts = {}, {}, {}
-    for on in (True, False):
-        set_levers(module, on)
+    for shared in (True, False):
+        module.adapter = adapters[shared]
         images.clear()
-        greedy[on] = module.generate_rollout(batch, args.num_generations, do_sample=False)
-        image_counts[on] = sum(images)
+        greedy[shared] = module.generate_rollout(batch, args.num_generations, do_sample=False)
+        image_counts[shared] = sum(images)
     if not torch.equal(greedy[True].completion_ids, greedy[False].completion_ids):
-        raise RuntimeError(f"{family}: the lever path sampled other tokens than the plain path (greedy)")
-    for on in (True, False):
-        set_levers(module, on)
-        losses[on] = policy_pass(module, greedy[True])[1]
+        raise RuntimeError(f"{family}: the shared path sampled other tokens than the unshared path (greedy)")
+    for shared in (True, False):
+        module.adapter = adapters[shared]
+        losses[shared] = policy_pass(module, greedy[True])[1]
     if abs(losses[True] - losses[False]) > 1e-4 * max(1.0, abs(losses[False])):
-        raise RuntimeError(f"{family}: the lever path's loss {losses[True]} differs from the plain {losses[False]}")
+        raise RuntimeError(f"{family}: the shared path's loss {losses[True]} differs from the unshared {losses[False]}")
     times: dict[str, dict[bool, list[float]]] = {"rollout": {True: [], False: []}, "policy": {True: [], False: []}}
     for _ in range(args.repeats):
-        for on in (True, False):
-            set_levers(module, on)
+        for shared in (True, False):
+            module.adapter = adapters[shared]
             torch.manual_seed(args.seed)
             start = time.perf_counter()
             module.generate_rollout(batch, args.num_generations, do_sample=True)
-            times["rollout"][on].append(time.perf_counter() - start)
-            times["policy"][on].append(policy_pass(module, greedy[True])[0])
+            times["rollout"][shared].append(time.perf_counter() - start)
+            times["policy"][shared].append(policy_pass(module, greedy[True])[0])
     result: dict[str, Any] = {
         "images": image_counts,
         "times": times,
         "parameters": sum(p.numel() for p in module.model.parameters()),
     }
     for stage in ("rollout", "policy"):
-        levers, plain = (statistics.median(times[stage][on]) for on in (True, False))
-        result[stage] = {"levers_s": levers, "plain_s": plain, "ratio": levers / plain}
+        shared, unshared = (statistics.median(times[stage][path]) for path in (True, False))
+        result[stage] = {"shared_s": shared, "unshared_s": unshared, "ratio": shared / unshared}
     return result
 
 
@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="keep the models and data here (default: a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="bench_levers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_shared_encoding-") as tmp:
         work_dir = Path(args.work_dir or tmp).resolve()
         data_dir = work_dir / "data"
         if not (data_dir / "ViVQA-X_train.json").is_file():
@@ -194,9 +194,9 @@ def main() -> None:
             )
             for stage in ("rollout", "policy"):
                 t = r[stage]
-                runs = {on: " ".join(f"{x:.2f}" for x in r["times"][stage][on]) for on in (True, False)}
+                runs = {path: " ".join(f"{x:.2f}" for x in r["times"][stage][path]) for path in (True, False)}
                 print(
-                    f"  {stage}: levers {t['levers_s']:.3f} s [{runs[True]}], plain {t['plain_s']:.3f} s "
+                    f"  {stage}: shared {t['shared_s']:.3f} s [{runs[True]}], unshared {t['unshared_s']:.3f} s "
                     f"[{runs[False]}]"
                 )
                 ratios.append(f"{family}_{stage}_ratio={t['ratio']:.3f}")
