@@ -1,4 +1,4 @@
-"""The GRPO objective as pure tensor functions: advantages, clipped surrogate, KL, loss aggregation.
+"""The GRPO objective as pure tensor functions: advantages, clipped surrogate, KL, loss aggregation, the loss.
 
 Nothing here knows about Lightning, transformers or configs; every function takes tensors and returns tensors,
 so each formula can be checked on CPU against a plain loop (``tests/test_algorithms.py``).
@@ -19,9 +19,12 @@ and the trainer minimises ``pg_loss + beta * approx_kl`` per token, where
 * :func:`kl_k3` gives ``approx_kl``, the k3 estimator of KL(pi_theta || pi_ref) (Schulman 2020,
   "Approximating KL divergence");
 * :func:`aggregate_loss` reduces the (B, T) per-token loss to a scalar. The variants differ only in the
-  normaliser: ``grpo`` (mean over sequences of each sequence's token mean, as in the equation above),
-  ``bnpo`` (token mean over this process's batch), ``dapo`` (token mean over the global batch, DAPO eq. 8) and
-  ``dr_grpo`` (divide by sequences x max_completion_length, a constant, so long answers are not down-weighted).
+  normaliser, which each declares when it registers (:data:`LOSS_AGGREGATORS`): ``grpo`` (mean over sequences
+  of each sequence's token mean, as in the equation above), ``bnpo`` (token mean over this process's batch),
+  ``dapo`` (token mean over the global batch, DAPO eq. 8) and ``dr_grpo`` (divide by sequences x
+  max_completion_length, a constant, so long answers are not down-weighted);
+* :func:`grpo_loss` puts them together: the scalar to backpropagate for one (micro-)batch, and the statistics
+  of the step (KL, clipped-token fractions, entropy) next to the formula they describe.
 
 Helpers for the surrounding step: :func:`selective_log_softmax` and :func:`entropy_from_logits` read per-token
 log-probs and entropies off (B, T, V) logits without materialising a (B, T, V) log-softmax at once;
@@ -34,13 +37,14 @@ Simplified, on purpose:
 * one KL estimator (k3), added to the loss per token, not to the reward;
 * no dual-clip, no entropy bonus, no importance-sampling correction for a separate generation engine;
 * distributed statistics are the caller's job: ``batch`` reward scaling uses the std of the rewards it is given,
-  and ``dapo``'s global token count is passed in.
+  and a loss whose normaliser is ``"global_tokens"`` (``dapo``) is given the global token count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -48,6 +52,8 @@ from torch import Tensor
 __all__ = [
     "ADVANTAGE_SCALERS",
     "LOSS_AGGREGATORS",
+    "LossAggregation",
+    "LossNormaliser",
     "LossType",
     "ScaleRewards",
     "aggregate_loss",
@@ -56,8 +62,10 @@ __all__ = [
     "compute_group_advantages",
     "entropy_from_logits",
     "group_reward_std",
+    "grpo_loss",
     "is_truncated",
     "kl_k3",
+    "loss_normaliser",
     "register_advantage_scaler",
     "register_loss_aggregator",
     "selective_log_softmax",
@@ -65,14 +73,27 @@ __all__ = [
 
 ScaleRewards = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+#: What a loss variant divides the summed token losses by: the number of sequences after a mean over each one's
+#: tokens, the completion tokens of this process's batch, those of the global batch (every process, every
+#: accumulation step: the caller reduces the count), or the generation budget (sequences x max length).
+LossNormaliser = Literal["sequences", "process_tokens", "global_tokens", "budget"]
 
 # (centred (P, G), grouped rewards (P, G), eps) -> advantages (P, G)
 AdvantageScaler = Callable[[Tensor, Tensor, float], Tensor]
 # (masked per-token loss (B, T), mask (B, T) bool, num_sequences, num_tokens, max_completion_length) -> scalar
 LossAggregator = Callable[[Tensor, Tensor, int, float | Tensor, int | None], Tensor]
 
+
+@dataclass(frozen=True)
+class LossAggregation:
+    """A registered ``loss_type``: its reduction, and the normaliser it needs from the caller."""
+
+    reduce: LossAggregator
+    normaliser: LossNormaliser
+
+
 ADVANTAGE_SCALERS: dict[str, AdvantageScaler] = {}
-LOSS_AGGREGATORS: dict[str, LossAggregator] = {}
+LOSS_AGGREGATORS: dict[str, LossAggregation] = {}
 
 
 def register_advantage_scaler(name: str) -> Callable[[AdvantageScaler], AdvantageScaler]:
@@ -87,19 +108,26 @@ def register_advantage_scaler(name: str) -> Callable[[AdvantageScaler], Advantag
     return decorator
 
 
-def register_loss_aggregator(name: str) -> Callable[[LossAggregator], LossAggregator]:
-    """Register a loss aggregation for :func:`aggregate_loss` under ``name``."""
+def register_loss_aggregator(name: str, normaliser: LossNormaliser) -> Callable[[LossAggregator], LossAggregator]:
+    """Register a loss aggregation for :func:`aggregate_loss` under ``name``.
+
+    ``normaliser`` declares what the caller must supply (see :data:`LossNormaliser`); one reduction may be
+    registered under several names that differ only in it.
+    """
 
     def decorator(fn: LossAggregator) -> LossAggregator:
         if name in LOSS_AGGREGATORS:
             raise ValueError(f"loss_type {name!r} is already registered")
-        LOSS_AGGREGATORS[name] = fn
+        LOSS_AGGREGATORS[name] = LossAggregation(fn, normaliser)
         return fn
 
     return decorator
 
 
-def _lookup(registry: dict[str, Callable], name: str, what: str) -> Callable:
+_Entry = TypeVar("_Entry")
+
+
+def _lookup(registry: dict[str, _Entry], name: str, what: str) -> _Entry:
     try:
         return registry[name]
     except KeyError:
@@ -322,8 +350,8 @@ def _at_least_one(x: float | Tensor) -> float | Tensor:
     return x.clamp_min(1) if isinstance(x, Tensor) else max(x, 1)
 
 
-@register_loss_aggregator("grpo")
-def _grpo_loss(
+@register_loss_aggregator("grpo", normaliser="sequences")
+def _sequence_mean_loss(
     masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
 ) -> Tensor:
     """Mean over sequences of each sequence's token mean (DeepSeekMath, Shao et al. 2024, eq. 3).
@@ -335,32 +363,23 @@ def _grpo_loss(
     return (masked_loss.sum(dim=1) / lengths).sum() / num_sequences
 
 
-@register_loss_aggregator("bnpo")
-def _bnpo_loss(
+@register_loss_aggregator("dapo", normaliser="global_tokens")
+@register_loss_aggregator("bnpo", normaliser="process_tokens")
+def _token_mean_loss(
     masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
 ) -> Tensor:
-    """Token mean over this process's batch: ``sum(loss * mask) / num_tokens``, every token weighs the same.
+    """Token mean: ``sum(loss * mask) / num_tokens``, every token weighs the same.
 
-    ``num_tokens`` is the completion-token count of the batch this process optimises in one step (all its
-    micro-batches), so the loss does not depend on how that batch was split.
+    ``bnpo`` divides by the completion-token count of the batch this process optimises in one step (all its
+    micro-batches), so the loss does not depend on how that batch was split. ``dapo`` (Yu et al. 2025, sec. 3.3,
+    eq. 8) divides by the count of the global batch (all processes, all gradient-accumulation steps), so every
+    token of the optimizer step weighs the same across processes.
     """
     return masked_loss.sum() / _at_least_one(num_tokens)
 
 
-@register_loss_aggregator("dapo")
-def _dapo_loss(
-    masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
-) -> Tensor:
-    """DAPO token-level loss (Yu et al. 2025, sec. 3.3, eq. 8): ``sum(loss * mask) / num_tokens``.
-
-    Same formula as ``bnpo``; the caller passes the token count of the global batch (all processes, all
-    gradient-accumulation steps), so every token of the optimizer step weighs the same across processes.
-    """
-    return masked_loss.sum() / _at_least_one(num_tokens)
-
-
-@register_loss_aggregator("dr_grpo")
-def _dr_grpo_loss(
+@register_loss_aggregator("dr_grpo", normaliser="budget")
+def _budget_loss(
     masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
 ) -> Tensor:
     """Dr. GRPO (Liu et al. 2025, sec. 3.2): ``sum(loss * mask) / (num_sequences * max_completion_length)``.
@@ -417,7 +436,7 @@ def aggregate_loss(
         ValueError: unknown ``loss_type``, mismatched shapes, ``num_sequences < 1``, or ``dr_grpo`` without
             ``max_completion_length``.
     """
-    aggregate = _lookup(LOSS_AGGREGATORS, loss_type, "loss_type")
+    aggregate = _lookup(LOSS_AGGREGATORS, loss_type, "loss_type").reduce
     if per_token_loss.dim() != 2 or mask.shape != per_token_loss.shape:
         raise ValueError(
             f"per_token_loss and mask must both be (B, T), got {tuple(per_token_loss.shape)} and {tuple(mask.shape)}"
@@ -432,6 +451,95 @@ def aggregate_loss(
     # where(), not loss * mask: padding positions may hold inf/NaN (0 * inf = NaN).
     masked_loss = torch.where(mask, per_token_loss, torch.zeros_like(per_token_loss))
     return aggregate(masked_loss, mask.to(per_token_loss.dtype), num_sequences, num_tokens, max_completion_length)
+
+
+def loss_normaliser(loss_type: str) -> LossNormaliser:
+    """What ``loss_type`` divides by (:data:`LossNormaliser`): a caller reduces a count across processes only when
+    the variant needs it (``"global_tokens"``).
+
+    Raises:
+        ValueError: unknown ``loss_type``.
+    """
+    return _lookup(LOSS_AGGREGATORS, loss_type, "loss_type").normaliser
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The GRPO loss and its statistics
+# --------------------------------------------------------------------------------------------------------------
+
+
+def grpo_loss(
+    logps: Tensor,
+    old_logps: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    loss_type: str = "grpo",
+    *,
+    ref_logps: Tensor | None = None,
+    beta: float = 0.0,
+    entropy: Tensor | None = None,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    num_sequences: int | None = None,
+    num_tokens: float | Tensor | None = None,
+    max_completion_length: int | None = None,
+    stats_num_tokens: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GRPO loss of a batch or micro-batch, and its token statistics (DeepSeekMath, Shao et al. 2024, eq. 3).
+
+    ``per_token_loss = pg_loss + beta * approx_kl`` (:func:`clipped_surrogate`, :func:`kl_k3`), reduced by
+    :func:`aggregate_loss` with the normaliser of ``loss_type`` (``num_sequences``, ``num_tokens`` and
+    ``max_completion_length`` as there): given the whole batch's, micro-batch losses and statistics add up.
+
+    Args:
+        logps: (B, T) log-probs of the sampled tokens under the current policy.
+        old_logps: (B, T) the same under the policy that sampled them; None: ``logps`` detached (ratio 1).
+        advantages: (B,) one advantage per sequence.
+        mask: (B, T) 1 for completion tokens that count, 0 for padding (bool, int or float 0/1).
+        loss_type: a registered aggregation (:data:`LOSS_AGGREGATORS`).
+        ref_logps: (B, T) the same under the frozen reference policy; None: no KL term.
+        beta: weight of the KL term.
+        entropy: (B, T) the policy's entropy per token, for the statistics only; None: left out.
+        epsilon_low: lower clip range of the ratio; ``epsilon_high`` the upper one (None: ``epsilon_low``).
+        stats_num_tokens: divisor of the statistics' token sums; default ``max(mask.sum(), 1)``, token means.
+
+    Returns:
+        ``(loss, stats)``: the scalar to backpropagate, and detached scalars ``loss``, ``clip_low`` and ``clip_high``
+        (tokens whose gradient the clip removes), ``kl`` (with ``ref_logps``), ``entropy`` (with ``entropy``).
+
+    Raises:
+        ValueError: mismatched shapes, ``beta > 0`` without ``ref_logps``, or what :func:`aggregate_loss` refuses.
+    """
+    if beta > 0 and ref_logps is None:
+        raise ValueError(f"beta={beta} weighs a KL term, which needs ref_logps; pass them, or set beta=0")
+    old_logps = logps.detach() if old_logps is None else old_logps
+    pg_loss, low, high = clipped_surrogate(logps, old_logps, advantages, epsilon_low, epsilon_high)
+    per_token_loss, observed = pg_loss, {"clip_low": low, "clip_high": high}
+    if ref_logps is not None:
+        observed["kl"] = approx_kl = kl_k3(logps, ref_logps)
+        per_token_loss = pg_loss + beta * approx_kl
+    if entropy is not None:
+        observed["entropy"] = entropy
+    normalisers = {"num_sequences": num_sequences, "num_tokens": num_tokens}
+    loss = aggregate_loss(per_token_loss, mask, loss_type, max_completion_length=max_completion_length, **normalisers)
+    stats = {"loss": loss.detach(), **_token_means(observed, mask, stats_num_tokens, logps.dtype)}
+    return loss, stats
+
+
+def _token_means(
+    values: dict[str, Tensor], mask: Tensor, num_tokens: float | Tensor | None, dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """Each (B, T) value summed over the masked tokens, divided by ``num_tokens`` (default ``max(mask.sum(), 1)``)."""
+    keep = mask != 0
+    if num_tokens is None:
+        num_tokens = keep.to(dtype).sum().clamp_min(1)
+    means = {}
+    for name, value in values.items():
+        if value.shape != mask.shape:
+            raise ValueError(f"{name} must be (B, T) like the mask, got {tuple(value.shape)} and {tuple(mask.shape)}")
+        # where(), not value * mask: padding may hold inf/NaN (the product would be NaN).
+        means[name] = torch.where(keep, value.detach().to(dtype), 0.0).sum() / num_tokens
+    return means
 
 
 # --------------------------------------------------------------------------------------------------------------

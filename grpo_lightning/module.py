@@ -28,24 +28,23 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 
-from grpo_lightning.adapters import PromptBatch, Rollout, VLMAdapter, build_adapter, check_checkpoint_layout
+from grpo_lightning.accumulation import gradient_accumulation
+from grpo_lightning.adapters import PromptBatch, VLMAdapter, build_adapter, check_checkpoint_layout
 from grpo_lightning.algorithms import (
-    aggregate_loss,
-    clipped_surrogate,
     completion_mask,
     compute_group_advantages,
     group_reward_std,
+    grpo_loss,
     is_truncated,
-    kl_k3,
+    loss_normaliser,
 )
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.rewards import RewardOpinions, combine_rewards, get_reward, reward_name, score_completions
-from grpo_lightning.text import extract_tag
+from grpo_lightning.rollout import Rollout
+from grpo_lightning.task import prediction_records
 
 # Batch fields that are not passed on to reward functions (they hold pixels, not text).
 _NON_REWARD_FIELDS = ("image",)
@@ -188,8 +187,6 @@ class GRPOModule(L.LightningModule):
         self._reference: list[torch.nn.Module] = []
         self._rng_streams_restored = False  # every process's random streams came from a checkpoint
         self.adapter: VLMAdapter | None = None
-        #: Whether one encoding of each image serves every pass of a step (set by ``configure_model``).
-        self.reuse_image_features = False
 
     # ------------------------------------------------------------------------------------ set-up
     def configure_model(self) -> None:
@@ -220,14 +217,12 @@ class GRPOModule(L.LightningModule):
             self.adapter.vision_tower(model).requires_grad_(False)
         if hp.lora_r > 0:
             model = self._with_lora(model)
-            # The adapters sit in the language model only: the image features are the same in sampling, in the
-            # reference (adapters off) and in the policy pass, so each image is encoded once per step.
-            feature_modules = self.adapter.image_feature_modules(model.get_base_model())
-            self.reuse_image_features = not any(p.requires_grad for m in feature_modules for p in m.parameters())
         elif hp.beta > 0:
             reference = AutoModelForImageTextToText.from_pretrained(hp.model_name_or_path, **load_kwargs)
             reference.requires_grad_(False).eval()
             self._reference = [reference]
+        # when nothing that computes the image features trains (with LoRA, say), one encoding per image serves the step
+        self.adapter.attach(model)
         self.model = model
 
     def _with_lora(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -327,8 +322,6 @@ class GRPOModule(L.LightningModule):
         """Sample ``num_generations`` completions for each prompt of the batch (prompt-major order)."""
         hp = self.hparams
         prompts = self.adapter.prepare_prompts(batch["image"], batch["prompt"]).to(self.device)
-        if self.reuse_image_features:
-            prompts.feature_memo = {}
         prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)
         chunk = hp.generation_batch_size or len(prompt_index)
         was_training = self.model.training
@@ -431,51 +424,45 @@ class GRPOModule(L.LightningModule):
     def optimize(
         self, rollout: Rollout, advantages: Tensor, ref_logps: Tensor | None, old_logps: Tensor | None
     ) -> dict[str, Tensor]:
-        """Micro-batched clipped-surrogate loss, backward and ``num_iterations`` optimizer steps.
+        """Micro-batched GRPO loss, backward and ``num_iterations`` optimizer steps; the step's statistics.
 
         Loss normalisers are totals over the whole batch, so the micro-batch losses add up to the
         whole-batch loss and the gradient does not depend on ``micro_batch_size``.
         """
         hp = self.hparams
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        gradients = gradient_accumulation(self)
         mask = rollout.completion_mask.float()
         num_tokens = mask.sum()
-        if hp.loss_type == "dapo":
-            # dapo normalises by the token count of the global batch; DDP then averages gradients over the
-            # processes, which the division by world_size undoes.
-            num_tokens = self.trainer.strategy.reduce(num_tokens.clone(), reduce_op="sum") / self.trainer.world_size
-        normalisers = {
+        if loss_normaliser(hp.loss_type) == "global_tokens":
+            num_tokens = gradients.mean_over_processes(num_tokens)
+        loss_options = {
+            "loss_type": hp.loss_type,
+            "beta": hp.beta,
+            "epsilon_low": hp.epsilon_low,
+            "epsilon_high": hp.epsilon_high,
             "num_sequences": mask.shape[0],
             "num_tokens": float(num_tokens),
             "max_completion_length": hp.max_completion_length,
+            "stats_num_tokens": mask.sum().clamp(min=1),  # the statistics are token means over this batch
         }
         totals = {
             name: torch.zeros((), device=self.device) for name in ("loss", "kl", "clip_low", "clip_high", "entropy")
         }
-        num_tokens_local = mask.sum().clamp(min=1)  # the statistics below are token means over this batch
         micro_batches = self.micro_batches(mask.shape[0])
         for iteration in range(hp.num_iterations):
             for index, mb in enumerate(micro_batches):
                 logps, entropy = self._logps(self.model, rollout, mb, with_entropy=iteration == 0)
-                old = old_logps[mb] if old_logps is not None else logps.detach()
-                per_token_loss, low, high = clipped_surrogate(
-                    logps, old, advantages[mb], hp.epsilon_low, hp.epsilon_high
+                old = old_logps[mb] if old_logps is not None else None
+                ref = ref_logps[mb] if ref_logps is not None else None
+                loss, stats = grpo_loss(
+                    logps, old, advantages[mb], mask[mb], ref_logps=ref, entropy=entropy, **loss_options
                 )
-                if ref_logps is not None:
-                    kl = kl_k3(logps, ref_logps[mb])
-                    per_token_loss = per_token_loss + hp.beta * kl
-                    totals["kl"] += _masked_sum(kl.detach(), mask[mb]) / num_tokens_local
-                loss = aggregate_loss(per_token_loss, mask[mb], hp.loss_type, **normalisers)
-                with self.gradient_sync(index == len(micro_batches) - 1):
+                with gradients.backward_context(last=index == len(micro_batches) - 1):
                     self.manual_backward(loss)
-                totals["loss"] += loss.detach()
-                totals["clip_low"] += _masked_sum(low.float(), mask[mb]) / num_tokens_local
-                totals["clip_high"] += _masked_sum(high.float(), mask[mb]) / num_tokens_local
-                if entropy is not None:
-                    totals["entropy"] += _masked_sum(entropy, mask[mb]) / num_tokens_local
-            if hp.max_grad_norm is not None and not isinstance(self.trainer.strategy, DeepSpeedStrategy):
-                self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                for name, value in stats.items():
+                    totals[name] += value
+            gradients.clip(optimizer, hp.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
@@ -483,30 +470,13 @@ class GRPOModule(L.LightningModule):
         # Averages over the iterations (entropy is measured on the first only).
         return {name: value / (1 if name == "entropy" else hp.num_iterations) for name, value in totals.items()}
 
-    def gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
-        """Accumulate micro-batch gradients locally and reduce them across processes once, at the last one.
-
-        DDP: ``no_sync`` for all but the last backward. DeepSpeed: the engine's accumulation boundary, so
-        that ZeRO reduces the accumulated gradient once and ``step`` applies it (its configured
-        ``gradient_accumulation_steps`` stays 1: our loss is already normalised over the whole batch).
-        """
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DeepSpeedStrategy):
-            strategy.deepspeed_engine.set_gradient_accumulation_boundary(sync)
-        elif not sync and isinstance(self.trainer.model, DistributedDataParallel):
-            return self.trainer.model.no_sync()
-        return contextlib.nullcontext()
-
     def setup(self, stage: str) -> None:
-        # Lightning refuses gradient clipping with manual optimization; DeepSpeed clips inside its step, so
-        # max_grad_norm goes into its config (before the engine is built, which happens after this hook).
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DeepSpeedStrategy) and self.hparams.max_grad_norm is not None:
-            strategy.config.setdefault("gradient_clipping", self.hparams.max_grad_norm)
+        # The strategy's gradient settings that must precede the model's wrapping (DeepSpeed's clipping).
+        gradient_accumulation(self).configure(self.hparams.max_grad_norm)
 
     # ---------------------------------------------------------------------------------- evaluation
     def model_step(self, batch: dict[str, list[Any]]) -> tuple[list[dict[str, Any]], Tensor, Tensor]:
-        """Greedy completion of each prompt, scored and turned into prediction records (the public format).
+        """Greedy completion of each prompt, scored and turned into prediction records (:mod:`grpo_lightning.task`).
 
         Shared by validation, test and predict.
         """
@@ -669,31 +639,6 @@ def _rng_states_to_tensors(states: dict[str, Any]) -> dict[str, Any]:
 def _rng_states_from_tensors(states: dict[str, Any]) -> dict[str, Any]:
     kind, keys, position, has_gauss, cached = states["numpy"]
     return {**states, "numpy": (kind, keys.numpy().astype("uint32"), position, has_gauss, cached)}
-
-
-def prediction_records(batch: dict[str, list[Any]], completions: list[str]) -> list[dict[str, Any]]:
-    """One record per sample in the public ViVQA-X predictions format, plus the raw completion and its think text."""
-    records = []
-    for i, completion in enumerate(completions):
-        records.append(
-            {
-                "question_id": batch["id"][i],
-                "question": batch["question"][i],
-                "pred_ans": extract_tag(completion, "answer") or "",
-                "pred_explain": extract_tag(completion, "explain") or "",
-                "gt_ans": batch["answer"][i],
-                "gt_explain": list(batch["explanations"][i]),
-                "completion": completion,
-                "think": extract_tag(completion, "think") or "",
-                "answer_type": batch.get("answer_type", [""] * len(completions))[i],
-                "image_name": Path(batch["image_path"][i]).name if "image_path" in batch else "",
-            }
-        )
-    return records
-
-
-def _masked_sum(values: Tensor, mask: Tensor) -> Tensor:
-    return (values * mask).sum()
 
 
 def _nanstd(values: Tensor) -> Tensor:

@@ -19,8 +19,10 @@ from grpo_lightning.algorithms import (
     compute_group_advantages,
     entropy_from_logits,
     group_reward_std,
+    grpo_loss,
     is_truncated,
     kl_k3,
+    loss_normaliser,
     selective_log_softmax,
 )
 
@@ -106,6 +108,28 @@ def _ref_aggregate(loss, mask, loss_type, num_sequences=None, num_tokens=None, m
     raise AssertionError(loss_type)
 
 
+def _ref_grpo_loss(logps, old_logps, advantages, mask, loss_type, beta, ref_logps, entropy, eps_low, eps_high, **norms):
+    """(loss, stats) of one batch: per-token surrogate plus beta * k3 KL, aggregated; statistics as token means."""
+    pg_loss, low, high = _ref_surrogate(logps, old_logps, advantages, eps_low, eps_high)
+    per_token = {"clip_low": low, "clip_high": high}
+    loss = pg_loss
+    if ref_logps is not None:
+        per_token["kl"] = _ref_kl(logps, ref_logps)
+        loss = [
+            [v + beta * k for v, k in zip(*rows, strict=True)] for rows in zip(pg_loss, per_token["kl"], strict=True)
+        ]
+    if entropy is not None:
+        per_token["entropy"] = entropy
+    num_tokens = max(sum(1 for row in mask for m in row if m), 1)
+    stats = {"loss": _ref_aggregate(loss, mask, loss_type, **norms)}
+    for name, values in per_token.items():
+        token_sum = 0.0
+        for row, mask_row in zip(values, mask, strict=True):
+            token_sum += sum(float(v) for v, m in zip(row, mask_row, strict=True) if m)
+        stats[name] = token_sum / num_tokens
+    return stats["loss"], stats
+
+
 def _ref_log_softmax_row(row: list[float]) -> list[float]:
     top = max(row)
     lse = top + math.log(sum(math.exp(v - top) for v in row))
@@ -159,6 +183,20 @@ def test_unknown_scale_rewards_names_the_known_ones():
 def test_unknown_loss_type_names_the_known_ones():
     with pytest.raises(ValueError, match=r"loss_type 'ppo'.*'bnpo', 'dapo', 'dr_grpo', 'grpo'"):
         aggregate_loss(torch.zeros(2, 3), torch.ones(2, 3), "ppo")
+    with pytest.raises(ValueError, match=r"loss_type 'ppo'.*'bnpo', 'dapo', 'dr_grpo', 'grpo'"):
+        loss_normaliser("ppo")
+
+
+def test_loss_variants_declare_their_normaliser():
+    normalisers = {name: loss_normaliser(name) for name in LOSS_TYPES}
+    assert normalisers == {
+        "grpo": "sequences",
+        "bnpo": "process_tokens",
+        "dapo": "global_tokens",  # the only one that needs a count reduced across processes
+        "dr_grpo": "budget",
+    }
+    # bnpo and dapo are one reduction, registered twice with different normalisers
+    assert LOSS_AGGREGATORS["bnpo"].reduce is LOSS_AGGREGATORS["dapo"].reduce
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -556,6 +594,135 @@ def test_aggregate_loss_accepts_tensor_num_tokens():
 def test_aggregate_loss_rejects_bad_input(loss, mask, loss_type, kwargs, message):
     with pytest.raises(ValueError, match=message):
         aggregate_loss(loss, mask, loss_type, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# grpo_loss
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _loss_inputs(gen, batch=6, length=9, dtype=torch.float64):
+    """Log-probs (current, old, reference), advantages, a padding mask with one empty row, and entropies."""
+    logps = -3 * torch.rand(batch, length, generator=gen, dtype=dtype)
+    # |log ratio| up to 0.5: some ratios leave [1 - 0.2, 1 + 0.28] on both sides
+    old_logps = logps + (torch.rand(batch, length, generator=gen, dtype=dtype) - 0.5)
+    ref_logps = logps + 0.3 * torch.randn(batch, length, generator=gen, dtype=dtype)
+    advantages = torch.randn(batch, generator=gen, dtype=dtype)
+    mask = _padding_mask(batch, length, gen)
+    entropy = 5 * torch.rand(batch, length, generator=gen, dtype=dtype)
+    return logps, old_logps, ref_logps, advantages, mask, entropy
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("with_kl", [False, True], ids=["no_kl", "kl"])
+@pytest.mark.parametrize("with_entropy", [False, True], ids=["no_entropy", "entropy"])
+def test_grpo_loss_matches_loop_reference(loss_type, with_kl, with_entropy):
+    logps, old_logps, ref_logps, advantages, mask, entropy = _loss_inputs(_gen(71))
+    beta = 0.04 if with_kl else 0.0
+    ref_logps = ref_logps if with_kl else None
+    entropy = entropy if with_entropy else None
+    loss, stats = grpo_loss(
+        logps, old_logps, advantages, mask, loss_type, ref_logps=ref_logps, beta=beta, entropy=entropy,
+        epsilon_low=0.2, epsilon_high=0.28, max_completion_length=9,
+    )  # fmt: skip
+    as_lists = [None if t is None else t.tolist() for t in (logps, old_logps, advantages, mask, ref_logps, entropy)]
+    lp, olp, adv, m, ref, ent = as_lists
+    expected_loss, expected = _ref_grpo_loss(
+        lp, olp, adv, m, loss_type, beta, ref, ent, 0.2, 0.28, max_completion_length=9
+    )
+    torch.testing.assert_close(loss, torch.tensor(expected_loss, dtype=torch.float64), **F64)
+    expected_names = {"loss", "clip_low", "clip_high"} | ({"kl"} if with_kl else set())
+    assert set(stats) == set(expected) == expected_names | ({"entropy"} if with_entropy else set())
+    for name, value in expected.items():
+        torch.testing.assert_close(stats[name], torch.tensor(value, dtype=torch.float64), **F64, msg=name)
+    assert 0 < float(stats["clip_low"]) and 0 < float(stats["clip_high"]), "the inputs must exercise both clips"
+
+
+def test_grpo_loss_without_old_logps_is_the_plain_policy_gradient():
+    logps, _, _, advantages, mask, _ = _loss_inputs(_gen(73))
+    logps.requires_grad_(True)
+    loss, stats = grpo_loss(logps, None, advantages, mask, "bnpo")
+    assert stats["clip_low"] == 0 and stats["clip_high"] == 0
+    # ratio 1: loss = -sum(A * mask) / tokens and d loss / d logp = -A / tokens on every kept token
+    (grad,) = torch.autograd.grad(loss, logps)
+    expected = -advantages[:, None] * mask / mask.sum()
+    torch.testing.assert_close(loss.detach(), expected.sum(), **F64)
+    torch.testing.assert_close(grad, expected, **F64)
+
+
+def _previous_composition(logps, old_logps, advantages, mask, ref_logps, entropy, loss_type, beta, normalisers, tokens):
+    """The update as the training loop composed it before :func:`grpo_loss`: the float32 results must be identical."""
+    per_token_loss, low, high = clipped_surrogate(logps, old_logps, advantages, 0.2, 0.28)
+    stats = {}
+    if ref_logps is not None:
+        kl = kl_k3(logps, ref_logps)
+        per_token_loss = per_token_loss + beta * kl
+        stats["kl"] = (kl.detach() * mask).sum() / tokens
+    loss = aggregate_loss(per_token_loss, mask, loss_type, **normalisers)
+    stats["loss"] = loss.detach()
+    stats["clip_low"] = (low.float() * mask).sum() / tokens
+    stats["clip_high"] = (high.float() * mask).sum() / tokens
+    if entropy is not None:
+        stats["entropy"] = (entropy * mask).sum() / tokens
+    return loss, stats
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("with_kl", [False, True], ids=["no_kl", "kl"])
+def test_grpo_loss_equals_the_previous_composition_bit_for_bit_over_micro_batches(loss_type, with_kl):
+    """float32, micro-batches of 4 with the whole batch's normalisers, as the training loop calls it."""
+    logps, old_logps, ref_logps, advantages, mask, entropy = _loss_inputs(_gen(79), 10, 7, torch.float32)
+    mask = mask.float()
+    ref_logps, beta = (ref_logps, 0.04) if with_kl else (None, 0.0)
+    normalisers = {"num_sequences": 10, "num_tokens": float(mask.sum()), "max_completion_length": 7}
+    tokens = mask.sum().clamp(min=1)
+    results = []
+    for compose in ("grpo_loss", "previous"):
+        weights = logps.clone().requires_grad_(True)
+        totals: dict[str, torch.Tensor] = {}
+        for mb in (slice(0, 4), slice(4, 8), slice(8, 10)):
+            args = (weights[mb], old_logps[mb], advantages[mb], mask[mb])
+            ref = None if ref_logps is None else ref_logps[mb]
+            if compose == "grpo_loss":
+                loss, stats = grpo_loss(
+                    *args, loss_type, ref_logps=ref, beta=beta, entropy=entropy[mb], epsilon_low=0.2,
+                    epsilon_high=0.28, stats_num_tokens=tokens, **normalisers,
+                )  # fmt: skip
+            else:
+                loss, stats = _previous_composition(*args, ref, entropy[mb], loss_type, beta, normalisers, tokens)
+            loss.backward()
+            for name, value in stats.items():
+                totals[name] = totals.get(name, torch.zeros(())) + value
+        results.append((weights.grad, totals))
+    (grad, totals), (previous_grad, previous_totals) = results
+    assert torch.equal(grad, previous_grad)
+    assert totals.keys() == previous_totals.keys()
+    assert all(torch.equal(totals[name], previous_totals[name]) for name in totals), (totals, previous_totals)
+
+
+def test_grpo_loss_statistics_ignore_what_padding_holds():
+    logps, old_logps, ref_logps, advantages, mask, entropy = _loss_inputs(_gen(83))
+    options = {"ref_logps": ref_logps, "beta": 0.04, "max_completion_length": 9}
+    loss, stats = grpo_loss(logps, old_logps, advantages, mask, "dr_grpo", entropy=entropy, **options)
+    poisoned = entropy.masked_fill(mask == 0, float("nan"))
+    poisoned_loss, poisoned_stats = grpo_loss(
+        logps, old_logps, advantages, mask, "dr_grpo", entropy=poisoned, **options
+    )
+    assert torch.equal(loss, poisoned_loss)
+    assert all(torch.equal(stats[name], poisoned_stats[name]) for name in stats)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"beta": 0.04}, r"beta=0.04 weighs a KL term, which needs ref_logps"),
+        ({"entropy": torch.zeros(2, 4)}, r"entropy must be \(B, T\) like the mask, got \(2, 4\) and \(2, 3\)"),
+        ({"loss_type": "ppo"}, r"Unknown loss_type 'ppo'"),
+    ],
+)
+def test_grpo_loss_rejects_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        grpo_loss(torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3), **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------

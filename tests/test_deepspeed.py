@@ -4,9 +4,9 @@
 DeepSpeedCPUAdam. Here that strategy runs on CPU processes (DeepSpeed's CPU accelerator, gloo;
 :class:`tests.deepspeed_cpu.CPUDeepSpeedStrategy`) next to DDP with the same seed, data and model: the rollouts,
 the gradients the optimizer applies, the clipping, the weights, the checkpoint and its export must agree. What is
-under test is ``GRPOModule.gradient_sync`` (one gradient reduction over the micro-batches of a step: each process
-has 8 sequences, in micro-batches of 3, 3 and 2) and ``GRPOModule.setup`` (``max_grad_norm`` handed to DeepSpeed),
-with Lightning's strategy and DeepSpeed's engine.
+under test is :mod:`grpo_lightning.accumulation` (one gradient reduction over the micro-batches of a step: each
+process has 8 sequences, in micro-batches of 3, 3 and 2; ``max_grad_norm`` handed to DeepSpeed), with Lightning's
+strategy and DeepSpeed's engine.
 
 DeepSpeed compiles two C++ extensions on first use (its shared-memory collectives on CPU, and DeepSpeedCPUAdam):
 1.5 to 6 minutes on 2 cores, depending on what else runs. They are built once into ``<venv>/torch_extensions``
