@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline demo assets, built once per test session. Nothing here touches the network."""
+"""Shared fixtures: the offline demo assets, built once per test run. Nothing here touches the network."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from tests.test_module import make_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: What the configs' `trainer:` section gets (see the report of issue 6); parsed by the CLI below.
+#: The checkpointing part of the shipped configs' `trainer:` section, as a user would write it; parsed by the CLI below.
 PROPOSED_TRAINER_YAML = """
 trainer:
   enable_checkpointing: true
