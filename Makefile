@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(ASSETS)/.complete: | $(VENV)/.installed
-	$(PY) -m grpo_lightning.demo_assets --out $(ASSETS)
+	$(PY) -m grpo_demo --out $(ASSETS)
 
 demo: $(VENV)/.installed $(ASSETS)/.complete
 	$(PY) -m grpo_lightning fit --config configs/demo.yaml

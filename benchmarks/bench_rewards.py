@@ -1,6 +1,6 @@
 """Milliseconds to score one GRPO batch of 64 completions with each reward, beside pycocoevalcap's Cider.
 
-    python benchmarks/bench_rewards.py [--val-file ../shared/data/vivqax/ViVQA-X_val.json] [--repeats 20]
+    python -m benchmarks.bench_rewards [--val-file ../shared/data/vivqax/ViVQA-X_val.json] [--repeats 20]
                                        [--clip-models tiny ViT-B-32] [--clip-repeats 3] [--device cpu]
 
 The batch is 8 ViVQA-X val questions x G = 8 completions, well formed, whose explanations are a copy of a
@@ -24,24 +24,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from PIL import Image
+from pycocoevalcap.cider.cider import Cider
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from pycocoevalcap.cider.cider import Cider  # noqa: E402
-
-from grpo_lightning.demo_assets import write_tiny_clip_config  # noqa: E402
-from grpo_lightning.rewards import get_reward  # noqa: E402
-from grpo_lightning.rewards.cider import tokenize  # noqa: E402
-from grpo_lightning.rewards.clip_score import load_clip_model  # noqa: E402
+from benchmarks.common import median_ms
+from grpo_demo.models import write_tiny_clip_config
+from grpo_lightning.rewards import get_reward
+from grpo_lightning.rewards.cider import tokenize
+from grpo_lightning.rewards.clip_score import load_clip_model
 
 DEFAULT_VAL_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "vivqax" / "ViVQA-X_val.json"
 
@@ -78,17 +76,7 @@ def make_batch(records: list[dict], image_dir: Path, prompts: int, group: int, s
     return batch
 
 
-def median_ms(func, repeats: int) -> float:
-    func()  # warm-up: lazy loading, caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--val-file", default=str(DEFAULT_VAL_FILE), help="ViVQA-X val JSON (references, corpus)")
     parser.add_argument("--repeats", type=int, default=20)
@@ -97,8 +85,46 @@ def main() -> None:
     parser.add_argument("--clip-models", nargs="*", default=["tiny", "ViT-B-32"], help="'tiny' or open_clip names")
     parser.add_argument("--clip-repeats", type=int, default=3, help="repeats for CLIP models other than 'tiny'")
     parser.add_argument("--device", default="cpu", help="where CLIP runs (cpu, cuda)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def clip_rows(args: argparse.Namespace, work: Path, run: Callable) -> list[tuple[str, float]]:
+    """The ``explanation`` reward with CLIPScore alone and with CIDEr-D, for each of ``--clip-models`` (random
+    weights; loading is timed and printed apart)."""
+    rows: list[tuple[str, float]] = []
+    for name in args.clip_models:
+        model = str(work / "tiny-clip.json") if name == "tiny" else name
+        if name == "tiny":
+            write_tiny_clip_config(model)
+        start = time.perf_counter()
+        clip_model = load_clip_model(model, "random", args.device).model
+        params = sum(p.numel() for p in clip_model.parameters()) / 1e6
+        print(
+            f"set-up: CLIP {name} ({params:.1f}M parameters, random weights): "
+            f"{1000 * (time.perf_counter() - start):.0f} ms to build"
+        )
+        options = {"clip_model": model, "clip_pretrained": "random", "device": args.device}
+        repeats = args.repeats if name == "tiny" else args.clip_repeats
+        clip_only = get_reward("explanation", cider_weight=0.0, clip_weight=1.0, **options)
+        rows.append((f"explanation, CLIPScore only ({name}, {args.device})", median_ms(run(clip_only), repeats)))
+        both = get_reward("explanation", corpus_file=args.val_file, cache_dir=str(work / "cache"), **options)
+        rows.append((f"explanation, CIDEr-D + CLIPScore ({name}, {args.device})", median_ms(run(both), repeats)))
+    return rows
+
+
+def print_report(rows: list[tuple[str, float]], ours_cider: float, coco: float) -> None:
+    """The table of median milliseconds, the CIDEr-D ratio, and a JSON line of every figure."""
+    width = max(len(label) for label, _ in rows)
+    print(f"\n{'reward (64 completions)'.ljust(width)}  median ms")
+    for label, ms in rows:
+        print(f"{label.ljust(width)}  {ms:9.2f}")
+    print(f"\nratio ours CIDEr-D / pycocoevalcap Cider: {ours_cider / coco:.2f}")
+    summary = {label: round(ms, 3) for label, ms in rows}
+    print(json.dumps(summary, ensure_ascii=False))
+
+
+def main() -> None:
+    args = parse_args()
     torch.manual_seed(0)
     records = json.loads(Path(args.val_file).read_text(encoding="utf-8"))
     work = Path(tempfile.mkdtemp(prefix="bench-rewards-"))
@@ -139,31 +165,9 @@ def main() -> None:
     coco = median_ms(lambda: Cider().compute_score(gts, res), args.repeats)
     rows.append(("pycocoevalcap Cider (batch document frequencies), same tokens", coco))
 
-    for name in args.clip_models:
-        model = str(work / "tiny-clip.json") if name == "tiny" else name
-        if name == "tiny":
-            write_tiny_clip_config(model)
-        start = time.perf_counter()
-        clip_model = load_clip_model(model, "random", args.device).model
-        params = sum(p.numel() for p in clip_model.parameters()) / 1e6
-        print(
-            f"set-up: CLIP {name} ({params:.1f}M parameters, random weights): "
-            f"{1000 * (time.perf_counter() - start):.0f} ms to build"
-        )
-        options = {"clip_model": model, "clip_pretrained": "random", "device": args.device}
-        repeats = args.repeats if name == "tiny" else args.clip_repeats
-        clip_only = get_reward("explanation", cider_weight=0.0, clip_weight=1.0, **options)
-        rows.append((f"explanation, CLIPScore only ({name}, {args.device})", median_ms(run(clip_only), repeats)))
-        both = get_reward("explanation", corpus_file=args.val_file, cache_dir=str(work / "cache"), **options)
-        rows.append((f"explanation, CIDEr-D + CLIPScore ({name}, {args.device})", median_ms(run(both), repeats)))
+    rows += clip_rows(args, work, run)
 
-    width = max(len(label) for label, _ in rows)
-    print(f"\n{'reward (64 completions)'.ljust(width)}  median ms")
-    for label, ms in rows:
-        print(f"{label.ljust(width)}  {ms:9.2f}")
-    print(f"\nratio ours CIDEr-D / pycocoevalcap Cider: {ours_cider / coco:.2f}")
-    summary = {label: round(ms, 3) for label, ms in rows}
-    print(json.dumps(summary, ensure_ascii=False))
+    print_report(rows, ours_cider, coco)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Seconds per rollout and per policy pass with shared and unshared encoding, for InternVL and Qwen2-VL.
 
-    python benchmarks/bench_shared_encoding.py [--family internvl qwen2_vl] [--repeats 3] [--gradient-checkpointing]
+    python -m benchmarks.bench_shared_encoding [--family internvl qwen2_vl] [--repeats 3] [--gradient-checkpointing]
 
-Builds, offline, a random-weight model of each family at the CPU benchmark's scale: one 448-px image per prompt,
-256 image tokens after the 2x2 merge, a 6-layer vision tower and a 6-layer language model of width 512 (InternVL:
-``bench_vs_trl.CPU_MODEL_SHAPE``). On the same B prompts it times, alternating the shared path (each prompt's
-image encoded and its prompt prefilled once, the KV cache copied to its G sequences) and the unshared reference
-path (``shared_encoding=False``: every sequence encodes its image and runs its whole prompt):
+Builds, offline, a random-weight model of each family at the CPU benchmark's scale: one 448-px image per prompt, 256
+image tokens after the 2x2 merge, a 6-layer vision tower and a 6-layer language model of width 512 (InternVL:
+``grpo_demo.models.CPU_MODEL_SHAPE``; Qwen2-VL: ``QWEN2VL_CPU_SHAPE``). On the same B prompts it times, alternating
+the shared path (each prompt's image encoded and its prompt prefilled once, the KV cache copied to its G sequences)
+and the unshared reference path (``shared_encoding=False``: every sequence encodes its image and runs its whole
+prompt):
 
 * rollout: ``GRPOModule.generate_rollout``, B x G completions of exactly L tokens, same seed;
 * policy pass: the log-probs of one such rollout under the policy in training mode, a loss and its backward,
@@ -23,52 +24,30 @@ import argparse
 import json
 import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
 
-import torch  # noqa: E402
+import grpo_demo
+from benchmarks.common import work_directory
+from grpo_demo.models import CPU_MODEL_SHAPE, QWEN2VL_CPU_SHAPE
+from grpo_lightning.config import LoggingConfig, RewardConfig, SamplingConfig
+from grpo_lightning.data import ViVQAXDataModule
+from grpo_lightning.module import GRPOModule
 
-from grpo_lightning import demo_assets  # noqa: E402
-from grpo_lightning.data import ViVQAXDataModule  # noqa: E402
-from grpo_lightning.module import GRPOModule  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_trl import CPU_MODEL_SHAPE  # noqa: E402
-
-#: Qwen2-VL at the same scale: 448 x 448 pixels of 14-px patches (32 x 32 patches, 256 tokens after the 2 x 2
-#: merge), vision 6 layers x 384, language model 6 layers x 512.
-QWEN2VL_SHAPE: dict[str, Any] = {
-    "hidden_size": 512,
-    "intermediate_size": 2048,
-    "num_layers": 6,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 2,
-    "vision_embed_dim": 384,
-    "vision_num_layers": 6,
-    "vision_num_heads": 6,
-    "vision_mlp_ratio": 4,
-    "patch_size": 14,
-    "merge_size": 2,
-    "min_pixels": 448 * 448,
-    "max_pixels": 448 * 448,
-}
 FAMILIES = ("internvl", "qwen2_vl")
 
 
 def build(work_dir: Path, family: str, seed: int = 0) -> Path:
     """The family's checkpoint under ``work_dir`` (reused when built before with the same shape)."""
-    shape = CPU_MODEL_SHAPE if family == "internvl" else QWEN2VL_SHAPE
+    shape = CPU_MODEL_SHAPE if family == "internvl" else QWEN2VL_CPU_SHAPE
     path = work_dir / "models" / family
     marker = work_dir / f"{family}.json"
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == shape:
         return path
-    builder = demo_assets.build_tiny_internvl if family == "internvl" else demo_assets.build_tiny_qwen2vl
+    builder = grpo_demo.build_tiny_internvl if family == "internvl" else grpo_demo.build_tiny_qwen2vl
     builder(path, seed=seed, **shape)
     marker.write_text(json.dumps(shape), encoding="utf-8")
     return path
@@ -110,12 +89,14 @@ def policy_pass(module: GRPOModule, rollout) -> tuple[float, float]:
 def bench_family(family: str, args: argparse.Namespace, work_dir: Path, data_dir: Path) -> dict[str, Any]:
     module = GRPOModule(
         model_name_or_path=str(build(work_dir, family)),
-        reward_funcs=["format"],
-        num_generations=args.num_generations,
-        max_completion_length=args.completion_length,
-        min_completion_length=args.completion_length,
         gradient_checkpointing=args.gradient_checkpointing,
-        log_completions_every_n_steps=0,
+        rewards=RewardConfig(funcs=["format"]),
+        sampling=SamplingConfig(
+            num_generations=args.num_generations,
+            max_completion_length=args.completion_length,
+            min_completion_length=args.completion_length,
+        ),
+        logging=LoggingConfig(completions_every_n_steps=0),
     )
     module.configure_model()
     data = ViVQAXDataModule(
@@ -175,11 +156,10 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="keep the models and data here (default: a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="bench_shared_encoding-") as tmp:
-        work_dir = Path(args.work_dir or tmp).resolve()
+    with work_directory(args.work_dir, "bench_shared_encoding-") as work_dir:
         data_dir = work_dir / "data"
         if not (data_dir / "ViVQA-X_train.json").is_file():
-            demo_assets.write_dataset(data_dir, seed=args.seed, num_train=max(16, args.prompts), num_val=4)
+            grpo_demo.write_dataset(data_dir, seed=args.seed, num_train=max(16, args.prompts), num_val=4)
         print(
             f"torch {torch.__version__}, {args.threads} threads; B={args.prompts} prompts x G={args.num_generations} "
             f"completions of exactly {args.completion_length} tokens; {args.repeats} timed runs per path; "

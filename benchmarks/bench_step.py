@@ -1,7 +1,7 @@
 """Seconds per GRPO step on the tiny offline InternVL, and where the time goes.
 
-    python benchmarks/bench_step.py [--assets assets/demo] [--steps 12] [--num-generations 8]
-    python benchmarks/bench_step.py --model DIR --lora-r 8 [--no-feature-reuse]   # another InternVL checkpoint
+    python -m benchmarks.bench_step [--assets assets/demo] [--steps 12] [--num-generations 8]
+    python -m benchmarks.bench_step --model DIR --lora-r 8 [--no-feature-reuse]   # another InternVL checkpoint
 
 Runs the demo setting (4 prompts x G completions of 24 tokens, beta 0.04) for a few steps after a warm-up
 and prints, per stage, the median seconds per step as GRPOModule logs them (``train/time/*``): rollout
@@ -13,24 +13,22 @@ figures on a shared 2-core box are noisy.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import lightning as L
+import torch
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-
-from grpo_lightning import demo_assets  # noqa: E402
-from grpo_lightning.data import ViVQAXDataModule  # noqa: E402
-from grpo_lightning.module import GRPOModule  # noqa: E402
-from grpo_lightning.profiling import StepRecorder  # noqa: E402
+import grpo_demo
+from benchmarks.common import quiet_trainer
+from grpo_lightning.config import LoggingConfig, LoRAConfig, LossConfig, RewardConfig, SamplingConfig
+from grpo_lightning.data import ViVQAXDataModule
+from grpo_lightning.module import GRPOModule
+from grpo_lightning.profiling import StepRecorder
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--assets", default="assets/demo", help="built by python -m grpo_lightning.demo_assets")
+    parser.add_argument("--assets", default="assets/demo", help="built by python -m grpo_demo")
     parser.add_argument("--steps", type=int, default=12, help="measured steps (after 3 warm-up steps)")
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--max-completion-length", type=int, default=24)
@@ -54,17 +52,16 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     root = Path(args.assets)
-    if not demo_assets.is_complete(root):
-        demo_assets.build_demo_assets(root)
+    if not grpo_demo.is_complete(root):
+        grpo_demo.build_demo_assets(root)
     warmup = args.warmup
     module = GRPOModule(
-        model_name_or_path=args.model or str(demo_assets.internvl_path(root)),
-        lora_r=args.lora_r,
-        reward_funcs=["tag_count", "format"],
-        num_generations=args.num_generations,
-        max_completion_length=args.max_completion_length,
-        micro_batch_size=args.micro_batch_size,
-        log_completions_every_n_steps=0,
+        model_name_or_path=args.model or str(grpo_demo.internvl_path(root)),
+        rewards=RewardConfig(funcs=["tag_count", "format"]),
+        sampling=SamplingConfig(num_generations=args.num_generations, max_completion_length=args.max_completion_length),
+        loss=LossConfig(micro_batch_size=args.micro_batch_size),
+        lora=LoRAConfig(r=args.lora_r),
+        logging=LoggingConfig(completions_every_n_steps=0),
     )
     module.configure_model()
     if args.plain or args.no_feature_reuse:
@@ -72,20 +69,12 @@ def main() -> None:
         module.adapter = type(module.adapter)(module.adapter.processor, shared_encoding=not args.plain)
     recorder = StepRecorder()
     data = ViVQAXDataModule(
-        train_file=str(demo_assets.split_json_path(root, "train")),
-        train_image_dir=str(demo_assets.image_dir(root, "train")),
+        train_file=str(grpo_demo.split_json_path(root, "train")),
+        train_image_dir=str(grpo_demo.image_dir(root, "train")),
         batch_size=4,
     )
     L.seed_everything(0)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=warmup + args.steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
-    )
+    trainer = quiet_trainer(accelerator="cpu", max_steps=warmup + args.steps, callbacks=[recorder])
     trainer.fit(module, datamodule=data)
     medians = recorder.medians(skip=warmup)
     print(

@@ -7,7 +7,7 @@ that is not a file here is the shipped config of that name (e.g. ``--config inte
 
 What the command line adds to LightningCLI:
 
-- ``model.reward_kwargs.explanation.corpus_file`` defaults to ``data.train_file`` (CIDEr-D's document
+- ``model.rewards.kwargs.explanation.corpus_file`` defaults to ``data.train_file`` (CIDEr-D's document
   frequencies come from the training split): one path serves both, and ``--print_config`` shows it.
 - With ``--ckpt_path PATH`` (validate, test, predict, fit), the checkpoint's hyperparameters fill in what the
   command line and configs leave unset; what they set wins, except the LoRA structure (:data:`MODEL_IDENTITY`),
@@ -47,7 +47,7 @@ from grpo_lightning.progress import StepProgressBar
 #: The module options a checkpoint's weights need: the LoRA structure and scale. With ``--ckpt_path`` these always
 #: come from the checkpoint. Everything else (the base model's path, sampling, loss, rewards, dtype, evaluation,
 #: predictions_file) may be changed; the checkpoint's value fills in what the configs and command line leave unset.
-MODEL_IDENTITY = ("lora_r", "lora_alpha", "lora_target_modules")
+MODEL_IDENTITY = ("lora.r", "lora.alpha", "lora.target_modules")
 
 CONFIG_FLAGS = ("--config", "-c")
 
@@ -121,22 +121,22 @@ def resolve_config_args(args: Sequence[str]) -> list[str]:
 
 
 def link_reward_corpus(config: Namespace) -> Namespace:
-    """Fill ``model.reward_kwargs.explanation.corpus_file`` from ``data.train_file`` when it is not set.
+    """Fill ``model.rewards.kwargs.explanation.corpus_file`` from ``data.train_file`` when it is not set.
 
     The explanation reward's CIDEr-D takes its document frequencies from the training split; declaring the
     path once keeps the two from drifting apart. ``config`` is one subcommand's namespace; configs without the
     ``explanation`` reward are left as they are.
     """
-    reward_funcs = config.get("model.reward_funcs") or ()
+    reward_funcs = config.get("model.rewards.funcs") or ()
     train_file = config.get("data.train_file")
     if "explanation" not in reward_funcs or not train_file:
         return config
-    reward_kwargs = dict(config.get("model.reward_kwargs") or {})
+    reward_kwargs = dict(config.get("model.rewards.kwargs") or {})
     explanation = dict(reward_kwargs.get("explanation") or {})
     if explanation.get("corpus_file") is None:
         explanation["corpus_file"] = train_file
         reward_kwargs["explanation"] = explanation
-        config["model.reward_kwargs"] = reward_kwargs
+        config["model.rewards.kwargs"] = reward_kwargs
     return config
 
 
@@ -155,7 +155,7 @@ class GRPOArgumentParser(LightningArgumentParser):
         self.exit(2)
 
     def suggestion(self, message: str) -> str:
-        """``' (did you mean --model.num_generations?)'`` for an unrecognized option close to a known one."""
+        """``' (did you mean --model.sampling.num_generations?)'`` for an unrecognized option close to a known one."""
         unknown = re.findall(r"--[\w.]+", message.partition("unrecognized arguments:")[2])
         known = [option for option in self._option_string_actions if option.startswith("--")]
         guesses = [match for option in unknown for match in difflib.get_close_matches(option, known, n=1)]
@@ -188,6 +188,16 @@ def checkpoint_hyperparameters(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     return hparams
 
 
+def _saved(hparams: dict[str, Any], dotted_key: str) -> bool:
+    """Whether the nested ``hparams`` hold ``dotted_key`` (e.g. ``lora.r``)."""
+    *groups, name = dotted_key.split(".")
+    for group in groups:
+        hparams = hparams.get(group)
+        if not isinstance(hparams, dict):
+            return False
+    return name in hparams
+
+
 class GRPOCLI(LightningCLI):
     """LightningCLI that lets the command line win over a checkpoint's hyperparameters, links the reward corpus
     to the training split, shows optimizer steps, and checks before training what would otherwise fail late."""
@@ -218,7 +228,7 @@ class GRPOCLI(LightningCLI):
             self.config = self.parser.parse_args(self._args, namespace=from_checkpoint)
         model, trained = self.config[subcommand]["model"], from_checkpoint[subcommand]["model"]
         for key in MODEL_IDENTITY:
-            if key in hparams and model.get(key) != trained.get(key):
+            if _saved(hparams, key) and model.get(key) != trained.get(key):
                 print(
                     f"--ckpt_path {ckpt_path}: model.{key} is {trained.get(key)!r} as in training, not "
                     f"{model.get(key)!r}: the checkpoint's weights need it.",

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "INTERNVL_CHAT_TEMPLATE",
     "KEY_RULES",
     "NAMED_TOKENS",
     "REMOTE_CODE_ARCHITECTURE",
@@ -76,6 +77,23 @@ NAMED_TOKENS = {
 }
 _END_OF_TURN = "<|im_end|>"
 _PAD_FALLBACK = "<|endoftext|>"
+
+#: InternVL3 (-hf) style ChatML template, given to a converted tokenizer whose own template cannot render an image
+#: item: an ``{"type": "image"}`` item renders ``<IMG_CONTEXT>\n``, which ``InternVLProcessor`` expands to ``<img>``
+#: + ``<IMG_CONTEXT>`` * image_seq_length * tiles + ``</img>``.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 # Defaults of the original InternVisionConfig / InternVLChatConfig, used where a config.json leaves a field out.
 _VISION_DEFAULTS: dict[str, Any] = {
@@ -441,12 +459,6 @@ def _grow_rows(weight: Tensor, rows: int) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _chat_template() -> str:
-    from grpo_lightning.demo_assets import INTERNVL_CHAT_TEMPLATE
-
-    return INTERNVL_CHAT_TEMPLATE
-
-
 def _template_is_usable(tokenizer, template: str | None) -> bool:
     """Whether ``template`` renders a user turn with one image item as text holding one ``<IMG_CONTEXT>``."""
     if not isinstance(template, str):
@@ -496,7 +508,7 @@ def _load_tokenizer(src: Path):
     for key in ("auto_map", "is_local", "local_files_only"):  # loading details, not tokenizer facts
         tokenizer.init_kwargs.pop(key, None)
     if not _template_is_usable(tokenizer, tokenizer.chat_template):
-        tokenizer.chat_template = _chat_template()
+        tokenizer.chat_template = INTERNVL_CHAT_TEMPLATE
     source_vocab = plain.get_vocab()
     return tokenizer, sorted(i for token, i in tokenizer.get_vocab().items() if token not in source_vocab)
 

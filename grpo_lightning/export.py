@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import inspect
 import os
 import shutil
@@ -34,6 +35,8 @@ from typing import Any, Literal
 
 import torch
 
+from grpo_lightning.config import LossConfig, RewardConfig, grouped_arguments
+
 __all__ = ["DTYPES", "export_checkpoint", "export_model", "load_policy_from_checkpoint", "main", "push_to_hub"]
 
 #: dtype names accepted by ``--dtype`` / ``dtype=``.
@@ -44,10 +47,7 @@ ExportDtype = Literal["float32", "bfloat16", "float16"]
 # no reference copy, no reward functions (a custom one may not be importable here), no attention kernel that the
 # exporting machine may lack.
 _EXPORT_OVERRIDES: dict[str, Any] = {
-    "beta": 0.0,
-    "reward_funcs": ("format",),
-    "reward_weights": None,
-    "reward_kwargs": None,
+    "rewards": RewardConfig(),
     "attn_implementation": None,
     "gradient_checkpointing": False,
 }
@@ -139,15 +139,14 @@ def load_policy_from_checkpoint(
         )
     if base_model is not None:
         hparams["model_name_or_path"] = base_model
-    accepted = inspect.signature(GRPOModule.__init__).parameters
-    unknown = sorted(set(hparams) - set(accepted))
+    kwargs, unknown = grouped_arguments(hparams, list(inspect.signature(GRPOModule.__init__).parameters))
     if unknown:
         warnings.warn(
             f"{ckpt_path} has hyper-parameters that this version of GRPOModule does not know, ignored: {unknown}. "
             "If one of them shaped the model, export with the grpo_lightning version that trained it.",
             stacklevel=2,
         )
-    kwargs = {k: v for k, v in {**hparams, **_EXPORT_OVERRIDES}.items() if k in accepted}
+    kwargs.update(_EXPORT_OVERRIDES, loss=dataclasses.replace(kwargs.get("loss", LossConfig()), beta=0.0))
     module = GRPOModule(**kwargs)
     try:
         module.configure_model()
@@ -161,7 +160,7 @@ def load_policy_from_checkpoint(
     if missing or unexpected:
         raise ValueError(
             f"The weights in {ckpt_path} do not fit the model rebuilt from its hyper-parameters "
-            f"(model_name_or_path={hparams['model_name_or_path']!r}, lora_r={hparams.get('lora_r', 0)}): "
+            f"(model_name_or_path={hparams['model_name_or_path']!r}, lora.r={module.lora.r}): "
             f"{len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}. "
             "Check that --base-model is the checkpoint the run started from."
         )

@@ -489,29 +489,34 @@ def evaluate_predictions(
         **kwargs,
         progress="filtered (correct answers)" if progress else None,
     )
-    num_correct = len(kept)
-    accuracy = num_correct / len(records) if records else 0.0
-    per_sample = [
-        {
-            "index": i,
-            "question_id": r["question_id"],
-            "correct": correct[i],
-            **{name: values[i] for name, values in unfiltered.per_sample.items()},
-        }
-        for i, r in enumerate(records)
-    ]
+    accuracy = len(kept) / len(records) if records else 0.0
     return Scores(
         protocol=chosen.name,
         num_samples=len(records),
-        num_correct=num_correct,
+        num_correct=len(kept),
         accuracy=accuracy,
         unfiltered=unfiltered.corpus,
         filtered=filtered.corpus,
         scaled={name: value * accuracy for name, value in unfiltered.corpus.items()},
         accuracy_by_answer_type=_accuracy_by_answer_type(records, correct),
         skipped=unfiltered.skipped,
-        per_sample=per_sample,
+        per_sample=_per_sample_scores(records, correct, unfiltered.per_sample),
     )
+
+
+def _per_sample_scores(
+    records: Sequence[dict[str, Any]], correct: Sequence[bool], per_sample: dict[str, list[Any]]
+) -> list[dict[str, Any]]:
+    """One row per record: its index, question id, whether the answer was right, and its explanation scores."""
+    return [
+        {
+            "index": i,
+            "question_id": r["question_id"],
+            "correct": correct[i],
+            **{name: values[i] for name, values in per_sample.items()},
+        }
+        for i, r in enumerate(records)
+    ]
 
 
 def _accuracy_by_answer_type(records: Sequence[dict[str, Any]], correct: Sequence[bool]) -> dict[str, dict[str, float]]:

@@ -18,170 +18,97 @@ Model-family quirks live in :mod:`grpo_lightning.adapters`; the math in :mod:`gr
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from grpo_lightning.accumulation import gradient_accumulation
 from grpo_lightning.adapters import PromptBatch, VLMAdapter, build_adapter, check_checkpoint_layout
-from grpo_lightning.algorithms import (
-    completion_mask,
-    compute_group_advantages,
-    group_reward_std,
-    grpo_loss,
-    is_truncated,
-    loss_normaliser,
+from grpo_lightning.algorithms import completion_mask, compute_group_advantages, grpo_loss, loss_normaliser
+from grpo_lightning.config import (
+    EvalConfig,
+    ImageConfig,
+    LoggingConfig,
+    LoRAConfig,
+    LossConfig,
+    RewardConfig,
+    SamplingConfig,
+    plain_hyperparameters,
 )
-from grpo_lightning.errors import ConfigError
+from grpo_lightning.evaluation import EvaluationMixin
 from grpo_lightning.rewards import RewardOpinions, combine_rewards, get_reward, reward_name, score_completions
+from grpo_lightning.rng import collect_process_streams, restore_process_streams, seed_process_streams
 from grpo_lightning.rollout import Rollout
-from grpo_lightning.task import prediction_records
+from grpo_lightning.train_logging import log_completions, log_train_step
 
 # Batch fields that are not passed on to reward functions (they hold pixels, not text).
 _NON_REWARD_FIELDS = ("image",)
 
 
-class GRPOModule(L.LightningModule):
+class GRPOModule(EvaluationMixin, L.LightningModule):
     """GRPO fine-tuning of a vision-language model.
 
     Args:
         model_name_or_path: a local folder or hub id of an image-text-to-text checkpoint
             (for example ``OpenGVLab/InternVL3-1B-hf``, ``Qwen/Qwen2-VL-2B-Instruct``).
-        reward_funcs: registered reward names or dotted paths ``pkg.module:function``.
-        reward_weights: one weight per reward function (default: all 1.0).
-        reward_kwargs: options of reward functions, by name (e.g. ``{explanation: {cider_weight: 0.5}}``).
-        num_generations: G, completions sampled per prompt.
-        max_completion_length: the most tokens a completion may have.
-        min_completion_length: EOS is blocked before this many tokens (benchmarks fix the length with it).
-        temperature: sampling temperature (log-probs are computed at the same temperature).
-        top_p: nucleus sampling threshold.
-        top_k: top-k sampling (None: off).
-        beta: weight of the KL penalty to the reference model; 0 keeps no reference model in memory.
-        epsilon_low: lower clip range of the probability ratio.
-        epsilon_high: upper clip range (None: same as ``epsilon_low``; larger values are DAPO's clip-higher).
-        num_iterations: optimizer steps on each rollout (mu in the GRPO paper); >1 computes old-policy log-probs.
-        scale_rewards: divide advantages by the group's std (``group``), the batch's (``batch``; the global
-            batch's under data parallelism) or not at all (``none``, Dr. GRPO).
-        loss_type: loss aggregation: ``grpo`` (mean of per-sequence token means), ``bnpo`` (token mean over
-            the process's batch), ``dr_grpo`` (token sum / (sequences * max_completion_length)), ``dapo``
-            (token mean over the global batch).
-        micro_batch_size: sequences per forward/backward pass in the loss computation.
-        generation_batch_size: sequences sampled at once (None: all B * G together).
-        optimizer: the optimizer (class path and its arguments, e.g. learning rate).
-        lr_scheduler: a learning-rate scheduler, stepped after every optimizer step (None: constant).
-        max_grad_norm: clip the gradient norm to this value before each step (None: no clipping).
         dtype: dtype the weights are loaded in; the Trainer's ``precision`` decides the compute dtype.
         attn_implementation: attention kernel passed to ``from_pretrained`` (None: the library's default).
-        crop_to_patches: InternVL: split each image into tiles of the checkpoint's tile size (448 px for InternVL3) on
-            the grid closest to its aspect ratio, plus a thumbnail of the whole image when there are several (dynamic
-            resolution); false: one tile per image. None: as the checkpoint's processor does (InternVL's tiles).
-            The image options of one model family are refused for another.
-        min_patches: InternVL: the fewest tiles per image, thumbnail not counted (None: the checkpoint's).
-        max_patches: InternVL: the most tiles per image, thumbnail not counted (None: the checkpoint's, 12 for
-            InternVL3). Each tile is the processor's ``image_seq_length`` prompt tokens (256 for InternVL3).
-        min_pixels: Qwen2-VL: smaller images are scaled up, aspect kept, to at least this many pixels (None: the
-            checkpoint's).
-        max_pixels: Qwen2-VL: larger images are scaled down, aspect kept, to at most this many pixels; every 28x28
-            pixels are one prompt token (None: the checkpoint's).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant; sampling keeps its KV
             cache, and the policy pass still prefills each prompt once for its G sequences).
         freeze_vision_modules: keep the vision encoder's weights fixed (the projector and language model train).
-        lora_r: LoRA rank; 0 trains all weights. With LoRA only the adapters train, and the reference model is
-            the same network with its adapters disabled (no second copy in memory).
-        lora_alpha: LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``).
-        lora_dropout: dropout on the LoRA branch.
-        lora_target_modules: projection names that get adapters, inside the language model only (default: every
-            attention and MLP projection, the vision tower excluded); a string is used as peft's own regex over
-            full module names, which can reach the vision tower too.
-        log_completions_every_n_steps: every this many steps, log sampled completions with their rewards as
-            text (0: never).
-        num_completions_to_log: how many completions that log shows.
-        eval_protocol: how validation and test compare answers and explanations: ``normalized`` (NFC, lowercase,
-            punctuation stripped, yes/no synonyms) or ``raw`` (the published ViVQA-X baselines' protocol).
-        eval_metrics: explanation metrics of validation and test (``bleu``, ``meteor``, ``rouge``, ``cider``;
-            ``meteor`` needs Java and is left out with a message without it).
-        predictions_file: where ``predict`` writes its predictions JSON (default: ``<log_dir>/predictions.json``).
+        rewards: the reward functions, their weights and options.
+        sampling: how a rollout's completions are sampled.
+        loss: the GRPO objective and the policy update.
+        lora: low-rank adapters (``r: 0``, the default, trains all weights).
+        image: image resolution of the model family's processor.
+        logging: what a training step logs besides its metrics.
+        evaluation: how validation and test score, and where predict writes.
+        optimizer: the optimizer (class path and its arguments, e.g. learning rate).
+        lr_scheduler: a learning-rate scheduler, stepped after every optimizer step (None: constant).
     """
 
     def __init__(
         self,
         model_name_or_path: str,
-        reward_funcs: Sequence[str] = ("format",),
-        reward_weights: Sequence[float] | None = None,
-        reward_kwargs: dict[str, dict[str, Any]] | None = None,
-        num_generations: int = 8,
-        max_completion_length: int = 256,
-        min_completion_length: int = 0,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        beta: float = 0.04,
-        epsilon_low: float = 0.2,
-        epsilon_high: float | None = None,
-        num_iterations: int = 1,
-        scale_rewards: Literal["group", "batch", "none"] = "group",
-        loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo",
-        micro_batch_size: int = 8,
-        generation_batch_size: int | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        max_grad_norm: float | None = 1.0,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         attn_implementation: str | None = None,
-        crop_to_patches: bool | None = None,
-        min_patches: int | None = None,
-        max_patches: int | None = None,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
         gradient_checkpointing: bool = False,
         freeze_vision_modules: bool = False,
-        lora_r: int = 0,
-        lora_alpha: float = 32.0,
-        lora_dropout: float = 0.05,
-        lora_target_modules: Sequence[str] | str | None = None,
-        log_completions_every_n_steps: int = 50,
-        num_completions_to_log: int = 4,
-        eval_protocol: Literal["raw", "normalized"] = "normalized",
-        eval_metrics: Sequence[str] = ("bleu", "meteor", "rouge", "cider"),
-        predictions_file: str | None = None,
+        rewards: RewardConfig = RewardConfig(),  # noqa: B008 (frozen: one shared default is safe)
+        sampling: SamplingConfig = SamplingConfig(),  # noqa: B008
+        loss: LossConfig = LossConfig(),  # noqa: B008
+        lora: LoRAConfig = LoRAConfig(),  # noqa: B008
+        image: ImageConfig = ImageConfig(),  # noqa: B008
+        logging: LoggingConfig = LoggingConfig(),  # noqa: B008
+        evaluation: EvalConfig = EvalConfig(),  # noqa: B008
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # Groups as plain dicts: what checkpoints store (loadable with weights_only) and the command line parses.
+        self.save_hyperparameters(plain_hyperparameters(self.hparams))
         self.automatic_optimization = False
-        if num_generations < 2:
-            raise ValueError("num_generations must be at least 2: advantages compare completions within a group.")
-        if reward_weights is not None and len(reward_weights) != len(reward_funcs):
-            raise ValueError(
-                f"reward_weights has {len(reward_weights)} entries for {len(reward_funcs)} reward_funcs; "
-                "give one weight per reward function."
-            )
-        if num_iterations < 1 or micro_batch_size < 1:
-            raise ValueError("num_iterations and micro_batch_size must be at least 1.")
-        image_counts = (min_patches, max_patches, min_pixels, max_pixels)
-        for name, value in zip(("min_patches", "max_patches", "min_pixels", "max_pixels"), image_counts, strict=True):
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1, not {value}.")
+        self.model_name_or_path = model_name_or_path
+        self.weights_dtype = dtype
+        self.attn_implementation = attn_implementation
+        self.gradient_checkpointing = gradient_checkpointing
+        self.freeze_vision_modules = freeze_vision_modules
+        self.rewards, self.sampling, self.loss, self.lora = rewards, sampling, loss, lora
+        self.image, self.logging, self.evaluation = image, logging, evaluation
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        reward_kwargs = reward_kwargs or {}
-        unknown = set(reward_kwargs) - set(reward_funcs)
-        if unknown:
-            raise ValueError(
-                f"reward_kwargs names {sorted(unknown)}, which are not in reward_funcs {list(reward_funcs)}."
-            )
+        reward_kwargs = rewards.kwargs or {}
         self.reward_funcs = [
-            (reward_name(name), get_reward(name, **reward_kwargs.get(name, {}))) for name in reward_funcs
+            (reward_name(name), get_reward(name, **reward_kwargs.get(name, {}))) for name in rewards.funcs
         ]
-        self.reward_weights = list(reward_weights) if reward_weights is not None else [1.0] * len(reward_funcs)
+        self.reward_weights = list(rewards.weights) if rewards.weights is not None else [1.0] * len(rewards.funcs)
         self.model: torch.nn.Module | None = None
         # The reference model is kept out of the module tree: never optimised, never checkpointed.
         self._reference: list[torch.nn.Module] = []
@@ -195,30 +122,25 @@ class GRPOModule(L.LightningModule):
             return
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        hp = self.hparams
-        check_checkpoint_layout(hp.model_name_or_path)  # before AutoConfig, which would prompt to run remote code
-        config = AutoConfig.from_pretrained(hp.model_name_or_path)
-        adapter = build_adapter(config.model_type, AutoProcessor.from_pretrained(hp.model_name_or_path))
-        adapter.configure_image_resolution(  # on the processor itself, which the export saves
-            crop_to_patches=hp.crop_to_patches,
-            min_patches=hp.min_patches,
-            max_patches=hp.max_patches,
-            min_pixels=hp.min_pixels,
-            max_pixels=hp.max_pixels,
-        )
+        path = self.model_name_or_path
+        check_checkpoint_layout(path)  # before AutoConfig, which would prompt to run remote code
+        config = AutoConfig.from_pretrained(path)
+        adapter = build_adapter(config.model_type, AutoProcessor.from_pretrained(path))
+        # on the processor itself, which the export saves
+        adapter.configure_image_resolution(**dataclasses.asdict(self.image))
         self.adapter = adapter
-        load_kwargs: dict[str, Any] = {"dtype": getattr(torch, hp.dtype)}
-        if hp.attn_implementation is not None:
-            load_kwargs["attn_implementation"] = hp.attn_implementation
-        model = AutoModelForImageTextToText.from_pretrained(hp.model_name_or_path, **load_kwargs).train()
-        if hp.gradient_checkpointing:
+        load_kwargs: dict[str, Any] = {"dtype": getattr(torch, self.weights_dtype)}
+        if self.attn_implementation is not None:
+            load_kwargs["attn_implementation"] = self.attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(path, **load_kwargs).train()
+        if self.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        if hp.freeze_vision_modules:
+        if self.freeze_vision_modules:
             self.adapter.vision_tower(model).requires_grad_(False)
-        if hp.lora_r > 0:
+        if self.lora.r > 0:
             model = self._with_lora(model)
-        elif hp.beta > 0:
-            reference = AutoModelForImageTextToText.from_pretrained(hp.model_name_or_path, **load_kwargs)
+        elif self.loss.beta > 0:
+            reference = AutoModelForImageTextToText.from_pretrained(path, **load_kwargs)
             reference.requires_grad_(False).eval()
             self._reference = [reference]
         # when nothing that computes the image features trains (with LoRA, say), one encoding per image serves the step
@@ -228,17 +150,17 @@ class GRPOModule(L.LightningModule):
     def _with_lora(self, model: torch.nn.Module) -> torch.nn.Module:
         from peft import LoraConfig, get_peft_model
 
-        hp = self.hparams
-        targets = hp.lora_target_modules
+        lora = self.lora
+        targets = lora.target_modules
         if not isinstance(targets, str):
             targets = self.adapter.lora_target_regex(targets)
-        config = LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, target_modules=targets)
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
         return get_peft_model(model, config)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[torch.nn.Module]:
         """The reference policy: the frozen copy, or with LoRA the policy itself with its adapters disabled."""
-        if self.hparams.lora_r > 0:
+        if self.lora.r > 0:
             with self.model.disable_adapter():
                 yield self.model
         else:
@@ -261,27 +183,17 @@ class GRPOModule(L.LightningModule):
             seed_process_streams(torch.initial_seed() + self.global_rank)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Sampling draws from the global RNGs; a resumed run continues their streams (Lightning saves none). Every
-        # process has streams of its own: all are saved, in rank order (a collective: every process saves).
-        states = _rng_states_to_tensors(_collect_rng_states())
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, states)
-            checkpoint["rng_states"] = gathered
-        else:
-            checkpoint["rng_states"] = [states]
+        # Sampling draws from the global RNGs; a resumed run continues their streams (Lightning saves none).
+        checkpoint["rng_states"] = collect_process_streams(self.trainer.world_size)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("rng_states")
         if saved is None:
             return
-        per_process = saved if isinstance(saved, list) else [saved]
         world_size = self.trainer.world_size if self._trainer is not None else 1
         rank = self.global_rank if self._trainer is not None else 0
-        # Another number of processes than the run that saved: the first process continues the saved stream and
-        # the others get their own in on_train_start (the samples then differ from an uninterrupted run's).
-        self._rng_streams_restored = len(per_process) == world_size
-        _set_rng_states(_rng_states_from_tensors(per_process[rank if self._rng_streams_restored else 0]))
+        # when not every process got its own stream back, the others get theirs in on_train_start
+        self._rng_streams_restored = restore_process_streams(saved, world_size, rank)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(p for p in self.model.parameters() if p.requires_grad)
@@ -291,21 +203,21 @@ class GRPOModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- the algorithm
     def training_step(self, batch: dict[str, list[Any]], batch_idx: int) -> Tensor:
-        hp, step, seconds = self.hparams, self.global_step, {}
+        seconds: dict[str, float] = {}
         with self.timed("rollout", seconds):
-            rollout = self.generate_rollout(batch, hp.num_generations, do_sample=True)
+            rollout = self.generate_rollout(batch, self.sampling.num_generations, do_sample=True)
         with self.timed("reward", seconds):
             rewards, per_func = self.score(rollout, batch)
             advantages = self.advantages(rewards)
         with self.timed("reference", seconds):
-            ref_logps = self.reference_logps(rollout) if hp.beta > 0 else None
-            old_logps = self.completion_logps(self.model, rollout) if hp.num_iterations > 1 else None
+            ref_logps = self.reference_logps(rollout) if self.loss.beta > 0 else None
+            old_logps = self.completion_logps(self.model, rollout) if self.loss.num_iterations > 1 else None
         with self.timed("update", seconds):
             stats = self.optimize(rollout, advantages, ref_logps, old_logps)
-        self.log_train_step(rollout, rewards, per_func, stats, seconds)
-        every = hp.log_completions_every_n_steps
-        if every and step % every == 0:
-            self.log_completions(rollout, rewards, per_func)
+        log_train_step(self, rollout, rewards, per_func, stats, seconds)
+        every = self.logging.completions_every_n_steps
+        if every and self.global_step % every == 0:
+            log_completions(self, rollout, rewards, per_func)
         return stats["loss"]
 
     @contextlib.contextmanager
@@ -320,10 +232,10 @@ class GRPOModule(L.LightningModule):
 
     def generate_rollout(self, batch: dict[str, list[Any]], num_generations: int, do_sample: bool) -> Rollout:
         """Sample ``num_generations`` completions for each prompt of the batch (prompt-major order)."""
-        hp = self.hparams
+        sampling = self.sampling
         prompts = self.adapter.prepare_prompts(batch["image"], batch["prompt"]).to(self.device)
         prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)
-        chunk = hp.generation_batch_size or len(prompt_index)
+        chunk = sampling.generation_batch_size or len(prompt_index)
         was_training = self.model.training
         self.model.eval()
         pieces = [
@@ -331,12 +243,12 @@ class GRPOModule(L.LightningModule):
                 self.model,
                 prompts,
                 prompt_index[i : i + chunk].tolist(),
-                max_new_tokens=hp.max_completion_length,
-                min_new_tokens=hp.min_completion_length,
+                max_new_tokens=sampling.max_completion_length,
+                min_new_tokens=sampling.min_completion_length,
                 do_sample=do_sample,
-                temperature=hp.temperature,
-                top_p=hp.top_p,
-                top_k=hp.top_k,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
             )
             for i in range(0, len(prompt_index), chunk)
         ]
@@ -374,17 +286,17 @@ class GRPOModule(L.LightningModule):
         process's count, so a short last batch on some process is fine), scaled together, and each process keeps
         its own rows, as with one process.
         """
-        hp = self.hparams
+        scale, group_size = self.loss.scale_rewards, self.sampling.num_generations
         rewards = rewards.to(self.device)
         world_size = self.trainer.world_size if self._trainer is not None else 1
-        if hp.scale_rewards != "batch" or world_size == 1:
-            return compute_group_advantages(rewards, hp.num_generations, hp.scale_rewards)
+        if scale != "batch" or world_size == 1:
+            return compute_group_advantages(rewards, group_size, scale)
         sizes = self.all_gather(torch.tensor(len(rewards), device=self.device)).reshape(-1).tolist()
         padded = torch.full((max(sizes),), torch.nan, dtype=rewards.dtype, device=self.device)
         padded[: len(rewards)] = rewards
         gathered = self.all_gather(padded).reshape(world_size, -1)  # rank-major, each row padded with NaN
         everyone = torch.cat([gathered[rank, :size] for rank, size in enumerate(sizes)])
-        advantages = compute_group_advantages(everyone, hp.num_generations, hp.scale_rewards)
+        advantages = compute_group_advantages(everyone, group_size, scale)
         start = sum(sizes[: self.global_rank])
         return advantages[start : start + len(rewards)]
 
@@ -393,7 +305,7 @@ class GRPOModule(L.LightningModule):
             return self.completion_logps(reference, rollout)
 
     def micro_batches(self, num_sequences: int) -> list[slice]:
-        size = self.hparams.micro_batch_size
+        size = self.loss.micro_batch_size
         return [slice(i, min(i + size, num_sequences)) for i in range(0, num_sequences, size)]
 
     @torch.no_grad()
@@ -417,7 +329,7 @@ class GRPOModule(L.LightningModule):
             rollout.prompt_index[mb].tolist(),
             rollout.completion_ids[mb],
             rollout.completion_mask[mb],
-            temperature=self.hparams.temperature,
+            temperature=self.sampling.temperature,
             with_entropy=with_entropy,
         )
 
@@ -429,28 +341,28 @@ class GRPOModule(L.LightningModule):
         Loss normalisers are totals over the whole batch, so the micro-batch losses add up to the
         whole-batch loss and the gradient does not depend on ``micro_batch_size``.
         """
-        hp = self.hparams
+        config = self.loss
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         gradients = gradient_accumulation(self)
         mask = rollout.completion_mask.float()
         num_tokens = mask.sum()
-        if loss_normaliser(hp.loss_type) == "global_tokens":
+        if loss_normaliser(config.loss_type) == "global_tokens":
             num_tokens = gradients.mean_over_processes(num_tokens)
         loss_options = {
-            "loss_type": hp.loss_type,
-            "beta": hp.beta,
-            "epsilon_low": hp.epsilon_low,
-            "epsilon_high": hp.epsilon_high,
+            "loss_type": config.loss_type,
+            "beta": config.beta,
+            "epsilon_low": config.epsilon_low,
+            "epsilon_high": config.epsilon_high,
             "num_sequences": mask.shape[0],
             "num_tokens": float(num_tokens),
-            "max_completion_length": hp.max_completion_length,
+            "max_completion_length": self.sampling.max_completion_length,
             "stats_num_tokens": mask.sum().clamp(min=1),  # the statistics are token means over this batch
         }
         totals = {
             name: torch.zeros((), device=self.device) for name in ("loss", "kl", "clip_low", "clip_high", "entropy")
         }
         micro_batches = self.micro_batches(mask.shape[0])
-        for iteration in range(hp.num_iterations):
+        for iteration in range(config.num_iterations):
             for index, mb in enumerate(micro_batches):
                 logps, entropy = self._logps(self.model, rollout, mb, with_entropy=iteration == 0)
                 old = old_logps[mb] if old_logps is not None else None
@@ -462,192 +374,17 @@ class GRPOModule(L.LightningModule):
                     self.manual_backward(loss)
                 for name, value in stats.items():
                     totals[name] += value
-            gradients.clip(optimizer, hp.max_grad_norm)
+            gradients.clip(optimizer, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
         # Averages over the iterations (entropy is measured on the first only).
-        return {name: value / (1 if name == "entropy" else hp.num_iterations) for name, value in totals.items()}
+        return {name: value / (1 if name == "entropy" else config.num_iterations) for name, value in totals.items()}
 
     def setup(self, stage: str) -> None:
         # The strategy's gradient settings that must precede the model's wrapping (DeepSpeed's clipping).
-        gradient_accumulation(self).configure(self.hparams.max_grad_norm)
-
-    # ---------------------------------------------------------------------------------- evaluation
-    def model_step(self, batch: dict[str, list[Any]]) -> tuple[list[dict[str, Any]], Tensor, Tensor]:
-        """Greedy completion of each prompt, scored and turned into prediction records (:mod:`grpo_lightning.task`).
-
-        Shared by validation, test and predict.
-        """
-        rollout = self.generate_rollout(batch, num_generations=1, do_sample=False)
-        rewards, per_func = self.score(rollout, batch)
-        return prediction_records(batch, rollout.completions), rewards, per_func
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_records: list[dict[str, Any]] = []
-
-    on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
-
-    def validation_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def predict_step(self, batch: dict[str, list[Any]], batch_idx: int) -> list[dict[str, Any]]:
-        return self._eval_step("predict", batch)
-
-    def _eval_step(self, stage: str, batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
-        records, rewards, per_func = self.model_step(batch)
-        self._eval_records.extend(records)
-        if stage != "predict":
-            size = len(rewards)
-            self.log(f"{stage}/reward", rewards.mean(), batch_size=size, sync_dist=True, prog_bar=True)
-            for f, (name, _) in enumerate(self.reward_funcs):
-                column = per_func[:, f]
-                if not torch.isnan(column).all():
-                    self.log(f"{stage}/rewards/{name}", torch.nanmean(column).float(), batch_size=size, sync_dist=True)
-        return records
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_eval_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval_metrics("test")
-
-    def _log_eval_metrics(self, stage: str) -> None:
-        """Accuracy and explanation metrics over the whole split, once (corpus-level), after gathering all ranks."""
-        from grpo_lightning.metrics import evaluate_predictions
-
-        records = self._gathered_records()
-        metrics: dict[str, float] = {}
-        if records and self.trainer.is_global_zero:
-            scores = evaluate_predictions(records, self.hparams.eval_protocol, self.hparams.eval_metrics)
-            metrics[f"{stage}/accuracy"] = scores.accuracy
-            for kind in ("unfiltered", "filtered", "scaled"):
-                metrics.update({f"{stage}/{kind}/{name}": value for name, value in getattr(scores, kind).items()})
-        metrics = self.trainer.strategy.broadcast(metrics, src=0)
-        for name, value in metrics.items():
-            self.log(name, float(value), prog_bar=name == f"{stage}/accuracy")
-
-    def on_predict_epoch_end(self) -> None:
-        """Write the predictions file (public format, scored by ``python -m grpo_lightning.evaluate``)."""
-        records = self._gathered_records()
-        if not self.trainer.is_global_zero:
-            return
-        path = Path(self.hparams.predictions_file or Path(self.trainer.log_dir or ".") / "predictions.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        rank_zero_info(f"Wrote {len(records)} predictions to {path}")
-
-    def _gathered_records(self) -> list[dict[str, Any]]:
-        """Every rank's records, in rank order, without the duplicates a distributed sampler pads with."""
-        records = self._eval_records
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            gathered: list[list[dict[str, Any]]] = [[] for _ in range(self.trainer.world_size)]
-            torch.distributed.all_gather_object(gathered, records)
-            records = [record for part in gathered for record in part]
-        unique = {}
-        for record in records:
-            unique.setdefault(record["question_id"], record)
-        return list(unique.values())
-
-    # ------------------------------------------------------------------------------------- logging
-    def log_train_step(
-        self, rollout: Rollout, rewards: Tensor, per_func: Tensor, stats: dict[str, Tensor], seconds: dict[str, float]
-    ) -> None:
-        hp = self.hparams
-        lengths = rollout.completion_mask.sum(-1).float()
-        truncated = is_truncated(rollout.completion_ids, self.adapter.eos_token_ids(self.model)).float()
-        metrics = {
-            "train/loss": stats["loss"],
-            "train/reward": rewards.mean(),
-            "train/reward_std": rewards.std() if len(rewards) > 1 else torch.zeros(()),
-            "train/frac_reward_zero_std": (group_reward_std(rewards, hp.num_generations) == 0).float().mean(),
-            "train/clip_ratio/low": stats["clip_low"],
-            "train/clip_ratio/high": stats["clip_high"],
-            "train/entropy": stats["entropy"],
-            "train/completion_length/mean": lengths.mean(),
-            "train/completion_length/max": lengths.max(),
-            "train/truncated_fraction": truncated.mean(),
-            "train/learning_rate": torch.tensor(self.optimizers().param_groups[0]["lr"]),
-            "train/step_time": torch.tensor(sum(seconds.values())),
-            "train/tokens/completion": rollout.completion_mask.sum().float(),
-            "train/tokens/trained": self._trained_tokens(rollout).float(),
-        }
-        metrics.update({f"train/time/{stage}": torch.tensor(value) for stage, value in seconds.items()})
-        if hp.beta > 0:
-            metrics["train/kl"] = stats["kl"]
-        for f, (name, _) in enumerate(self.reward_funcs):
-            column = per_func[:, f]
-            if not torch.isnan(column).all():
-                metrics[f"train/rewards/{name}"] = torch.nanmean(column).float()
-                metrics[f"train/rewards_std/{name}"] = _nanstd(column).float()
-        metrics = {k: v.detach().float().to(self.device) for k, v in metrics.items()}
-        size = len(rewards)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=size, sync_dist=True)
-        self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=size)
-        if hp.beta > 0:
-            self.log("kl", metrics["train/kl"], prog_bar=True, logger=False, batch_size=size)
-
-    def _trained_tokens(self, rollout: Rollout) -> Tensor:
-        """Prompt and completion tokens of every sequence, as one pass of the policy update processes them."""
-        prompt_lengths = rollout.prompts.attention_mask.sum(-1)[rollout.prompt_index.to(self.device)]
-        return prompt_lengths.sum() + rollout.completion_mask.sum()
-
-    def log_completions(self, rollout: Rollout, rewards: Tensor, per_func: Tensor) -> None:
-        """A few sampled completions with their rewards, as a Markdown table in the logger's text panel."""
-        if not self.trainer.is_global_zero:
-            return
-        names = [name for name, _ in self.reward_funcs]
-        header = "| prompt | completion | reward | " + " | ".join(names) + " |\n|" + "---|" * (3 + len(names)) + "\n"
-        rows = []
-        for j in range(min(self.hparams.num_completions_to_log, len(rollout.completions))):
-            prompt = rollout.prompts.texts[int(rollout.prompt_index[j])]
-            cells = [_md(prompt[-200:]), _md(rollout.completions[j]), f"{float(rewards[j]):.3f}"]
-            cells += [f"{float(per_func[j, f]):.3f}" for f in range(len(names))]
-            rows.append("| " + " | ".join(cells) + " |")
-        text = header + "\n".join(rows)
-        for logger in self.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(logger, "log_text"):
-                logger.log_text(key="train/completions", columns=["markdown"], data=[[text]], step=self.global_step)
-            elif hasattr(experiment, "add_text"):
-                experiment.add_text("train/completions", text, global_step=self.global_step)
-
-
-def seed_process_streams(seed: int) -> None:
-    """Seed torch's (CPU and CUDA), NumPy's and Python's global random streams of this process."""
-    import random
-
-    import numpy as np
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def _rng_states_to_tensors(states: dict[str, Any]) -> dict[str, Any]:
-    """NumPy's RNG state holds an ndarray, which ``torch.load(weights_only=True)`` refuses: store it as a tensor."""
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    return {**states, "numpy": (kind, torch.from_numpy(keys.astype("int64")), position, has_gauss, cached)}
-
-
-def _rng_states_from_tensors(states: dict[str, Any]) -> dict[str, Any]:
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    return {**states, "numpy": (kind, keys.numpy().astype("uint32"), position, has_gauss, cached)}
-
-
-def _nanstd(values: Tensor) -> Tensor:
-    values = values[~torch.isnan(values)]
-    return values.std() if values.numel() > 1 else torch.zeros((), dtype=values.dtype)
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "<br>")
+        gradient_accumulation(self).configure(self.loss.max_grad_norm)
 
 
 def _right_pad(pieces: list[Tensor], pad_id: int) -> Tensor:

@@ -1,6 +1,6 @@
 """GPU check: 3 GRPO steps of an InternVL3-1B-shaped model with the real recipe's settings, offline.
 
-    python scripts/gpu_check.py [--steps 3] [--num-generations 8] [--prompts 4] [--completion-length 256]
+    python -m scripts.gpu_check [--steps 3] [--num-generations 8] [--prompts 4] [--completion-length 256]
 
 Builds a random-weight model with InternVL3-1B's dimensions (Qwen2.5-0.5B language model: hidden 896, 24
 layers, 14 heads / 2 KV heads, MLP 4864, vocabulary 151,674; InternViT-300M vision tower: hidden 1024, 24
@@ -18,23 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.strategies import DeepSpeedStrategy  # noqa: E402
-
-from grpo_lightning import demo_assets  # noqa: E402
-from grpo_lightning.data import ViVQAXDataModule  # noqa: E402
-from grpo_lightning.module import GRPOModule  # noqa: E402
-from grpo_lightning.profiling import StepRecorder  # noqa: E402
+# The benchmarks package sets the Hugging Face libraries offline when imported, which is before they load: its name
+# sorts first among this file's imports, and Lightning (which loads them) is imported only where the trainer is built.
+from benchmarks.common import quiet_trainer
+from grpo_demo.models import INTERNVL3_1B_SHAPE, build_tiny_internvl
+from grpo_demo.scenes import write_dataset
+from grpo_lightning.config import LoggingConfig, LossConfig, RewardConfig, SamplingConfig
+from grpo_lightning.data import ViVQAXDataModule
+from grpo_lightning.module import GRPOModule
+from grpo_lightning.profiling import StepRecorder
 
 
 def optimizer_factory():
@@ -44,7 +44,7 @@ def optimizer_factory():
     return lambda params: DeepSpeedCPUAdam(params, lr=1e-6, weight_decay=0.0)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--num-generations", type=int, default=8)
@@ -58,61 +58,60 @@ def main() -> int:
         action="store_true",
         help="the unshared reference encoding (shared_encoding=False): pixels into every pass, one prefill per sample",
     )
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("gpu_check needs a CUDA device; none is visible.", file=sys.stderr)
-        return 2
+    return parser.parse_args()
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-check-"))
-    start = time.perf_counter()
+
+def build_assets(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]:
+    """The synthetic dataset and the InternVL3-1B-shaped bf16 checkpoint under ``workdir``: (data dir, model dir)."""
     data_dir = workdir / "data"
-    demo_assets.write_dataset(data_dir, seed=0, num_train=max(16, args.prompts * args.steps), num_val=4)
-    model_dir = demo_assets.build_tiny_internvl(
-        workdir / "internvl3-1b-shaped", dtype="bfloat16", **demo_assets.INTERNVL3_1B_SHAPE
-    )
-    build_seconds = time.perf_counter() - start
+    write_dataset(data_dir, seed=0, num_train=max(16, args.prompts * args.steps), num_val=4)
+    model_dir = build_tiny_internvl(workdir / "internvl3-1b-shaped", dtype="bfloat16", **INTERNVL3_1B_SHAPE)
+    return data_dir, model_dir
 
-    module = GRPOModule(
+
+def build_module(args: argparse.Namespace, model_dir: Path) -> GRPOModule:
+    """The recipe's module: bf16, sdpa, gradient checkpointing, exactly ``--completion-length`` tokens, beta 0.04."""
+    return GRPOModule(
         model_name_or_path=str(model_dir),
-        reward_funcs=["format"],
-        num_generations=args.num_generations,
-        max_completion_length=args.completion_length,
-        min_completion_length=args.completion_length,
-        beta=0.04,
-        micro_batch_size=args.micro_batch_size,
         dtype="bfloat16",
         attn_implementation="sdpa",
         gradient_checkpointing=True,
         optimizer=optimizer_factory(),
-        log_completions_every_n_steps=0,
+        rewards=RewardConfig(funcs=["format"]),
+        sampling=SamplingConfig(
+            num_generations=args.num_generations,
+            max_completion_length=args.completion_length,
+            min_completion_length=args.completion_length,
+        ),
+        loss=LossConfig(beta=0.04, micro_batch_size=args.micro_batch_size),
+        logging=LoggingConfig(completions_every_n_steps=0),
     )
-    data = ViVQAXDataModule(
-        train_file=str(data_dir / "ViVQA-X_train.json"),
-        train_image_dir=str(data_dir / "train2014"),
-        batch_size=args.prompts,
-        max_image_side=None,
-    )
-    module.configure_model()
-    if args.plain:
-        module.adapter = type(module.adapter)(module.adapter.processor, shared_encoding=False)
+
+
+def fit(args: argparse.Namespace, module: GRPOModule, data: ViVQAXDataModule) -> tuple[StepRecorder, float]:
+    """Train ``--steps`` steps under DeepSpeed ZeRO-2 with the optimizer offloaded; (per-step records, seconds)."""
+    import lightning as L
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
     recorder = StepRecorder()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="gpu",
         devices=1,
         precision="bf16-mixed",
         strategy=DeepSpeedStrategy(stage=2, offload_optimizer=True),
         max_steps=args.steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[recorder],
     )
     L.seed_everything(0)
     fit_start = time.perf_counter()
     trainer.fit(module, datamodule=data)
-    fit_seconds = time.perf_counter() - fit_start
+    return recorder, time.perf_counter() - fit_start
 
+
+def report(
+    args: argparse.Namespace, module: GRPOModule, recorder: StepRecorder, build_seconds: float, fit_seconds: float
+) -> dict[str, Any]:
+    """Print the set-up, every step and the medians (last line: machine-readable); return them as a summary."""
     steps = recorder.steps
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     n_params = sum(p.numel() for p in module.model.parameters())
@@ -151,6 +150,30 @@ def main() -> int:
         f"peak_gpu_memory_gib={peak:.2f} seconds_per_step={step_s:.2f} rollout_tokens_per_s={rollout_tps:.0f} "
         f"training_tokens_per_s={train_tps:.0f} (medians over steps 1..{len(steps) - 1}; fit {fit_seconds:.0f} s)"
     )
+    return summary
+
+
+def main() -> int:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_check needs a CUDA device; none is visible.", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-check-"))
+    start = time.perf_counter()
+    data_dir, model_dir = build_assets(args, workdir)
+    build_seconds = time.perf_counter() - start
+    module = build_module(args, model_dir)
+    data = ViVQAXDataModule(
+        train_file=str(data_dir / "ViVQA-X_train.json"),
+        train_image_dir=str(data_dir / "train2014"),
+        batch_size=args.prompts,
+        max_image_side=None,
+    )
+    module.configure_model()
+    if args.plain:
+        module.adapter = type(module.adapter)(module.adapter.processor, shared_encoding=False)
+    recorder, fit_seconds = fit(args, module, data)
+    summary = report(args, module, recorder, build_seconds, fit_seconds)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0

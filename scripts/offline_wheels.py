@@ -134,7 +134,7 @@ def pinned(names: Iterable[str]) -> list[str]:
     return pins
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", default="wheels", help="the folder to fill (default: wheels)")
     parser.add_argument("--extra", nargs="*", default=[], help="grpo_lightning's extras to include (bench, dev)")
@@ -149,23 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         f"with --python-version: {' '.join(LINUX_X86_64)})",
     )
     parser.add_argument("--list", action="store_true", help="print the pinned packages and download nothing")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    extras = f"[{','.join(args.extra)}]" if args.extra else ""
-    names = requirement_closure(
-        [f"{PROJECT}{extras}"], skip=args.skip, environment=marker_environment(args.python_version)
-    )
-    names.discard(PROJECT)
-    pins = pinned(names)
-    built = {normalise(name) for name in args.build}
-    if args.list:
-        print("\n".join(pins))
-        return 0
-    binary = [p for p in pins if p.split("==")[0] not in built]
-    source = [p for p in pins if p.split("==")[0] in built]
 
-    dest = Path(args.dest)
-    dest.mkdir(parents=True, exist_ok=True)
+def fetch_wheels(args: argparse.Namespace, dest: Path, binary: list[str], source: list[str]) -> None:
+    """Download the ``binary`` pins as wheels for the target, build the ``source`` ones here, and build
+    grpo_lightning's own wheel, all into ``dest``."""
     pip = [sys.executable, "-m", "pip"]
     target: list[str] = []
     platforms = args.platform if args.platform is not None else (LINUX_X86_64 if args.python_version else ())
@@ -184,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     subprocess.run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest), str(ROOT)], check=True)
 
+
+def check_wheels(dest: Path, pins: list[str]) -> None:
+    """Keep in ``dest`` only the pinned versions (and grpo_lightning's), stop when one is missing, and list them."""
     wanted = {p.split("==")[0]: Version(p.split("==")[1]) for p in pins}
     wanted[PROJECT] = Version(Version(version(PROJECT)).public)
     for wheel in sorted(dest.glob("*.whl")):
@@ -199,6 +191,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{wheel.stat().st_size / 2**20:9.2f} MiB  {wheel.name}")
     total = sum(w.stat().st_size for w in wheels) / 2**20
     print(f"{total:9.2f} MiB  in {len(wheels)} wheels at {dest}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    extras = f"[{','.join(args.extra)}]" if args.extra else ""
+    names = requirement_closure(
+        [f"{PROJECT}{extras}"], skip=args.skip, environment=marker_environment(args.python_version)
+    )
+    names.discard(PROJECT)
+    pins = pinned(names)
+    built = {normalise(name) for name in args.build}
+    if args.list:
+        print("\n".join(pins))
+        return 0
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    binary = [p for p in pins if p.split("==")[0] not in built]
+    source = [p for p in pins if p.split("==")[0] in built]
+    fetch_wheels(args, dest, binary, source)
+    check_wheels(dest, pins)
     print(f"On the target: pip install --no-index --find-links {dest} 'grpo_lightning{extras}'")
     return 0
 

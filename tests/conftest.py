@@ -12,15 +12,15 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from grpo_lightning import demo_assets  # noqa: E402
+import grpo_demo  # noqa: E402
 
 #: Where the ``assets`` fixture puts a tiny Qwen2.5-VL beside the demo's InternVL and Qwen2-VL.
 QWEN2_5_VL_SUBDIR = "models/tiny-qwen2_5vl"
 
 #: The model families the adapters support, each with its checkpoint under the ``assets`` fixture.
 FAMILY_SUBDIRS = {
-    "internvl": demo_assets.INTERNVL_SUBDIR,
-    "qwen2_vl": demo_assets.QWEN2VL_SUBDIR,
+    "internvl": grpo_demo.INTERNVL_SUBDIR,
+    "qwen2_vl": grpo_demo.QWEN2VL_SUBDIR,
     "qwen2_5_vl": QWEN2_5_VL_SUBDIR,
 }
 FAMILIES = tuple(FAMILY_SUBDIRS)
@@ -44,9 +44,9 @@ def one_torch_thread():
 def assets(tmp_path_factory) -> Path:
     """Tiny InternVL and Qwen2-VL checkpoints and a synthetic ViVQA-X dataset (the `make demo` layout)."""
     root = tmp_path_factory.mktemp("demo-assets")
-    demo_assets.build_demo_assets(root, seed=0, num_train=64, num_val=16)
+    grpo_demo.build_demo_assets(root, seed=0, num_train=64, num_val=16)
     # not part of the demo: the third supported family, for the tests that run every family
-    demo_assets.build_tiny_qwen2vl(root / QWEN2_5_VL_SUBDIR, seed=0, family="qwen2_5_vl")
+    grpo_demo.build_tiny_qwen2vl(root / QWEN2_5_VL_SUBDIR, seed=0, family="qwen2_5_vl")
     return root
 
 
@@ -54,8 +54,8 @@ def assets(tmp_path_factory) -> Path:
 def data_kwargs(assets) -> dict[str, str]:
     """ViVQAXDataModule paths for the synthetic dataset."""
     return {
-        "train_file": str(demo_assets.split_json_path(assets, "train")),
-        "val_file": str(demo_assets.split_json_path(assets, "val")),
-        "train_image_dir": str(demo_assets.image_dir(assets, "train")),
-        "val_image_dir": str(demo_assets.image_dir(assets, "val")),
+        "train_file": str(grpo_demo.split_json_path(assets, "train")),
+        "val_file": str(grpo_demo.split_json_path(assets, "val")),
+        "train_image_dir": str(grpo_demo.image_dir(assets, "train")),
+        "val_image_dir": str(grpo_demo.image_dir(assets, "val")),
     }

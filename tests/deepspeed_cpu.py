@@ -28,6 +28,7 @@ import yaml
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from grpo_lightning.callbacks import StepCheckpoint
+from grpo_lightning.config import LoggingConfig, LossConfig, RewardConfig, SamplingConfig
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
 
@@ -158,15 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     L.seed_everything(0)
     module = GRPOModule(
         model_name_or_path=args.model,
-        reward_funcs=["tests.deepspeed_cpu:length_reward"],
-        num_generations=4,
-        max_completion_length=8,
-        beta=0.04,
+        rewards=RewardConfig(funcs=["tests.deepspeed_cpu:length_reward"]),
+        sampling=SamplingConfig(num_generations=4, max_completion_length=8),
         # 2 prompts x 4 completions = 8 sequences per process, in micro-batches of 3, 3 and 2
-        micro_batch_size=3,
-        max_grad_norm=args.max_grad_norm,
+        loss=LossConfig(beta=0.04, micro_batch_size=3, max_grad_norm=args.max_grad_norm),
         optimizer=optimizer_factory(args.optimizer, args.lr, args.out),
-        log_completions_every_n_steps=0,
+        logging=LoggingConfig(completions_every_n_steps=0),
     )
     trainer = L.Trainer(
         accelerator="cpu",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_lightning import demo_assets
+import grpo_demo
 from grpo_lightning.adapters import check_checkpoint_layout
 from grpo_lightning.cli import main as cli_main
 from grpo_lightning.errors import ConfigError
@@ -28,12 +28,13 @@ def bare_none(completions, solution, **kwargs):
 
 def fit_args(assets: Path, tmp_path: Path, *extra: str) -> list[str]:
     args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml")]
-    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
-    args += ["--data.train_file", str(demo_assets.split_json_path(assets, "train"))]
-    args += ["--data.train_image_dir", str(demo_assets.image_dir(assets, "train")), "--data.val_file", "null"]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
+    args += ["--data.train_file", str(grpo_demo.split_json_path(assets, "train"))]
+    args += ["--data.train_image_dir", str(grpo_demo.image_dir(assets, "train")), "--data.val_file", "null"]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--trainer.max_steps", "4"]
-    args += ["--model.num_generations", "2", "--model.max_completion_length", "4", "--data.batch_size", "2"]
-    args += ["--model.beta", "0", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"]
+    args += ["--model.sampling.num_generations", "2", "--model.sampling.max_completion_length", "4"]
+    args += ["--data.batch_size", "2"]
+    args += ["--model.loss.beta", "0", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"]
     return [*args, *extra]
 
 
@@ -68,7 +69,7 @@ def test_an_empty_training_file_stops_fit_before_any_step(assets, tmp_path, caps
 )
 def test_a_reward_plugin_that_cannot_train_stops_fit_with_its_name(assets, tmp_path, capsys, reward, message):
     err = run_cli(
-        fit_args(assets, tmp_path, "--model.reward_funcs", f"[{reward}]", "--model.reward_weights", "null"), capsys
+        fit_args(assets, tmp_path, "--model.rewards.funcs", f"[{reward}]", "--model.rewards.weights", "null"), capsys
     )
     assert message in err
 
@@ -105,10 +106,10 @@ def test_a_hub_id_that_is_not_cached_while_offline_is_named(monkeypatch, tmp_pat
 
 def test_a_file_or_a_folder_without_config_is_no_model(assets, tmp_path):
     with pytest.raises(ConfigError, match=r"is a file, not a model folder"):
-        check_checkpoint_layout(str(demo_assets.internvl_path(assets) / "config.json"))
+        check_checkpoint_layout(str(grpo_demo.internvl_path(assets) / "config.json"))
     with pytest.raises(ConfigError, match=r"the folder has no config.json"):
         check_checkpoint_layout(str(tmp_path))
-    check_checkpoint_layout(str(demo_assets.internvl_path(assets)))  # a real checkpoint passes
+    check_checkpoint_layout(str(grpo_demo.internvl_path(assets)))  # a real checkpoint passes
 
 
 def test_configure_model_checks_the_path_before_transformers(tmp_path):
@@ -118,7 +119,7 @@ def test_configure_model_checks_the_path_before_transformers(tmp_path):
 
 
 def test_an_image_path_outside_the_image_folder_stops_fit(assets, tmp_path, capsys):
-    records = json.loads(demo_assets.split_json_path(assets, "train").read_text(encoding="utf-8"))[:4]
+    records = json.loads(grpo_demo.split_json_path(assets, "train").read_text(encoding="utf-8"))[:4]
     records[1]["image_name"] = "../../../../../../etc/passwd"
     train = tmp_path / "train.json"
     train.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")

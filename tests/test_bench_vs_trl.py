@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
 import re
 import subprocess
 import sys
@@ -15,18 +14,21 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_vs_trl as bench
+from benchmarks.common import busy_warning, format_table, others_share
+from benchmarks.trl_baseline import UnequalWorkError, check_equal_work, trl_format_reward
+from benchmarks.trl_settings import (
+    BenchSettings,
+    mapping_table,
+    model_shape,
+    ours_module_kwargs,
+    ours_precision,
+    sweep_settings,
+    trl_config_kwargs,
+)
+from grpo_demo.models import CPU_MODEL_SHAPE, INTERNVL3_1B_SHAPE
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("bench_vs_trl", ROOT / "benchmarks" / "bench_vs_trl.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_harness()
 
 
 def _grpo_module_parameters() -> set[str]:
@@ -61,63 +63,63 @@ def _run(settings, completion_lengths=None, trained=None, num_steps=None, min_ma
 def test_harness_helpers_work_without_trl():
     """In a fresh interpreter where ``import trl`` fails, the harness loads and its helpers run."""
     code = (
-        "import sys, importlib.util; sys.modules['trl'] = None\n"  # None in sys.modules: import raises ImportError
-        f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'benchmarks' / 'bench_vs_trl.py')!r})\n"
-        "b = importlib.util.module_from_spec(spec); sys.modules['b'] = b; spec.loader.exec_module(b)\n"
-        "s = b.BenchSettings(); b.trl_config_kwargs(s, 'o', []); b.ours_module_kwargs(s, 'm')\n"
+        "import sys; sys.modules['trl'] = None\n"  # None in sys.modules: import raises ImportError
+        "import benchmarks.bench_vs_trl\n"
+        "from benchmarks.trl_settings import BenchSettings, ours_module_kwargs, trl_config_kwargs\n"
+        "s = BenchSettings(); trl_config_kwargs(s, 'o', []); ours_module_kwargs(s, 'm')\n"
         "print(sorted(m for m in ('torch', 'transformers', 'lightning', 'datasets') if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"  # nothing heavy at import time either
 
 
 def test_settings_validate():
     with pytest.raises(ValueError, match="num_generations"):
-        bench.BenchSettings(num_generations=1)
+        BenchSettings(num_generations=1)
     with pytest.raises(ValueError, match="must divide"):
-        bench.BenchSettings(prompts_per_step=2, num_generations=4, micro_batch_size=3)
+        BenchSettings(prompts_per_step=2, num_generations=4, micro_batch_size=3)
     with pytest.raises(ValueError, match="device must be one of cpu, cuda, not 'gpu'"):
-        bench.BenchSettings(device="gpu")
+        BenchSettings(device="gpu")
     with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16"):
-        bench.BenchSettings(dtype="float16")
+        BenchSettings(dtype="float16")
     with pytest.raises(ValueError, match="model_shape must be one of cpu, internvl3-1b"):
-        bench.BenchSettings(model_shape="internvl3-2b")
-    s = bench.BenchSettings(prompts_per_step=2, num_generations=4, completion_length=32)
+        BenchSettings(model_shape="internvl3-2b")
+    s = BenchSettings(prompts_per_step=2, num_generations=4, completion_length=32)
     assert (s.sequences_per_step, s.micro_batch, s.completion_tokens_per_step) == (8, 8, 256)
 
 
 @pytest.mark.parametrize("micro_batch_size", [None, 2, 4])
 def test_both_trainers_get_the_same_work(micro_batch_size):
-    s = bench.BenchSettings(
-        prompts_per_step=2, num_generations=4, completion_length=24, micro_batch_size=micro_batch_size
-    )
-    ours = bench.ours_module_kwargs(s, "/m")
-    trl = bench.trl_config_kwargs(s, "/out", [5, 7])
+    s = BenchSettings(prompts_per_step=2, num_generations=4, completion_length=24, micro_batch_size=micro_batch_size)
+    ours = ours_module_kwargs(s, "/m")
+    trl = trl_config_kwargs(s, "/out", [5, 7])
     assert set(ours) <= _grpo_module_parameters()
     # one generation of B x G sequences and one optimizer step per batch, in equal micro-batches
     assert trl["generation_batch_size"] == s.sequences_per_step == 8
     assert trl["per_device_train_batch_size"] * trl["gradient_accumulation_steps"] == 8
-    assert trl["per_device_train_batch_size"] == ours["micro_batch_size"] == (micro_batch_size or 8)
-    assert trl["num_iterations"] == ours["num_iterations"] == 1
+    assert trl["per_device_train_batch_size"] == ours["loss"].micro_batch_size == (micro_batch_size or 8)
+    assert trl["num_iterations"] == ours["loss"].num_iterations == 1
     # exactly L tokens per completion in both
-    assert ours["min_completion_length"] == ours["max_completion_length"] == 24
+    assert ours["sampling"].min_completion_length == ours["sampling"].max_completion_length == 24
     assert trl["max_completion_length"] == trl["generation_kwargs"]["min_new_tokens"] == 24
     assert trl["generation_kwargs"]["suppress_tokens"] == [5, 7]
     pairs = [
-        ("num_generations", "num_generations"),
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("beta", "beta"),
-        ("epsilon_low", "epsilon"),
-        ("loss_type", "loss_type"),
-        ("scale_rewards", "scale_rewards"),
-        ("max_grad_norm", "max_grad_norm"),
+        ("sampling.num_generations", "num_generations"),
+        ("sampling.temperature", "temperature"),
+        ("sampling.top_p", "top_p"),
+        ("loss.beta", "beta"),
+        ("loss.epsilon_low", "epsilon"),
+        ("loss.loss_type", "loss_type"),
+        ("loss.scale_rewards", "scale_rewards"),
+        ("loss.max_grad_norm", "max_grad_norm"),
         ("gradient_checkpointing", "gradient_checkpointing"),
     ]
     for ours_key, trl_key in pairs:
-        assert ours[ours_key] == trl[trl_key], (ours_key, trl_key)
-    assert ours["top_k"] is None and trl["top_k"] == 0  # both: no top-k filtering
+        group, _, name = ours_key.rpartition(".")
+        value = getattr(ours[group], name) if group else ours[name]
+        assert value == trl[trl_key], (ours_key, trl_key)
+    assert ours["sampling"].top_k is None and trl["top_k"] == 0  # both: no top-k filtering
     adamw = s.adamw_kwargs()
     assert (adamw["lr"], adamw["betas"], adamw["eps"], adamw["weight_decay"]) == (
         trl["learning_rate"],
@@ -126,34 +128,34 @@ def test_both_trainers_get_the_same_work(micro_batch_size):
         trl["weight_decay"],
     )
     assert trl["optim"] == "adamw_torch" and trl["lr_scheduler_type"] == "constant" and trl["warmup_steps"] == 0
-    assert ours["lr_scheduler"] is None and ours["epsilon_high"] is None
+    assert ours["lr_scheduler"] is None and ours["loss"].epsilon_high is None
     assert trl["bf16"] is False and trl["fp16"] is False and ours["dtype"] == "float32"
     assert trl["use_cpu"] is True and trl["model_init_kwargs"]["dtype"] == "float32"
-    assert bench.ours_precision(s) == "32-true"
+    assert ours_precision(s) == "32-true"
     assert ours["attn_implementation"] == trl["model_init_kwargs"]["attn_implementation"] == "sdpa"
     assert trl["shuffle_dataset"] is False and trl["use_vllm"] is False and trl["report_to"] == []
     assert trl["max_steps"] == s.total_steps
-    assert len(bench.mapping_table(s)) > 10
+    assert len(mapping_table(s)) > 10
 
 
 def test_gpu_bf16_settings_reach_both_trainers_alike():
     """--device cuda --dtype bfloat16: both load bf16 weights, run under bf16 autocast on the GPU, and keep the
     rest of the mapping."""
-    s = bench.BenchSettings(device="cuda", dtype="bfloat16", model_shape="internvl3-1b")
-    ours = bench.ours_module_kwargs(s, "/m")
-    trl = bench.trl_config_kwargs(s, "/out", [5])
+    s = BenchSettings(device="cuda", dtype="bfloat16", model_shape="internvl3-1b")
+    ours = ours_module_kwargs(s, "/m")
+    trl = trl_config_kwargs(s, "/out", [5])
     assert ours["dtype"] == trl["model_init_kwargs"]["dtype"] == "bfloat16"
-    assert bench.ours_precision(s) == "bf16-mixed"  # autocast over bf16 weights, as accelerate's bf16 in TRL
+    assert ours_precision(s) == "bf16-mixed"  # autocast over bf16 weights, as accelerate's bf16 in TRL
     assert trl["bf16"] is True and trl["fp16"] is False and trl["use_cpu"] is False
     assert ours["gradient_checkpointing"] is trl["gradient_checkpointing"] is False
-    cpu = bench.trl_config_kwargs(bench.BenchSettings(), "/out", [5])
+    cpu = trl_config_kwargs(BenchSettings(), "/out", [5])
     changed = {key for key in trl if trl[key] != cpu[key]}
     assert changed == {"use_cpu", "bf16", "model_init_kwargs"}
     checkpointed = dataclasses.replace(s, gradient_checkpointing=True)
-    ours, trl = bench.ours_module_kwargs(checkpointed, "/m"), bench.trl_config_kwargs(checkpointed, "/out", [5])
+    ours, trl = ours_module_kwargs(checkpointed, "/m"), trl_config_kwargs(checkpointed, "/out", [5])
     assert ours["gradient_checkpointing"] is trl["gradient_checkpointing"] is True
     assert trl["gradient_checkpointing_kwargs"] == {"use_reentrant": False}  # ours is non-reentrant too
-    row = dict((name, (a, b)) for name, a, b in bench.mapping_table(s))["device, precision, attention"]
+    row = dict((name, (a, b)) for name, a, b in mapping_table(s))["device, precision, attention"]
     assert row == (
         "cuda, dtype=bfloat16, precision=bf16-mixed, sdpa",
         "use_cpu=False, dtype=bfloat16, bf16=True, fp16=False, sdpa",
@@ -161,15 +163,13 @@ def test_gpu_bf16_settings_reach_both_trainers_alike():
 
 
 def test_model_shapes():
-    from grpo_lightning.demo_assets import INTERNVL3_1B_SHAPE
-
-    assert bench.model_shape("cpu") == bench.CPU_MODEL_SHAPE
-    assert bench.model_shape("internvl3-1b") == INTERNVL3_1B_SHAPE
+    assert model_shape("cpu") == CPU_MODEL_SHAPE
+    assert model_shape("internvl3-1b") == INTERNVL3_1B_SHAPE
     # InternVL3-1B's vision tower sees the CPU model's tiles: 448-px tiles of 14-px patches, 256 image tokens
     for key in ("image_size", "patch_size", "downsample_ratio", "max_patches"):
-        assert bench.CPU_MODEL_SHAPE[key] == INTERNVL3_1B_SHAPE[key], key
+        assert CPU_MODEL_SHAPE[key] == INTERNVL3_1B_SHAPE[key], key
     with pytest.raises(ValueError, match="Unknown model shape 'big'"):
-        bench.model_shape("big")
+        model_shape("big")
 
 
 def test_device_cuda_without_a_gpu_stops_before_building_anything(tmp_path):
@@ -183,8 +183,8 @@ def test_device_cuda_without_a_gpu_stops_before_building_anything(tmp_path):
 
 
 def test_check_equal_work_accepts_identical_work():
-    s = bench.BenchSettings(prompts_per_step=2, num_generations=4, completion_length=16)
-    bench.check_equal_work(s, _run(s, min_max=False), _run(s))
+    s = BenchSettings(prompts_per_step=2, num_generations=4, completion_length=16)
+    check_equal_work(s, _run(s, min_max=False), _run(s))
 
 
 @pytest.mark.parametrize(
@@ -196,25 +196,25 @@ def test_check_equal_work_accepts_identical_work():
     ],
 )
 def test_check_equal_work_fails_loudly(trl_run, message):
-    s = bench.BenchSettings(prompts_per_step=2, num_generations=4, completion_length=16)
+    s = BenchSettings(prompts_per_step=2, num_generations=4, completion_length=16)
     runs = {
         "short": _run(s, completion_lengths=[16] * 7 + [3]),
         "tokens": _run(s, trained=1001),
         "steps": _run(s, num_steps=3),
     }
-    with pytest.raises(bench.UnequalWorkError, match=re.escape(message)):
-        bench.check_equal_work(s, _run(s), runs[trl_run])
+    with pytest.raises(UnequalWorkError, match=re.escape(message)):
+        check_equal_work(s, _run(s), runs[trl_run])
 
 
 def test_check_equal_work_reads_min_and_max_lengths():
-    s = bench.BenchSettings(prompts_per_step=1, num_generations=2, completion_length=8)
+    s = BenchSettings(prompts_per_step=1, num_generations=2, completion_length=8)
     lopsided = _run(s, completion_lengths=[6, 10])  # the right total, but not L each
-    with pytest.raises(bench.UnequalWorkError, match="min_completion_length 6, expected 8"):
-        bench.check_equal_work(s, _run(s), lopsided)
+    with pytest.raises(UnequalWorkError, match="min_completion_length 6, expected 8"):
+        check_equal_work(s, _run(s), lopsided)
 
 
 def test_summary_and_last_line():
-    s = bench.BenchSettings(warmup_steps=1, measured_steps=3)
+    s = BenchSettings(warmup_steps=1, measured_steps=3)
     ours = [_run(s), _run(s)]
     trl = [_run(s), _run(s)]
     for run in trl:
@@ -231,7 +231,7 @@ def test_summary_and_last_line():
 
 
 def test_last_line_on_a_gpu_adds_peak_gpu_memory():
-    s = bench.BenchSettings(warmup_steps=1, measured_steps=3, device="cuda", dtype="bfloat16")
+    s = BenchSettings(warmup_steps=1, measured_steps=3, device="cuda", dtype="bfloat16")
     ours, trl = [_run(s), _run(s)], [_run(s), _run(s)]
     for run, gpu in zip(ours + trl, (3000.0, 3500.0, 9000.0, 10000.0), strict=True):
         run["peak_gpu_mib"] = gpu
@@ -246,8 +246,8 @@ def test_last_line_on_a_gpu_adds_peak_gpu_memory():
 
 
 def test_sweep_points():
-    s = bench.BenchSettings(prompts_per_step=2, num_generations=4, completion_length=32)
-    points = [(axis, p.num_generations, p.completion_length, p.micro_batch) for axis, p in bench.sweep_settings(s)]
+    s = BenchSettings(prompts_per_step=2, num_generations=4, completion_length=32)
+    points = [(axis, p.num_generations, p.completion_length, p.micro_batch) for axis, p in sweep_settings(s)]
     assert points == [
         ("G", 2, 32, 4),
         ("G, L", 4, 32, 8),  # the given point belongs to both series, and is run once
@@ -257,28 +257,28 @@ def test_sweep_points():
         ("L", 4, 64, 8),
         ("L", 4, 128, 8),
     ]
-    given = bench.sweep_settings(dataclasses.replace(s, micro_batch_size=4))
+    given = sweep_settings(dataclasses.replace(s, micro_batch_size=4))
     assert {p.micro_batch for _, p in given} == {4}
     with pytest.raises(ValueError, match="must divide"):
-        bench.sweep_settings(bench.BenchSettings(prompts_per_step=1, num_generations=4, micro_batch_size=4))
+        sweep_settings(BenchSettings(prompts_per_step=1, num_generations=4, micro_batch_size=4))
 
 
 def test_format_table():
-    table = bench.format_table(("a", "bb"), [(1, "x"), ("long", 2.5)])
+    table = format_table(("a", "bb"), [(1, "x"), ("long", 2.5)])
     assert table.splitlines() == ["| a    | bb  |", "|------|-----|", "| 1    | x   |", "| long | 2.5 |"]
 
 
 def test_trl_reward_is_our_format_reward_on_message_completions():
     good = "<think>a</think><answer>b</answer><explain>c</explain>"
     completions = [[{"role": "assistant", "content": good}], [{"role": "assistant", "content": "no tags"}]]
-    assert bench._trl_format_reward(completions, solution=["", ""]) == [1.0, 0.0]
-    assert bench._trl_format_reward.__name__ == "format"
+    assert trl_format_reward(completions, solution=["", ""]) == [1.0, 0.0]
+    assert trl_format_reward.__name__ == "format"
 
 
 def test_others_share_of_the_machine():
     # 2 cores for 10 s = 20 CPU-seconds; the machine was busy 15, of which 12 were ours: others took 15%
-    assert bench.others_share(15.0, 12.0, 10.0, cores=2) == pytest.approx(0.15)
-    assert bench.others_share(11.0, 12.0, 10.0, cores=2) == 0.0  # counter granularity: never negative
-    assert bench.others_share(0.0, 5.0, 10.0, cores=2) == 0.0  # unreadable counters
-    assert bench.busy_warning(0.05) == []
-    assert bench.busy_warning(0.3)[0].startswith("warning: other processes used up to 30% of the CPUs")
+    assert others_share(15.0, 12.0, 10.0, cores=2) == pytest.approx(0.15)
+    assert others_share(11.0, 12.0, 10.0, cores=2) == 0.0  # counter granularity: never negative
+    assert others_share(0.0, 5.0, 10.0, cores=2) == 0.0  # unreadable counters
+    assert busy_warning(0.05) == []
+    assert busy_warning(0.3)[0].startswith("warning: other processes used up to 30% of the CPUs")

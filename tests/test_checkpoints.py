@@ -137,7 +137,7 @@ def grpo_run(assets: Path, data_kwargs: dict[str, str], tmp_path_factory: pytest
     """
     key = str(assets)
     if key not in _RUNS:
-        module = make_module(assets, beta=0.0)
+        module = make_module(assets, loss=dict(beta=0.0))
         data = ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False)
         export = HFExportCallback(push_to_hub=True, hub_model_id="someone/tiny-grpo")
         save_dir = tmp_path_factory.mktemp("grpo-run")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo_lightning import demo_assets
+import grpo_demo
 from grpo_lightning.cli import main
 from scripts.tb_scalars import read_scalars
 
@@ -38,7 +38,8 @@ def test_fit_help_documents_the_module_options(capsys):
         main(["fit", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--model.num_generations", "--model.beta", "--model.loss_type", "--data.batch_size"):
+    options = ("--model.sampling.num_generations", "--model.loss.beta", "--model.loss.loss_type", "--data.batch_size")
+    for option in options:
         assert option in out
     assert "G, completions sampled per prompt" in out
 
@@ -63,8 +64,8 @@ def test_the_real_recipe_is_what_the_issue_asks(capsys):
         main(["fit", "--config", str(ROOT / "configs" / "internvl.yaml"), "--print_config"])
     config = printed_config(capsys.readouterr().out)
     assert config["model"]["model_name_or_path"] == "OpenGVLab/InternVL3-1B-hf"
-    assert config["model"]["num_generations"] == 8
-    assert config["model"]["beta"] == 0.04
+    assert config["model"]["sampling"]["num_generations"] == 8
+    assert config["model"]["loss"]["beta"] == 0.04
     assert config["trainer"]["precision"] == "bf16-mixed"
     strategy = config["trainer"]["strategy"]
     assert strategy["class_path"] == "lightning.pytorch.strategies.DeepSpeedStrategy"
@@ -75,7 +76,7 @@ def test_the_real_recipe_is_what_the_issue_asks(capsys):
 def test_demo_config_trains_and_its_reward_rises(assets, data_kwargs, tmp_path):
     """`configs/demo.yaml` as `make demo` runs it (asset paths pointed at the fixture), shortened to 40 steps."""
     overrides = {
-        "--model.model_name_or_path": str(demo_assets.internvl_path(assets)),
+        "--model.model_name_or_path": str(grpo_demo.internvl_path(assets)),
         "--trainer.logger.init_args.save_dir": str(tmp_path),
         "--trainer.max_steps": "40",
         "--trainer.val_check_interval": "20",
@@ -103,6 +104,7 @@ def test_the_recipe_builds_deepspeed_zero2_with_cpu_offload_and_clipping(capsys)
 
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
+    from grpo_lightning.config import LossConfig
     from grpo_lightning.module import GRPOModule
 
     with pytest.raises(SystemExit):
@@ -115,7 +117,7 @@ def test_the_recipe_builds_deepspeed_zero2_with_cpu_offload_and_clipping(capsys)
     assert "offload_param" not in zero or zero["offload_param"] is None
     assert config["model"]["optimizer"]["class_path"] == "deepspeed.ops.adam.DeepSpeedCPUAdam"
     # Lightning forbids gradient clipping with manual optimization; the module hands max_grad_norm to DeepSpeed.
-    module = GRPOModule(model_name_or_path="unused", max_grad_norm=config["model"]["max_grad_norm"])
+    module = GRPOModule(model_name_or_path="unused", loss=LossConfig(**config["model"]["loss"]))
     module.trainer = SimpleNamespace(strategy=strategy)
     module.setup("fit")
     assert strategy.config["gradient_clipping"] == 1.0
@@ -129,11 +131,11 @@ def test_the_full_reward_suite_and_a_plugin_from_yaml_in_a_demo_fit(assets, data
         "explanation": {
             "cider_weight": 0.5,
             "clip_weight": 0.5,
-            "clip_model": str(demo_assets.clip_config_path(assets)),
+            "clip_model": str(grpo_demo.clip_config_path(assets)),
             "clip_pretrained": "random",
             "cache_dir": str(tmp_path / "cache"),
         },
-        "tests.reward_plugin:brevity": {"max_words": 20},
+        "examples.reward_plugin:brevity": {"max_words": 20},
     }
     args = [
         "fit",
@@ -142,15 +144,15 @@ def test_the_full_reward_suite_and_a_plugin_from_yaml_in_a_demo_fit(assets, data
         "--config",
         str(ROOT / "configs" / "demo_rewards.yaml"),
     ]
-    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
-    args += ["--model.reward_kwargs", json.dumps(reward_kwargs), "--trainer.max_steps", "3"]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
+    args += ["--model.rewards.kwargs", json.dumps(reward_kwargs), "--trainer.max_steps", "3"]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
     args += ["--trainer.limit_val_batches", "0"]
     for key, value in data_kwargs.items():
         args += [f"--data.{key}", value]
     cli = main(args)
     # linked from data.train_file, not repeated
-    assert cli.model.hparams.reward_kwargs["explanation"]["corpus_file"] == data_kwargs["train_file"]
+    assert cli.model.rewards.kwargs["explanation"]["corpus_file"] == data_kwargs["train_file"]
     scalars = read_scalars(tmp_path)
     for name in ("accuracy", "format", "explanation", "tag_count", "brevity"):
         points = scalars[f"train/rewards/{name}"]
@@ -161,7 +163,7 @@ def test_the_full_reward_suite_and_a_plugin_from_yaml_in_a_demo_fit(assets, data
 
 def test_ckpt_path_last_with_nothing_to_resume_is_an_error_not_a_fresh_run(assets, data_kwargs, tmp_path):
     args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--ckpt_path", "last"]
-    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
     for key, value in data_kwargs.items():
         args += [f"--data.{key}", value]
@@ -173,7 +175,7 @@ def test_ckpt_path_last_with_nothing_to_resume_is_an_error_not_a_fresh_run(asset
 
 def test_a_run_name_that_escapes_the_log_folder_is_refused(assets, data_kwargs, tmp_path):
     args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.logger.init_args.name", "../outside"]
-    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
     for key, value in data_kwargs.items():
         args += [f"--data.{key}", value]
@@ -195,15 +197,13 @@ def test_the_shipped_recipe_by_name_from_another_folder_trains_answer_format_and
     assert shipped.resolve() == (ROOT / "configs" / "internvl.yaml").resolve()
     config = printed_config(result.stdout)
     model = config["model"]
-    assert model["reward_funcs"] == ["accuracy", "format", "explanation"]
-    assert model["reward_weights"] == [1.0, 1.0, 2.0]
-    explanation = model["reward_kwargs"]["explanation"]
+    assert model["rewards"]["funcs"] == ["accuracy", "format", "explanation"]
+    assert model["rewards"]["weights"] == [1.0, 1.0, 2.0]
+    explanation = model["rewards"]["kwargs"]["explanation"]
     assert explanation["corpus_file"] == config["data"]["train_file"] == "data/ViVQA-X/ViVQA-X_train_grpo.jsonl"
     assert explanation["clip_model"] == "xlm-roberta-base-ViT-B-32"
-    assert (
-        "corpus_file"
-        not in yaml.safe_load((ROOT / "configs" / "internvl.yaml").read_text())["model"]["reward_kwargs"]["explanation"]
-    )  # one path in the recipe: data.train_file
+    recipe = yaml.safe_load((ROOT / "configs" / "internvl.yaml").read_text())
+    assert "corpus_file" not in recipe["model"]["rewards"]["kwargs"]["explanation"]  # one path in the recipe
 
 
 def test_the_console_script_resolves_shipped_configs_the_same_way(tmp_path):
@@ -237,11 +237,11 @@ def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path, capsys, monkeyp
 # ------------------------------------------------------------------------------------------------ the corpus link
 def test_the_reward_overlay_takes_its_corpus_from_data_train_file(capsys):
     demo, overlay = ROOT / "configs" / "demo.yaml", ROOT / "configs" / "demo_rewards.yaml"
-    assert "corpus_file" not in yaml.safe_load(overlay.read_text())["model"]["reward_kwargs"]["explanation"]
+    assert "corpus_file" not in yaml.safe_load(overlay.read_text())["model"]["rewards"]["kwargs"]["explanation"]
     args = ["fit", "--config", str(demo), "--config", str(overlay), "--data.train_file", "x/train.jsonl"]
     with pytest.raises(SystemExit):
         main([*args, "--print_config"])
-    explanation = printed_config(capsys.readouterr().out)["model"]["reward_kwargs"]["explanation"]
+    explanation = printed_config(capsys.readouterr().out)["model"]["rewards"]["kwargs"]["explanation"]
     assert explanation["corpus_file"] == "x/train.jsonl"
     assert explanation["clip_model"] == "assets/demo/models/tiny-clip.json"
 
@@ -253,17 +253,17 @@ def test_an_explicit_corpus_file_wins_and_configs_without_explanation_are_left_a
 
     def config(reward_funcs, reward_kwargs):
         return Namespace(
-            model=Namespace(reward_funcs=reward_funcs, reward_kwargs=reward_kwargs),
+            model=Namespace(rewards=Namespace(funcs=reward_funcs, kwargs=reward_kwargs)),
             data=Namespace(train_file="train.jsonl"),
         )
 
     linked = link_reward_corpus(config(["accuracy", "explanation"], {"explanation": {"clip_weight": 1.0}}))
-    assert linked.model.reward_kwargs == {"explanation": {"clip_weight": 1.0, "corpus_file": "train.jsonl"}}
+    assert linked.model.rewards.kwargs == {"explanation": {"clip_weight": 1.0, "corpus_file": "train.jsonl"}}
     linked = link_reward_corpus(config(["explanation"], None))
-    assert linked.model.reward_kwargs == {"explanation": {"corpus_file": "train.jsonl"}}
+    assert linked.model.rewards.kwargs == {"explanation": {"corpus_file": "train.jsonl"}}
     linked = link_reward_corpus(config(["explanation"], {"explanation": {"corpus_file": "other.json"}}))
-    assert linked.model.reward_kwargs == {"explanation": {"corpus_file": "other.json"}}
-    assert link_reward_corpus(config(["format"], None)).model.reward_kwargs is None
+    assert linked.model.rewards.kwargs == {"explanation": {"corpus_file": "other.json"}}
+    assert link_reward_corpus(config(["format"], None)).model.rewards.kwargs is None
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -281,18 +281,19 @@ def test_a_yaml_syntax_error_names_the_file_and_line_without_a_traceback(tmp_pat
 
 def test_a_misspelt_option_shows_the_error_first_and_the_closest_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--model.num_generatons", "4"])
+        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--model.sampling.num_generatons", "4"])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
-        "error: unrecognized arguments: --model.num_generatons 4 (did you mean --model.num_generations?)",
+        "error: unrecognized arguments: --model.sampling.num_generatons 4 "
+        "(did you mean --model.sampling.num_generations?)",
         "tip: `python -m grpo_lightning fit --help` lists every option.",
     ]
 
 
 def test_a_user_error_is_one_message_and_status_2_unless_the_traceback_is_asked_for(capsys, monkeypatch):
-    args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--model.reward_funcs", "[acuracy]"]
-    args += ["--model.reward_weights", "[1.0]"]
+    args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--model.rewards.funcs", "[acuracy]"]
+    args += ["--model.rewards.weights", "[1.0]"]
     monkeypatch.delenv("GRPO_LIGHTNING_TRACEBACK", raising=False)
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -314,9 +315,10 @@ def test_a_user_error_is_one_message_and_status_2_unless_the_traceback_is_asked_
 def test_a_cpu_run_shows_optimizer_steps_and_no_deepspeed_warning(assets, data_kwargs, tmp_path):
     """`python -m grpo_lightning fit --config configs/demo.yaml` for one step, as a user sees it."""
     args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.max_steps", "1"]
-    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets)), "--model.num_generations", "2"]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
+    args += ["--model.sampling.num_generations", "2"]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--trainer.limit_val_batches", "0"]
-    args += ["--data.batch_size", "2", "--model.max_completion_length", "4"]
+    args += ["--data.batch_size", "2", "--model.sampling.max_completion_length", "4"]
     for key, value in data_kwargs.items():
         args += [f"--data.{key}", value]
     env = {key: value for key, value in os.environ.items() if key != "DS_ACCELERATOR"}

@@ -3,6 +3,7 @@ checkpoint fills in the rest, and the LoRA structure always comes from it (also 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,20 +11,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_lightning import demo_assets
+import grpo_demo
 from grpo_lightning.cli import checkpoint_hyperparameters, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: What the checkpoint was trained with, beyond configs/demo.yaml (which sets none of these).
-TRAINED = {"lora_r": 4, "lora_alpha": 8.0, "top_k": 5, "num_completions_to_log": 2}
+TRAINED = {"lora.r": 4, "lora.alpha": 8.0, "sampling.top_k": 5, "logging.num_completions": 2}
+
+
+def saved_option(hparams: dict, dotted: str):
+    """An option of saved hyperparameters (groups as dicts) by its dotted name, e.g. ``lora.r``."""
+    group, name = dotted.split(".")
+    return hparams[group][name]
 
 
 def cli_args(subcommand: str, assets, data_kwargs, save_dir: Path, *extra: str) -> list[str]:
     args = [subcommand, "--config", str(ROOT / "configs" / "demo.yaml")]
-    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.enable_progress_bar", "false"]
-    args += ["--model.num_generations", "2", "--data.batch_size", "2", "--data.val_batch_size", "4"]
+    args += ["--model.sampling.num_generations", "2", "--data.batch_size", "2", "--data.val_batch_size", "4"]
     for key, value in data_kwargs.items():
         args += [f"--data.{key}", value]
     return args + list(extra)
@@ -33,7 +40,8 @@ def cli_args(subcommand: str, assets, data_kwargs, save_dir: Path, *extra: str) 
 def checkpoint(assets, data_kwargs, tmp_path_factory) -> Path:
     """A 2-step LoRA fit of the tiny InternVL with the hyperparameters in TRAINED."""
     save_dir = tmp_path_factory.mktemp("fit")
-    extra = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--model.max_completion_length", "8"]
+    extra = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"]
+    extra += ["--model.sampling.max_completion_length", "8"]
     for key, value in TRAINED.items():
         extra += [f"--model.{key}", str(value)]
     main(cli_args("fit", assets, data_kwargs, save_dir, *extra))
@@ -42,34 +50,35 @@ def checkpoint(assets, data_kwargs, tmp_path_factory) -> Path:
 
 
 def assert_trained_identity_and_hparams(cli, **given):
-    hparams = cli.model.hparams
-    assert {key: hparams[key] for key in TRAINED} == {**TRAINED, **given}
+    groups = {name: dataclasses.asdict(getattr(cli.model, name)) for name in ("lora", "sampling", "logging")}
+    assert {key: saved_option(groups, key) for key in TRAINED} == {**TRAINED, **given}
     adapters = [name for name, _ in cli.model.model.named_parameters() if "lora_A" in name]
     assert adapters, "the LoRA structure of the checkpoint was not rebuilt"
 
 
 def test_validate_takes_the_command_line_over_the_checkpoint(assets, data_kwargs, checkpoint, tmp_path):
     args = cli_args("validate", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
-    args += ["--model.max_completion_length", "3", "--model.top_k", "7", "--trainer.limit_val_batches", "1"]
+    args += ["--model.sampling.max_completion_length", "3", "--model.sampling.top_k", "7"]
+    args += ["--trainer.limit_val_batches", "1"]
     cli = main(args)
-    assert cli.model.hparams.max_completion_length == 3
-    assert_trained_identity_and_hparams(cli, top_k=7)
+    assert cli.model.sampling.max_completion_length == 3
+    assert_trained_identity_and_hparams(cli, **{"sampling.top_k": 7})
     assert "val/accuracy" in cli.trainer.callback_metrics
 
 
 def test_test_takes_the_command_line_over_the_checkpoint(assets, data_kwargs, checkpoint, tmp_path):
     args = cli_args("test", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
     args += [
-        "--model.max_completion_length",
+        "--model.sampling.max_completion_length",
         "3",
-        "--model.eval_metrics",
+        "--model.evaluation.metrics",
         "[bleu]",
         "--trainer.limit_test_batches",
         "1",
     ]
     cli = main(args)
-    assert cli.model.hparams.max_completion_length == 3
-    assert list(cli.model.hparams.eval_metrics) == ["bleu"]
+    assert cli.model.sampling.max_completion_length == 3
+    assert list(cli.model.evaluation.metrics) == ["bleu"]
     assert_trained_identity_and_hparams(cli)
     assert "test/unfiltered/BLEU-4" in cli.trainer.callback_metrics
     assert "test/unfiltered/CIDEr" not in cli.trainer.callback_metrics
@@ -78,7 +87,7 @@ def test_test_takes_the_command_line_over_the_checkpoint(assets, data_kwargs, ch
 def test_predict_writes_where_asked_with_the_length_asked(assets, data_kwargs, checkpoint, tmp_path):
     predictions = tmp_path / "asked" / "predictions.json"
     args = cli_args("predict", assets, data_kwargs, tmp_path / "logs", "--ckpt_path", str(checkpoint))
-    args += ["--model.predictions_file", str(predictions), "--model.max_completion_length", "3"]
+    args += ["--model.evaluation.predictions_file", str(predictions), "--model.sampling.max_completion_length", "3"]
     args += ["--trainer.limit_predict_batches", "1"]
     cli = main(args)
     assert_trained_identity_and_hparams(cli)
@@ -92,22 +101,23 @@ def test_predict_writes_where_asked_with_the_length_asked(assets, data_kwargs, c
 
 def test_resuming_fit_takes_the_command_line_over_the_checkpoint(assets, data_kwargs, checkpoint, tmp_path):
     args = cli_args("fit", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
-    args += ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--model.max_completion_length", "3"]
-    args += ["--model.num_completions_to_log", "1"]
+    args += ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "0"]
+    args += ["--model.sampling.max_completion_length", "3"]
+    args += ["--model.logging.num_completions", "1"]
     cli = main(args)
     assert cli.trainer.global_step == 3  # resumed at 2, one more step
-    assert cli.model.hparams.max_completion_length == 3
-    assert_trained_identity_and_hparams(cli, num_completions_to_log=1)
+    assert cli.model.sampling.max_completion_length == 3
+    assert_trained_identity_and_hparams(cli, **{"logging.num_completions": 1})
 
 
 def test_a_different_identity_on_the_command_line_is_replaced_with_a_note(
     assets, data_kwargs, checkpoint, tmp_path, capsys
 ):
     args = cli_args("validate", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
-    args += ["--model.lora_r", "16", "--trainer.limit_val_batches", "1"]
+    args += ["--model.lora.r", "16", "--trainer.limit_val_batches", "1"]
     cli = main(args)
     assert_trained_identity_and_hparams(cli)
-    note = f"--ckpt_path {checkpoint}: model.lora_r is 4 as in training, not 16: the checkpoint's weights need it."
+    note = f"--ckpt_path {checkpoint}: model.lora.r is 4 as in training, not 16: the checkpoint's weights need it."
     assert note in capsys.readouterr().err.splitlines()
 
 
@@ -115,15 +125,15 @@ def test_a_moved_base_model_is_taken_from_the_command_line_with_a_note(
     assets, data_kwargs, checkpoint, tmp_path, capsys
 ):
     moved = tmp_path / "moved-model"
-    shutil.copytree(demo_assets.internvl_path(assets), moved)
+    shutil.copytree(grpo_demo.internvl_path(assets), moved)
     args = cli_args("validate", assets, data_kwargs, tmp_path, "--ckpt_path", str(checkpoint))
     args += ["--model.model_name_or_path", str(moved), "--trainer.limit_val_batches", "1"]
     cli = main(args)
-    assert cli.model.hparams.model_name_or_path == str(moved)
+    assert cli.model.model_name_or_path == str(moved)
     assert_trained_identity_and_hparams(cli)
     note = (
         f"--ckpt_path {checkpoint}: the base model is {str(moved)!r} (trained from "
-        f"{str(demo_assets.internvl_path(assets))!r}); it must be the same checkpoint, wherever it is now."
+        f"{str(grpo_demo.internvl_path(assets))!r}); it must be the same checkpoint, wherever it is now."
     )
     assert note in capsys.readouterr().err.splitlines()
 
@@ -139,13 +149,13 @@ def test_the_hyperparameters_of_a_deepspeed_checkpoint_folder_are_read(checkpoin
         folder / "mp_rank_00_model_states.pt",
     )
     hparams = checkpoint_hyperparameters(folder.parent)
-    assert {key: hparams[key] for key in TRAINED} == TRAINED
+    assert {key: saved_option(hparams, key) for key in TRAINED} == TRAINED
     assert checkpoint_hyperparameters(tmp_path) == {}
 
 
 def test_checkpoint_options_that_do_not_parse_are_one_message(assets, data_kwargs, checkpoint, tmp_path, capsys):
     state = torch.load(checkpoint, weights_only=False)
-    state["hyper_parameters"]["num_generations"] = "many"
+    state["hyper_parameters"]["sampling"]["num_generations"] = "many"
     broken = tmp_path / "broken.ckpt"
     torch.save(state, broken)
     with pytest.raises(SystemExit) as exit_info:

@@ -26,8 +26,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from grpo_lightning import demo_assets as da
+import grpo_demo as da
 from grpo_lightning.convert_internvl import (
+    INTERNVL_CHAT_TEMPLATE,
     ConversionError,
     convert,
     is_remote_code_internvl,
@@ -472,7 +473,7 @@ def test_layout_detection_and_the_message_to_the_user(tmp_path, source_tokenizer
 
 
 def test_a_source_chat_template_that_renders_images_is_kept(tmp_path):
-    template = da.INTERNVL_CHAT_TEMPLATE.replace(
+    template = INTERNVL_CHAT_TEMPLATE.replace(
         "{% for message in messages %}",
         "{{ '<|im_start|>system\\nBạn là Vintern.<|im_end|>\\n' }}{% for message in messages %}",
         1,
@@ -494,11 +495,12 @@ def test_a_source_that_is_neither_a_folder_nor_a_cached_hub_checkpoint(tmp_path)
 
 def test_training_a_remote_code_checkpoint_points_to_the_converter(tmp_path, source_tokenizer):
     """The module refuses the remote-code layout up front, with the exact command, instead of a loader error."""
+    from grpo_lightning.config import SamplingConfig
     from grpo_lightning.module import GRPOModule
 
     remote = tmp_path / "InternVL3-1B"
     write_remote_checkpoint(remote, source_tokenizer)
-    module = GRPOModule(model_name_or_path=str(remote), num_generations=2)
+    module = GRPOModule(model_name_or_path=str(remote), sampling=SamplingConfig(num_generations=2))
     with pytest.raises(ValueError) as error:
         module.configure_model()
     assert str(error.value) == remote_code_message(remote)

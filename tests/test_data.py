@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from grpo_lightning import demo_assets
+import grpo_demo
 from grpo_lightning.cli import main as cli_main
 from grpo_lightning.data import (
     DataFileNotFoundError,
@@ -150,13 +150,13 @@ def test_the_data_module_loads_the_prepared_real_splits_lazily(prepared):
 def test_a_custom_template_is_one_source_of_truth_for_prepare_and_the_data_module(assets, tmp_path):
     template = "Câu hỏi: {question} Trả lời ngắn."
     code = prepare_main(
-        ["--vivqax-dir", str(demo_assets.data_dir(assets)), "--out", str(tmp_path), "--splits", "val"]
+        ["--vivqax-dir", str(grpo_demo.data_dir(assets)), "--out", str(tmp_path), "--splits", "val"]
         + ["--prompt-template", template]
     )
     assert code == 0
-    stored = VQADataset(read_samples(tmp_path / "ViVQA-X_val_grpo.jsonl")[0], demo_assets.image_dir(assets, "val"))
+    stored = VQADataset(read_samples(tmp_path / "ViVQA-X_val_grpo.jsonl")[0], grpo_demo.image_dir(assets, "val"))
     raw = VQADataset(
-        read_samples(demo_assets.split_json_path(assets, "val"))[0], demo_assets.image_dir(assets, "val"), template
+        read_samples(grpo_demo.split_json_path(assets, "val"))[0], grpo_demo.image_dir(assets, "val"), template
     )
     assert stored[0]["prompt"] == raw[0]["prompt"] == render_prompt(template, raw[0]["question"])
 
@@ -202,10 +202,9 @@ def test_a_global_batch_that_does_not_divide_is_refused():
 def jsonl_split(assets, tmp_path):
     """The demo's val split as our JSONL, with its images, in a scratch folder the test may break."""
     images = tmp_path / "images"
-    shutil.copytree(demo_assets.image_dir(assets, "val"), images)
+    shutil.copytree(grpo_demo.image_dir(assets, "val"), images)
     assert (
-        prepare_main(["--vivqax-dir", str(demo_assets.data_dir(assets)), "--out", str(tmp_path), "--splits", "val"])
-        == 0
+        prepare_main(["--vivqax-dir", str(grpo_demo.data_dir(assets)), "--out", str(tmp_path), "--splits", "val"]) == 0
     )
     return tmp_path / "ViVQA-X_val_grpo.jsonl", images
 
@@ -478,7 +477,7 @@ def test_fit_stops_before_the_first_step_on_a_corrupted_copy(assets, jsonl_split
     record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
     (images / record["image"]).unlink()
     args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml")]
-    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--data.train_file", str(path), "--data.train_image_dir", str(images), "--data.val_file", "null"]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
     steps = []

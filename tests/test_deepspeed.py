@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_lightning import demo_assets
+import grpo_demo
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ MAX_GRAD_NORM = 0.5
 def train(assets, data_kwargs, out: Path, strategy: str, options: list[str]) -> Path:
     """2 steps on 2 CPU processes (``python -m tests.deepspeed_cpu``); returns ``out``, where the run wrote."""
     args = [sys.executable, "-m", "tests.deepspeed_cpu", "--strategy", strategy, "--out", str(out), *options]
-    args += ["--model", str(demo_assets.internvl_path(assets))]
+    args += ["--model", str(grpo_demo.internvl_path(assets))]
     args += ["--train-file", data_kwargs["train_file"], "--train-image-dir", data_kwargs["train_image_dir"]]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     if sys.prefix != sys.base_prefix:

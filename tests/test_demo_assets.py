@@ -1,4 +1,4 @@
-"""Tests of grpo_lightning.demo_assets: the tiny offline InternVL / Qwen2-VL checkpoints and the synthetic ViVQA-X
+"""Tests of grpo_demo: the tiny offline InternVL / Qwen2-VL checkpoints and the synthetic ViVQA-X
 data. Everything is built into temporary folders (once per module for the shared builds); nothing is downloaded."""
 
 import os
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from grpo_lightning import demo_assets as da
+import grpo_demo as da
 
 NUM_TRAIN, NUM_VAL = 64, 16
 MODELS = {"internvl": da.internvl_path, "qwen2vl": da.qwen2vl_path}
@@ -514,7 +514,7 @@ def test_interrupted_build_leaves_no_marker(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(da, "build_tiny_qwen2vl", boom)
+    monkeypatch.setattr("grpo_demo.build.build_tiny_qwen2vl", boom)
     with pytest.raises(KeyboardInterrupt):
         da.build_demo_assets(root, num_train=4, num_val=2, force=True)
     assert not da.is_complete(root)

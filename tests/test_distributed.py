@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_lightning import demo_assets
+import grpo_demo
 from scripts.tb_scalars import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +40,12 @@ def test_the_demo_runs_on_two_processes_with_whole_groups_reduced_metrics_and_on
     args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     args += ["--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
-    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
-    args += ["--model.reward_funcs", "[tests.test_distributed:rank_reward]", "--model.reward_weights", "null"]
-    args += ["--model.num_generations", "4", "--model.max_completion_length", "8"]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
+    args += ["--model.rewards.funcs", "[tests.test_distributed:rank_reward]", "--model.rewards.weights", "null"]
+    args += ["--model.sampling.num_generations", "4", "--model.sampling.max_completion_length", "8"]
     # batch-scaled advantages gather every process's rewards: this runs that collective for real (the values are
     # checked against one process in test_module.py)
-    args += ["--model.scale_rewards", "batch"]
+    args += ["--model.loss.scale_rewards", "batch"]
     args += ["--data.batch_size", "4", "--data.val_file", "null"]
     for key, value in data_kwargs.items():
         if key.startswith("train"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_lightning import demo_assets
+import grpo_demo
 from grpo_lightning.cli import main as cli_main
 from grpo_lightning.evaluate import main as evaluate_main
 from scripts.tb_scalars import read_scalars
@@ -19,7 +19,7 @@ METRICS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr"]
 
 def demo_args(subcommand: str, assets, data_kwargs, tmp_path, *extra: str) -> list[str]:
     args = [subcommand, "--config", str(ROOT / "configs" / "demo.yaml")]
-    args += ["--model.model_name_or_path", str(demo_assets.internvl_path(assets))]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
     for key, value in data_kwargs.items():
         args += [f"--data.{key}", value]
@@ -44,11 +44,18 @@ def test_predict_writes_the_public_format_that_the_evaluator_scores(assets, data
     out = tmp_path / "predictions.json"
     cli_main(
         demo_args(
-            "predict", assets, data_kwargs, tmp_path, "--model.predictions_file", str(out), "--data.val_batch_size", "5"
+            "predict",
+            assets,
+            data_kwargs,
+            tmp_path,
+            "--model.evaluation.predictions_file",
+            str(out),
+            "--data.val_batch_size",
+            "5",
         )
     )
     records = json.loads(out.read_text(encoding="utf-8"))
-    val = json.loads(demo_assets.split_json_path(assets, "val").read_text(encoding="utf-8"))
+    val = json.loads(grpo_demo.split_json_path(assets, "val").read_text(encoding="utf-8"))
     assert [r["question_id"] for r in records] == [r["question_id"] for r in val]  # every sample once, in order
     for record, source in zip(records, val, strict=True):
         assert record["gt_ans"] == source["answer"] and record["gt_explain"] == source["explanation"]
@@ -72,7 +79,7 @@ def test_validate_from_a_checkpoint_and_test_split(assets, data_kwargs, tmp_path
         "2",
         "--trainer.limit_val_batches",
         "0",
-        "--model.eval_metrics",
+        "--model.evaluation.metrics",
         "[bleu, cider]",
     )
     cli_main(fit_args)
@@ -85,10 +92,10 @@ def test_validate_from_a_checkpoint_and_test_split(assets, data_kwargs, tmp_path
             tmp_path / "val",
             "--ckpt_path",
             str(checkpoint),
-            "--model.eval_metrics",
+            "--model.evaluation.metrics",
             "[bleu, cider]",
         )
     )
     assert "val/unfiltered/CIDEr" in read_scalars(tmp_path / "val")
-    cli_main(demo_args("test", assets, data_kwargs, tmp_path / "test", "--model.eval_metrics", "[bleu, cider]"))
+    cli_main(demo_args("test", assets, data_kwargs, tmp_path / "test", "--model.evaluation.metrics", "[bleu, cider]"))
     assert {"test/accuracy", "test/unfiltered/BLEU-4", "test/reward"} <= read_scalars(tmp_path / "test").keys()

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from grpo_lightning import demo_assets
+import grpo_demo
 from grpo_lightning.adapters import build_adapter
 from grpo_lightning.callbacks import HFExportCallback, continue_logger_version
 from grpo_lightning.export import export_checkpoint, export_model, main, push_to_hub
@@ -48,7 +48,7 @@ def assert_is_the_trained_model(out_dir: Path, run) -> AutoModelForImageTextToTe
     exported = AutoModelForImageTextToText.from_pretrained(out_dir)
     trained = run.module.model.state_dict()
     assert_same_weights(exported.state_dict(), trained)
-    base = AutoModelForImageTextToText.from_pretrained(run.module.hparams.model_name_or_path).state_dict()
+    base = AutoModelForImageTextToText.from_pretrained(run.module.model_name_or_path).state_dict()
     assert any(not torch.equal(base[k], v) for k, v in trained.items()), "training changed nothing: no evidence"
     processor = AutoProcessor.from_pretrained(out_dir)
     assert processor.chat_template == run.module.adapter.processor.chat_template
@@ -103,7 +103,7 @@ def test_the_cli_exports_a_checkpoint(run, tmp_path, capsys):
 def test_a_lora_model_is_exported_merged_and_left_unchanged(assets, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    path = demo_assets.internvl_path(assets)
+    path = grpo_demo.internvl_path(assets)
     processor = AutoProcessor.from_pretrained(path)
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LANGUAGE_QV)
     peft_model = get_peft_model(AutoModelForImageTextToText.from_pretrained(path), config)
@@ -127,7 +127,7 @@ def test_a_lora_model_is_exported_merged_and_left_unchanged(assets, tmp_path):
 
 
 def test_a_lora_checkpoint_is_rebuilt_with_its_adapters_and_merged(assets, tmp_path):
-    module = make_module(assets, beta=0.0, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj"])
+    module = make_module(assets, loss=dict(beta=0.0), lora=dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj"]))
     module.configure_model()
     with torch.no_grad():
         for name, p in module.model.named_parameters():
@@ -143,9 +143,9 @@ def test_a_lora_checkpoint_is_rebuilt_with_its_adapters_and_merged(assets, tmp_p
     torch.testing.assert_close(logits(exported, processor), logits(module.model, processor), rtol=1e-5, atol=1e-5)
 
     # The same weights without the LoRA hyper-parameters do not fit the rebuilt model: refused, not exported.
-    hparams = {k: v for k, v in module.hparams.items() if not k.startswith("lora_")}
+    hparams = {k: v for k, v in module.hparams.items() if k != "lora"}
     torch.save({"hyper_parameters": hparams, "state_dict": module.state_dict()}, ckpt)
-    with pytest.raises(ValueError, match=r"do not fit the model rebuilt from its hyper-parameters .* lora_r=0\)"):
+    with pytest.raises(ValueError, match=r"do not fit the model rebuilt from its hyper-parameters .* lora\.r=0\)"):
         export_checkpoint(ckpt, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
 

@@ -18,13 +18,11 @@ def test_grpo_raises_the_reward_for_producing_the_answer_tags(assets, data_kwarg
     """
     module = make_module(
         assets,
-        reward_funcs=["tag_count"],
-        num_generations=8,
-        max_completion_length=16,
-        beta=0.0,
-        micro_batch_size=32,
-        log_completions_every_n_steps=0,
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+        rewards=dict(funcs=["tag_count"]),
+        sampling=dict(num_generations=8, max_completion_length=16),
+        loss=dict(beta=0.0, micro_batch_size=32),
+        logging=dict(completions_every_n_steps=0),
     )
     module.configure_model()
     before = flat_params(module)

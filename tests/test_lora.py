@@ -17,7 +17,7 @@ def snapshot(module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_trains_only_the_adapters_of_the_language_model(assets, data_kwargs, tmp_path, family):
-    module = make_module(assets, family, lora_r=4, lora_alpha=8, lora_dropout=0.0, beta=0.04)
+    module = make_module(assets, family, loss=dict(beta=0.04), lora=dict(r=4, alpha=8, dropout=0.0))
     module.configure_model()
     trainable = {name for name, p in module.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
@@ -42,7 +42,7 @@ def test_lora_trains_only_the_adapters_of_the_language_model(assets, data_kwargs
 
 
 def test_lora_target_modules_choose_the_projections(assets):
-    module = make_module(assets, lora_r=2, lora_target_modules=["q_proj", "v_proj"])
+    module = make_module(assets, lora=dict(r=2, target_modules=["q_proj", "v_proj"]))
     module.configure_model()
     targets = {
         n.rsplit(".lora_", 1)[0].rsplit(".", 1)[1] for n, p in module.model.named_parameters() if p.requires_grad
@@ -52,7 +52,7 @@ def test_lora_target_modules_choose_the_projections(assets):
 
 def test_the_reference_with_lora_is_the_base_model(assets, data_kwargs):
     """Reference log-probs under disabled adapters equal those of the untouched base checkpoint."""
-    module = make_module(assets, lora_r=4, lora_dropout=0.0)
+    module = make_module(assets, lora=dict(r=4, dropout=0.0))
     module.configure_model()
     with torch.no_grad():  # move the adapters away from the identity, so disabling them matters
         for name, p in module.model.named_parameters():
@@ -65,14 +65,14 @@ def test_the_reference_with_lora_is_the_base_model(assets, data_kwargs):
     rollout = module.generate_rollout(batch, num_generations=2, do_sample=True)
     reference = module.reference_logps(rollout)
     policy = module.completion_logps(module.model, rollout)
-    base = AutoModelForImageTextToText.from_pretrained(module.hparams.model_name_or_path)
+    base = AutoModelForImageTextToText.from_pretrained(module.model_name_or_path)
     expected = module.completion_logps(base, rollout)
     torch.testing.assert_close(reference, expected, rtol=1e-5, atol=1e-5)
     assert (policy - expected).abs().max() > 1e-3, "the adapters changed nothing: the check above proves nothing"
 
 
 def test_freeze_vision_modules_keeps_the_vision_tower_fixed(assets, data_kwargs, tmp_path):
-    module = make_module(assets, freeze_vision_modules=True, beta=0.0)
+    module = make_module(assets, freeze_vision_modules=True, loss=dict(beta=0.0))
     module.configure_model()
     before = snapshot(module)
     fit(module, data_kwargs, tmp_path, steps=2)

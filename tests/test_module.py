@@ -7,6 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from grpo_lightning.config import GROUPS
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.module import GRPOModule
@@ -33,18 +34,24 @@ REQUIRED_TAGS = {
 }
 
 
+# The tests' settings of each group; a test gives the fields it changes as a dict (e.g. ``loss=dict(beta=0.0)``).
+TEST_GROUPS = {
+    "rewards": {"funcs": ["tag_count", "format"]},
+    "sampling": {"num_generations": 4, "max_completion_length": 12},
+    "loss": {"beta": 0.04, "micro_batch_size": 8},
+    "logging": {"completions_every_n_steps": 1},
+}
+
+
 def make_module(assets, family: str = "internvl", **overrides) -> GRPOModule:
-    path = assets / FAMILY_SUBDIRS[family]
     kwargs = dict(
-        model_name_or_path=str(path),
-        reward_funcs=["tag_count", "format"],
-        num_generations=4,
-        max_completion_length=12,
-        beta=0.04,
-        micro_batch_size=8,
-        log_completions_every_n_steps=1,
+        model_name_or_path=str(assets / FAMILY_SUBDIRS[family]),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
     )
+    for name, group in GROUPS.items():
+        fields = {**TEST_GROUPS.get(name, {}), **overrides.pop(name, {})}
+        if fields:
+            kwargs[name] = group(**fields)
     kwargs.update(overrides)
     return GRPOModule(**kwargs)
 
@@ -92,7 +99,7 @@ def test_training_steps_update_weights_and_log_every_metric(assets, data_kwargs,
 def test_sampled_completions_are_logged_as_text(assets, data_kwargs, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    trainer = fit(make_module(assets, num_completions_to_log=3), data_kwargs, tmp_path, steps=1)
+    trainer = fit(make_module(assets, logging=dict(num_completions=3)), data_kwargs, tmp_path, steps=1)
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={"tensors": 0})
     events.Reload()
     tags = [t for t in events.Tags()["tensors"] if t.startswith("train/completions")]
@@ -104,13 +111,13 @@ def test_sampled_completions_are_logged_as_text(assets, data_kwargs, tmp_path):
 
 
 def test_no_reference_model_when_beta_is_zero(assets):
-    module = make_module(assets, beta=0.0)
+    module = make_module(assets, loss=dict(beta=0.0))
     module.configure_model()
     assert module.reference_model is None
 
 
 def test_reference_model_is_frozen_and_never_checkpointed_or_optimised(assets):
-    module = make_module(assets, beta=0.04)
+    module = make_module(assets, loss=dict(beta=0.04))
     module.configure_model()
     reference = module.reference_model
     assert reference is not None and reference is not module.model
@@ -127,9 +134,8 @@ def test_gradient_does_not_depend_on_the_micro_batch_size(assets, data_kwargs, t
     for micro_batch_size in (3, 8):
         module = make_module(
             assets,
-            micro_batch_size=micro_batch_size,
-            max_grad_norm=None,
             optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+            loss=dict(micro_batch_size=micro_batch_size, max_grad_norm=None),
         )
         module.configure_model()
         before = flat_params(module)
@@ -188,11 +194,11 @@ def test_rollout_masks_everything_after_the_first_eos(assets, data_kwargs):
 
 def test_invalid_settings_are_refused_with_a_clear_message(assets):
     with pytest.raises(ValueError, match="num_generations must be at least 2"):
-        make_module(assets, num_generations=1)
-    with pytest.raises(ValueError, match="reward_weights has 1 entries for 2 reward_funcs"):
-        make_module(assets, reward_weights=[1.0])
+        make_module(assets, sampling=dict(num_generations=1))
+    with pytest.raises(ValueError, match="rewards.weights has 1 entries for 2 rewards.funcs"):
+        make_module(assets, rewards=dict(weights=[1.0]))
     with pytest.raises(ValueError, match="Unknown reward 'nope'"):
-        make_module(assets, reward_funcs=["nope"])
+        make_module(assets, rewards=dict(funcs=["nope"]))
 
 
 def first_prompts(data_kwargs, size: int = 3) -> dict:
@@ -237,10 +243,10 @@ def test_image_resolution_options_reach_the_prompts_and_the_exported_processor(
     from grpo_lightning.export import export_model
 
     batch = first_prompts(data_kwargs)
-    module = make_module(assets, family, **options)
+    module = make_module(assets, family, image=options)
     module.configure_model()
     prompts = module.adapter.prepare_prompts(batch["image"], batch["prompt"])
-    plain = build_adapter(family, AutoProcessor.from_pretrained(module.hparams.model_name_or_path))
+    plain = build_adapter(family, AutoProcessor.from_pretrained(module.model_name_or_path))
     assert image_layout(plain.prepare_prompts(batch["image"], batch["prompt"])) == checkpoint_layout
     assert image_layout(prompts) == layout
 
@@ -283,17 +289,17 @@ def test_image_resolution_options_reach_the_prompts_and_the_exported_processor(
     ],
 )
 def test_image_resolution_options_the_model_cannot_use_are_refused_before_it_loads(assets, family, options, message):
-    module = make_module(assets, family, **options)
+    module = make_module(assets, family, image=options)
     with pytest.raises(ConfigError, match=message):
         module.configure_model()
     assert module.model is None and module.adapter is None
 
 
 def test_image_resolution_counts_below_one_are_refused(assets):
-    with pytest.raises(ConfigError, match="max_patches must be at least 1, not 0"):
-        make_module(assets, max_patches=0)
-    with pytest.raises(ConfigError, match="min_pixels must be at least 1, not -5"):
-        make_module(assets, "qwen2_vl", min_pixels=-5)
+    with pytest.raises(ConfigError, match="image.max_patches must be at least 1, not 0"):
+        make_module(assets, image=dict(max_patches=0))
+    with pytest.raises(ConfigError, match="image.min_pixels must be at least 1, not -5"):
+        make_module(assets, "qwen2_vl", image=dict(min_pixels=-5))
 
 
 def test_gradient_checkpointing_trains_and_sampling_keeps_the_kv_cache(assets, data_kwargs, tmp_path, monkeypatch):
@@ -316,7 +322,7 @@ def test_gradient_checkpointing_trains_and_sampling_keeps_the_kv_cache(assets, d
 
 
 def test_several_iterations_per_rollout_step_the_optimizer_each_time(assets, data_kwargs, tmp_path):
-    module = make_module(assets, num_iterations=2, beta=0.0)
+    module = make_module(assets, loss=dict(num_iterations=2, beta=0.0))
     trainer = fit(module, data_kwargs, tmp_path, steps=4)
     # 2 rollouts x 2 optimizer steps; the second iteration's ratio differs from 1, so clipping can happen.
     assert trainer.global_step == 4
@@ -356,7 +362,7 @@ def test_advantages_under_data_parallelism_equal_one_process_over_the_global_bat
     local = [rewards[: 4 * n] for rewards, n in zip(local, groups, strict=True)]
     whole = compute_group_advantages(torch.cat(local), num_generations=4, scale_rewards=scale_rewards)
     for rank in (0, 1):
-        module = make_module(assets, num_generations=4, scale_rewards=scale_rewards)
+        module = make_module(assets, sampling=dict(num_generations=4), loss=dict(scale_rewards=scale_rewards))
         module._trainer = _TwoProcesses(rank, local)
         got = module.advantages(local[rank])
         start = len(local[0]) if rank else 0

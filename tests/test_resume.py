@@ -54,9 +54,9 @@ def run(
     L.seed_everything(7)
     module = make_module(
         assets,
-        reward_funcs=["tests.test_resume:characters_reward"],
-        beta=0.04,
-        log_completions_every_n_steps=0,
+        rewards=dict(funcs=["tests.test_resume:characters_reward"]),
+        loss=dict(beta=0.04),
+        logging=dict(completions_every_n_steps=0),
         # a schedule that changes every step: a resumed run that restarted it would end with other weights
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda or (lambda step: 1.0 - 0.15 * step)
@@ -174,7 +174,7 @@ def test_a_failure_at_step_4_leaves_step_3_which_resumes_exactly(assets, data_kw
     folder = tmp_path / "run" / "version_0" / "checkpoints"
     assert checkpoint_steps(folder) == {"last.ckpt": 3, "step=2.ckpt": 2, "step=3.ckpt": 3}
     assert failure.value.__notes__ == [
-        f"Training stopped (RuntimeError): saved step=3 checkpoint to {folder / 'last.ckpt'}; fix the cause and "
+        f"Training stopped (RewardError): saved step=3 checkpoint to {folder / 'last.ckpt'}; fix the cause and "
         "resume with --ckpt_path last."
     ]
     arm(None)

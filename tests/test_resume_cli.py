@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo_lightning import demo_assets
+import grpo_demo
 from grpo_lightning.cli import main
 from scripts.tb_scalars import read_scalars
 from tests.test_resume import arm
@@ -32,11 +32,11 @@ trainer:
 def fit(assets, data_kwargs, save_dir: Path, overlay: Path, max_steps: int, *extra: str) -> None:
     """``configs/demo.yaml`` shortened and shrunk, with the dense test reward (which a test can make fail)."""
     overrides = {
-        "--model.model_name_or_path": str(demo_assets.internvl_path(assets)),
-        "--model.reward_funcs": "[tests.test_resume:characters_reward]",
-        "--model.reward_weights": "[1.0]",
-        "--model.num_generations": "4",
-        "--model.max_completion_length": "12",
+        "--model.model_name_or_path": str(grpo_demo.internvl_path(assets)),
+        "--model.rewards.funcs": "[tests.test_resume:characters_reward]",
+        "--model.rewards.weights": "[1.0]",
+        "--model.sampling.num_generations": "4",
+        "--model.sampling.max_completion_length": "12",
         "--data.batch_size": "2",
         "--trainer.logger.init_args.save_dir": str(save_dir),
         "--trainer.max_steps": str(max_steps),
@@ -51,7 +51,7 @@ def fit(assets, data_kwargs, save_dir: Path, overlay: Path, max_steps: int, *ext
 
 
 @pytest.mark.slow
-def test_a_failed_run_resumes_from_the_cli_into_one_curve_and_one_export(assets, data_kwargs, tmp_path, caplog):
+def test_a_failed_run_resumes_from_the_cli_into_one_curve_and_one_export(assets, data_kwargs, tmp_path, caplog, capsys):
     overlay = tmp_path / "checkpointing.yaml"
     overlay.write_text(CHECKPOINTING_YAML)
     arm(None)
@@ -64,14 +64,23 @@ def test_a_failed_run_resumes_from_the_cli_into_one_curve_and_one_export(assets,
 
     arm(3, RuntimeError("the reward server is unreachable"))  # steps 4 and 5 train, step 6 fails
     caplog.clear()
-    with pytest.raises(RuntimeError, match="the reward server is unreachable") as failure:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as failure:
         fit(assets, data_kwargs, tmp_path / "stopped", overlay, 6, "--ckpt_path", "last")
     message = (
-        f"Training stopped (RuntimeError): saved step=5 checkpoint to {run / 'checkpoints' / 'last.ckpt'}; "
+        f"Training stopped (RewardError): saved step=5 checkpoint to {run / 'checkpoints' / 'last.ckpt'}; "
         "fix the cause and resume with --ckpt_path last."
     )
     assert message in caplog.messages  # Lightning's log, on the console
-    assert failure.value.__notes__ == [message]  # and under the traceback
+    # a raising reward is the user's to fix: one message (the reward's own frames in it), then where the step went
+    assert failure.value.code == 2
+    err = capsys.readouterr().err
+    printed = err[err.index("error: ") :].splitlines()
+    assert printed[0].startswith(
+        "error: Reward 'characters_reward' raised RuntimeError: the reward server is unreachable"
+    )
+    assert printed[-1] == message
+    assert "lightning" not in err  # no trainer frames, only the reward's own
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
 
     arm(None)

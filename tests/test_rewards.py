@@ -106,8 +106,15 @@ def test_a_reward_that_raises_names_itself_and_the_sample():
     def fragile(completions, solution, **kwargs):
         return [1.0 / len(c) for c in completions]  # ZeroDivisionError on an empty completion
 
-    with pytest.raises(RuntimeError, match=r"Reward 'fragile' raised ZeroDivisionError: .* \(sample id q-2\)"):
+    with pytest.raises(RewardError, match=r"Reward 'fragile' raised ZeroDivisionError: .* \(sample id q-2\)") as error:
         score_completions([("fragile", fragile)], ["ok", ""], ["", ""], {"id": ["q-1", "q-2"]})
+    # a user error (one message from the command line) that still shows where in the reward it failed, and only that
+    lines = str(error.value).splitlines()
+    assert lines[1] == "Traceback (most recent call last):"
+    assert "in fragile" in lines[2]
+    assert "return [1.0 / len(c) for c in completions]" in str(error.value)
+    assert "score_completions" not in str(error.value)
+    assert lines[-1] == "ZeroDivisionError: float division by zero"
 
 
 def test_a_reward_with_the_wrong_length_or_a_nan_is_refused():
@@ -235,7 +242,7 @@ def test_a_yaml_reward_list_scores_a_batch_end_to_end(tmp_path):
         {"question": "Màu gì?", "image_name": "b.jpg", "answer": "đỏ", "explanation": ["chiếc xe màu đỏ"]},
     ]
     corpus.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    reward_funcs = ["accuracy", "format", "explanation", "tests.reward_plugin:brevity"]
+    reward_funcs = ["accuracy", "format", "explanation", "examples.reward_plugin:brevity"]
     reward_weights = [1.0, 0.5, 2.0, 0.1]
     reward_kwargs = {
         "explanation": {
@@ -244,7 +251,7 @@ def test_a_yaml_reward_list_scores_a_batch_end_to_end(tmp_path):
             "corpus_file": str(corpus),
             "cache_dir": str(tmp_path),
         },
-        "tests.reward_plugin:brevity": {"max_words": 4},
+        "examples.reward_plugin:brevity": {"max_words": 4},
     }
     funcs = [(reward_name(name), get_reward(name, **reward_kwargs.get(name, {}))) for name in reward_funcs]
     assert [name for name, _ in funcs] == ["accuracy", "format", "explanation", "brevity"]

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from grpo_lightning.demo_assets import write_tiny_clip_config
+from examples.reward_plugin import brevity
+from grpo_demo import write_tiny_clip_config
 from grpo_lightning.rewards import explanation as explanation_module
 from grpo_lightning.rewards import get_reward, score_completions
 from grpo_lightning.rewards.clip_score import clip_score, load_clip_model
 from grpo_lightning.rewards.explanation import ExplanationReward
-from tests.reward_plugin import brevity
 
 REFS = {
     "cat": ["con mèo đang ngồi trên ghế", "một con mèo màu trắng ngồi trên cái ghế gỗ"],
@@ -221,10 +221,10 @@ def test_registry_builds_the_class_with_options_and_binds_function_options(world
     assert isinstance(reward, ExplanationReward) and reward.cider_weight == 1.0
     with pytest.raises(ValueError, match=r"Reward 'explanation': invalid options \['cider_wieght'\]"):
         get_reward("explanation", cider_wieght=1.0)
-    plugin = get_reward("tests.reward_plugin:brevity", max_words=3)
+    plugin = get_reward("examples.reward_plugin:brevity", max_words=3)
     completions = ["<explain>một hai ba</explain>", "<explain>một hai ba bốn</explain>", "không có thẻ"]
     assert plugin(completions, ["", "", ""]) == pytest.approx([1.0, 2 / 3, 0.0])
-    assert get_reward("tests.reward_plugin:brevity") is brevity
+    assert get_reward("examples.reward_plugin:brevity") is brevity
 
 
 @pytest.mark.gpu

@@ -97,7 +97,7 @@ def without_feature_reuse(module: GRPOModule) -> GRPOModule:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy(assets, data_kwargs, tmp_path, family):
-    module = make_module(assets, family, num_generations=G, micro_batch_size=G, beta=0.04)
+    module = make_module(assets, family, sampling=dict(num_generations=G), loss=dict(micro_batch_size=G, beta=0.04))
     module.configure_model()
     calls = count_images(module)
     reference_calls = []
@@ -112,7 +112,12 @@ def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy
     # micro-batch per prompt (micro_batch_size = G), the B images once.
     assert sum(calls) == once + once, calls
     assert sum(reference_calls) == once, reference_calls
-    unshared_module = make_module(assets, family, num_generations=G, micro_batch_size=G, beta=0.0)
+    unshared_module = make_module(
+        assets,
+        family,
+        sampling=dict(num_generations=G),
+        loss=dict(micro_batch_size=G, beta=0.0),
+    )
     unshared_module.configure_model()
     unshared(unshared_module)
     unshared_calls = count_images(unshared_module)
@@ -122,7 +127,7 @@ def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sampling_from_a_shared_prompt_cache_gives_the_unshared_tokens(assets, batch, family):
-    module = make_module(assets, family, num_generations=G, max_completion_length=10)
+    module = make_module(assets, family, sampling=dict(num_generations=G, max_completion_length=10))
     module.configure_model()
     adapters = {"shared": module.adapter, "unshared": reference_adapter(module)}
     for do_sample in (False, True):
@@ -140,7 +145,11 @@ def test_qwen2_vl_samples_from_a_shared_cache_at_the_unshared_multimodal_positio
     that unshared sampling gives it."""
     from grpo_lightning.adapters.qwen2_vl import _rope_state
 
-    module = make_module(assets, family, num_generations=G, max_completion_length=6, min_completion_length=6)
+    module = make_module(
+        assets,
+        family,
+        sampling=dict(num_generations=G, max_completion_length=6, min_completion_length=6),
+    )
     module.configure_model()
     seen: list[torch.Tensor] = []
 
@@ -171,7 +180,7 @@ def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchang
     """Same rollout through the shared path (image encoded and prompt prefilled once per prompt, its cache copied
     to the G sequences, gradients flowing back through the copies) and the unshared one: equal log-probs, loss and
     gradients."""
-    module = make_module(assets, family, num_generations=G, beta=0.0)
+    module = make_module(assets, family, sampling=dict(num_generations=G), loss=dict(beta=0.0))
     module.configure_model()
     torch.manual_seed(0)
     rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
@@ -198,7 +207,12 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_unshared_loss_
     (of the LoRA adapters alone with LoRA) equal the unshared path's, and the replay did happen."""
     # no LoRA dropout: its random masks would differ between the two paths, which run different batch shapes
     module = make_module(
-        assets, family, num_generations=G, beta=0.0, gradient_checkpointing=True, lora_r=lora_r, lora_dropout=0.0
+        assets,
+        family,
+        gradient_checkpointing=True,
+        sampling=dict(num_generations=G),
+        loss=dict(beta=0.0),
+        lora=dict(r=lora_r, dropout=0.0),
     )
     module.configure_model()
     assert module.model.is_activation_checkpointing
@@ -238,7 +252,7 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_unshared_loss_
 def test_reentrant_gradient_checkpointing_is_refused_where_it_would_cut_the_prefix_off(assets, batch):
     """The reentrant kind runs the layers without a graph, so the shared prefix would get no gradient: the policy
     pass refuses it with what to do; sampling (no gradients, nothing replayed) still shares the cache."""
-    module = make_module(assets, "internvl", num_generations=G)
+    module = make_module(assets, "internvl", sampling=dict(num_generations=G))
     module.configure_model()
     module.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
     rollout = module.generate_rollout(batch, num_generations=G, do_sample=False)
@@ -264,7 +278,11 @@ def test_with_lora_each_image_is_encoded_once_per_step_and_the_update_is_unchang
     for reuse in (True, False):
         torch.manual_seed(0)  # the LoRA matrices start from the global RNG
         module = make_module(
-            assets, family, num_generations=G, micro_batch_size=G, beta=0.04, lora_r=4, lora_dropout=0.0
+            assets,
+            family,
+            sampling=dict(num_generations=G),
+            loss=dict(micro_batch_size=G, beta=0.04),
+            lora=dict(r=4, dropout=0.0),
         )
         module.configure_model()
         assert module.adapter.reuses_image_features
@@ -296,7 +314,11 @@ def test_with_every_image_feature_module_frozen_the_policy_encodes_each_image_on
     """Full fine-tuning with Qwen2-VL's vision tower (its projector included) frozen: sampling and the policy pass
     share one encoding per image; the separate reference model encodes its own, with its own weights."""
     module = make_module(
-        assets, "qwen2_vl", num_generations=G, micro_batch_size=G, beta=0.04, freeze_vision_modules=True
+        assets,
+        "qwen2_vl",
+        freeze_vision_modules=True,
+        sampling=dict(num_generations=G),
+        loss=dict(micro_batch_size=G, beta=0.04),
     )
     module.configure_model()
     assert module.adapter.reuses_image_features

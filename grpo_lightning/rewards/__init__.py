@@ -28,6 +28,7 @@ import functools
 import importlib
 import math
 import numbers
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -125,7 +126,11 @@ def score_completions(
             values = func(completions=completions, solution=solution, **fields)
         except Exception as err:
             sample = _first_failing_sample(func, completions, solution, fields, ids)
-            raise RuntimeError(f"Reward {name!r} raised {type(err).__name__}: {err} (sample id {sample}).") from err
+            # The reward's own frames (from its function down), not the trainer's: where to look in the reward's code.
+            frames = "".join(traceback.format_exception(type(err), err, err.__traceback__.tb_next)).rstrip()
+            raise RewardError(
+                f"Reward {name!r} raised {type(err).__name__}: {err} (sample id {sample}). In the reward:\n{frames}"
+            ) from err
         values = _score_list(name, values, ids)
         if len(values) != len(completions):
             raise RewardError(

@@ -1,0 +1,198 @@
+"""What the benchmarks share: timing, memory and machine-load measurements, the device clock, a quiet Lightning
+trainer, a work folder, tables and version strings. Nothing heavy at import time (torch and Lightning load where
+they are used), so a harness imports this without paying for them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+#: The repository root: benchmarks run from here (``python -m benchmarks.<name>``).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------------ timing and memory
+def median_ms(func: Callable[[], Any], repeats: int) -> float:
+    """Median milliseconds of ``repeats`` calls of ``func``, after one warm-up call (lazy loading, caches)."""
+    func()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB (``ru_maxrss`` is in KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def start_device(device: str, threads: int) -> None:
+    """Torch threads of the run and, on a GPU, a fresh peak-memory counter (stops when no GPU is visible)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA device is visible to this process.")
+        torch.cuda.reset_peak_memory_stats()
+
+
+def device_clock(device: str) -> float:
+    """The wall clock, after the GPU's queued work is done (``perf_counter`` alone would miss it)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def peak_gpu_mib(device: str) -> float | None:
+    """The run's peak allocated GPU memory in MiB (None on a CPU)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+# ------------------------------------------------------------------------------------------------ a shared machine
+# Other work on a shared box slows whichever run is going at that moment, and with it using every core, far more
+# than in proportion (OpenMP threads wait on each other). So a run can wait for a quiet machine first, and the share
+# of the CPUs that other processes took during it can be measured and printed.
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds the whole machine has been busy since boot, all cores, steal included (``/proc/stat``; 0 when
+    unreadable)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return 0.0
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU-seconds of this process and its finished children."""
+    import resource
+
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def others_share(machine_busy: float, own: float, wall: float, cores: int | None = None) -> float:
+    """The share of the machine's CPU time that other processes used over ``wall`` seconds, from the machine's busy
+    CPU-seconds and ours over the same interval (0 when the machine's counters were unreadable)."""
+    cores = cores or os.cpu_count() or 1
+    if machine_busy <= 0 or wall <= 0:
+        return 0.0
+    return min(max(machine_busy - own, 0.0) / (wall * cores), 1.0)
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.15, sample: float = 2.0) -> None:
+    """Wait (at most ``max_wait`` seconds) until other processes use less than ``threshold`` of the CPUs."""
+    start = time.perf_counter()
+    announced = False
+    while True:
+        busy, own = machine_busy_seconds(), own_cpu_seconds()
+        time.sleep(sample)
+        share = others_share(machine_busy_seconds() - busy, own_cpu_seconds() - own, sample)
+        waited = time.perf_counter() - start
+        if share < threshold:
+            if announced:
+                print(f"  (quiet after {waited:.0f} s)", flush=True)
+            return
+        if waited >= max_wait:
+            print(
+                f"  (machine still busy after {waited:.0f} s: others use {share:.0%} of the CPUs; going on)", flush=True
+            )
+            return
+        if not announced:
+            print(f"  (waiting for a quiet machine: others use {share:.0%} of the CPUs)", flush=True)
+            announced = True
+
+
+def busy_warning(share: float, tolerated: float = 0.10) -> list[str]:
+    """A warning line when other processes took more than ``tolerated`` of the CPUs during some run."""
+    if share <= tolerated:
+        return []
+    return [
+        f"warning: other processes used up to {share:.0%} of the CPUs during a run; its steps are slower than the "
+        "trainer alone: rerun on a quiet machine before trusting the ratios"
+    ]
+
+
+def load_average() -> str:
+    """The 1-minute load average: other work on the machine slows what is timed."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------ running
+def quiet_trainer(**kwargs: Any):
+    """A Lightning ``Trainer`` that only trains: no logger, checkpoints, progress bar or model summary (a benchmark
+    times the steps, not the bookkeeping); ``kwargs`` add to or override these."""
+    import lightning as L
+
+    options = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**(options | kwargs))
+
+
+@contextlib.contextmanager
+def work_directory(path: str | None, prefix: str) -> Iterator[Path]:
+    """``path`` (created, and kept afterwards) or, when None, a temporary folder removed at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work_dir = Path(path or tmp).resolve()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        yield work_dir
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (also readable in a terminal)."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def package_version(name: str) -> str:
+    """An installed distribution's version, or ``missing``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "missing"
+
+
+def git_head() -> str:
+    """The repository's short commit, noting uncommitted changes in ``grpo_lightning/``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "grpo_lightning"], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    changed = " + uncommitted changes in grpo_lightning/" if dirty.stdout.strip() else ""
+    return (head.stdout.strip() or "unknown") + changed

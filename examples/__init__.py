@@ -1,0 +1,1 @@
+"""Examples to copy from: a reward function defined outside the library."""

@@ -1,0 +1,233 @@
+"""The settings of :class:`~grpo_lightning.module.GRPOModule`, grouped as a reader thinks of them.
+
+Each group is a typed dataclass; jsonargparse turns a dataclass-typed argument into nested options, so
+``sampling: SamplingConfig`` is ``--model.sampling.temperature`` on the command line and
+``model: {sampling: {temperature: 1.0}}`` in YAML. A group checks its own values when it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any, Literal
+
+from grpo_lightning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """What a completion is scored by.
+
+    Args:
+        funcs: registered reward names or dotted paths ``pkg.module:function``.
+        weights: one weight per reward function (None: all 1.0).
+        kwargs: options of reward functions, by name (e.g. ``{explanation: {cider_weight: 0.5}}``).
+    """
+
+    funcs: Sequence[str] = ("format",)
+    weights: Sequence[float] | None = None
+    kwargs: dict[str, dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and len(self.weights) != len(self.funcs):
+            raise ValueError(
+                f"rewards.weights has {len(self.weights)} entries for {len(self.funcs)} rewards.funcs; "
+                "give one weight per reward function."
+            )
+        unknown = set(self.kwargs or {}) - set(self.funcs)
+        if unknown:
+            raise ValueError(
+                f"rewards.kwargs names {sorted(unknown)}, which are not in rewards.funcs {list(self.funcs)}."
+            )
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the completions of a rollout are sampled.
+
+    Args:
+        num_generations: G, completions sampled per prompt.
+        max_completion_length: the most tokens a completion may have.
+        min_completion_length: EOS is blocked before this many tokens (benchmarks fix the length with it).
+        temperature: sampling temperature (log-probs are computed at the same temperature).
+        top_p: nucleus sampling threshold.
+        top_k: top-k sampling (None: off).
+        generation_batch_size: sequences sampled at once (None: all B * G together).
+    """
+
+    num_generations: int = 8
+    max_completion_length: int = 256
+    min_completion_length: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    generation_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be at least 2: advantages compare completions within a group.")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The GRPO objective and the policy update.
+
+    Args:
+        beta: weight of the KL penalty to the reference model; 0 keeps no reference model in memory.
+        epsilon_low: lower clip range of the probability ratio.
+        epsilon_high: upper clip range (None: same as ``epsilon_low``; larger values are DAPO's clip-higher).
+        num_iterations: optimizer steps on each rollout (mu in the GRPO paper); >1 computes old-policy log-probs.
+        scale_rewards: divide advantages by the group's std (``group``), the batch's (``batch``; the global batch's
+            under data parallelism) or not at all (``none``, Dr. GRPO).
+        loss_type: loss aggregation: ``grpo`` (mean of per-sequence token means), ``bnpo`` (token mean over the
+            process's batch), ``dr_grpo`` (token sum / (sequences * max_completion_length)), ``dapo`` (token mean over
+            the global batch).
+        micro_batch_size: sequences per forward/backward pass in the loss computation.
+        max_grad_norm: clip the gradient norm to this value before each step (None: no clipping).
+    """
+
+    beta: float = 0.04
+    epsilon_low: float = 0.2
+    epsilon_high: float | None = None
+    num_iterations: int = 1
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    micro_batch_size: int = 8
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_iterations < 1 or self.micro_batch_size < 1:
+            raise ValueError("num_iterations and micro_batch_size must be at least 1.")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters: which weights train.
+
+    Args:
+        r: LoRA rank; 0 trains all weights. With LoRA only the adapters train, and the reference model is the same
+            network with its adapters disabled (no second copy in memory).
+        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the LoRA branch.
+        target_modules: projection names that get adapters, inside the language model only (None: every attention and
+            MLP projection, the vision tower excluded); a string is used as peft's own regex over full module names,
+            which can reach the vision tower too.
+    """
+
+    r: int = 0
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: Sequence[str] | str | None = None
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Image resolution. The options of one model family are refused for another.
+
+    Args:
+        crop_to_patches: InternVL: split each image into tiles of the checkpoint's tile size (448 px for InternVL3) on
+            the grid closest to its aspect ratio, plus a thumbnail of the whole image when there are several (dynamic
+            resolution); false: one tile per image. None: as the checkpoint's processor does (InternVL's tiles).
+        min_patches: InternVL: the fewest tiles per image, thumbnail not counted (None: the checkpoint's).
+        max_patches: InternVL: the most tiles per image, thumbnail not counted (None: the checkpoint's, 12 for
+            InternVL3). Each tile is the processor's ``image_seq_length`` prompt tokens (256 for InternVL3).
+        min_pixels: Qwen2-VL: smaller images are scaled up, aspect kept, to at least this many pixels (None: the
+            checkpoint's).
+        max_pixels: Qwen2-VL: larger images are scaled down, aspect kept, to at most this many pixels; every 28x28
+            pixels are one prompt token (None: the checkpoint's).
+    """
+
+    crop_to_patches: bool | None = None
+    min_patches: int | None = None
+    max_patches: int | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_patches", "max_patches", "min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"image.{name} must be at least 1, not {value}.")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """What a training step logs besides its metrics.
+
+    Args:
+        completions_every_n_steps: every this many steps, log sampled completions with their rewards as text (0: never).
+        num_completions: how many completions that log shows.
+    """
+
+    completions_every_n_steps: int = 50
+    num_completions: int = 4
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Validation, test and predict.
+
+    Args:
+        protocol: how answers and explanations are compared: ``normalized`` (NFC, lowercase, punctuation stripped,
+            yes/no synonyms) or ``raw`` (the published ViVQA-X baselines' protocol).
+        metrics: explanation metrics (``bleu``, ``meteor``, ``rouge``, ``cider``; ``meteor`` needs Java and is left out
+            with a message without it).
+        predictions_file: where ``predict`` writes its predictions JSON (None: ``<log_dir>/predictions.json``).
+    """
+
+    protocol: Literal["raw", "normalized"] = "normalized"
+    metrics: Sequence[str] = ("bleu", "meteor", "rouge", "cider")
+    predictions_file: str | None = None
+
+
+#: The module's grouped arguments and their types, by argument name.
+GROUPS: dict[str, type] = {
+    "rewards": RewardConfig,
+    "sampling": SamplingConfig,
+    "loss": LossConfig,
+    "lora": LoRAConfig,
+    "image": ImageConfig,
+    "logging": LoggingConfig,
+    "evaluation": EvalConfig,
+}
+
+
+def plain_hyperparameters(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """``hparams`` with every group as a plain dict: what a checkpoint stores and the command line parses back."""
+    return {key: asdict(value) if is_dataclass(value) else value for key, value in hparams.items()}
+
+
+def grouped_arguments(hparams: Mapping[str, Any], accepted: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """Saved hyperparameters (groups as dicts) as constructor arguments (groups as their dataclasses).
+
+    Args:
+        hparams: what a checkpoint saved.
+        accepted: the constructor's argument names.
+
+    Returns:
+        The arguments, and the saved options (dotted names, e.g. ``sampling.old_option``) that this version does not
+        know and left out.
+    """
+    arguments = {key: value for key, value in hparams.items() if key in accepted}
+    unknown = sorted(set(hparams) - set(accepted))
+    for key, group in GROUPS.items():
+        value = arguments.get(key)
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(group)}
+            unknown += sorted(f"{key}.{name}" for name in set(value) - known)
+            arguments[key] = group(**{name: option for name, option in value.items() if name in known})
+    return arguments, unknown
+
+
+__all__ = [
+    "GROUPS",
+    "EvalConfig",
+    "ImageConfig",
+    "LoRAConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "RewardConfig",
+    "SamplingConfig",
+    "grouped_arguments",
+    "plain_hyperparameters",
+]

@@ -1,0 +1,103 @@
+"""Validation, test and predict of :class:`~grpo_lightning.module.GRPOModule`: greedy completions, scored.
+
+Every step turns a batch into prediction records (:mod:`grpo_lightning.task`) and logs its rewards; at the end of
+the split, the records of all processes are gathered and scored once, corpus-level (accuracy and explanation
+metrics, :mod:`grpo_lightning.metrics`), or written as the predictions file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from grpo_lightning.task import prediction_records
+
+
+class EvaluationMixin:
+    """The evaluation half of the LightningModule; the module provides ``generate_rollout``, ``score``,
+    ``reward_funcs`` and ``evaluation`` (:class:`~grpo_lightning.config.EvalConfig`)."""
+
+    def model_step(self, batch: dict[str, list[Any]]) -> tuple[list[dict[str, Any]], Tensor, Tensor]:
+        """Greedy completion of each prompt, scored and turned into prediction records (:mod:`grpo_lightning.task`).
+
+        Shared by validation, test and predict.
+        """
+        rollout = self.generate_rollout(batch, num_generations=1, do_sample=False)
+        rewards, per_func = self.score(rollout, batch)
+        return prediction_records(batch, rollout.completions), rewards, per_func
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_records: list[dict[str, Any]] = []
+
+    on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def predict_step(self, batch: dict[str, list[Any]], batch_idx: int) -> list[dict[str, Any]]:
+        return self._eval_step("predict", batch)
+
+    def _eval_step(self, stage: str, batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
+        records, rewards, per_func = self.model_step(batch)
+        self._eval_records.extend(records)
+        if stage != "predict":
+            size = len(rewards)
+            self.log(f"{stage}/reward", rewards.mean(), batch_size=size, sync_dist=True, prog_bar=True)
+            for f, (name, _) in enumerate(self.reward_funcs):
+                column = per_func[:, f]
+                if not torch.isnan(column).all():
+                    self.log(f"{stage}/rewards/{name}", torch.nanmean(column).float(), batch_size=size, sync_dist=True)
+        return records
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_metrics("test")
+
+    def _log_eval_metrics(self, stage: str) -> None:
+        """Accuracy and explanation metrics over the whole split, once (corpus-level), after gathering all ranks."""
+        from grpo_lightning.metrics import evaluate_predictions
+
+        records = self._gathered_records()
+        metrics: dict[str, float] = {}
+        if records and self.trainer.is_global_zero:
+            scores = evaluate_predictions(records, self.evaluation.protocol, self.evaluation.metrics)
+            metrics[f"{stage}/accuracy"] = scores.accuracy
+            for kind in ("unfiltered", "filtered", "scaled"):
+                metrics.update({f"{stage}/{kind}/{name}": value for name, value in getattr(scores, kind).items()})
+        metrics = self.trainer.strategy.broadcast(metrics, src=0)
+        for name, value in metrics.items():
+            self.log(name, float(value), prog_bar=name == f"{stage}/accuracy")
+
+    def on_predict_epoch_end(self) -> None:
+        """Write the predictions file (public format, scored by ``python -m grpo_lightning.evaluate``)."""
+        records = self._gathered_records()
+        if not self.trainer.is_global_zero:
+            return
+        path = Path(self.evaluation.predictions_file or Path(self.trainer.log_dir or ".") / "predictions.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        rank_zero_info(f"Wrote {len(records)} predictions to {path}")
+
+    def _gathered_records(self) -> list[dict[str, Any]]:
+        """Every rank's records, in rank order, without the duplicates a distributed sampler pads with."""
+        records = self._eval_records
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[list[dict[str, Any]]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, records)
+            records = [record for part in gathered for record in part]
+        unique = {}
+        for record in records:
+            unique.setdefault(record["question_id"], record)
+        return list(unique.values())
