@@ -1,8 +1,8 @@
 """An example reward living outside the library: copy this file next to your configs and name its function there.
 
-``model.reward_funcs: [..., examples.reward_plugin:brevity]`` (``configs/demo_rewards.yaml``) resolves here when run
+``model.rewards.funcs: [..., examples.reward_plugin:brevity]`` (``configs/demo_rewards.yaml``) resolves here when run
 from the repository root, which ``python -m grpo_lightning`` and pytest put on ``sys.path``; options come from
-``model.reward_kwargs`` under the same name. A reward takes the completions and the batch's fields as keywords and
+``model.rewards.kwargs`` under the same name. A reward takes the completions and the batch's fields as keywords and
 returns one float (or ``None``: no opinion) per completion.
 """
 

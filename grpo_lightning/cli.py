@@ -39,6 +39,7 @@ from lightning.pytorch.trainer import Trainer
 
 from grpo_lightning import quiet_deepspeed_without_cuda
 from grpo_lightning.callbacks import StepCheckpoint, check_run_name, continue_logger_version
+from grpo_lightning.config import regrouped
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.errors import TRACEBACK_ENV, ConfigError, UserError, user_message
 from grpo_lightning.module import GRPOModule
@@ -185,7 +186,7 @@ def checkpoint_hyperparameters(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
     hparams.pop("_class_path", None)
-    return hparams
+    return regrouped(hparams)
 
 
 def _saved(hparams: dict[str, Any], dotted_key: str) -> bool:

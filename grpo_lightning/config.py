@@ -192,6 +192,65 @@ GROUPS: dict[str, type] = {
 }
 
 
+#: Option names of checkpoints written before the options were grouped: flat name -> (group, field).
+FLAT_OPTION_NAMES: dict[str, tuple[str, str]] = {
+    "reward_funcs": ("rewards", "funcs"),
+    "reward_weights": ("rewards", "weights"),
+    "reward_kwargs": ("rewards", "kwargs"),
+    **{
+        name: ("sampling", name)
+        for name in (
+            "num_generations",
+            "max_completion_length",
+            "min_completion_length",
+            "temperature",
+            "top_p",
+            "top_k",
+            "generation_batch_size",
+        )
+    },
+    **{
+        name: ("loss", name)
+        for name in (
+            "beta",
+            "epsilon_low",
+            "epsilon_high",
+            "num_iterations",
+            "scale_rewards",
+            "loss_type",
+            "micro_batch_size",
+            "max_grad_norm",
+        )
+    },
+    "lora_r": ("lora", "r"),
+    "lora_alpha": ("lora", "alpha"),
+    "lora_dropout": ("lora", "dropout"),
+    "lora_target_modules": ("lora", "target_modules"),
+    **{name: ("image", name) for name in ("crop_to_patches", "min_patches", "max_patches", "min_pixels", "max_pixels")},
+    "log_completions_every_n_steps": ("logging", "completions_every_n_steps"),
+    "num_completions_to_log": ("logging", "num_completions"),
+    "eval_protocol": ("evaluation", "protocol"),
+    "eval_metrics": ("evaluation", "metrics"),
+    "predictions_file": ("evaluation", "predictions_file"),
+}
+
+
+def regrouped(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Saved hyperparameters with the flat option names of older checkpoints moved into their groups."""
+    result = {key: value for key, value in hparams.items() if key not in FLAT_OPTION_NAMES}
+    for key, value in hparams.items():
+        if key in FLAT_OPTION_NAMES:
+            group, name = FLAT_OPTION_NAMES[key]
+            saved = result.get(group)
+            result[group] = {**(asdict(saved) if is_dataclass(saved) else saved or {}), name: value}
+    return result
+
+
+def as_group(name: str, value: Any) -> Any:
+    """An option group given as a mapping (saved hyperparameters, a Python caller) as its dataclass."""
+    return GROUPS[name](**value) if isinstance(value, Mapping) else value
+
+
 def plain_hyperparameters(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """``hparams`` with every group as a plain dict: what a checkpoint stores and the command line parses back."""
     return {key: asdict(value) if is_dataclass(value) else value for key, value in hparams.items()}
@@ -208,6 +267,7 @@ def grouped_arguments(hparams: Mapping[str, Any], accepted: Sequence[str]) -> tu
         The arguments, and the saved options (dotted names, e.g. ``sampling.old_option``) that this version does not
         know and left out.
     """
+    hparams = regrouped(hparams)
     arguments = {key: value for key, value in hparams.items() if key in accepted}
     unknown = sorted(set(hparams) - set(accepted))
     for key, group in GROUPS.items():
@@ -220,6 +280,7 @@ def grouped_arguments(hparams: Mapping[str, Any], accepted: Sequence[str]) -> tu
 
 
 __all__ = [
+    "FLAT_OPTION_NAMES",
     "GROUPS",
     "EvalConfig",
     "ImageConfig",
@@ -228,6 +289,8 @@ __all__ = [
     "LossConfig",
     "RewardConfig",
     "SamplingConfig",
+    "as_group",
     "grouped_arguments",
     "plain_hyperparameters",
+    "regrouped",
 ]

@@ -20,7 +20,7 @@ from grpo_lightning.task import prediction_records
 
 class EvaluationMixin:
     """The evaluation half of the LightningModule; the module provides ``generate_rollout``, ``score``,
-    ``reward_funcs`` and ``evaluation`` (:class:`~grpo_lightning.config.EvalConfig`)."""
+    ``reward_funcs`` (the resolved rewards) and ``evaluation`` (:class:`~grpo_lightning.config.EvalConfig`)."""
 
     def model_step(self, batch: dict[str, list[Any]]) -> tuple[list[dict[str, Any]], Tensor, Tensor]:
         """Greedy completion of each prompt, scored and turned into prediction records (:mod:`grpo_lightning.task`).

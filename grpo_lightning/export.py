@@ -8,7 +8,7 @@ image processor, chat template), so that ``AutoModelForImageTextToText.from_pret
 into its base weights first (on a copy: the model being trained is never modified).
 
 How a checkpoint becomes a model: its ``hyper_parameters`` rebuild the policy exactly as training built it
-(:meth:`GRPOModule.configure_model`: the base checkpoint ``model_name_or_path`` and, when ``lora_r > 0``, the
+(:meth:`GRPOModule.configure_model`: the base checkpoint ``model_name_or_path`` and, when ``lora.r > 0``, the
 same LoRA wrapping), then its ``state_dict`` (``model.*`` keys) is loaded strictly, so a checkpoint that does not
 match the architecture stops with the names of the keys that differ instead of exporting base weights.
 DeepSpeed checkpoints (a folder) are first consolidated with Lightning's

@@ -39,6 +39,7 @@ from grpo_lightning.config import (
     LossConfig,
     RewardConfig,
     SamplingConfig,
+    as_group,
     plain_hyperparameters,
 )
 from grpo_lightning.evaluation import EvaluationMixin
@@ -91,6 +92,10 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
+        # Groups may come as mappings (a checkpoint's saved hyperparameters, a Python caller): as their dataclasses.
+        rewards, sampling, loss = as_group("rewards", rewards), as_group("sampling", sampling), as_group("loss", loss)
+        lora, image = as_group("lora", lora), as_group("image", image)
+        logging, evaluation = as_group("logging", logging), as_group("evaluation", evaluation)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Groups as plain dicts: what checkpoints store (loadable with weights_only) and the command line parses.
         self.save_hyperparameters(plain_hyperparameters(self.hparams))

@@ -293,7 +293,7 @@ def _must_not_be_called(*args, **kwargs):
 
 
 def test_corpus_errors_name_the_file_and_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.reward_kwargs.explanation.corpus_file"):
+    with pytest.raises(FileNotFoundError, match="model.rewards.kwargs.explanation.corpus_file"):
         corpus_document_frequency(tmp_path / "missing.json", cache_dir=tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([RECORDS[0], {"question": "?", "question_id": "77"}]), encoding="utf-8")

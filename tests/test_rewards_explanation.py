@@ -171,7 +171,7 @@ def test_cider_scale_maps_into_0_1(world):
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"cider_weight": 0.5}, ValueError, "set model.reward_kwargs.explanation.corpus_file"),
+        ({"cider_weight": 0.5}, ValueError, "set model.rewards.kwargs.explanation.corpus_file"),
         ({"corpus_file": "/nonexistent/train.json"}, FileNotFoundError, "corpus_file '/nonexistent/train.json'"),
         ({"cider_weight": 0.0, "clip_weight": 0.0}, ValueError, "not both 0"),
         ({"cider_weight": -1.0, "clip_weight": 1.0}, ValueError, "must be >= 0"),

@@ -12,14 +12,14 @@ a 1-D tensor. Anything else (a bare ``None``, a string such as ``"0.5"``, NaN) s
 step contributes nothing to it; :class:`RewardOpinions` warns about that, and stops the run when no reward scored
 anything in its first steps.
 
-Rewards are named in the config (``reward_funcs``) by a registered name or a dotted path
+Rewards are named in the config (``model.rewards.funcs``) by a registered name or a dotted path
 ``my_pkg.my_module:my_reward``, so users add rewards without editing the library. Registered:
 
 - ``accuracy``: graded answer match, 3.0 / 1.5 / 0.0 (:mod:`~grpo_lightning.rewards.accuracy`);
 - ``format``: 1.0 for a completion in the answer format of :mod:`grpo_lightning.task`, else 0.0;
 - ``tag_count``: partial format credit, 1/6 per well-used tag (:mod:`~grpo_lightning.rewards.format`);
 - ``explanation``: CIDEr-D (corpus document frequencies) and CLIPScore of the explanation, in [0, 1]
-  (:class:`~grpo_lightning.rewards.explanation.ExplanationReward`, configured by ``reward_kwargs.explanation``).
+  (:class:`~grpo_lightning.rewards.explanation.ExplanationReward`, configured by ``model.rewards.kwargs.explanation``).
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def _resolve_pretrained(name: str, pretrained: str | None, open_clip: Any) -> st
     if not tags:
         raise ValueError(
             f"clip_model {name!r} has no published open_clip weights; set "
-            "model.reward_kwargs.explanation.clip_pretrained to a checkpoint file "
+            "model.rewards.kwargs.explanation.clip_pretrained to a checkpoint file "
             f"(or {RANDOM_WEIGHTS!r} for random weights, whose scores are noise: tests only)."
         )
     return tags[0]
@@ -155,8 +155,8 @@ def _load_error(model_name: str, weights: str | None, err: Exception) -> str:
         'Hub access: python -c "import open_clip; '
         f"open_clip.create_model_and_transforms('{model_name}'{pretrained_argument}); "
         f"open_clip.get_tokenizer('{model_name}')\" and copy the cache (~/.cache/huggingface) here; or (2) set "
-        "model.reward_kwargs.explanation.clip_pretrained to a local checkpoint file (a multilingual text tower also "
-        "needs its Hugging Face tokenizer in the cache); or (3) set model.reward_kwargs.explanation.clip_weight: 0 to "
+        "model.rewards.kwargs.explanation.clip_pretrained to a local checkpoint file (a multilingual text tower also "
+        "needs its Hugging Face tokenizer in the cache); or (3) set model.rewards.kwargs.explanation.clip_weight: 0 to "
         "score explanations with CIDEr-D alone."
     )
 

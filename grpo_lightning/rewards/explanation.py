@@ -85,13 +85,13 @@ class ExplanationReward:
         if cider_weight > 0 and corpus_file is None:
             raise ValueError(
                 "explanation reward: CIDEr-D needs the training split's reference explanations for its document "
-                "frequencies; set model.reward_kwargs.explanation.corpus_file to the training JSON/JSONL file "
+                "frequencies; set model.rewards.kwargs.explanation.corpus_file to the training JSON/JSONL file "
                 "(or cider_weight: 0 to score with CLIPScore alone)."
             )
         if cider_weight > 0 and not os.path.isfile(corpus_file):
             raise FileNotFoundError(
                 f"explanation reward: corpus_file {corpus_file!r} does not exist; set "
-                "model.reward_kwargs.explanation.corpus_file to the training split (ViVQA-X JSON or JSONL)."
+                "model.rewards.kwargs.explanation.corpus_file to the training split (ViVQA-X JSON or JSONL)."
             )
         if cider_scale <= 0:
             raise ValueError(f"explanation reward: cider_scale must be > 0, got {cider_scale}.")

@@ -29,7 +29,7 @@ from grpo_lightning.rewards.cider import MAX_ORDER, DocumentFrequency, document_
 #: Bump when tokenisation (:func:`grpo_lightning.rewards.cider.tokenize`) or the cache layout changes.
 CACHE_FORMAT_VERSION = 1
 
-_CORPUS_HINT = "set model.reward_kwargs.explanation.corpus_file to the training split (ViVQA-X JSON or our JSONL)."
+_CORPUS_HINT = "set model.rewards.kwargs.explanation.corpus_file to the training split (ViVQA-X JSON or our JSONL)."
 _IN_PROCESS: dict[tuple[str, int], DocumentFrequency] = {}
 _LOCK = threading.Lock()
 
