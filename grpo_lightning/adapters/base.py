@@ -400,8 +400,9 @@ class VLMAdapter:
 
         Logits are divided by the sampling temperature, so the log-probs are those of the distribution
         the completions were drawn from. Padding is trimmed to the longest prompt and completion of these
-        sequences, and logits are computed only for completion positions (``logits_to_keep``), which
-        bounds memory by C rather than P + C. Positions past the trimmed width come back as 0.
+        sequences. The model returns its last hidden states, and the language-model head runs on the completion
+        positions a chunk at a time (``head_logps``), so no (N, C, V) logits ever exist, in the forward pass or
+        the backward. Positions past the trimmed width come back as 0.
 
         Returns:
             logps: (N, C) float32.
@@ -413,20 +414,27 @@ class VLMAdapter:
         prompt_width = inputs["input_ids"].shape[1]
         inputs["input_ids"] = torch.cat([inputs["input_ids"], completion_ids[:, :width]], dim=1)
         forward = self._forward_from_shared_prompts if self.shared_encoding else self._forward_whole_sequences
-        outputs = forward(model, prompts, prompt_index, inputs, prompt_width, logits_to_keep=width + 1)
-        # The logit at position t predicts token t + 1: drop the last one, keep the `width` that score completions.
-        logits = outputs.logits[:, :-1, :] / temperature
-        logits = logits.index_fill(-1, torch.tensor(self.suppressed_token_ids(model), device=logits.device), -torch.inf)
-        logps = torch.zeros(num_seqs, full_width, dtype=torch.float32, device=logits.device)
+        hidden = forward(model, prompts, prompt_index, inputs, prompt_width)
+        # The hidden state at position t predicts token t + 1: the `width` before the last one score the completions.
+        hidden = hidden[:, -(width + 1) : -1, :]
+        suppressed = torch.tensor(self.suppressed_token_ids(model), device=hidden.device)
+        token_logps, token_entropy = head_logps(
+            output_head(model),
+            hidden,
+            completion_ids[:, :width],
+            suppressed,
+            temperature,
+            with_entropy=with_entropy,
+            chunk_size=LOGITS_CHUNK_SIZE,
+        )
+        logps = torch.zeros(num_seqs, full_width, dtype=torch.float32, device=hidden.device)
         # Positions after the first EOS hold padding, which may be a suppressed (-inf) token: zero them
         # here so that no -inf ever meets a 0 mask downstream (that product is NaN).
-        token_logps = selective_log_softmax(logits, completion_ids[:, :width]).float()
-        logps[:, :width] = token_logps.masked_fill(~completion_mask[:, :width].bool(), 0.0)
+        logps[:, :width] = token_logps.float().masked_fill(~completion_mask[:, :width].bool(), 0.0)
         entropy = None
-        if with_entropy:
+        if token_entropy is not None:
             entropy = torch.zeros_like(logps)
-            with torch.no_grad():
-                entropy[:, :width] = entropy_from_logits(logits.detach())
+            entropy[:, :width] = token_entropy
         return logps, entropy
 
     def _forward_from_shared_prompts(
@@ -436,20 +444,19 @@ class VLMAdapter:
         prompt_index: list[int],
         inputs: dict[str, Tensor],
         prompt_width: int,
-        logits_to_keep: int,
-    ) -> Any:
-        """The forward pass of ``completion_logps``: each distinct prompt (image included) runs once; each sequence
-        continues from its copy of that cache with its last prompt token and its completion."""
+    ) -> Tensor:
+        """The forward pass of ``completion_logps``, up to the last hidden states (N, 1 + C, H) of each sequence's
+        last prompt token and its completion: each distinct prompt (image included) runs once; each sequence
+        continues from its copy of that cache."""
         cache = self.prefill(model, prompts, prompt_index, growing=False)
         with cache_through_checkpointing(model):
-            return model(
+            return backbone(model)(
                 input_ids=inputs["input_ids"][:, prompt_width - 1 :],
                 attention_mask=inputs["attention_mask"],
                 **self.continuation_positions(model, inputs["attention_mask"], prompt_width - 1),
                 cache=cache,
-                logits_to_keep=logits_to_keep,
                 use_cache=False,  # the cache is ours and passed in: nothing for the model to create or return
-            )
+            ).last_hidden_state
 
     def _forward_whole_sequences(
         self,
@@ -458,17 +465,190 @@ class VLMAdapter:
         prompt_index: list[int],
         inputs: dict[str, Tensor],
         prompt_width: int,
-        logits_to_keep: int,
-    ) -> Any:
+    ) -> Tensor:
         """The unshared reference of ``_forward_from_shared_prompts``: every sequence runs its image and its whole
-        prompt."""
-        return model(
+        prompt; returns the last hidden states (N, P + C, H)."""
+        return backbone(model)(
             **inputs,
             **self.position_kwargs(inputs["attention_mask"]),
             **prompts.visual_for(prompt_index, self.vision_dtype(model)),
-            logits_to_keep=logits_to_keep,
             use_cache=False,
+        ).last_hidden_state
+
+
+#: Completion positions whose logits exist at one time in a log-prob pass: (LOGITS_CHUNK_SIZE, V) floats, a few
+#: times over with the log-softmax, instead of (N, C, V).
+LOGITS_CHUNK_SIZE = 128
+#: Vocabulary entries per slice when the backward pass makes the logits again: (N * C, VOCAB_CHUNK_SIZE) floats.
+VOCAB_CHUNK_SIZE = 8192
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model, also inside PEFT's wrapper (whose LoRA layers sit in it, in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``*ForConditionalGeneration`` model without its language-model head (vision tower, projector, language
+    model): the same keyword arguments, and ``last_hidden_state`` where the whole model has ``logits``."""
+    return _unwrapped(model).base_model
+
+
+def output_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """The language-model head, hidden states to logits (its weight tied to the input embeddings where the
+    checkpoint says so).
+
+    Raises:
+        ConfigError: the head is not a plain linear layer (e.g. wrapped to be adapted or saved by PEFT).
+    """
+    head = _unwrapped(model).get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise ConfigError(
+            f"The language-model head is a {type(head).__name__}, not a plain torch.nn.Linear: log-probs are computed "
+            "from its weight a chunk of positions at a time. Leave lm_head out of the LoRA target and saved modules."
         )
+    return head
+
+
+def head_logps(
+    head: torch.nn.Linear,
+    hidden: Tensor,
+    tokens: Tensor,
+    suppressed: Tensor,
+    temperature: float = 1.0,
+    *,
+    with_entropy: bool = False,
+    chunk_size: int = LOGITS_CHUNK_SIZE,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of ``tokens`` under ``log_softmax(head(hidden) / temperature)`` with the ``suppressed`` tokens at
+    -inf, and the entropy of that distribution, without ever holding the (N, T, V) logits.
+
+    The forward pass makes the logits ``chunk_size`` positions at a time and keeps, per position, only what the
+    backward pass needs (``_ChunkedHeadLogps``). The logits are those of the model's own forward (the head in the
+    model's dtype, then divided by the temperature), and each chunk goes through ``selective_log_softmax`` and
+    ``entropy_from_logits``, as whole logits would.
+
+    Args:
+        head: the language-model head (``output_head``).
+        hidden: (N, T, H) last hidden states of the positions that predict ``tokens``.
+        tokens: (N, T) token ids to score.
+        suppressed: (S,) token ids that cannot be sampled (their probability is 0).
+        temperature: the sampling temperature that divides the logits.
+        with_entropy: also return each position's entropy (no grad).
+        chunk_size: positions per chunk.
+
+    Returns:
+        logps: (N, T), float32 for half-precision hidden states, else their dtype.
+        entropy: (N, T) in the same dtype, or None.
+    """
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    weight, bias = head.weight, head.bias
+    trains = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (flat_hidden, weight, bias))
+    if trains:
+        logps, entropy = _ChunkedHeadLogps.apply(
+            flat_hidden, weight, bias, tokens.reshape(-1), suppressed, temperature, with_entropy, chunk_size
+        )
+    else:
+        logps, entropy, _ = _head_chunks(
+            flat_hidden, weight, bias, tokens.reshape(-1), suppressed, temperature, with_entropy, chunk_size
+        )
+    return logps.view(tokens.shape), None if entropy is None else entropy.view(tokens.shape)
+
+
+def _head_chunks(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    tokens: Tensor,
+    suppressed: Tensor,
+    temperature: float,
+    with_entropy: bool,
+    chunk_size: int,
+    keep: str | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The forward pass of ``head_logps`` over (M, H) hidden states: (M,) log-probs, entropies (or None), and what
+    ``keep`` asks for the backward pass: ``"lse"`` each position's log-normaliser (M,) float32, or ``"direction"``
+    ``(W[token] - sum_v p_v W_v)`` (M, H), the gradient of the log-prob with respect to the hidden state times the
+    temperature."""
+    out_dtype = torch.promote_types(hidden.dtype, torch.float32)  # half precision is scored in float32
+    logps, entropies, kept = [], [], []
+    for start in range(0, tokens.shape[0], chunk_size):
+        chunk_tokens = tokens[start : start + chunk_size]
+        logits = torch.nn.functional.linear(hidden[start : start + chunk_size], weight, bias) / temperature
+        logits = logits.index_fill(-1, suppressed, -torch.inf).unsqueeze(0)
+        logps.append(selective_log_softmax(logits, chunk_tokens.unsqueeze(0))[0])
+        if with_entropy:
+            entropies.append(entropy_from_logits(logits)[0])
+        if keep is not None:
+            lse = torch.logsumexp(logits[0].to(out_dtype), dim=-1)
+            if keep == "lse":
+                kept.append(lse)
+            else:
+                probs = (logits[0].to(out_dtype) - lse[:, None]).exp().to(weight.dtype)
+                kept.append(weight[chunk_tokens] - probs @ weight)
+    empty = hidden.new_zeros(0, dtype=out_dtype)
+    return (
+        torch.cat(logps).to(out_dtype) if logps else empty,
+        (torch.cat(entropies).to(out_dtype) if entropies else empty) if with_entropy else None,
+        (torch.cat(kept) if kept else empty) if keep is not None else None,
+    )
+
+
+class _ChunkedHeadLogps(torch.autograd.Function):
+    """``head_logps`` with gradients, for (M, H) hidden states, without the (M, V) logits in either pass.
+
+    With ``z = (h W^T + b) / T`` and ``p = softmax(z)``, ``d logp(y) / dz_v = 1[v = y] - p_v``. When only the hidden
+    states train (LoRA: the head is frozen), the forward pass keeps ``W_y - sum_v p_v W_v`` per position, which is
+    ``T * d logp / dh``: the backward pass is one scaling, with no logits made again. When the head trains (tied to
+    the input embeddings under full fine-tuning), the forward pass keeps each position's log-normaliser and the
+    backward pass makes the logits again, ``VOCAB_CHUNK_SIZE`` vocabulary entries at a time, and writes each slice of
+    the head's gradient once.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, tokens, suppressed, temperature, with_entropy, chunk_size):
+        head_trains = weight.requires_grad or (bias is not None and bias.requires_grad)
+        keep = "lse" if head_trains else "direction"
+        logps, entropy, kept = _head_chunks(
+            hidden, weight, bias, tokens, suppressed, temperature, with_entropy, chunk_size, keep=keep
+        )
+        ctx.keep, ctx.temperature = keep, temperature
+        ctx.save_for_backward(hidden, weight, bias, tokens, suppressed, kept)
+        if entropy is not None:
+            ctx.mark_non_differentiable(entropy)
+        return logps, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_entropy):
+        hidden, weight, bias, tokens, suppressed, kept = ctx.saved_tensors
+        scale = grad_logps / ctx.temperature  # (M,) d loss / d logp, through the division by the temperature
+        if ctx.keep == "direction":
+            grad_hidden = (scale[:, None] * kept).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+            return grad_hidden, None, None, None, None, None, None, None
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.empty_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        for start in range(0, weight.shape[0], VOCAB_CHUNK_SIZE):
+            stop = min(start + VOCAB_CHUNK_SIZE, weight.shape[0])
+            weight_slice = weight[start:stop]
+            bias_slice = None if bias is None else bias[start:stop]
+            logits = torch.nn.functional.linear(hidden, weight_slice, bias_slice) / ctx.temperature
+            logits = logits.to(kept.dtype)
+            in_slice = suppressed[(suppressed >= start) & (suppressed < stop)] - start
+            logits = logits.index_fill(-1, in_slice, -torch.inf)
+            # d loss / d logits = scale * (1[v = y] - p_v)
+            grad_logits = (logits - kept[:, None]).exp_().mul_(-scale[:, None])
+            chosen = (tokens >= start) & (tokens < stop)
+            grad_logits[rows[chosen], tokens[chosen] - start] += scale[chosen]
+            grad_logits = grad_logits.to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden.addmm_(grad_logits, weight_slice)
+            if grad_weight is not None:
+                torch.mm(grad_logits.T, hidden, out=grad_weight[start:stop])
+            if grad_bias is not None:
+                grad_bias[start:stop] = grad_logits.sum(0)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 def resolution_range(

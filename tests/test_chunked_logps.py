@@ -1,0 +1,223 @@
+"""Completion log-probs from the last hidden states, the language-model head run a chunk of positions at a time
+(``head_logps``): the same log-probs, entropies, loss and gradients as whole (N, C, V) logits, which only these
+tests still make."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grpo_lightning.adapters import base
+from grpo_lightning.adapters.base import head_logps, output_head
+from grpo_lightning.adapters.prefix_cache import cache_through_checkpointing
+from grpo_lightning.algorithms import entropy_from_logits, selective_log_softmax
+from tests.conftest import FAMILIES
+from tests.test_module import make_module
+from tests.test_shared_encoding import B, G, first_batch, reference_adapter
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TEMPERATURE = 0.7
+
+
+def reference_logps(logits: torch.Tensor, tokens: torch.Tensor, suppressed: torch.Tensor, temperature: float):
+    """Log-probs and entropies from whole logits (N, T, V), in their dtype: the plain formula."""
+    logits = (logits / temperature).index_fill(-1, suppressed, -torch.inf)
+    logps = logits.log_softmax(-1)
+    probs = logps.exp()
+    entropy = -(probs * logps.clamp_min(torch.finfo(logps.dtype).min)).sum(-1)
+    return logps.gather(-1, tokens[..., None])[..., 0], entropy
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 64])
+@pytest.mark.parametrize("head_trains", [True, False])
+def test_head_logps_match_a_float64_reference_with_gradients(chunk_size, head_trains, monkeypatch):
+    monkeypatch.setattr(base, "VOCAB_CHUNK_SIZE", 16)  # vocabulary slices in the backward pass, a short last one
+    torch.manual_seed(0)
+    n, t, h, v = 3, 7, 16, 50
+    head = torch.nn.Linear(h, v, bias=head_trains).double().requires_grad_(head_trains)
+    hidden = torch.randn(n, t, h, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, v - 2, (n, t))
+    suppressed = torch.tensor([v - 2, v - 1])
+    advantages = torch.randn(n, t, dtype=torch.float64)
+
+    logps, entropy = head_logps(head, hidden, tokens, suppressed, TEMPERATURE, with_entropy=True, chunk_size=chunk_size)
+    (logps * advantages).sum().backward()
+    grads = [hidden.grad.clone()] + [p.grad.clone() for p in head.parameters() if p.requires_grad]
+    hidden.grad = None
+    head.zero_grad(set_to_none=True)
+
+    expected, expected_entropy = reference_logps(head(hidden), tokens, suppressed, TEMPERATURE)
+    (expected * advantages).sum().backward()
+    assert logps.dtype == entropy.dtype == torch.float64
+    torch.testing.assert_close(logps, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(entropy, expected_entropy, rtol=0, atol=1e-12)
+    expected_grads = [hidden.grad] + [p.grad for p in head.parameters() if p.requires_grad]
+    assert len(grads) == len(expected_grads) == (3 if head_trains else 1)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert entropy is not None and not entropy.requires_grad
+
+
+@pytest.mark.parametrize("head_trains", [True, False])
+def test_head_logps_keep_no_logits_for_the_backward_pass(head_trains):
+    """With gradients, what the graph keeps is the hidden states, the head's own weight and per-position values,
+    never logits."""
+    torch.manual_seed(0)
+    n, t, h, v = 2, 64, 8, 4096
+    head = torch.nn.Linear(h, v, bias=False).requires_grad_(head_trains)
+    hidden = torch.randn(n, t, h, requires_grad=True)
+    tokens = torch.randint(0, v, (n, t))
+    saved: list[tuple[torch.Size, bool]] = []
+
+    def pack(tensor):
+        saved.append((tensor.shape, tensor.data_ptr() == head.weight.data_ptr()))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logps, _ = head_logps(head, hidden, tokens, torch.tensor([0]), chunk_size=16)
+    assert saved and all(is_weight or shape.numel() <= n * t * h for shape, is_weight in saved), saved
+    logps.sum().backward()
+    assert hidden.grad is not None and (head.weight.grad is not None) == head_trains
+
+
+def old_path_logps(adapter, model, rollout, completion_ids, completion_mask, temperature: float):
+    """Log-probs and entropies from the whole model's logits of the completion positions (``logits_to_keep``), on
+    the adapter's path (shared prompts or whole sequences): the computation before the head ran in chunks."""
+    prompts, prompt_index = rollout.prompts, rollout.prompt_index.tolist()
+    width = int(completion_mask.sum(-1).max())
+    inputs = prompts.token_inputs(prompt_index, completion_mask[:, :width])
+    prompt_width = inputs["input_ids"].shape[1]
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], completion_ids[:, :width]], dim=1)
+    if adapter.shared_encoding:
+        cache = adapter.prefill(model, prompts, prompt_index, growing=False)
+        with cache_through_checkpointing(model):
+            outputs = model(
+                input_ids=inputs["input_ids"][:, prompt_width - 1 :],
+                attention_mask=inputs["attention_mask"],
+                **adapter.continuation_positions(model, inputs["attention_mask"], prompt_width - 1),
+                cache=cache,
+                logits_to_keep=width + 1,
+                use_cache=False,
+            )
+    else:
+        outputs = model(
+            **inputs,
+            **adapter.position_kwargs(inputs["attention_mask"]),
+            **prompts.visual_for(prompt_index, adapter.vision_dtype(model)),
+            logits_to_keep=width + 1,
+            use_cache=False,
+        )
+    logits = outputs.logits[:, :-1, :] / temperature
+    suppressed = torch.tensor(adapter.suppressed_token_ids(model))
+    logits = logits.index_fill(-1, suppressed, -torch.inf)
+    logps = torch.zeros(completion_ids.shape)
+    token_logps = selective_log_softmax(logits, completion_ids[:, :width]).float()
+    logps[:, :width] = token_logps.masked_fill(~completion_mask[:, :width].bool(), 0.0)
+    entropy = torch.zeros_like(logps)
+    entropy[:, :width] = entropy_from_logits(logits.detach())
+    return logps, entropy
+
+
+def pass_with_gradients(module, compute, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(log-probs, entropies, loss, every trainable parameter's gradient) of one policy pass: ``compute()`` gives the
+    log-probs and entropies, a per-sequence-mean loss weights them by fixed advantages."""
+    module.model.zero_grad(set_to_none=True)
+    logps, entropy = compute()
+    advantages = torch.linspace(-1.0, 1.0, mask.shape[0])
+    loss = -((logps * mask).sum(-1) / mask.sum(-1).clamp(min=1) * advantages).mean()
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
+    return logps.detach(), entropy, loss.detach(), grads
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("setting", ["full", "gradient_checkpointing", "lora"])
+def test_completion_logps_equal_whole_logits(assets, data_kwargs, family, setting, monkeypatch):
+    """Log-probs, entropies, loss and gradients of the chunked head, on the shared and the unshared path, equal those
+    of the model's whole logits: every family, with gradient checkpointing, with LoRA (adapters on the language
+    model, the head frozen) and without (the head, tied to the input embeddings, trains)."""
+    options = {
+        "full": {},
+        "gradient_checkpointing": {"gradient_checkpointing": True},
+        "lora": {"lora": dict(r=4, alpha=8, dropout=0.0)},
+    }[setting]
+    module = make_module(assets, family, sampling=dict(num_generations=G, max_completion_length=12), **options)
+    module.configure_model()
+    module.model.train()
+    batch = first_batch(data_kwargs)
+    torch.manual_seed(0)
+    rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    assert len(rollout.completions) == B * G
+    # Completions that end early (random weights seldom sample EOS): padding after them, as a rollout has it, and
+    # the longest shorter than the completion budget, so that the pass trims the width.
+    lengths = 10 - torch.arange(B * G) % 4
+    completion_mask = (torch.arange(rollout.completion_ids.shape[1]) < lengths[:, None]).long()
+    pad = module.adapter.tokenizer.pad_token_id
+    completion_ids = rollout.completion_ids.masked_fill(~completion_mask.bool(), pad)
+    mask = completion_mask.float()
+    # 8 sequences x 10 positions in chunks of 7: chunks that straddle sequences, a short last one
+    monkeypatch.setattr(base, "LOGITS_CHUNK_SIZE", 7)
+    monkeypatch.setattr(base, "VOCAB_CHUNK_SIZE", 300)  # every family's vocabulary in several slices
+    assert output_head(module.model).weight.requires_grad == (setting != "lora")
+
+    def chunked(adapter):
+        return lambda: adapter.completion_logps(
+            module.model,
+            rollout.prompts,
+            rollout.prompt_index.tolist(),
+            completion_ids,
+            completion_mask,
+            temperature=TEMPERATURE,
+            with_entropy=True,
+        )
+
+    def whole(adapter):
+        return lambda: old_path_logps(adapter, module.model, rollout, completion_ids, completion_mask, TEMPERATURE)
+
+    for adapter in (module.adapter, reference_adapter(module)):
+        expected = pass_with_gradients(module, whole(adapter), mask)
+        assert expected[3].numel() > 0
+        got = pass_with_gradients(module, chunked(adapter), mask)
+        for name, value, reference in zip(("logps", "entropy", "loss", "gradients"), got, expected, strict=True):
+            torch.testing.assert_close(value, reference, rtol=0, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_completion_logps_in_bfloat16_under_autocast_equal_whole_logits(assets, data_kwargs, family):
+    """The recipe's precision (bf16 weights, bf16-mixed autocast): the chunked head runs and its backward works under
+    autocast, and it agrees with the whole logits as closely as two bf16 computations of them can (rounding of the
+    head's matmul, summed in another order)."""
+    module = make_module(assets, family, sampling=dict(num_generations=G, max_completion_length=12))
+    module.configure_model()
+    module.model.to(torch.bfloat16).train()
+    batch = first_batch(data_kwargs)
+    torch.manual_seed(0)
+    rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    mask = rollout.completion_mask.float()
+    prompt_index = rollout.prompt_index.tolist()
+
+    def chunked():
+        return module.adapter.completion_logps(
+            module.model,
+            rollout.prompts,
+            prompt_index,
+            rollout.completion_ids,
+            rollout.completion_mask,
+            temperature=TEMPERATURE,
+            with_entropy=True,
+        )
+
+    def whole():
+        return old_path_logps(
+            module.adapter, module.model, rollout, rollout.completion_ids, rollout.completion_mask, TEMPERATURE
+        )
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = pass_with_gradients(module, whole, mask)
+        got = pass_with_gradients(module, chunked, mask)
+    assert got[0].dtype == torch.float32 and torch.isfinite(got[3]).all()
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-3)
+    torch.testing.assert_close(got[2], expected[2], rtol=1e-3, atol=1e-3)
+    cosine = torch.nn.functional.cosine_similarity(got[3].float(), expected[3].float(), dim=0)
+    assert cosine > 0.999, cosine
