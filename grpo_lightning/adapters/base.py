@@ -310,13 +310,20 @@ class VLMAdapter:
 
     # ------------------------------------------------------------------------ shared prompt encoding
     def prefill(
-        self, model: torch.nn.Module, prompts: PromptBatch, prompt_index: list[int], *, growing: bool
+        self,
+        model: torch.nn.Module,
+        prompts: PromptBatch,
+        prompt_index: list[int],
+        *,
+        growing: bool,
+        room: int = 0,
     ) -> DynamicCache:
         """KV cache of each distinct prompt minus its last token, computed once and copied to its sequences.
 
         Row j of the cache belongs to sequence j (prompt ``prompt_index[j]``). The model then only processes each
         sequence's last prompt token (a text token) and what follows, so neither the image nor the prompt is
-        encoded once per sample. ``growing``: a cache that sampling extends token by token; else a read-only one
+        encoded once per sample. ``growing``: a cache that sampling extends token by token, with space kept for
+        ``room`` tokens after the prompt (written in place rather than concatenated); else a read-only one
         for a log-prob pass, through which gradients flow into the one shared prefill, also under gradient
         checkpointing (``prefix_cache``).
         """
@@ -335,7 +342,7 @@ class VLMAdapter:
             )
         rows = torch.tensor([unique.index(p) for p in prompt_index], device=inputs["input_ids"].device)
         self.share_prefill_state(model, rows, num_prompts=len(unique))
-        return capture.shared(rows, growing=growing, config=model.config)
+        return capture.shared(rows, growing=growing, config=model.config, room=room)
 
     def share_prefill_state(self, model: torch.nn.Module, rows: Tensor, num_prompts: int) -> None:
         """Copy whatever per-prompt state the model kept from ``prefill`` (``num_prompts`` rows) to the sequences,
@@ -368,7 +375,8 @@ class VLMAdapter:
         inputs = prompts.token_inputs(prompt_index)
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if do_sample else {}
         if self.shared_encoding:
-            prompt = {"cache": self.prefill(model, prompts, prompt_index, growing=True)}
+            # room for every token fed after the prefill: the prompt's last token and all but the last sampled one
+            prompt = {"cache": self.prefill(model, prompts, prompt_index, growing=True, room=max_new_tokens)}
         else:
             prompt = prompts.visual_for(prompt_index, self.vision_dtype(model))
         output = model.generate(
