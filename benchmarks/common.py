@@ -5,6 +5,7 @@ they are used), so a harness imports this without paying for them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -12,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 #: The repository root: benchmarks run from here (``python -m benchmarks.<name>``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,11 +31,42 @@ def median_ms(func: Callable[[], Any], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, minimum, maximum, quartiles (``q1``, ``q3``: the inclusive method, which stays within the data),
+    interquartile range ``iqr`` and median absolute deviation ``mad`` of some timings (at least one)."""
+    if not values:
+        raise ValueError("spread needs at least one value.")
+    median = statistics.median(values)
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (median,) * 3
+    return {
+        "median": median,
+        "min": min(values),
+        "max": max(values),
+        "q1": q1,
+        "q3": q3,
+        "iqr": q3 - q1,
+        "mad": statistics.median(abs(v - median) for v in values),
+    }
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size in MiB (``ru_maxrss`` is in KiB on Linux)."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def release_free_memory() -> None:
+    """Hand the heap's freed pages back to the system (glibc's ``malloc_trim``; nothing elsewhere), so that an idle
+    process holds only what it still uses. Its peak RSS, already reached, is unchanged."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def start_device(device: str, threads: int) -> None:
@@ -83,6 +115,18 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU-seconds of a running process, all its threads and its finished children (``/proc/<pid>/stat``; 0 when
+    unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except (OSError, IndexError):
+        return 0.0
+    # fields[0] is the state (field 3 of proc(5)): utime, stime, cutime, cstime are fields 14 to 17
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def own_cpu_seconds() -> float:
     """CPU-seconds of this process and its finished children."""
     import resource
@@ -101,7 +145,10 @@ def others_share(machine_busy: float, own: float, wall: float, cores: int | None
 
 
 def wait_for_quiet(max_wait: float, threshold: float = 0.15, sample: float = 2.0) -> None:
-    """Wait (at most ``max_wait`` seconds) until other processes use less than ``threshold`` of the CPUs."""
+    """Wait (at most ``max_wait`` seconds) until other processes use less than ``threshold`` of the CPUs; with
+    ``max_wait`` 0 or less, return at once."""
+    if max_wait <= 0:
+        return
     start = time.perf_counter()
     announced = False
     while True:
@@ -196,3 +243,83 @@ def git_head() -> str:
         return "unknown"
     changed = " + uncommitted changes in grpo_lightning/" if dirty.stdout.strip() else ""
     return (head.stdout.strip() or "unknown") + changed
+
+
+# ------------------------------------------------------------------------------------------------ long-lived workers
+# A trainer that is timed over several rounds runs in one process for all of them: it loads and warms up once, then
+# pauses between optimizer steps until told to run its next block of steps. Commands reach it on its stdin and its
+# replies leave on a stream of their own, one JSON object per line; the trainer's own output goes to its log.
+
+
+class WorkerChannel:
+    """The worker's end of the protocol: ``receive`` reads the next command, ``send`` writes one reply."""
+
+    def __init__(self, commands: IO[str], replies: IO[str]):
+        self.commands, self.replies = commands, replies
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.replies.write(json.dumps(message) + "\n")
+        self.replies.flush()
+
+    def receive(self) -> dict[str, Any]:
+        line = self.commands.readline()
+        if not line:
+            raise RuntimeError("The benchmark stopped talking to this worker (its stdin closed).")
+        return json.loads(line)
+
+
+class StepGate:
+    """Where a trainer's worker pauses: after the warm-up steps and after every block of measured steps it reports
+    the steps done since its last report (``{"event": "paused", "steps": [...]}``) and waits for the next command,
+    ``{"command": "run", "steps": n}`` or ``{"command": "finish"}`` (run to the end without pausing again).
+
+    Each step's ``wall_s`` is the time from the previous step's end, or from the command that resumed the trainer
+    after a pause, to this step's end: what the trainer does per step, never the time spent waiting.
+
+    Args:
+        channel: the worker's ``WorkerChannel``.
+        warmup_steps: steps before the first pause (0: pause before the first step).
+        clock: the wall clock in seconds (``device_clock``, which waits for a GPU's queued work).
+        on_pause: called before each report (e.g. ``release_free_memory``, so that an idle worker holds little).
+    """
+
+    def __init__(
+        self,
+        channel: WorkerChannel,
+        warmup_steps: int,
+        clock: Callable[[], float] = time.perf_counter,
+        on_pause: Callable[[], None] | None = None,
+    ):
+        self.channel, self.clock, self.on_pause = channel, clock, on_pause
+        self.pause_after: int | None = warmup_steps
+        self.steps_done = 0
+        self.pending: list[dict[str, Any]] = []
+        self.last_end = 0.0
+
+    def begin(self) -> None:
+        """The trainer is about to take its first step."""
+        if self.pause_after == 0:
+            self._pause()
+        self.last_end = self.clock()
+
+    def step_done(self, record: dict[str, Any]) -> None:
+        """A step ended: time it, keep its ``record`` (which gains ``wall_s``), and pause when a block is done."""
+        record["wall_s"] = self.clock() - self.last_end
+        self.pending.append(record)
+        self.steps_done += 1
+        if self.steps_done == self.pause_after:
+            self._pause()
+        self.last_end = self.clock()
+
+    def _pause(self) -> None:
+        if self.on_pause is not None:
+            self.on_pause()
+        self.channel.send({"event": "paused", "steps": self.pending})
+        self.pending = []
+        command = self.channel.receive()
+        if command.get("command") == "run" and int(command.get("steps", 0)) >= 1:
+            self.pause_after = self.steps_done + int(command["steps"])
+        elif command.get("command") == "finish":
+            self.pause_after = None
+        else:
+            raise RuntimeError(f"Unknown worker command {command!r}: expected run (steps >= 1) or finish.")

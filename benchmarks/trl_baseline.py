@@ -1,6 +1,6 @@
-"""TRL's side of ``benchmarks.bench_vs_trl``: its data and the prompt-token check, one ``GRPOTrainer`` run with
-per-step records, and the check that both trainers did the same work. ``trl`` is imported inside the functions
-that run it (the ``bench`` extra), so the pure parts load without it."""
+"""TRL's side of ``benchmarks.bench_vs_trl``: its data and the prompt-token check, one ``GRPOTrainer`` run that
+reports per-step records and pauses between blocks of steps, and the check that two trainers did the same work.
+``trl`` is imported inside the functions that run it (the ``bench`` extra), so the pure parts load without it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import device_clock, peak_gpu_mib, peak_rss_mib, start_device
+from benchmarks.common import StepGate, device_clock, peak_gpu_mib, peak_rss_mib, start_device
 from benchmarks.trl_settings import BenchSettings, settings_from_json, trl_config_kwargs
 
 
@@ -16,18 +16,20 @@ class UnequalWorkError(RuntimeError):
     """The two trainers did not train on the same tokens: their timings would not be comparable."""
 
 
-def check_equal_work(settings: BenchSettings, ours: dict[str, Any], trl: dict[str, Any]) -> None:
+def check_equal_work(
+    settings: BenchSettings, ours: dict[str, Any], trl: dict[str, Any], names: tuple[str, str] = ("ours", "trl")
+) -> None:
     """Fail loudly unless both runs generated exactly B x G x L completion tokens at every step and trained on the
     same number of prompt + completion tokens step by step (same prompts, same tokenization).
 
     ``ours["steps"]`` / ``trl["steps"]``: per step, ``completion_tokens`` (all completion tokens of the step),
     ``min_completion_length``, ``max_completion_length`` and ``trained_tokens`` (prompt + completion tokens of
-    every sequence); None where a trainer did not report it.
+    every sequence); None where a trainer did not report it. ``names`` name the two runs in the message.
     """
     expected = settings.completion_tokens_per_step
     length = settings.completion_length
     problems: list[str] = []
-    for name, run in (("ours", ours), ("trl", trl)):
+    for name, run in zip(names, (ours, trl), strict=True):
         steps = run["steps"]
         if len(steps) != settings.total_steps:
             problems.append(f"{name}: {len(steps)} steps recorded, {settings.total_steps} expected")
@@ -39,7 +41,9 @@ def check_equal_work(settings: BenchSettings, ours: dict[str, Any], trl: dict[st
                     problems.append(f"{name} step {i}: {key} {step[key]}, expected {length}")
     for i, (a, b) in enumerate(zip(ours["steps"], trl["steps"], strict=False)):
         if a["trained_tokens"] != b["trained_tokens"]:
-            problems.append(f"step {i}: ours trained on {a['trained_tokens']} tokens, trl on {b['trained_tokens']}")
+            problems.append(
+                f"step {i}: {names[0]} trained on {a['trained_tokens']} tokens, {names[1]} on {b['trained_tokens']}"
+            )
     if problems:
         raise UnequalWorkError(
             "The trainers did not do the same work, so their timings are not comparable:\n  "
@@ -59,58 +63,47 @@ def trl_format_reward(completions: list[Any], **kwargs: Any) -> list[float | Non
 trl_format_reward.__name__ = "format"  # TRL logs rewards under the function's name, as ours does
 
 
-def _step_clock(device: str):
-    """A TRL callback that reads the wall clock at the begin and end of each optimizer step and keeps TRL's
-    per-step logs."""
+def _step_clock(device: str, gate: StepGate, settings: BenchSettings):
+    """A TRL callback that hands each optimizer step's record to ``gate`` once TRL has logged the step (its wall time
+    so holds the step's logging, as ours holds its own): the time inside the step (``on_step_begin`` to
+    ``on_step_end``) and the token counts of TRL's log."""
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
-            self.begins: list[float] = []
-            self.ends: list[float] = []
-            self.logs: list[dict[str, float]] = []
-            self.start = 0.0
+            self.begin = self.end = 0.0
+            self.tokens_seen = 0.0  # TRL's num_tokens: cumulative prompt + completion tokens
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.start = device_clock(device)
+            gate.begin()
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self.begins.append(device_clock(device))
+            self.begin = device_clock(device)
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(device_clock(device))
+            self.end = device_clock(device)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "completions/mean_length" in logs:
-                self.logs.append(dict(logs))
+            if not logs or "completions/mean_length" not in logs:
+                return
+            trained = logs["num_tokens"] - self.tokens_seen
+            self.tokens_seen = logs["num_tokens"]
+            gate.step_done(
+                {
+                    "in_step_s": self.end - self.begin,
+                    "completion_tokens": round(logs["completions/mean_length"] * settings.sequences_per_step),
+                    "trained_tokens": round(trained),
+                    "min_completion_length": round(logs["completions/min_length"]),
+                    "max_completion_length": round(logs["completions/max_length"]),
+                }
+            )
 
     return StepClock()
 
 
-def _step_records(clock, settings: BenchSettings) -> list[dict[str, Any]]:
-    """Per step: wall time since the previous step's end, time inside the step, and the token counts TRL logged."""
-    if len(clock.logs) != len(clock.ends):
-        raise RuntimeError(f"TRL logged {len(clock.logs)} steps of {len(clock.ends)}: expected one log per step")
-    previous = [clock.start, *clock.ends[:-1]]
-    steps = []
-    seen = 0
-    for begin, end, before, logs in zip(clock.begins, clock.ends, previous, clock.logs, strict=True):
-        seen, delta = logs["num_tokens"], logs["num_tokens"] - seen  # num_tokens: cumulative prompt + completion
-        steps.append(
-            {
-                "wall_s": end - before,
-                "in_step_s": end - begin,
-                "completion_tokens": round(logs["completions/mean_length"] * settings.sequences_per_step),
-                "trained_tokens": round(delta),
-                "min_completion_length": round(logs["completions/min_length"]),
-                "max_completion_length": round(logs["completions/max_length"]),
-            }
-        )
-    return steps
-
-
-def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
-    """One TRL GRPOTrainer run of ``total_steps`` steps on the same data; the same per-step records as ours."""
+def run_trl(spec: dict[str, Any], gate: StepGate) -> dict[str, Any]:
+    """One TRL GRPOTrainer run of ``total_steps`` steps on the same data, paused between blocks of steps by ``gate``
+    (which receives every step's record); returns the peak memory."""
     import datasets
     from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -123,7 +116,6 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
         import trl.trainer.utils as trl_utils
 
         trl_utils._use_triton = lambda device: True
-    clock = _step_clock(s.device)
     dataset = datasets.load_from_disk(spec["trl_dataset"])
     config = GRPOConfig(**trl_config_kwargs(s, spec["output_dir"], spec["suppress_token_ids"]))
     trainer = GRPOTrainer(
@@ -131,12 +123,11 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
         reward_funcs=[trl_format_reward],
         args=config,
         train_dataset=dataset,
-        callbacks=[clock],
+        callbacks=[_step_clock(s.device, gate, s)],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    peak, peak_gpu = peak_rss_mib(), peak_gpu_mib(s.device)
-    return {"steps": _step_records(clock, s), "peak_rss_mib": peak, "peak_gpu_mib": peak_gpu}
+    return {"peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": peak_gpu_mib(s.device)}
 
 
 def _save_dataset(items: list[dict[str, Any]], dataset_dir: Path) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 MODEL_SHAPE_NAMES = ("cpu", "internvl3-1b")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
-#: How TRL's fused log-prob head runs (``--trl-lm-head``): as installed, or patched to score completion positions
-#: only, as it does on CUDA (see ``benchmarks.bench_vs_trl``'s docstring).
-TRL_LM_HEADS = ("stock", "completion-only")
+#: How TRL's fused log-prob head runs (``--trl-lm-head``): patched to score completion positions only, as it does on
+#: CUDA (the default), or as installed (see ``benchmarks.bench_vs_trl``'s docstring).
+TRL_LM_HEADS = ("completion-only", "stock")
 
 
 def model_shape(name: str) -> dict[str, Any]:
@@ -31,7 +31,8 @@ def model_shape(name: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class BenchSettings:
     """What both trainers are set to: one optimizer step = ``prompts_per_step`` x ``num_generations`` completions of
-    exactly ``completion_length`` tokens.
+    exactly ``completion_length`` tokens; each trainer runs ``warmup_steps``, then ``rounds`` blocks of
+    ``measured_steps`` steps, in one process.
 
     Args:
         prompts_per_step: B, prompts per optimizer step.
@@ -50,8 +51,9 @@ class BenchSettings:
         attn_implementation: attention kernel of both.
         seed: seed of both.
         threads: torch threads of both.
-        warmup_steps: steps left out of the medians, per run.
-        measured_steps: steps measured per run.
+        warmup_steps: steps left out of the statistics, once per trainer process before the first round.
+        measured_steps: steps measured per trainer and round.
+        rounds: rounds; each runs every trainer's block of ``measured_steps`` once, in a shuffled order.
         device: ``cpu`` or ``cuda`` (one device, both trainers).
         dtype: weights and autocast of both, ``float32`` or ``bfloat16``.
         model_shape: the checkpoint's shape, a name of ``MODEL_SHAPE_NAMES``.
@@ -59,8 +61,8 @@ class BenchSettings:
     """
 
     prompts_per_step: int = 2
-    num_generations: int = 4
-    completion_length: int = 32
+    num_generations: int = 8
+    completion_length: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
     beta: float = 0.04
@@ -75,6 +77,7 @@ class BenchSettings:
     threads: int = 2
     warmup_steps: int = 1
     measured_steps: int = 3
+    rounds: int = 3
     device: str = "cpu"
     dtype: str = "float32"
     model_shape: str = "cpu"
@@ -90,8 +93,10 @@ class BenchSettings:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
         if self.num_generations < 2:
             raise ValueError("num_generations must be at least 2: GRPO compares completions within a group.")
-        if min(self.prompts_per_step, self.completion_length, self.measured_steps, self.threads) < 1:
-            raise ValueError("prompts_per_step, completion_length, measured_steps and threads must be at least 1.")
+        if min(self.prompts_per_step, self.completion_length, self.measured_steps, self.rounds, self.threads) < 1:
+            raise ValueError(
+                "prompts_per_step, completion_length, measured_steps, rounds and threads must be at least 1."
+            )
         if self.warmup_steps < 0:
             raise ValueError("warmup_steps must be 0 or more.")
         if self.sequences_per_step % self.micro_batch:
@@ -110,7 +115,8 @@ class BenchSettings:
 
     @property
     def total_steps(self) -> int:
-        return self.warmup_steps + self.measured_steps
+        """Optimizer steps of each trainer's one run: its warm-up, then every round's measured block."""
+        return self.warmup_steps + self.rounds * self.measured_steps
 
     @property
     def completion_tokens_per_step(self) -> int:
@@ -224,7 +230,7 @@ def ours_precision(settings: BenchSettings) -> str:
     return "bf16-mixed" if settings.bf16 else "32-true"
 
 
-def mapping_table(settings: BenchSettings, trl_lm_head: str = "stock") -> list[tuple[str, str, str]]:
+def mapping_table(settings: BenchSettings, trl_lm_head: str = "completion-only") -> list[tuple[str, str, str]]:
     """(setting, ours, TRL) rows: how each setting reaches each trainer."""
     s = settings
     trl_head = {
@@ -282,15 +288,19 @@ def mapping_table(settings: BenchSettings, trl_lm_head: str = "stock") -> list[t
 #: Sequences per forward/backward pass at the sweep's larger points (both trainers), unless --micro-batch-size is
 #: given: TRL's whole-batch pass over 32 sequences would take about 20 GiB here.
 SWEEP_MICRO_BATCH = 8
+#: The sweep's values of G (at the given L) and of L (at the given G).
+SWEEP_GENERATIONS = (2, 4, 8, 16)
+SWEEP_LENGTHS = (32, 128, 256)
 
 
 def sweep_settings(settings: BenchSettings) -> list[tuple[str, BenchSettings]]:
-    """The sweep's points, each once: G in 2, 4, 8, 16 at the given L, and L in 16, 32, 64, 128 at the given G, with
-    at most ``SWEEP_MICRO_BATCH`` sequences per pass (or the given ``micro_batch_size``) in both trainers."""
+    """The sweep's points, each once: G in ``SWEEP_GENERATIONS`` at the given L, and L in ``SWEEP_LENGTHS`` at the
+    given G, with at most ``SWEEP_MICRO_BATCH`` sequences per pass (or the given ``micro_batch_size``) in both
+    trainers."""
     points: dict[tuple[int, int], tuple[str, dict[str, int]]] = {}
-    for g in (2, 4, 8, 16):
+    for g in SWEEP_GENERATIONS:
         points.setdefault((g, settings.completion_length), ("G", {"num_generations": g}))
-    for length in (16, 32, 64, 128):
+    for length in SWEEP_LENGTHS:
         key = (settings.num_generations, length)
         points[key] = ("G, L", points[key][1]) if key in points else ("L", {"completion_length": length})
     out = []
