@@ -221,8 +221,8 @@ def build_tiny_internvl(
     hidden_size: int = 64,
     intermediate_size: int = 128,
     num_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
+    num_attention_heads: int = 2,
+    num_key_value_heads: int = 1,
     vision_hidden_size: int = 32,
     vision_intermediate_size: int = 64,
     vision_num_layers: int = 2,
@@ -242,7 +242,9 @@ def build_tiny_internvl(
     processor's tile budget: an image gets the grid of 1 to ``max_patches`` tiles closest to its aspect ratio, plus a
     thumbnail when that grid has more than one (1 = no multi-tile cropping: every image is one tile). ``pad_vocab_to``
     grows the vocabulary with filler tokens to a real checkpoint's size (151,674 for InternVL3-1B), so that
-    embedding, logits and sampling cost what they cost there; ``dtype`` is the saved weights' dtype.
+    embedding, logits and sampling cost what they cost there; ``dtype`` is the saved weights' dtype. The language
+    model's default heads are 32 wide (2 heads of the 64 hidden, 1 KV head), the narrowest that vLLM's CPU attention
+    runs, so the demo model also samples with the ``vllm`` rollout engine.
     Returns ``out_dir``.
     """
     from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen2Config
@@ -356,8 +358,8 @@ def build_tiny_qwen2vl(
     hidden_size: int = 64,
     intermediate_size: int = 128,
     num_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
+    num_attention_heads: int = 2,
+    num_key_value_heads: int = 1,
     vision_embed_dim: int = 32,
     vision_num_layers: int = 2,
     vision_num_heads: int = 2,
@@ -377,7 +379,8 @@ def build_tiny_qwen2vl(
 
     Images are resized (aspect kept) to a multiple of ``patch_size * merge_size`` pixels with an area between
     ``min_pixels`` and ``max_pixels``; each gives ``grid_h * grid_w / merge_size ** 2`` ``<|image_pad|>`` tokens
-    (16 for a 64x64 image with the defaults). Returns ``out_dir``.
+    (16 for a 64x64 image with the defaults). The language model's default heads are 32 wide, as in
+    ``build_tiny_internvl``, for vLLM's CPU attention. Returns ``out_dir``.
     """
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 

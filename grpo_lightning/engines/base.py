@@ -1,0 +1,82 @@
+"""The rollout-engine seam: what samples a rollout's completions for :class:`~grpo_lightning.module.GRPOModule`.
+
+An engine gets the prompts (tokenised, with their images) and returns completion token ids; the loss side does not
+depend on it: policy, reference and old-policy log-probs are always computed by the trained model on the sampled ids.
+Two engines: ``hf`` (:class:`~grpo_lightning.engines.hf.HFEngine`, the policy's own ``generate``) and ``vllm``
+(:class:`~grpo_lightning.engines.vllm.VLLMEngine`, vLLM in a process of its own, kept in step with the policy's
+weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from grpo_lightning.adapters import PromptBatch, VLMAdapter
+    from grpo_lightning.config import SamplingConfig
+
+
+@dataclass
+class SampledCompletions:
+    """What an engine sampled, in the order of the ``prompt_index`` it was given.
+
+    Attributes:
+        completion_ids: (N, C) token ids, right-padded with the tokenizer's pad id after the first EOS.
+        logps: (N, C) float32 log-probs of the sampled tokens under the engine's own distribution (0 on padding), or
+            None when the engine is the policy itself.
+    """
+
+    completion_ids: Tensor
+    logps: Tensor | None = None
+
+
+class RolloutEngine:
+    """Samples completions. ``start`` once before the first rollout of a fit, ``stop`` at its end (or failure)."""
+
+    #: The ``model.rollout_engine`` value that selects this engine.
+    name: str = ""
+
+    def start(
+        self, model: torch.nn.Module, adapter: VLMAdapter, weights_dtype: str, device: torch.device | None = None
+    ) -> None:
+        """Get ready to sample from ``model`` (the policy as it trains: frozen parts and LoRA in place) on ``device``
+        (the trainer's; None: the model's)."""
+
+    def stop(self) -> None:
+        """Release what ``start`` took; safe to call more than once, and without a ``start``."""
+
+    @property
+    def running(self) -> bool:
+        """Whether ``start`` ran and ``stop`` did not."""
+        return False
+
+    def sync_weights(self, model: torch.nn.Module) -> dict[str, float]:
+        """Bring the engine's weights to ``model``'s; returns what it measured (empty when nothing is copied)."""
+        return {}
+
+    def sample(
+        self,
+        model: torch.nn.Module,
+        adapter: VLMAdapter,
+        prompts: PromptBatch,
+        images: list[Any],
+        prompt_index: list[int],
+        sampling: SamplingConfig,
+        do_sample: bool,
+    ) -> SampledCompletions:
+        """One completion per entry of ``prompt_index`` (an index into ``prompts`` and ``images``)."""
+        raise NotImplementedError
+
+
+def right_pad(pieces: list[Tensor], pad_id: int) -> Tensor:
+    """Concatenate (n_i, C_i) id tensors along dim 0, right-padded with ``pad_id`` to the widest."""
+    width = max(piece.shape[1] for piece in pieces)
+    padded = [torch.nn.functional.pad(piece, (0, width - piece.shape[1]), value=pad_id) for piece in pieces]
+    return torch.cat(padded, dim=0)
+
+
+__all__ = ["RolloutEngine", "SampledCompletions", "right_pad"]

