@@ -15,7 +15,8 @@ and the trainer minimises ``pg_loss + beta * approx_kl`` per token, where
 * :func:`compute_group_advantages` gives A_i = (r_i - mean(r_group)) / (std + eps); the divisor is the group
   std (GRPO), the batch std, or nothing (Dr. GRPO, Liu et al. 2025);
 * :func:`clipped_surrogate` gives the per-token ``pg_loss`` (PPO clip; eps_high > eps_low is the DAPO
-  clip-higher of Yu et al. 2025);
+  clip-higher of Yu et al. 2025; ``delta`` the two-sided clip of INTELLECT-2); its ratio is per token (GRPO), per
+  sequence (GSPO, Zheng et al. 2025) or GSPO-token's (:data:`IMPORTANCE_SAMPLING_LEVELS`);
 * :func:`kl_k3` gives ``approx_kl``, the k3 estimator of KL(pi_theta || pi_ref) (Schulman 2020,
   "Approximating KL divergence");
 * :func:`aggregate_loss` reduces the (B, T) per-token loss to a scalar. The variants differ only in the
@@ -28,14 +29,17 @@ and the trainer minimises ``pg_loss + beta * approx_kl`` per token, where
 
 Helpers for the surrounding step: :func:`selective_log_softmax` and :func:`entropy_from_logits` read per-token
 log-probs and entropies off (B, T, V) logits without materialising a (B, T, V) log-softmax at once;
-:func:`completion_mask` and :func:`is_truncated` turn generated ids into the mask the losses take.
+:func:`completion_mask` and :func:`is_truncated` turn generated ids into the mask the losses take;
+:func:`drop_truncated` leaves truncated completions out of it (DAPO), and :func:`entropy_quantile_threshold` with
+:func:`high_entropy_mask` keep the policy term on the batch's highest-entropy tokens (Wang et al. 2025).
 
 Simplified, on purpose:
 
 * outcome rewards only: one scalar reward per completion, its advantage broadcast to every token (no
   process supervision, no value function, no GAE);
 * one KL estimator (k3), added to the loss per token, not to the reward;
-* no dual-clip, no entropy bonus, no importance-sampling correction for a separate generation engine;
+* no dual-clip (the two-sided ``delta`` clip only), no entropy bonus; the importance-sampling correction for a
+  separate generation engine is weights the caller computes (``grpo_loss``'s ``importance_weights``);
 * distributed statistics are the caller's job: ``batch`` reward scaling uses the std of the rewards it is given,
   and a loss whose normaliser is ``"global_tokens"`` (``dapo``) is given the global token count.
 """
@@ -51,7 +55,9 @@ from torch import Tensor
 
 __all__ = [
     "ADVANTAGE_SCALERS",
+    "IMPORTANCE_SAMPLING_LEVELS",
     "LOSS_AGGREGATORS",
+    "ImportanceSamplingLevel",
     "LossAggregation",
     "LossNormaliser",
     "LossType",
@@ -60,19 +66,24 @@ __all__ = [
     "clipped_surrogate",
     "completion_mask",
     "compute_group_advantages",
+    "drop_truncated",
     "entropy_from_logits",
+    "entropy_quantile_threshold",
     "group_reward_std",
     "grpo_loss",
+    "high_entropy_mask",
     "is_truncated",
     "kl_k3",
     "loss_normaliser",
     "register_advantage_scaler",
+    "register_importance_sampling_level",
     "register_loss_aggregator",
     "selective_log_softmax",
 ]
 
 ScaleRewards = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+ImportanceSamplingLevel = Literal["token", "sequence", "sequence_token"]
 #: What a loss variant divides the summed token losses by: the number of sequences after a mean over each one's
 #: tokens, the completion tokens of this process's batch, those of the global batch (every process, every
 #: accumulation step: the caller reduces the count), or the generation budget (sequences x max length).
@@ -261,21 +272,92 @@ def group_reward_std(rewards: Tensor, num_generations: int) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
+ImportanceRatio = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+IMPORTANCE_SAMPLING_LEVELS: dict[str, ImportanceRatio] = {}
+
+
+def register_importance_sampling_level(name: str) -> Callable[[ImportanceRatio], ImportanceRatio]:
+    """Register a way of forming the importance ratio for :func:`clipped_surrogate` under ``name``."""
+
+    def decorator(fn: ImportanceRatio) -> ImportanceRatio:
+        if name in IMPORTANCE_SAMPLING_LEVELS:
+            raise ValueError(f"importance_sampling_level {name!r} is already registered")
+        IMPORTANCE_SAMPLING_LEVELS[name] = fn
+        return fn
+
+    return decorator
+
+
+@register_importance_sampling_level("token")
+def _token_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor) -> Tensor:
+    """PPO / GRPO: one ratio per token, ``log r_it = logp_it - old_logp_it``."""
+    return logps - old_logps
+
+
+def _sequence_mean_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor) -> Tensor:
+    """(B, 1) ``log s_i = 1/|o_i| sum_t (logp_it - old_logp_it)`` over the sequence's masked tokens (0 if none)."""
+    keep = mask != 0
+    # where(), not a product: padding may hold anything, and a -inf log-prob there would turn 0 * inf into NaN
+    log_ratio = torch.where(keep, logps - old_logps, torch.zeros_like(logps))
+    return log_ratio.sum(dim=1, keepdim=True) / keep.sum(dim=1, keepdim=True).clamp_min(1)
+
+
+@register_importance_sampling_level("sequence")
+def _sequence_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor) -> Tensor:
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071, eq. 7): ``s_i = (pi(o_i) / pi_old(o_i)) ** (1 / |o_i|)``, the
+    length-normalised sequence ratio, given to every token of the sequence; its gradient reaches every token through
+    the mean, ``d s_i / d logp_it = s_i / |o_i|``."""
+    return _sequence_mean_log_ratio(logps, old_logps, mask).expand_as(logps)
+
+
+@register_importance_sampling_level("sequence_token")
+def _sequence_token_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor) -> Tensor:
+    """GSPO-token (Zheng et al. 2025, eq. 13): ``s_it = sg[s_i] * pi(o_it) / sg[pi(o_it)]``: the value of ``s_i``
+    on every token, with the gradient of token t's own log-prob only, ``d s_it / d logp_it = s_i``."""
+    sequence = _sequence_mean_log_ratio(logps, old_logps, mask).detach()
+    return sequence + (logps - logps.detach())
+
+
 def clipped_surrogate(
     logps: Tensor,
     old_logps: Tensor,
     advantages: Tensor,
     epsilon_low: float = 0.2,
     epsilon_high: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+    *,
+    delta: float | None = None,
+    importance_sampling_level: str = "token",
+    mask: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token PPO clipped surrogate loss as used by GRPO (DeepSeekMath, Shao et al. 2024, eq. 3).
 
-    ``ratio = exp(logps - old_logps)`` and
-    ``pg_loss = -min(ratio * A, clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)``.
+    ``pg_loss = -min(ratio * A, clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)``, where the ratio is formed
+    according to ``importance_sampling_level``:
+
+    * ``"token"``: ``ratio_it = exp(logp_it - old_logp_it)``, one per token (GRPO);
+    * ``"sequence"``: GSPO's ``s_i = exp(mean_t (logp_it - old_logp_it))`` (Zheng et al. 2025, arXiv 2507.18071),
+      one per sequence and clipped per sequence, its loss given to each of the sequence's tokens. Reduced with
+      ``loss_type="grpo"`` (mean over the sequence's tokens) this is the GSPO objective
+      ``-1/G sum_i min(s_i A_i, clip(s_i) A_i)``; the token-sum reductions weigh each sequence by its length, as
+      TRL's ``importance_sampling_level="sequence"`` does with them;
+    * ``"sequence_token"``: GSPO-token's ``s_it = sg[s_i] * pi(o_it) / sg[pi(o_it)]``: the value (hence the clip) of
+      ``s_i``, the gradient of the token's own log-prob. With one advantage per sequence its loss and gradient are
+      those of ``"sequence"`` (the paper's remark), except where tokens are left out of the policy term
+      (``grpo_loss``'s ``policy_mask``): there only the kept tokens get a gradient. TRL has no such level.
+
+    The clip masks are per token at every level (a clipped sequence counts each of its tokens), so that they add up
+    over micro-batches like the other token statistics; TRL counts a sequence-level clip once per sequence.
+
     With ``epsilon_high > epsilon_low`` this is DAPO's clip-higher (Yu et al. 2025, sec. 3.1), which leaves
-    low-probability tokens more room to grow. ``old_logps`` and ``advantages`` are constants of the update and
-    are detached here; when the policy takes a single step per generation, pass ``old_logps = logps.detach()``
-    (ratio is 1 and the gradient is the plain policy gradient).
+    low-probability tokens more room to grow. ``delta`` is the two-sided clip of INTELLECT-2 (Prime Intellect 2025,
+    arXiv 2505.07291; TRL's ``delta``): the unclipped term uses ``min(ratio, delta)``, so a negative-advantage token
+    whose ratio has grown past ``delta`` stops contributing a gradient instead of an unbounded one (for ``A > 0``
+    the ``1 + epsilon_high`` clip already binds first, as ``delta > 1 + epsilon_high``).
+
+    ``old_logps`` and ``advantages`` are constants of the update and are detached here; when the policy takes a
+    single step per generation, pass ``old_logps = logps.detach()`` (every ratio is 1; the gradient is the plain
+    policy gradient, the same at every level).
 
     Args:
         logps: (B, T) log-probs of the sampled tokens under the current policy.
@@ -284,19 +366,27 @@ def clipped_surrogate(
         epsilon_low: lower clip range, ratio is clipped at ``1 - epsilon_low``.
         epsilon_high: upper clip range, ratio is clipped at ``1 + epsilon_high``; None means ``epsilon_low``
             (symmetric PPO clip).
+        delta: upper bound of the unclipped ratio for the two-sided clip, above ``1 + epsilon_high``; None: off.
+        importance_sampling_level: a registered level (:data:`IMPORTANCE_SAMPLING_LEVELS`).
+        mask: (B, T) the tokens a sequence ratio averages over (``"sequence"`` levels); None: every token.
 
     Returns:
-        ``(per_token_loss, is_low_clipped, is_high_clipped)``, all (B, T): the loss (unmasked, to be reduced by
-        :func:`aggregate_loss`), and bool masks of the tokens whose gradient the clip removes:
-        ``ratio < 1 - epsilon_low`` with ``A < 0``, and ``ratio > 1 + epsilon_high`` with ``A > 0``.
+        ``(per_token_loss, clipped)``: the (B, T) loss (unmasked, to be reduced by :func:`aggregate_loss`), and (B, T)
+        bool masks of the tokens whose gradient a clip removes: ``clip_low`` (``ratio < 1 - epsilon_low`` with
+        ``A < 0``), ``clip_high`` (``ratio > 1 + epsilon_high`` with ``A > 0``) and, with ``delta``, ``clip_delta``
+        (``ratio > delta`` with ``A < 0``).
 
     Raises:
-        ValueError: shapes do not match, or a clip range is negative.
+        ValueError: shapes do not match, a clip range is negative, ``delta <= 1 + epsilon_high``, or the level is
+            unknown.
     """
+    log_ratio_of = _lookup(IMPORTANCE_SAMPLING_LEVELS, importance_sampling_level, "importance_sampling_level")
     if epsilon_high is None:
         epsilon_high = epsilon_low
     if epsilon_low < 0 or epsilon_high < 0:
         raise ValueError(f"clip ranges must be >= 0, got epsilon_low={epsilon_low}, epsilon_high={epsilon_high}")
+    if delta is not None and not delta > 1.0 + epsilon_high:
+        raise ValueError(f"delta must be above 1 + epsilon_high = {1.0 + epsilon_high}, got {delta}")
     if logps.dim() != 2 or logps.shape != old_logps.shape:
         raise ValueError(
             f"logps and old_logps must both be (B, T), got {tuple(logps.shape)} and {tuple(old_logps.shape)}"
@@ -305,14 +395,23 @@ def clipped_surrogate(
         raise ValueError(
             f"advantages must be (B,) = ({logps.shape[0]},), one per sequence, got {tuple(advantages.shape)}"
         )
+    if mask is None:
+        mask = torch.ones_like(logps, dtype=torch.bool)
+    elif mask.shape != logps.shape:
+        raise ValueError(f"mask must be (B, T) like logps, got {tuple(mask.shape)} and {tuple(logps.shape)}")
     advantages = advantages.detach().unsqueeze(1)
-    ratio = torch.exp(logps - old_logps.detach())
+    ratio = torch.exp(log_ratio_of(logps, old_logps.detach(), mask))
     clipped_ratio = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+    unclipped_ratio = ratio if delta is None else torch.clamp(ratio, max=delta)
     # -min(a, b) == max(-a, -b): the pessimistic (lower) bound of the surrogate objective.
-    pg_loss = torch.maximum(-ratio * advantages, -clipped_ratio * advantages)
-    is_low_clipped = (ratio < 1.0 - epsilon_low) & (advantages < 0)
-    is_high_clipped = (ratio > 1.0 + epsilon_high) & (advantages > 0)
-    return pg_loss, is_low_clipped, is_high_clipped
+    pg_loss = torch.maximum(-unclipped_ratio * advantages, -clipped_ratio * advantages)
+    clipped = {
+        "clip_low": (ratio < 1.0 - epsilon_low) & (advantages < 0),
+        "clip_high": (ratio > 1.0 + epsilon_high) & (advantages > 0),
+    }
+    if delta is not None:
+        clipped["clip_delta"] = (ratio > delta) & (advantages < 0)
+    return pg_loss, clipped
 
 
 def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
@@ -480,6 +579,10 @@ def grpo_loss(
     entropy: Tensor | None = None,
     epsilon_low: float = 0.2,
     epsilon_high: float | None = None,
+    delta: float | None = None,
+    importance_sampling_level: str = "token",
+    policy_mask: Tensor | None = None,
+    importance_weights: Tensor | None = None,
     num_sequences: int | None = None,
     num_tokens: float | Tensor | None = None,
     max_completion_length: int | None = None,
@@ -491,6 +594,25 @@ def grpo_loss(
     :func:`aggregate_loss` with the normaliser of ``loss_type`` (``num_sequences``, ``num_tokens`` and
     ``max_completion_length`` as there): given the whole batch's, micro-batch losses and statistics add up.
 
+    What leaves tokens out, and of what:
+
+    * ``mask`` leaves tokens out of everything: the loss, its normaliser and the statistics. Truncated completions
+      left out of the loss (DAPO's overlong filtering, TRL's ``mask_truncated_completions``) are rows of ``mask``
+      set to 0 by the caller (:func:`drop_truncated`): they still count in ``num_sequences`` (``grpo``, ``dr_grpo``)
+      and not in ``num_tokens`` (``bnpo``, ``dapo``), as in TRL, where their loss mask is zero;
+    * ``policy_mask`` leaves tokens out of the policy term only (the top-entropy tokens of :func:`high_entropy_mask`,
+      Wang et al. 2025): the KL term, the normaliser and the statistics still count every token of ``mask``, as
+      TRL's ``top_entropy_quantile`` does.
+
+    ``importance_weights`` multiply each token's policy term (after ``policy_mask``, before the KL term is added and
+    before the aggregation): the truncated importance-sampling correction of a rollout sampled by another engine
+    (:func:`~grpo_lightning.engines.correction.truncated_importance_weights`). This is TRL's
+    ``vllm_importance_sampling_correction`` with ``vllm_importance_sampling_mode="token_truncate"``,
+    ``vllm_importance_sampling_clip_max=C`` and no ``clip_min`` (TRL 1.16, whose default mode is ``sequence_mask``;
+    ``vllm_importance_sampling_cap`` before), which multiplies ``per_token_loss`` (after its entropy mask) by
+    ``importance_sampling_ratio`` and then adds ``beta * per_token_kl``. The KL term, the normaliser and the statistics
+    (clip fractions included) are unweighted.
+
     Args:
         logps: (B, T) log-probs of the sampled tokens under the current policy.
         old_logps: (B, T) the same under the policy that sampled them; None: ``logps`` detached (ratio 1).
@@ -501,20 +623,45 @@ def grpo_loss(
         beta: weight of the KL term.
         entropy: (B, T) the policy's entropy per token, for the statistics only; None: left out.
         epsilon_low: lower clip range of the ratio; ``epsilon_high`` the upper one (None: ``epsilon_low``).
+        delta: the two-sided clip's bound on the ratio of negative-advantage tokens (:func:`clipped_surrogate`);
+            None: off.
+        importance_sampling_level: ``"token"``, ``"sequence"`` (GSPO) or ``"sequence_token"`` (GSPO-token), see
+            :func:`clipped_surrogate`; the sequence ratios average over ``mask``.
+        policy_mask: (B, T) tokens whose policy term counts (bool or 0/1); None: every token of ``mask``.
+        importance_weights: (B, T) weights of each token's policy term, used detached (no gradient flows into them);
+            None: 1.
         stats_num_tokens: divisor of the statistics' token sums; default ``max(mask.sum(), 1)``, token means.
 
     Returns:
         ``(loss, stats)``: the scalar to backpropagate, and detached scalars ``loss``, ``clip_low`` and ``clip_high``
-        (tokens whose gradient the clip removes), ``kl`` (with ``ref_logps``), ``entropy`` (with ``entropy``).
+        (tokens whose gradient the clip removes), ``clip_delta`` (with ``delta``), ``kl`` (with ``ref_logps``),
+        ``entropy`` (with ``entropy``).
 
     Raises:
-        ValueError: mismatched shapes, ``beta > 0`` without ``ref_logps``, or what :func:`aggregate_loss` refuses.
+        ValueError: mismatched shapes, ``beta > 0`` without ``ref_logps``, or what :func:`clipped_surrogate` or
+            :func:`aggregate_loss` refuses.
     """
     if beta > 0 and ref_logps is None:
         raise ValueError(f"beta={beta} weighs a KL term, which needs ref_logps; pass them, or set beta=0")
     old_logps = logps.detach() if old_logps is None else old_logps
-    pg_loss, low, high = clipped_surrogate(logps, old_logps, advantages, epsilon_low, epsilon_high)
-    per_token_loss, observed = pg_loss, {"clip_low": low, "clip_high": high}
+    pg_loss, observed = clipped_surrogate(
+        logps, old_logps, advantages, epsilon_low, epsilon_high,
+        delta=delta, importance_sampling_level=importance_sampling_level, mask=mask,
+    )  # fmt: skip
+    if policy_mask is not None:
+        if policy_mask.shape != pg_loss.shape:
+            raise ValueError(
+                f"policy_mask must be (B, T) like the mask, got {tuple(policy_mask.shape)} and {tuple(mask.shape)}"
+            )
+        pg_loss = torch.where(policy_mask != 0, pg_loss, torch.zeros_like(pg_loss))
+    if importance_weights is not None:
+        if importance_weights.shape != pg_loss.shape:
+            raise ValueError(
+                f"importance_weights must be (B, T) like the mask, got {tuple(importance_weights.shape)} and "
+                f"{tuple(mask.shape)}"
+            )
+        pg_loss = pg_loss * importance_weights.detach().to(pg_loss.dtype)
+    per_token_loss = pg_loss
     if ref_logps is not None:
         observed["kl"] = approx_kl = kl_k3(logps, ref_logps)
         per_token_loss = pg_loss + beta * approx_kl
@@ -664,3 +811,68 @@ def is_truncated(completion_ids: Tensor, eos_token_ids: int | Sequence[int]) -> 
         ValueError: completion_ids is not 2-D, or eos_token_ids is empty.
     """
     return ~_is_eos(completion_ids, eos_token_ids).any(dim=1)
+
+
+def drop_truncated(mask: Tensor, truncated: Tensor) -> Tensor:
+    """The loss mask without truncated completions (DAPO's overlong filtering, Yu et al. 2025, sec. 3.4).
+
+    A completion cut at the length budget is not judged on an ending it never reached: its tokens leave the loss.
+    Its reward still counts for its group's advantages (the caller computes those from every completion, as TRL's
+    ``mask_truncated_completions`` does), and it still counts as a sequence for the ``grpo`` and ``dr_grpo``
+    normalisers (see :func:`grpo_loss`).
+
+    Args:
+        mask: (B, T) loss mask (bool, int or float 0/1).
+        truncated: (B,) bool, True for completions without EOS (:func:`is_truncated`).
+
+    Returns:
+        (B, T) the mask, same dtype, with the rows of truncated completions set to 0.
+
+    Raises:
+        ValueError: ``truncated`` is not (B,).
+    """
+    if truncated.shape != mask.shape[:1]:
+        raise ValueError(f"truncated must be (B,) = ({mask.shape[0]},), got {tuple(truncated.shape)}")
+    return torch.where(truncated.bool().unsqueeze(1), torch.zeros_like(mask), mask)
+
+
+def entropy_quantile_threshold(entropies: Tensor, top_quantile: float) -> Tensor:
+    """The entropy above which the ``top_quantile`` fraction of tokens lies (Wang et al. 2025, "Beyond the 80/20
+    Rule", arXiv 2506.01939; TRL's ``top_entropy_quantile``).
+
+    The ``1 - top_quantile`` quantile of the values given, with linear interpolation between order statistics (the
+    definition of ``torch.quantile`` and ``numpy.quantile``, computed here by a sort, with no size limit). Pass the
+    entropies of every completion token of the batch, from every process, so that the threshold is the batch's.
+
+    Args:
+        entropies: (K,) entropies of the tokens that count.
+        top_quantile: rho in [0, 1]: 1 keeps every token (the threshold is the smallest entropy), 0 only the highest.
+
+    Returns:
+        Scalar threshold in the dtype of ``entropies``; +inf when there are no values (no token is kept).
+
+    Raises:
+        ValueError: ``entropies`` is not 1-D, or ``top_quantile`` is outside [0, 1].
+    """
+    if entropies.dim() != 1:
+        raise ValueError(f"entropies must be 1-D (the tokens that count), got shape {tuple(entropies.shape)}")
+    if not 0.0 <= top_quantile <= 1.0:
+        raise ValueError(f"top_quantile must be in [0, 1], got {top_quantile}")
+    if entropies.numel() == 0:
+        return entropies.new_tensor(float("inf"))
+    ordered = entropies.sort().values
+    position = (1.0 - top_quantile) * (ordered.numel() - 1)
+    below = int(position)
+    above = min(below + 1, ordered.numel() - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def high_entropy_mask(entropy: Tensor, mask: Tensor, threshold: float | Tensor) -> Tensor:
+    """(B, T) bool: tokens of ``mask`` whose entropy is at least ``threshold`` (:func:`entropy_quantile_threshold`).
+
+    Raises:
+        ValueError: shapes differ.
+    """
+    if entropy.shape != mask.shape:
+        raise ValueError(f"entropy must be (B, T) like the mask, got {tuple(entropy.shape)} and {tuple(mask.shape)}")
+    return (entropy >= threshold) & (mask != 0)

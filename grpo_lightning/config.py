@@ -22,11 +22,17 @@ class RewardConfig:
         funcs: registered reward names or dotted paths ``pkg.module:function``.
         weights: one weight per reward function (None: all 1.0).
         kwargs: options of reward functions, by name (e.g. ``{explanation: {cider_weight: 0.5}}``).
+        aggregation: how the functions' scores become a completion's training reward: ``sum_then_normalize`` (their
+            weighted sum; the advantage normalises it) or ``normalize_then_sum`` (GDPO, arXiv 2601.05242; TRL's
+            ``multi_objective_aggregation``: each function's scores normalised within the prompt's group first,
+            ``(x - group mean) / (group std + 1e-4)`` over the completions it scored, then the weighted sum; with
+            ``loss.scale_rewards: batch`` the advantage is GDPO's). Logged rewards stay the plain weighted sum.
     """
 
     funcs: Sequence[str] = ("format",)
     weights: Sequence[float] | None = None
     kwargs: dict[str, dict[str, Any]] | None = None
+    aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
 
     def __post_init__(self) -> None:
         if self.weights is not None and len(self.weights) != len(self.funcs):
@@ -53,6 +59,14 @@ class SamplingConfig:
         top_p: nucleus sampling threshold.
         top_k: top-k sampling (None: off).
         generation_batch_size: sequences sampled at once (None: all B * G together).
+        dynamic_sampling: DAPO's dynamic sampling: leave out the groups whose rewards spread no more than
+            ``min_group_reward_std`` (they carry no learning signal) and sample further batches of prompts from the
+            training data, in rounds, until the step has B groups with a spread. Off: every group trains.
+        min_group_reward_std: a group trains only when the std of its G rewards is above this; 0 leaves out only
+            the groups of equal rewards.
+        max_refill_rounds: the most extra rounds (one batch of prompts each) a step samples; when they do not find
+            B groups with a spread, the step trains those it found and makes up the rest with groups of equal
+            rewards (advantage 0), as without dynamic sampling, and a warning names the step.
     """
 
     num_generations: int = 8
@@ -62,10 +76,18 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int | None = None
     generation_batch_size: int | None = None
+    dynamic_sampling: bool = False
+    min_group_reward_std: float = 0.0
+    max_refill_rounds: int = 4
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
             raise ValueError("num_generations must be at least 2: advantages compare completions within a group.")
+        if self.min_group_reward_std < 0 or self.max_refill_rounds < 0:
+            raise ConfigError(
+                f"sampling.min_group_reward_std ({self.min_group_reward_std}) and sampling.max_refill_rounds "
+                f"({self.max_refill_rounds}) must be 0 or more."
+            )
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,22 @@ class LossConfig:
             the global batch).
         micro_batch_size: sequences per forward/backward pass in the loss computation.
         max_grad_norm: clip the gradient norm to this value before each step (None: no clipping).
+        delta: two-sided clipping (INTELLECT-2): the ratio of a negative-advantage token is capped at ``delta``, so it
+            stops pushing once past it (None: off; must exceed ``1 + epsilon_high``). Logged as ``clip_ratio/delta``.
+        importance_sampling_level: the ratio of the surrogate: ``token`` (GRPO), ``sequence`` (GSPO: the geometric
+            mean of the sequence's token ratios, clipped per sequence; with ``loss_type: grpo`` the GSPO objective) or
+            ``sequence_token`` (GSPO-token: the sequence ratio's value, each token's own gradient).
+        mask_truncated_completions: completions cut at ``max_completion_length`` without EOS get no loss (DAPO's
+            overlong filtering); they still count in their group's advantages, and in the normaliser's sequence count
+            (``grpo``, ``dr_grpo``) but not its token count (``bnpo``, ``dapo``), as in TRL.
+        top_entropy_quantile: rho: only the completion tokens whose entropy is in the top rho fraction of the batch
+            (all micro-batches and processes) get the policy term (Wang et al. 2025, TRL's ``top_entropy_quantile``);
+            the KL term keeps every token. 1.0: every token, no extra pass; below 1 one no-grad entropy pass per step.
+        ref_sync_steps: every this many optimizer steps the reference model becomes
+            ``ref_sync_alpha * policy + (1 - ref_sync_alpha) * reference`` (TR-DPO; TRL's ``sync_ref_model``); 0: never.
+            Needs ``beta > 0`` and full fine-tuning (with LoRA the reference is the base model itself). Checkpoints
+            then hold the reference's weights too (``reference_state_dict``), and a resumed run continues from them.
+        ref_sync_alpha: the policy's share in that mix (1.0: the reference becomes a copy of the policy).
     """
 
     beta: float = 0.04
@@ -94,10 +132,36 @@ class LossConfig:
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     micro_batch_size: int = 8
     max_grad_norm: float | None = 1.0
+    delta: float | None = None
+    importance_sampling_level: Literal["token", "sequence", "sequence_token"] = "token"
+    mask_truncated_completions: bool = False
+    top_entropy_quantile: float = 1.0
+    ref_sync_steps: int = 0
+    ref_sync_alpha: float = 0.6
 
     def __post_init__(self) -> None:
         if self.num_iterations < 1 or self.micro_batch_size < 1:
             raise ValueError("num_iterations and micro_batch_size must be at least 1.")
+        epsilon_high = self.epsilon_low if self.epsilon_high is None else self.epsilon_high
+        if self.delta is not None and not self.delta > 1.0 + epsilon_high:
+            raise ConfigError(
+                f"loss.delta ({self.delta}) must be above 1 + epsilon_high ({1.0 + epsilon_high:g}): below it, it "
+                "would also clip positive-advantage tokens. Raise it, or remove it."
+            )
+        if not 0.0 <= self.top_entropy_quantile <= 1.0:
+            raise ConfigError(
+                "loss.top_entropy_quantile must be in [0, 1] (the fraction of tokens kept), "
+                f"not {self.top_entropy_quantile}."
+            )
+        if self.ref_sync_steps < 0:
+            raise ConfigError(f"loss.ref_sync_steps must be 0 (never) or a number of steps, not {self.ref_sync_steps}.")
+        if not 0.0 < self.ref_sync_alpha <= 1.0:
+            raise ConfigError(f"loss.ref_sync_alpha must be in (0, 1], not {self.ref_sync_alpha}.")
+        if self.ref_sync_steps and self.beta == 0:
+            raise ConfigError(
+                "loss.ref_sync_steps is set but loss.beta is 0: with no KL term there is no reference model to "
+                "update. Set loss.beta above 0, or loss.ref_sync_steps to 0."
+            )
 
 
 @dataclass(frozen=True)
@@ -157,10 +221,20 @@ class LoggingConfig:
     Args:
         completions_every_n_steps: every this many steps, log sampled completions with their rewards as text (0: never).
         num_completions: how many completions that log shows.
+        rollouts_every_n_steps: every this many steps, write the step's rollouts (prompts, every completion, each
+            reward's score, advantages, which groups dynamic sampling left out) to ``<log_dir>/rollouts/step=N.jsonl``
+            for ``python -m grpo_lightning.report --rollouts <log_dir>`` (0: never).
     """
 
     completions_every_n_steps: int = 50
     num_completions: int = 4
+    rollouts_every_n_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rollouts_every_n_steps < 0:
+            raise ConfigError(
+                f"logging.rollouts_every_n_steps must be 0 (never) or more, not {self.rollouts_every_n_steps}."
+            )
 
 
 @dataclass(frozen=True)
@@ -180,6 +254,67 @@ class EvalConfig:
     predictions_file: str | None = None
 
 
+@dataclass(frozen=True)
+class VLLMConfig:
+    """The ``vllm`` rollout engine (``rollout_engine: vllm``): vLLM in a process of its own, under its own Python
+    environment; ignored by the ``hf`` engine.
+
+    Args:
+        python: the engine environment's python (``make vllm-env`` creates ``.venv-vllm``; a relative path starts from
+            the current folder).
+        dtype: the engine's weights and compute dtype (``auto``: the policy's ``dtype``).
+        max_model_len: the longest prompt plus completion the engine accepts, in tokens (None: the model's
+            ``max_position_embeddings``).
+        max_num_seqs: sequences the engine samples at once.
+        gpu_memory_utilization: on a GPU, the share of its memory the engine takes (weights and KV cache), beside the
+            trainer's on the same device.
+        kv_cache_gib: on a CPU, the engine's KV cache in GiB (a whole number).
+        enforce_eager: run the engine's model eagerly, without CUDA graphs or compilation (None: eager on a machine
+            without CUDA).
+        startup_timeout: seconds the engine may take to start before the fit stops with its log.
+        request_timeout: seconds the engine may take to answer one request (a rollout's sampling, a weight update)
+            before the fit stops with its log (None: wait as long as it takes).
+        shm_dir: the folder, in memory, of the engine's socket, model config and weight updates; it needs room for
+            the policy's weights in the engine's dtype (``/dev/shm``: a container's is often small, see docker's
+            ``--shm-size``).
+        importance_sampling_cap: C of the truncated importance-sampling correction of the engines' mismatch: each
+            completion token's loss weighted by ``min(exp(logp_old - logp_vllm), C)`` (None: off). vLLM's log-probs
+            are those of the distribution it samples from, after top-p and top-k, while the policy's apply the
+            temperature only: the cap needs ``sampling.top_p`` 1 and no ``sampling.top_k``.
+    """
+
+    python: str = ".venv-vllm/bin/python"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float = 0.3
+    kv_cache_gib: int = 4
+    enforce_eager: bool | None = None
+    startup_timeout: float = 900.0
+    request_timeout: float | None = 1800.0
+    shm_dir: str = "/dev/shm"
+    importance_sampling_cap: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"vllm.gpu_memory_utilization must be in (0, 1], not {self.gpu_memory_utilization}.")
+        if self.kv_cache_gib <= 0 or self.startup_timeout <= 0 or self.max_num_seqs < 1:
+            raise ConfigError(
+                f"vllm.kv_cache_gib ({self.kv_cache_gib}), vllm.startup_timeout ({self.startup_timeout}) and "
+                f"vllm.max_num_seqs ({self.max_num_seqs}) must be positive."
+            )
+        if self.request_timeout is not None and not self.request_timeout > 0:
+            raise ConfigError(
+                f"vllm.request_timeout must be positive, not {self.request_timeout}; or None to wait as long as the "
+                "engine takes."
+            )
+        if self.importance_sampling_cap is not None and not self.importance_sampling_cap > 0:
+            raise ConfigError(
+                f"vllm.importance_sampling_cap must be positive, not "
+                f"{self.importance_sampling_cap}; or None to turn the correction off."
+            )
+
+
 #: The module's grouped arguments and their types, by argument name.
 GROUPS: dict[str, type] = {
     "rewards": RewardConfig,
@@ -189,6 +324,7 @@ GROUPS: dict[str, type] = {
     "image": ImageConfig,
     "logging": LoggingConfig,
     "evaluation": EvalConfig,
+    "vllm": VLLMConfig,
 }
 
 
@@ -289,6 +425,7 @@ __all__ = [
     "LossConfig",
     "RewardConfig",
     "SamplingConfig",
+    "VLLMConfig",
     "as_group",
     "grouped_arguments",
     "plain_hyperparameters",

@@ -450,14 +450,24 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[skip:])
 
 
+_END = object()
+
+
 class ResumableDataLoader(DataLoader):
     """The training DataLoader, whose position in the epoch is part of Lightning's checkpoint.
 
     Lightning keeps the ``state_dict()`` of a training dataloader that has one in the fit loop's state
     (``checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]``) and hands it to ``load_state_dict``
     before a resumed run draws its first batch; the epoch's order itself is set by Lightning
-    (``sampler.set_epoch``). The position counts the batches handed to the training loop: the sampler and the
-    worker processes run ahead of it. The sampler must be a :class:`ResumableSampler`.
+    (``sampler.set_epoch``). The position counts the batches handed out: the sampler and the worker processes run
+    ahead of it. The sampler must be a :class:`ResumableSampler`.
+
+    A training step may take further batches of the same epoch with :meth:`next_batch` (dynamic sampling refills a
+    step whose groups carried no learning signal); they count in the position like the loop's own, so the loop's
+    next batch is the one after them, and a resumed run neither repeats nor skips them. Such a step can use up the
+    epoch before the loop has taken as many batches as it expects: the loop's next request then ends the epoch,
+    and a run resumed from the checkpoint of that step ends the same epoch there too (the position remembers its
+    epoch once the epoch is used up).
     """
 
     def __init__(self, *args: Any, epoch_length: Callable[[], int | float] | None = None, **kwargs: Any):
@@ -467,26 +477,55 @@ class ResumableDataLoader(DataLoader):
         #: Batches of the current epoch handed out so far (the skipped ones of a resumed epoch included).
         self.batches_done = 0
         self._resume_at = 0
+        self._resume_epoch: int | None = None  # the epoch of a saved position that had used its epoch up
+        self._epoch_batches: Iterator[Any] | None = None  # the batches of the epoch being iterated
         # Batches the training loop takes from one epoch: len(self), or fewer with the Trainer's
         # limit_train_batches (the data module passes that count).
         self.epoch_length = epoch_length or (lambda: len(self))
 
     def __iter__(self) -> Iterator[Any]:
+        self._epoch_batches = self._batches_of_epoch()
+        return self._epoch_batches
+
+    def _batches_of_epoch(self) -> Iterator[Any]:
         # A generator: this runs when the loop asks for the epoch's first batch, not when Lightning calls iter().
         resume_at, self._resume_at = self._resume_at, 0
-        if resume_at >= self.epoch_length():  # saved after the epoch's last batch: the next epoch starts afresh
-            resume_at = 0
+        resume_epoch, self._resume_epoch = self._resume_epoch, None
+        if resume_at >= self.epoch_length():
+            if resume_epoch is not None and resume_epoch == self.sampler.epoch:
+                # saved in a step that used the epoch up before the loop expected it: the epoch ends here
+                self.batches_done = resume_at
+                return
+            resume_at = 0  # saved after the epoch's last batch: the next epoch starts afresh
         self.batches_done = resume_at
         self.sampler.skip = resume_at * self.batch_size
-        for batch in super().__iter__():
+        batches = super().__iter__()
+        while self.batches_done < self.epoch_length():  # refills may have taken the batches the loop counts on
+            batch = next(batches, _END)
+            if batch is _END:
+                return
             self.batches_done += 1
             yield batch
 
+    def next_batch(self) -> Any | None:
+        """The next batch of the epoch being iterated, for a step that needs more prompts; None when it is used up.
+
+        Raises:
+            RuntimeError: called when no epoch is being iterated (outside a training step).
+        """
+        if self._epoch_batches is None:
+            raise RuntimeError("ResumableDataLoader.next_batch() is for a training step, while an epoch is iterated.")
+        return next(self._epoch_batches, None)
+
     def state_dict(self) -> dict[str, int]:
-        return {"batches_done": self.batches_done}
+        state = {"batches_done": self.batches_done}
+        if self.batches_done >= self.epoch_length():
+            state["epoch"] = self.sampler.epoch
+        return state
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume_at = int(state_dict["batches_done"])
+        self._resume_epoch = state_dict.get("epoch")
 
 
 def limited_length(length: int, limit: int | float | None) -> int:

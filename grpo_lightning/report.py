@@ -8,15 +8,27 @@ Rows can be filtered by correctness and answer type and sorted by any per-sample
 at the top or through the address's fragment, which the page reads at load and keeps up to date:
 ``report.html#filter=incorrect&type=yes/no&sort=cider:asc`` (``filter``: all, correct, incorrect;
 ``type``: all or an answer type; ``sort``: ``index`` or a score key and ``asc``/``desc``).
+
+The same module makes the rollout browser of a training run (:func:`render_rollouts`): the records that
+``logging.rollouts_every_n_steps`` has the run write (:mod:`grpo_lightning.rollout_log`), one page per run, paged by
+step, each group with its image and its G completions sorted by advantage, filtered by reward component::
+
+    python -m grpo_lightning.report --rollouts lightning_logs/demo/version_0   # writes <log_dir>/rollouts.html
+
+Its fragment: ``#step=20&component=format&min=0.5&max=1&status=trained`` (``component``: ``reward`` or a reward
+function's name; ``status``: all, trained, filtered).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import html
 import io
+import json
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,10 +36,14 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from grpo_lightning.errors import UserError
 from grpo_lightning.metrics import Scores
 
 #: The longer side of the embedded thumbnails, in pixels.
 THUMBNAIL_SIDE = 192
+
+#: The folder under a run's log folder that holds its rollout records (:mod:`grpo_lightning.rollout_log`).
+ROLLOUTS_DIR = "rollouts"
 
 _PER_SAMPLE_BOOKKEEPING = ("index", "question_id", "correct")
 
@@ -333,3 +349,337 @@ def write_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+# ------------------------------------------------------------------------------------------ rollout browser
+_ROLLOUT_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1d1d1f; }
+h1 { font-size: 1.4em; margin: 0 0 .4em; }
+#controls { position: sticky; top: 0; background: #fff; padding: .6em 0; margin: 1em 0 .5em; z-index: 1;
+  border-bottom: 2px solid #ccc; display: flex; gap: 1em; align-items: center; flex-wrap: wrap; }
+#controls input { width: 6em; }
+section.group { display: flex; gap: 1em; border-bottom: 1px solid #ddd; padding: .8em 0; }
+section.group[data-status='trained'] { border-left: 6px solid #2e9d49; padding-left: .6em; }
+section.group[data-status='filtered'] { border-left: 6px solid #aaa; padding-left: .6em; opacity: .8; }
+section.group[data-status='filled'] { border-left: 6px solid #d9a400; padding-left: .6em; }
+section.group[data-status='unused'] { border-left: 6px solid #6c8ebf; padding-left: .6em; }
+.side { width: 200px; flex: none; }
+.side img { max-width: 192px; max-height: 192px; display: block; }
+.placeholder { width: 160px; height: 110px; background: repeating-linear-gradient(45deg, #eee, #eee 8px, #f7f7f7 8px,
+  #f7f7f7 16px); color: #777; display: flex; align-items: center; justify-content: center; text-align: center;
+  font-size: .8em; padding: .3em; overflow-wrap: anywhere; }
+.label { color: #777; font-size: .8em; text-transform: uppercase; letter-spacing: .04em; }
+ol.completions { margin: 0; padding-left: 1.6em; flex: 1; }
+li.completion { margin: 0 0 .5em; }
+li.completion pre { white-space: pre-wrap; margin: .1em 0; background: #f6f6f6; padding: .3em; }
+.numbers { font-size: .85em; font-variant-numeric: tabular-nums; color: #333; }
+.positive { color: #2e7d32; } .negative { color: #c62828; }
+.truncated { color: #8a5300; font-weight: 600; }
+"""
+
+_ROLLOUT_SCRIPT = """
+"use strict";
+(function () {
+  var data = JSON.parse(document.getElementById("rollout-data").textContent);
+  var stepSelect = document.getElementById("step");
+  var component = document.getElementById("component");
+  var minInput = document.getElementById("min");
+  var maxInput = document.getElementById("max");
+  var statusSelect = document.getElementById("status");
+  var container = document.getElementById("groups");
+  var shown = document.getElementById("shown");
+  var index = 0;
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+  function fmt(value) { return value === null || value === undefined ? "\\u2013" : Number(value).toFixed(3); }
+  function status(group) {
+    if (group.trained) return group.filtered ? "filled" : "trained";
+    return group.filtered ? "filtered" : "unused";
+  }
+  function value(completion, key) {
+    return key === "reward" ? completion.reward : completion.scores[key];
+  }
+  function bound(input) {
+    var number = parseFloat(input.value);
+    return isNaN(number) ? null : number;
+  }
+  function readFragment() {
+    var params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+    if (params.has("step")) {
+      var found = data.steps.findIndex(function (s) { return String(s.step) === params.get("step"); });
+      if (found >= 0) index = found;
+    }
+    if (params.has("component")) component.value = params.get("component");
+    if (component.selectedIndex < 0) component.value = "reward";
+    minInput.value = params.has("min") ? params.get("min") : "";
+    maxInput.value = params.has("max") ? params.get("max") : "";
+    if (params.has("status")) statusSelect.value = params.get("status");
+    if (statusSelect.selectedIndex < 0) statusSelect.value = "all";
+  }
+  function writeFragment() {
+    var params = new URLSearchParams();
+    params.set("step", String(data.steps[index].step));
+    if (component.value !== "reward") params.set("component", component.value);
+    if (minInput.value !== "") params.set("min", minInput.value);
+    if (maxInput.value !== "") params.set("max", maxInput.value);
+    if (statusSelect.value !== "all") params.set("status", statusSelect.value);
+    history.replaceState(null, "", "#" + params.toString());
+  }
+  function render() {
+    var step = data.steps[index];
+    stepSelect.value = String(step.step);
+    container.textContent = "";
+    var low = bound(minInput), high = bound(maxInput), key = component.value;
+    var groupsShown = 0, completionsShown = 0;
+    step.groups.forEach(function (group) {
+      var state = status(group);
+      var section = el("section", "group");
+      section.setAttribute("data-prompt-id", group.prompt_id);
+      section.setAttribute("data-status", state);
+      section.setAttribute("data-rank", String(group.rank));
+      section.setAttribute("data-round", String(group.round));
+      var side = el("div", "side");
+      var uri = data.images[group.image_path];
+      if (uri) {
+        var img = el("img");
+        img.src = uri;
+        img.alt = group.image_path;
+        side.appendChild(img);
+      } else {
+        side.appendChild(el("div", "placeholder", "image not found: " + group.image_path));
+      }
+      side.appendChild(el("div", "label", "prompt " + group.prompt_id + " \\u00b7 rank " + group.rank +
+        " \\u00b7 round " + group.round));
+      side.appendChild(el("div", "label", state + " \\u00b7 reward std " + fmt(group.reward_std)));
+      side.appendChild(el("div", "question", group.question));
+      if (group.answer !== null && group.answer !== undefined) side.appendChild(el("div", "answer",
+        "answer: " + group.answer));
+      section.appendChild(side);
+      var list = el("ol", "completions");
+      var order = group.completions.map(function (c, i) { return { c: c, i: i }; });
+      order.sort(function (a, b) {
+        var x = a.c.advantage === null ? a.c.reward : a.c.advantage;
+        var y = b.c.advantage === null ? b.c.reward : b.c.advantage;
+        return (y === null ? -Infinity : y) - (x === null ? -Infinity : x) || a.i - b.i;
+      });
+      var visible = 0;
+      order.forEach(function (entry) {
+        var c = entry.c, v = value(c, key);
+        var keep = (low === null || (v !== null && v !== undefined && v >= low)) &&
+          (high === null || (v !== null && v !== undefined && v <= high));
+        var item = el("li", "completion");
+        item.setAttribute("data-index", String(entry.i));
+        item.setAttribute("data-advantage", c.advantage === null ? "" : String(c.advantage));
+        item.setAttribute("data-reward", c.reward === null ? "" : String(c.reward));
+        data.rewards.forEach(function (name, f) {
+          var score = c.scores[name];
+          item.setAttribute("data-score-" + data.keys[f], score === null || score === undefined ? "" : String(score));
+        });
+        item.hidden = !keep;
+        if (keep) visible += 1;
+        var numbers = el("div", "numbers");
+        var advantage = el("span", c.advantage > 0 ? "positive" : (c.advantage < 0 ? "negative" : ""),
+          "advantage " + fmt(c.advantage));
+        numbers.appendChild(advantage);
+        var parts = [" \\u00b7 reward " + fmt(c.reward)];
+        data.rewards.forEach(function (name) { parts.push(name + " " + fmt(c.scores[name])); });
+        parts.push(c.length + " tokens");
+        numbers.appendChild(document.createTextNode(parts.join(" \\u00b7 ")));
+        if (c.truncated) numbers.appendChild(el("span", "truncated", " \\u00b7 truncated"));
+        item.appendChild(numbers);
+        item.appendChild(el("pre", "", c.text));
+        list.appendChild(item);
+      });
+      section.appendChild(list);
+      var statusKeep = statusSelect.value === "all" || statusSelect.value === state ||
+        (statusSelect.value === "filtered" && state === "filled") ||
+        (statusSelect.value === "trained" && state === "filled");
+      section.hidden = !statusKeep || visible === 0;
+      if (!section.hidden) { groupsShown += 1; completionsShown += visible; }
+      container.appendChild(section);
+    });
+    shown.textContent = "step " + step.step + " (" + (index + 1) + " of " + data.steps.length + "): " +
+      groupsShown + " of " + step.groups.length + " groups, " + completionsShown + " completions shown";
+    document.body.setAttribute("data-step", String(step.step));
+    document.body.setAttribute("data-visible-groups", String(groupsShown));
+    document.body.setAttribute("data-visible-completions", String(completionsShown));
+    document.getElementById("prev").disabled = index === 0;
+    document.getElementById("next").disabled = index === data.steps.length - 1;
+  }
+  function go(to) { index = Math.max(0, Math.min(data.steps.length - 1, to)); render(); writeFragment(); }
+  document.getElementById("prev").addEventListener("click", function () { go(index - 1); });
+  document.getElementById("next").addEventListener("click", function () { go(index + 1); });
+  stepSelect.addEventListener("change", function () { go(stepSelect.selectedIndex); });
+  [component, minInput, maxInput, statusSelect].forEach(function (control) {
+    control.addEventListener("change", function () { render(); writeFragment(); });
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.target.tagName === "INPUT") return;
+    if (event.key === "ArrowLeft") go(index - 1);
+    if (event.key === "ArrowRight") go(index + 1);
+  });
+  window.addEventListener("hashchange", function () { readFragment(); render(); });
+  readFragment();
+  render();
+})();
+"""
+
+
+class RolloutsError(UserError):
+    """A rollouts folder that is missing, empty, or holds a line that is not a rollout record."""
+
+
+def find_rollout_files(log_dir: Path) -> list[tuple[int, Path]]:
+    """The ``step=N.jsonl`` files of a run's log folder (or of its ``rollouts`` folder itself), by step.
+
+    Raises:
+        RolloutsError: there are none; the message says how to have a run write them.
+    """
+    log_dir = Path(log_dir)
+    folder = (
+        log_dir if log_dir.name == ROLLOUTS_DIR and not (log_dir / ROLLOUTS_DIR).is_dir() else log_dir / ROLLOUTS_DIR
+    )
+    files = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = re.fullmatch(r"step=(\d+)\.jsonl", path.name)
+            if match and path.is_file():
+                files.append((int(match.group(1)), path))
+    if not files:
+        raise RolloutsError(
+            f"{folder}: no rollout records (step=N.jsonl); a run writes them to <log_dir>/{ROLLOUTS_DIR}/ every "
+            "model.logging.rollouts_every_n_steps steps (0 writes none). Give the run's log folder, e.g. "
+            "lightning_logs/demo/version_0."
+        )
+    return sorted(files)
+
+
+def read_rollouts(log_dir: Path) -> list[dict[str, Any]]:
+    """Every step's records of a run, as ``[{"step": N, "groups": [record, ...]}, ...]`` in step order.
+
+    Raises:
+        RolloutsError: no records, or a line that is not a record (named by file and line).
+    """
+    steps = []
+    for step, path in find_rollout_files(log_dir):
+        groups = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RolloutsError(f"{path}:{lineno}: not a JSON line ({err.msg}); the file is damaged.") from None
+            if not isinstance(record, dict) or not isinstance(record.get("completions"), list):
+                raise RolloutsError(f"{path}:{lineno}: not a rollout record (no list of completions).")
+            groups.append(record)
+        steps.append({"step": step, "groups": groups})
+    return steps
+
+
+def _rollout_image(path: str, images_dir: Path | None) -> str | None:
+    candidates = [Path(path)] if path else []
+    if images_dir is not None and path:
+        candidates.append(Path(images_dir) / Path(path).name)
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return thumbnail_data_uri(candidate)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                return None
+    return None
+
+
+def _json_for_script(value: Any) -> str:
+    # inside <script>, only "</script" or "<!--" could end the element early: no "<" at all
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c")
+
+
+def render_rollouts(log_dir: Path, images_dir: Path | None = None, title: str | None = None) -> str:
+    """The rollout browser of a run: one self-contained page over every step's records.
+
+    Args:
+        log_dir: the run's log folder (``<save_dir>/<name>/<version>``), or its ``rollouts`` folder.
+        images_dir: where to look for an image, by file name, that is not at its recorded path (another machine).
+        title: the page title (default: the log folder's path).
+
+    Raises:
+        RolloutsError: no records, or a damaged file.
+    """
+    steps = read_rollouts(log_dir)
+    names = list(
+        dict.fromkeys(
+            name for s in steps for g in s["groups"] for c in g["completions"] for name in c.get("scores", {})
+        )
+    )
+    paths = list(dict.fromkeys(g.get("image_path", "") for s in steps for g in s["groups"]))
+    images = {path: uri for path in paths if (uri := _rollout_image(path, images_dir)) is not None}
+    data = {"steps": steps, "images": images, "rewards": names, "keys": [score_key(name) for name in names]}
+    title = title or f"Rollouts of {log_dir}"
+    options = "".join(f"<option value='{s['step']}'>step {s['step']}</option>" for s in steps)
+    components = "<option value='reward'>reward (total)</option>" + "".join(
+        f"<option value='{_e(name)}'>{_e(name)}</option>" for name in names
+    )
+    script_hash = base64.b64encode(hashlib.sha256(_ROLLOUT_SCRIPT.encode("utf-8")).digest()).decode("ascii")
+    policy = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
+    return (
+        "<!DOCTYPE html><html lang='vi'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{policy}\">"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{_e(title)}</title><style>{_ROLLOUT_STYLE}</style></head><body>"
+        f"<h1>{_e(title)}</h1><p>{len(steps)} steps with rollout records. Completions are sorted by advantage (by "
+        "reward in groups that did not train). A group is <b>trained</b>, <b>filtered</b> (its rewards did not "
+        "spread; dynamic sampling left it out), <b>filled</b> (no spread, trained because the step's rounds ran "
+        "out) or <b>unused</b> (a spread, beyond the step's batch). ← and → page through the steps.</p>"
+        "<div id='controls'><button id='prev' type='button'>← previous</button>"
+        f"<select id='step'>{options}</select><button id='next' type='button'>next →</button>"
+        f"<label>Reward <select id='component'>{components}</select></label>"
+        "<label>from <input id='min' type='number' step='any'></label>"
+        "<label>to <input id='max' type='number' step='any'></label>"
+        "<label>Groups <select id='status'><option value='all'>all</option><option value='trained'>trained"
+        "</option><option value='filtered'>filtered</option></select></label><span id='shown'></span></div>"
+        "<div id='groups'></div>"
+        f"<script type='application/json' id='rollout-data'>{_json_for_script(data)}</script>"
+        f"<script>{_ROLLOUT_SCRIPT}</script></body></html>"
+    )
+
+
+def write_rollouts_page(
+    log_dir: Path, path: Path | None = None, images_dir: Path | None = None, title: str | None = None
+) -> Path:
+    """Writes :func:`render_rollouts` to ``path`` (default ``<log_dir>/rollouts.html``) and returns it."""
+    log_dir = Path(log_dir)
+    path = Path(path) if path is not None else log_dir / "rollouts.html"
+    page = render_rollouts(log_dir, images_dir, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m grpo_lightning.report --rollouts LOG_DIR [--out PAGE.html] [--images DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m grpo_lightning.report",
+        description="Make the rollout browser of a training run: one self-contained HTML page over the rollout "
+        "records the run wrote every model.logging.rollouts_every_n_steps steps. (The evaluation report of a "
+        "predictions file is `python -m grpo_lightning.evaluate PRED.json --html REPORT.html`.)",
+    )
+    parser.add_argument("--rollouts", type=Path, required=True, metavar="LOG_DIR", help="the run's log folder")
+    parser.add_argument("--out", type=Path, help="the page to write (default: LOG_DIR/rollouts.html)")
+    parser.add_argument("--images", type=Path, help="look here, by file name, for images not at their recorded path")
+    args = parser.parse_args(argv)
+    try:
+        path = write_rollouts_page(args.rollouts, args.out, args.images)
+    except RolloutsError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"rollout browser written to {path}", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import Tensor
 
 from grpo_lightning.adapters import PromptBatch
@@ -19,6 +22,8 @@ class Rollout:
         completion_ids: (N, C) generated tokens, right-padded.
         completion_mask: (N, C) 1 up to and including the first EOS, 0 after.
         completions: N decoded completion texts (special tokens skipped).
+        engine_logps: (N, C) log-probs of the sampled tokens under the engine that sampled them (0 on padding), or
+            None when the policy sampled them itself (the ``hf`` engine).
     """
 
     prompts: PromptBatch
@@ -26,3 +31,91 @@ class Rollout:
     completion_ids: Tensor
     completion_mask: Tensor
     completions: list[str]
+    engine_logps: Tensor | None = None
+
+
+@dataclass
+class ScoredRollout:
+    """One round of sampling in a step: a batch of prompts, its rollout and the rewards of its completions.
+
+    Attributes:
+        batch: the batch of prompts (columns, as the data loader gives them).
+        rollout: its completions.
+        rewards: (N,) combined reward of each completion.
+        per_func: (N, F) score of each reward function (NaN: no opinion).
+        informative: (P,) bool, the groups whose rewards spread enough to train on (all True without dynamic
+            sampling).
+    """
+
+    batch: dict[str, list[Any]]
+    rollout: Rollout
+    rewards: Tensor
+    per_func: Tensor
+    informative: Tensor
+
+
+def join_groups(parts: Sequence[tuple[Rollout, Sequence[int]]], num_generations: int, pad_token_id: int) -> Rollout:
+    """One rollout of the chosen groups of several rollouts, in the order given.
+
+    Args:
+        parts: (rollout, prompt indices of its groups to take) pairs.
+        num_generations: G; the completions of prompt p of a rollout are its rows ``p * G`` to ``p * G + G - 1``.
+        pad_token_id: the id that pads prompts (on the left) and completions (on the right) to a common width.
+
+    Returns:
+        A rollout of the taken prompts, prompt-major like every rollout. Prompt tokens, visual inputs and
+        completions are the originals' (padding aside, which the masks leave out), and so are the engine's
+        log-probs (``engine_logps``, right-padded with 0; None when the parts have none); image features an earlier
+        pass kept (``PromptBatch.feature_memo``) stay with their prompt.
+
+    Raises:
+        ValueError: some parts have engine log-probs and others not.
+    """
+    prompt_ids, prompt_masks, visual, texts, rows = [], [], [], [], []
+    aligned: dict[str, list[Tensor]] = {}
+    memo: dict[int, Any] | None = None
+    for rollout, groups in parts:
+        prompts = rollout.prompts
+        for p in groups:
+            if prompts.feature_memo is not None:
+                memo = {} if memo is None else memo
+                if p in prompts.feature_memo:
+                    memo[len(visual)] = prompts.feature_memo[p]
+            keep = prompts.attention_mask[p].bool()
+            first = int(keep.nonzero()[0]) if keep.any() else prompts.attention_mask.shape[1]
+            prompt_ids.append(prompts.input_ids[p, first:])
+            prompt_masks.append(prompts.attention_mask[p, first:])
+            for key, value in prompts.token_aligned.items():
+                aligned.setdefault(key, []).append(value[p, first:])
+            visual.append(prompts.visual[p])
+            texts.append(prompts.texts[p] if p < len(prompts.texts) else "")
+            rows += [(rollout, p * num_generations + g) for g in range(num_generations)]
+    width = max((rollout.completion_ids.shape[1] for rollout, _ in rows), default=0)
+    completion_ids = torch.stack([_right(r.completion_ids[j], width, pad_token_id) for r, j in rows])
+    completion_mask = torch.stack([_right(r.completion_mask[j], width, 0) for r, j in rows])
+    with_engine = {rollout.engine_logps is not None for rollout, _ in parts}
+    if len(with_engine) > 1:
+        raise ValueError("cannot join rollouts with the engine's log-probs and rollouts without them")
+    engine_logps = None
+    if with_engine == {True} and rows:
+        engine_logps = torch.stack([_right(r.engine_logps[j], width, 0) for r, j in rows])
+    prompts = PromptBatch(
+        input_ids=_left_stack(prompt_ids, pad_token_id),
+        attention_mask=_left_stack(prompt_masks, 0),
+        visual=visual,
+        texts=texts,
+        token_aligned={key: _left_stack(values, 0) for key, values in aligned.items()},
+        feature_memo=memo,
+    )
+    prompt_index = torch.arange(len(visual), device=completion_ids.device).repeat_interleave(num_generations)
+    completions = [r.completions[j] for r, j in rows]
+    return Rollout(prompts, prompt_index, completion_ids, completion_mask, completions, engine_logps)
+
+
+def _right(row: Tensor, width: int, value: int) -> Tensor:
+    return torch.nn.functional.pad(row, (0, width - row.shape[0]), value=value)
+
+
+def _left_stack(rows: list[Tensor], value: int) -> Tensor:
+    width = max(row.shape[0] for row in rows)
+    return torch.stack([torch.nn.functional.pad(row, (width - row.shape[0], 0), value=value) for row in rows])

@@ -10,16 +10,21 @@ import torch
 
 from grpo_lightning.algorithms import (
     ADVANTAGE_SCALERS,
+    IMPORTANCE_SAMPLING_LEVELS,
     LOSS_AGGREGATORS,
+    ImportanceSamplingLevel,
     LossType,
     ScaleRewards,
     aggregate_loss,
     clipped_surrogate,
     completion_mask,
     compute_group_advantages,
+    drop_truncated,
     entropy_from_logits,
+    entropy_quantile_threshold,
     group_reward_std,
     grpo_loss,
+    high_entropy_mask,
     is_truncated,
     kl_k3,
     loss_normaliser,
@@ -337,7 +342,8 @@ def test_clipped_surrogate_hand_computed_symmetric():
     old_logps = torch.full_like(ratio, -1.0)
     logps = old_logps + ratio.log()
     advantages = torch.tensor([-1.0, 1.0], dtype=torch.float64)
-    loss, low, high = clipped_surrogate(logps, old_logps, advantages, epsilon_low=0.2)
+    loss, clipped = clipped_surrogate(logps, old_logps, advantages, epsilon_low=0.2)
+    low, high = clipped["clip_low"], clipped["clip_high"]
     expected = torch.tensor(
         [
             [0.8, 2.0, 1.1],  # A = -1: -min(-r, -clip(r)) = max(r, clip(r)); ratio 0.5 is clipped low
@@ -357,11 +363,13 @@ def test_clipped_surrogate_hand_computed_clip_higher():
     ratio = torch.tensor([[1.25, 1.3, 0.7]], dtype=torch.float64)
     logps = ratio.log()
     zeros = torch.zeros_like(logps)
-    loss, low, high = clipped_surrogate(logps, zeros, torch.tensor([2.0], dtype=torch.float64), 0.2, 0.28)
+    loss, clipped = clipped_surrogate(logps, zeros, torch.tensor([2.0], dtype=torch.float64), 0.2, 0.28)
+    low, high = clipped["clip_low"], clipped["clip_high"]
     torch.testing.assert_close(loss, torch.tensor([[-2.5, -2.56, -1.4]], dtype=torch.float64), **F64)
     assert high.tolist() == [[False, True, False]]
     assert low.tolist() == [[False, False, False]]
-    loss, low, high = clipped_surrogate(logps, zeros, torch.tensor([-2.0], dtype=torch.float64), 0.2, 0.28)
+    loss, clipped = clipped_surrogate(logps, zeros, torch.tensor([-2.0], dtype=torch.float64), 0.2, 0.28)
+    low, high = clipped["clip_low"], clipped["clip_high"]
     torch.testing.assert_close(loss, torch.tensor([[2.5, 2.6, 1.6]], dtype=torch.float64), **F64)
     assert low.tolist() == [[False, False, True]]
     assert high.tolist() == [[False, False, False]]
@@ -374,7 +382,9 @@ def test_clipped_surrogate_matches_loop_reference(eps_low, eps_high):
     old_logps = logps + 0.4 * torch.randn(6, 9, generator=gen, dtype=torch.float64)
     advantages = torch.randn(6, generator=gen, dtype=torch.float64)
     advantages[0] = 0.0
-    loss, low, high = clipped_surrogate(logps, old_logps, advantages, eps_low, eps_high)
+    loss, clipped = clipped_surrogate(logps, old_logps, advantages, eps_low, eps_high)
+    assert set(clipped) == {"clip_low", "clip_high"}
+    low, high = clipped["clip_low"], clipped["clip_high"]
     ref_loss, ref_low, ref_high = _ref_surrogate(
         logps.tolist(), old_logps.tolist(), advantages.tolist(), eps_low, eps_low if eps_high is None else eps_high
     )
@@ -388,7 +398,8 @@ def test_clipped_surrogate_matches_loop_reference(eps_low, eps_high):
 def test_clipped_surrogate_ratio_one_is_plain_policy_gradient():
     logps = torch.randn(3, 4, generator=_gen(11), dtype=torch.float64, requires_grad=True)
     advantages = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
-    loss, low, high = clipped_surrogate(logps, logps.detach(), advantages)
+    loss, clipped = clipped_surrogate(logps, logps.detach(), advantages)
+    low, high = clipped["clip_low"], clipped["clip_high"]
     loss.sum().backward()
     torch.testing.assert_close(loss.detach(), -advantages[:, None].expand(3, 4), **F64)
     torch.testing.assert_close(logps.grad, -advantages[:, None].expand(3, 4), **F64)
@@ -398,7 +409,7 @@ def test_clipped_surrogate_ratio_one_is_plain_policy_gradient():
 def test_clipped_tokens_get_no_gradient():
     ratio = torch.tensor([[0.5, 2.0, 1.1]], dtype=torch.float64)
     logps = ratio.log().requires_grad_(True)
-    loss, low, high = clipped_surrogate(logps, torch.zeros_like(ratio), torch.tensor([1.0], dtype=torch.float64))
+    loss, _ = clipped_surrogate(logps, torch.zeros_like(ratio), torch.tensor([1.0], dtype=torch.float64))
     loss.sum().backward()
     # d(-r * A)/d logp = -r * A where unclipped; 0 where the clip is active (ratio 2 with A > 0).
     torch.testing.assert_close(logps.grad, torch.tensor([[-0.5, 0.0, -1.1]], dtype=torch.float64), **F64)
@@ -415,7 +426,7 @@ def test_gradcheck_surrogate_and_aggregation(loss_type):
     ref_logps = logps.detach() - 0.3
 
     def objective(lp):
-        pg_loss, _, _ = clipped_surrogate(lp, old_logps, advantages, 0.2, 0.28)
+        pg_loss, _ = clipped_surrogate(lp, old_logps, advantages, 0.2, 0.28)
         return aggregate_loss(pg_loss + 0.04 * kl_k3(lp, ref_logps), mask, loss_type, max_completion_length=5)
 
     assert torch.autograd.gradcheck(objective, (logps,), eps=1e-6, atol=1e-8)
@@ -652,7 +663,8 @@ def test_grpo_loss_without_old_logps_is_the_plain_policy_gradient():
 
 def _previous_composition(logps, old_logps, advantages, mask, ref_logps, entropy, loss_type, beta, normalisers, tokens):
     """The update as the training loop composed it before :func:`grpo_loss`: the float32 results must be identical."""
-    per_token_loss, low, high = clipped_surrogate(logps, old_logps, advantages, 0.2, 0.28)
+    per_token_loss, clipped = clipped_surrogate(logps, old_logps, advantages, 0.2, 0.28)
+    low, high = clipped["clip_low"], clipped["clip_high"]
     stats = {}
     if ref_logps is not None:
         kl = kl_k3(logps, ref_logps)
@@ -858,3 +870,386 @@ def test_completion_mask_matches_loop_reference():
 def test_completion_mask_rejects_bad_input(fn, ids, eos, message):
     with pytest.raises(ValueError, match=message):
         fn(ids, eos)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training-signal options: GSPO levels, the two-sided delta clip, top-entropy tokens, truncated completions
+# ----------------------------------------------------------------------------------------------------------------
+
+LEVELS = ["token", "sequence", "sequence_token"]
+
+
+def _ref_objective(
+    lp, olp, adv, mask, loss_type, *, beta=0.0, ref=None, eps_low=0.2, eps_high=0.28, delta=None, level="token",
+    policy_mask=None, entropy=None, num_sequences=None, num_tokens=None, max_len=None, importance_weights=None,
+):  # fmt: skip
+    """Loss, d loss / d logp and statistics of the whole objective, in float64 loops over sequences and tokens.
+
+    The gradient is written out by hand: a token's surrogate term ``-min(r' A, clip(r) A)`` (``r' = min(r, delta)``)
+    has derivative ``-A r`` with respect to ``log r`` unless a clip removes it; ``log r`` is the token's own log
+    ratio (token level), the mean of the sequence's log ratios (sequence level: spread over its tokens, 1/|o| each),
+    or the token's log-prob plus a constant (sequence_token level). The k3 KL term has derivative
+    ``1 - exp(ref - logp)``. Each kept token enters the loss with the weight of the aggregation; its policy term (loss
+    and gradient), not its KL term, also with its importance weight (``importance_weights``, constants).
+    """
+    batch, length = len(lp), len(lp[0])
+    counts = [sum(1 for m in row if m) for row in mask]
+    num_sequences = batch if num_sequences is None else num_sequences
+    num_tokens = sum(counts) if num_tokens is None else num_tokens
+
+    def weight(i):
+        if loss_type == "grpo":
+            return 1.0 / (max(counts[i], 1) * num_sequences)
+        if loss_type in ("bnpo", "dapo"):
+            return 1.0 / max(num_tokens, 1)
+        return 1.0 / (num_sequences * max_len)
+
+    loss, grad = 0.0, [[0.0] * length for _ in range(batch)]
+    sums = {"clip_low": 0.0, "clip_high": 0.0}
+    if delta is not None:
+        sums["clip_delta"] = 0.0
+    if ref is not None:
+        sums["kl"] = 0.0
+    if entropy is not None:
+        sums["entropy"] = 0.0
+    for i in range(batch):
+        a = adv[i]
+        log_s = sum(lp[i][t] - olp[i][t] for t in range(length) if mask[i][t]) / max(counts[i], 1)
+        for t in range(length):
+            if not mask[i][t]:
+                continue
+            w = weight(i)
+            r = math.exp(lp[i][t] - olp[i][t]) if level == "token" else math.exp(log_s)
+            unclipped = r if delta is None else min(r, delta)
+            clipped = min(max(r, 1 - eps_low), 1 + eps_high)
+            low, high = r < 1 - eps_low and a < 0, r > 1 + eps_high and a > 0
+            delta_clipped = delta is not None and r > delta and a < 0
+            sums["clip_low"] += low
+            sums["clip_high"] += high
+            if delta is not None:
+                sums["clip_delta"] += delta_clipped
+            if policy_mask is None or policy_mask[i][t]:
+                iw = 1.0 if importance_weights is None else importance_weights[i][t]
+                loss += w * iw * -min(unclipped * a, clipped * a)
+                if not (low or high or delta_clipped):
+                    if level == "sequence":
+                        for u in range(length):
+                            if mask[i][u]:
+                                grad[i][u] += w * iw * -a * r / counts[i]
+                    else:
+                        grad[i][t] += w * iw * -a * r
+            if ref is not None:
+                x = ref[i][t] - lp[i][t]
+                kl = math.exp(x) - x - 1
+                sums["kl"] += kl
+                loss += w * beta * kl
+                grad[i][t] += w * beta * (1 - math.exp(x))
+            if entropy is not None:
+                sums["entropy"] += entropy[i][t]
+    stats = {name: value / max(sum(counts), 1) for name, value in sums.items()}
+    return loss, grad, {"loss": loss, **stats}
+
+
+def _ref_quantile(values, q):
+    """Linear interpolation between the order statistics at position q * (n - 1)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def _signal_inputs(dtype=torch.float64):
+    """7 sequences (the first all padding) whose sequence log ratios exercise every clip at every level: row 1 has
+    A < 0 and s > delta = 1.4, row 3 A > 0 and s > 1.28, row 4 A < 0 and s < 0.8, row 6 A < 0 and s > delta."""
+    gen = _gen(97)
+    batch, length = 7, 9
+    logps = -3 * torch.rand(batch, length, generator=gen, dtype=dtype)
+    shift = torch.tensor([0.0, 0.5, -0.5, 0.45, -0.45, 0.05, 0.6], dtype=dtype)
+    old_logps = logps - shift[:, None] + 0.15 * torch.randn(batch, length, generator=gen, dtype=dtype)
+    ref_logps = logps + 0.3 * torch.randn(batch, length, generator=gen, dtype=dtype)
+    advantages = torch.tensor([0.7, -1.0, 0.8, 1.2, -0.6, 0.3, -1.5], dtype=dtype)
+    mask = _padding_mask(batch, length, gen)
+    mask[1:, :3] = 1  # every row but the first has at least 3 tokens
+    entropy = 5 * torch.rand(batch, length, generator=gen, dtype=dtype)
+    return logps, old_logps, ref_logps, advantages, mask, entropy
+
+
+def _top_entropy(entropy, mask, rho):
+    threshold = entropy_quantile_threshold(entropy[mask != 0], rho)
+    return high_entropy_mask(entropy, mask, threshold)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("delta", [None, 1.4], ids=["no_delta", "delta"])
+@pytest.mark.parametrize("top_entropy", [False, True], ids=["all_tokens", "top_entropy"])
+@pytest.mark.parametrize("truncated", [False, True], ids=["all_rows", "drop_truncated"])
+def test_grpo_loss_options_match_the_loop_reference_in_value_gradient_and_statistics(
+    loss_type, level, delta, top_entropy, truncated
+):
+    logps, old_logps, ref_logps, advantages, mask, entropy = _signal_inputs()
+    if truncated:  # rows 2 and 5 are cut at the budget: their tokens leave the loss, the rows still count
+        mask = drop_truncated(mask, torch.tensor([False, False, True, False, False, True, False]))
+    policy_mask = _top_entropy(entropy, mask, 0.4) if top_entropy else None
+    weights = logps.clone().requires_grad_(True)
+    loss, stats = grpo_loss(
+        weights, old_logps, advantages, mask, loss_type, ref_logps=ref_logps, beta=0.04, entropy=entropy,
+        epsilon_low=0.2, epsilon_high=0.28, delta=delta, importance_sampling_level=level, policy_mask=policy_mask,
+        max_completion_length=9,
+    )  # fmt: skip
+    loss.backward()
+    lists = [t.tolist() for t in (logps, old_logps, advantages, mask, ref_logps, entropy)]
+    lp, olp, adv, m, ref, ent = lists
+    expected_loss, expected_grad, expected = _ref_objective(
+        lp, olp, adv, m, loss_type, beta=0.04, ref=ref, delta=delta, level=level, entropy=ent,
+        policy_mask=None if policy_mask is None else policy_mask.tolist(), max_len=9,
+    )  # fmt: skip
+    torch.testing.assert_close(loss, torch.tensor(expected_loss, dtype=torch.float64), **F64)
+    torch.testing.assert_close(weights.grad, torch.tensor(expected_grad, dtype=torch.float64), **F64)
+    assert set(stats) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(stats[name], torch.tensor(value, dtype=torch.float64), **F64, msg=name)
+    # the inputs exercise every clip
+    assert expected["clip_low"] > 0 and expected["clip_high"] > 0
+    assert delta is None or expected["clip_delta"] > 0
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("level", LEVELS)
+def test_importance_weights_weigh_the_policy_term_only_as_the_loop_reference(loss_type, level):
+    """Truncated importance sampling's weights (capped ratios to the sampling engine) multiply each token's policy
+    term, after the top-entropy mask; the KL term, the normaliser and the statistics are left as they are."""
+    logps, old_logps, ref_logps, advantages, mask, entropy = _signal_inputs()
+    policy_mask = _top_entropy(entropy, mask, 0.6)
+    engine_logps = old_logps + 0.4 * torch.randn(old_logps.shape, generator=_gen(3), dtype=torch.float64)
+    weights = torch.clamp((old_logps - engine_logps).exp(), max=1.5) * mask  # 0 on padding, some at the cap
+    assert (weights[mask != 0] == 1.5).any() and (weights[mask != 0] < 1.5).any()
+    options = {
+        "loss_type": loss_type, "ref_logps": ref_logps, "epsilon_low": 0.2, "epsilon_high": 0.28, "delta": 1.4,
+        "importance_sampling_level": level, "policy_mask": policy_mask, "entropy": entropy,
+        "max_completion_length": 9,
+    }  # fmt: skip
+
+    def run(beta, importance_weights):
+        inputs = logps.clone().requires_grad_(True)
+        loss, stats = grpo_loss(inputs, old_logps, advantages, mask, beta=beta, importance_weights=importance_weights,
+                                **options)  # fmt: skip
+        loss.backward()
+        return loss.detach(), inputs.grad, stats
+
+    loss, grad, stats = run(0.04, weights)
+    lp, olp, adv, m, ref, ent = (t.tolist() for t in (logps, old_logps, advantages, mask, ref_logps, entropy))
+    expected_loss, expected_grad, expected = _ref_objective(
+        lp, olp, adv, m, loss_type, beta=0.04, ref=ref, delta=1.4, level=level, entropy=ent,
+        policy_mask=policy_mask.tolist(), max_len=9, importance_weights=weights.tolist(),
+    )  # fmt: skip
+    torch.testing.assert_close(loss, torch.tensor(expected_loss, dtype=torch.float64), **F64)
+    torch.testing.assert_close(grad, torch.tensor(expected_grad, dtype=torch.float64), **F64)
+    assert set(stats) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(stats[name], torch.tensor(value, dtype=torch.float64), **F64, msg=name)
+    # the KL term is the unweighted one: adding it adds the same with and without the weights
+    plain_loss, plain_grad, plain_stats = run(0.04, None)
+    no_kl_loss, no_kl_grad, _ = run(0.0, weights)
+    plain_no_kl_loss, plain_no_kl_grad, _ = run(0.0, None)
+    torch.testing.assert_close(loss - no_kl_loss, plain_loss - plain_no_kl_loss, **F64)
+    torch.testing.assert_close(grad - no_kl_grad, plain_grad - plain_no_kl_grad, **F64)
+    for name in ("kl", "clip_low", "clip_high", "clip_delta", "entropy"):
+        assert torch.equal(stats[name], plain_stats[name]), name
+    assert not torch.allclose(no_kl_loss, plain_no_kl_loss)  # the weights change the policy term
+    # weights of 1 are no weights, bit for bit
+    ones_loss, ones_grad, _ = run(0.04, torch.ones_like(weights))
+    assert torch.equal(ones_loss, plain_loss) and torch.equal(ones_grad, plain_grad)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("num_iterations_gt_1", [False, True], ids=["ratio_1", "old_logps"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "importance_weights"])
+def test_micro_batches_with_every_option_sum_to_the_whole_batch_loss_and_gradient(
+    loss_type, level, num_iterations_gt_1, weighted
+):
+    """The training loop's use: micro-batches of 3 with the whole batch's normalisers and entropy mask (and, for an
+    engine's rollout, each micro-batch's rows of the importance weights)."""
+    logps, old_logps, ref_logps, advantages, mask, entropy = _signal_inputs(torch.float32)
+    mask = drop_truncated(mask.float(), torch.tensor([False, False, True, False, False, False, False]))
+    policy_mask = _top_entropy(entropy, mask, 0.5)
+    old_logps = old_logps if num_iterations_gt_1 else None
+    weights = 2 * torch.rand(mask.shape, generator=_gen(11)) if weighted else None
+    options = {
+        "ref_logps": ref_logps, "beta": 0.04, "delta": 1.4, "importance_sampling_level": level,
+        "epsilon_high": 0.28, "num_sequences": 7, "num_tokens": float(mask.sum()), "max_completion_length": 9,
+        "stats_num_tokens": mask.sum(),
+    }  # fmt: skip
+    whole_input = logps.clone().requires_grad_(True)
+    whole, whole_stats = grpo_loss(whole_input, old_logps, advantages, mask, loss_type, policy_mask=policy_mask,
+                                   entropy=entropy, importance_weights=weights, **options)  # fmt: skip
+    whole.backward()
+    micro_input = logps.clone().requires_grad_(True)
+    total, totals = torch.zeros(()), {}
+    for mb in (slice(0, 3), slice(3, 6), slice(6, 7)):
+        old = None if old_logps is None else old_logps[mb]
+        loss, stats = grpo_loss(micro_input[mb], old, advantages[mb], mask[mb], loss_type,
+                                policy_mask=policy_mask[mb], entropy=entropy[mb],
+                                importance_weights=None if weights is None else weights[mb],
+                                **{**options, "ref_logps": ref_logps[mb]})  # fmt: skip
+        loss.backward()
+        total = total + loss.detach()
+        for name, value in stats.items():
+            totals[name] = totals.get(name, 0) + value
+    torch.testing.assert_close(total, whole.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(micro_input.grad, whole_input.grad, rtol=1e-6, atol=1e-7)
+    assert totals.keys() == whole_stats.keys()
+    for name in totals:
+        torch.testing.assert_close(totals[name], whole_stats[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_at_ratio_one_every_level_has_the_policy_gradient_unless_tokens_leave_the_policy_term():
+    """With num_iterations = 1 every ratio is 1 and every level gives the plain policy gradient (GSPO's remark for
+    outcome advantages); the levels part as soon as the ratio moves or only some tokens keep the policy term."""
+    logps, old_logps, _, advantages, mask, entropy = _signal_inputs()
+    policy_mask = _top_entropy(entropy, mask, 0.3)
+
+    def gradient(level, old, keep=None):
+        weights = logps.clone().requires_grad_(True)
+        loss, _ = grpo_loss(weights, old, advantages, mask, "grpo", importance_sampling_level=level, policy_mask=keep)
+        (grad,) = torch.autograd.grad(loss, weights)
+        return grad
+
+    token, sequence, sequence_token = (gradient(level, None) for level in LEVELS)
+    torch.testing.assert_close(sequence, token, **F64)
+    torch.testing.assert_close(sequence_token, token, **F64)
+    # ratios away from 1: the token ratio weighs each token, the sequence ratio the whole sequence
+    moved = {level: gradient(level, old_logps) for level in LEVELS}
+    assert not torch.allclose(moved["token"], moved["sequence"])
+    torch.testing.assert_close(moved["sequence_token"], moved["sequence"], **F64)
+    # top-entropy tokens only: the sequence ratio still moves every token, GSPO-token only the kept ones
+    kept = {level: gradient(level, None, policy_mask) for level in LEVELS}
+    assert not torch.allclose(kept["sequence"], kept["sequence_token"])
+    torch.testing.assert_close(kept["sequence_token"], kept["token"], **F64)
+    # in rows that keep some token, the tokens left out still move under the sequence ratio
+    outside = (mask != 0) & ~policy_mask & policy_mask.any(dim=1, keepdim=True)
+    assert outside.any() and (kept["sequence_token"][outside] == 0).all() and (kept["sequence"][outside] != 0).all()
+
+
+def test_delta_clip_hand_computed():
+    # eps 0.2, delta 1.5. A = -1: ratios 1.4 (inside delta: loss r, gradient) and 2.0 (above: loss delta, none).
+    ratio = torch.tensor([[1.4, 2.0], [1.4, 2.0]], dtype=torch.float64)
+    logps = ratio.log().requires_grad_(True)
+    advantages = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    loss, clipped = clipped_surrogate(logps, torch.zeros_like(ratio), advantages, 0.2, delta=1.5)
+    torch.testing.assert_close(loss, torch.tensor([[1.4, 1.5], [-1.2, -1.2]], dtype=torch.float64), **F64)
+    assert clipped["clip_delta"].tolist() == [[False, True], [False, False]]
+    assert clipped["clip_high"].tolist() == [[False, False], [True, True]]  # A > 0: the epsilon clip binds first
+    loss.sum().backward()
+    torch.testing.assert_close(logps.grad, torch.tensor([[1.4, 0.0], [0.0, 0.0]], dtype=torch.float64), **F64)
+    no_delta, _ = clipped_surrogate(ratio.log(), torch.zeros_like(ratio), advantages, 0.2)
+    assert no_delta[0, 1] == 2.0  # without delta the negative-advantage loss grows with the ratio
+
+
+def test_sequence_ratio_hand_computed():
+    # one sequence of 2 kept tokens (and padding): log ratios 0.1 and 0.3 -> s = exp(0.2) < 1.5; padding ignored
+    logps = torch.tensor([[0.1, 0.3, 5.0]], dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0]])
+    for level in ("sequence", "sequence_token"):
+        loss, clipped = clipped_surrogate(
+            logps, torch.zeros(1, 3, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64), 0.2, 0.5,
+            importance_sampling_level=level, mask=mask,
+        )  # fmt: skip
+        torch.testing.assert_close(loss[0, :2], torch.full((2,), -math.exp(0.2), dtype=torch.float64), **F64)
+        (grad,) = torch.autograd.grad(loss[0, :2].sum(), logps, retain_graph=True)
+        s = math.exp(0.2)  # sequence: each token's loss moves both tokens by s / 2; GSPO-token: its own by s
+        torch.testing.assert_close(-grad, torch.tensor([[s, s, 0.0]], dtype=torch.float64), **F64)
+        (first_only,) = torch.autograd.grad(loss[0, 0], logps)
+        expected = [[s / 2, s / 2, 0.0]] if level == "sequence" else [[s, 0.0, 0.0]]
+        torch.testing.assert_close(-first_only, torch.tensor(expected, dtype=torch.float64), **F64)
+
+
+def test_truncated_completions_count_as_sequences_not_as_tokens():
+    """Two sequences of 2 tokens of loss 1 each, the second truncated: grpo and dr_grpo still divide by 2
+    sequences, bnpo and dapo by the 2 tokens left (TRL's normalisers with the truncated rows' loss mask zero)."""
+    per_token = torch.ones(2, 2, dtype=torch.float64)
+    mask = drop_truncated(torch.ones(2, 2), torch.tensor([False, True]))
+    assert mask.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    expected = {"grpo": 1 / 2, "bnpo": 2 / 2, "dapo": 2 / 2, "dr_grpo": 2 / (2 * 4)}
+    for loss_type, value in expected.items():
+        loss = aggregate_loss(per_token, mask, loss_type, max_completion_length=4)
+        assert loss.item() == pytest.approx(value), loss_type
+
+
+def test_drop_truncated_keeps_the_mask_dtype_and_rejects_a_bad_shape():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    out = drop_truncated(mask, torch.tensor([True, False]))
+    assert out.dtype == mask.dtype and out.tolist() == [[0, 0, 0], [1, 1, 1]]
+    with pytest.raises(ValueError, match=r"truncated must be \(B,\) = \(2,\), got \(3,\)"):
+        drop_truncated(mask, torch.tensor([True, False, True]))
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.8, 0.5, 0.2, 0.05, 0.0])
+@pytest.mark.parametrize("count", [1, 2, 7, 100])
+def test_entropy_quantile_threshold_matches_the_loop_reference_and_torch_quantile(rho, count):
+    values = 4 * torch.rand(count, generator=_gen(count), dtype=torch.float64)
+    threshold = entropy_quantile_threshold(values, rho)
+    torch.testing.assert_close(threshold, torch.tensor(_ref_quantile(values.tolist(), 1 - rho), dtype=torch.float64))
+    torch.testing.assert_close(threshold, torch.quantile(values, 1 - rho), **F64)
+    kept = (values >= threshold).float().mean().item()
+    if count == 100:  # linear interpolation keeps about rho of the tokens (at least the top one)
+        assert abs(kept - max(rho, 0.01)) <= 0.011
+
+
+def test_top_entropy_quantile_one_keeps_every_token_and_zero_the_highest_only():
+    entropy = torch.tensor([[0.5, 2.0, 1.0], [3.0, 0.1, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # 9.0 is padding: never kept, never the threshold
+    assert _top_entropy(entropy, mask, 1.0).tolist() == [[True, True, True], [True, True, False]]
+    assert _top_entropy(entropy, mask, 0.0).tolist() == [[False, False, False], [True, False, False]]
+    assert _top_entropy(entropy, mask, 0.5).tolist() == [[False, True, True], [True, False, False]]
+    assert entropy_quantile_threshold(torch.zeros(0), 0.2) == math.inf
+
+
+def test_top_entropy_quantile_one_is_exactly_todays_loss():
+    logps, old_logps, ref_logps, advantages, mask, entropy = _signal_inputs(torch.float32)
+    plain, _ = grpo_loss(logps, old_logps, advantages, mask, "dapo", ref_logps=ref_logps, beta=0.04)
+    every, _ = grpo_loss(logps, old_logps, advantages, mask, "dapo", ref_logps=ref_logps, beta=0.04,
+                         policy_mask=_top_entropy(entropy, mask, 1.0))  # fmt: skip
+    assert torch.equal(plain, every)
+
+
+def test_importance_sampling_levels_match_the_literal_type():
+    assert set(IMPORTANCE_SAMPLING_LEVELS) == set(typing.get_args(ImportanceSamplingLevel)) == set(LEVELS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"delta": 1.2}, r"delta must be above 1 \+ epsilon_high = 1.28, got 1.2"),
+        ({"importance_sampling_level": "seq"}, r"Unknown importance_sampling_level 'seq'; known values are"),
+        ({"mask": torch.ones(2, 4)}, r"mask must be \(B, T\) like logps"),
+    ],
+)
+def test_clipped_surrogate_rejects_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        clipped_surrogate(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), 0.2, 0.28, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: entropy_quantile_threshold(torch.zeros(2, 2), 0.5), r"entropies must be 1-D"),
+        (lambda: entropy_quantile_threshold(torch.zeros(3), 1.5), r"top_quantile must be in \[0, 1\], got 1.5"),
+        (lambda: high_entropy_mask(torch.zeros(2, 3), torch.ones(2, 2), 0.0), r"entropy must be \(B, T\) like"),
+        (
+            lambda: grpo_loss(torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3), policy_mask=torch.ones(3, 3)),
+            r"policy_mask must be \(B, T\) like the mask",
+        ),
+        (
+            lambda: grpo_loss(
+                torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3), importance_weights=torch.ones(2, 4)
+            ),
+            r"importance_weights must be \(B, T\) like the mask, got \(2, 4\) and \(2, 3\)",
+        ),
+    ],
+)
+def test_token_selection_rejects_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

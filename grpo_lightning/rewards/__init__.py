@@ -19,7 +19,12 @@ Rewards are named in the config (``model.rewards.funcs``) by a registered name o
 - ``format``: 1.0 for a completion in the answer format of :mod:`grpo_lightning.task`, else 0.0;
 - ``tag_count``: partial format credit, 1/6 per well-used tag (:mod:`~grpo_lightning.rewards.format`);
 - ``explanation``: CIDEr-D (corpus document frequencies) and CLIPScore of the explanation, in [0, 1]
-  (:class:`~grpo_lightning.rewards.explanation.ExplanationReward`, configured by ``model.rewards.kwargs.explanation``).
+  (:class:`~grpo_lightning.rewards.explanation.ExplanationReward`, configured by ``model.rewards.kwargs.explanation``);
+- ``overlong``: DAPO's soft overlong penalty, 0 up to ``max_length - buffer`` tokens, falling linearly to -1 at
+  ``max_length`` (:class:`~grpo_lightning.rewards.overlong.OverlongReward`; it reads the field ``completion_length``).
+
+Besides the batch's fields, the trainer passes ``completion_length`` (each completion's length in tokens, up to and
+including its EOS) and ``max_completion_length`` (the sampling budget, repeated per completion).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from grpo_lightning.errors import ConfigError, UserError
 from grpo_lightning.rewards.accuracy import accuracy_reward
 from grpo_lightning.rewards.explanation import ExplanationReward
 from grpo_lightning.rewards.format import format_reward, tag_count_reward
+from grpo_lightning.rewards.overlong import OverlongReward
 
 RewardFunc = Callable[..., list[float | None]]
 
@@ -69,6 +75,7 @@ register_reward("accuracy")(accuracy_reward)
 register_reward("format")(format_reward)
 register_reward("tag_count")(tag_count_reward)
 register_reward("explanation")(ExplanationReward)
+register_reward("overlong")(OverlongReward)
 
 
 def get_reward(name: str, **options: Any) -> RewardFunc:
@@ -268,10 +275,68 @@ class RewardOpinions:
         )
 
 
-def combine_rewards(scores: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
-    """Weighted sum over reward functions, leaving out None (NaN) entries: (N, F) -> (N,)."""
+#: How the reward functions' scores become one training reward per completion (``model.rewards.aggregation``).
+AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+
+
+def combine_rewards(
+    scores: torch.Tensor,
+    weights: Sequence[float],
+    aggregation: str = "sum_then_normalize",
+    num_generations: int | None = None,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """One reward per completion from the (N, F) scores of :func:`score_completions`: (N, F) -> (N,).
+
+    * ``"sum_then_normalize"``: the weighted sum over reward functions, None (NaN) entries left out; the advantage
+      normalises it afterwards (GRPO).
+    * ``"normalize_then_sum"`` (GDPO, "Group reward-Decoupled Normalization Policy Optimization", arXiv 2601.05242;
+      TRL's ``multi_objective_aggregation``): each function's scores are first normalised within
+      the prompt's group of ``num_generations`` completions, ``(x - mean) / (std + eps)`` with the mean and the
+      unbiased std over the completions that function scored (std 0 for fewer than two), then weighted and summed,
+      None entries left out as above. A function whose scores are equal within a group adds 0 there, so one with a
+      large scale cannot drown the others, and two rewards that trade off against each other keep their signal
+      where their plain sum is constant. GDPO then normalises the sum over the batch: ``loss.scale_rewards: batch``
+      (the group mean this project subtracts is 0 when every function scored every completion of the group, so the
+      batch mean TRL subtracts is the same).
+
+    A completion on which no function has an opinion gets 0 in both modes.
+
+    Args:
+        scores: (N, F) float scores, NaN where a function had no opinion; prompt-major (the G completions of a
+            prompt are consecutive).
+        weights: F weights.
+        aggregation: ``"sum_then_normalize"`` or ``"normalize_then_sum"``.
+        num_generations: G, completions per prompt; needed by ``"normalize_then_sum"``.
+        eps: added to each function's group std (``"normalize_then_sum"``).
+
+    Raises:
+        ValueError: an unknown ``aggregation``, or ``"normalize_then_sum"`` without a ``num_generations`` dividing N.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"Unknown reward aggregation {aggregation!r}; known values are: {', '.join(AGGREGATIONS)}.")
+    if aggregation == "normalize_then_sum":
+        if not num_generations or scores.shape[0] % num_generations:
+            raise ValueError(
+                f"aggregation 'normalize_then_sum' needs num_generations dividing the {scores.shape[0]} completions, "
+                f"got {num_generations!r}"
+            )
+        scores = _normalised_within_groups(scores, num_generations, eps)
     weighted = scores * torch.as_tensor(weights, dtype=scores.dtype)
     return torch.nansum(weighted, dim=1)
+
+
+def _normalised_within_groups(scores: torch.Tensor, num_generations: int, eps: float) -> torch.Tensor:
+    """(N, F) scores -> each column normalised within each group of ``num_generations`` rows, NaN kept."""
+    grouped = scores.reshape(-1, num_generations, scores.shape[1])  # (P, G, F)
+    scored = ~torch.isnan(grouped)
+    count = scored.sum(dim=1, keepdim=True)
+    mean = torch.nansum(grouped, dim=1, keepdim=True) / count.clamp_min(1)
+    centred = torch.where(scored, grouped - mean, torch.zeros_like(grouped))
+    variance = (centred**2).sum(dim=1, keepdim=True) / (count - 1).clamp_min(1)
+    std = torch.where(count > 1, variance.sqrt(), torch.zeros_like(variance))
+    normalised = torch.where(scored, centred / (std + eps), grouped)  # NaN stays NaN: still no opinion
+    return normalised.reshape(scores.shape)
 
 
 def _first_failing_sample(func, completions, solution, fields, ids) -> Any:
@@ -289,6 +354,7 @@ def _first_failing_sample(func, completions, solution, fields, ids) -> Any:
 
 
 __all__ = [
+    "AGGREGATIONS",
     "REWARDS",
     "REWARD_CONTRACT",
     "RewardError",

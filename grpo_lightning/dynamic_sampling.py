@@ -1,0 +1,85 @@
+"""Dynamic sampling (DAPO, Yu et al. 2025, sec. 3.2): train only on the groups whose rewards differ.
+
+A group whose G completions all get the same reward has advantage 0 for every completion: it adds no policy
+gradient, only dilutes the batch (and its KL term). Dynamic sampling leaves such groups out and samples further
+prompts until the step has as many groups with a spread as it has prompts. These are the pure decisions; the
+module runs the rounds (``GRPOModule.sample_until_informative``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from grpo_lightning.algorithms import group_reward_std
+from grpo_lightning.errors import ConfigError
+
+
+def informative_groups(rewards: Tensor, num_generations: int, min_std: float = 0.0) -> Tensor:
+    """Which groups carry a learning signal: the std of their rewards is above ``min_std``.
+
+    The std is :func:`grpo_lightning.algorithms.group_reward_std`'s (unbiased; exactly 0 for equal rewards), so
+    ``min_std=0`` leaves out exactly the groups of equal rewards, whose advantages are all 0. A group with a NaN
+    reward is not informative.
+
+    Args:
+        rewards: (P * G,) prompt-major rewards.
+        num_generations: G, completions per prompt.
+        min_std: the spread a group must exceed.
+
+    Returns:
+        (P,) bool.
+    """
+    return group_reward_std(rewards, num_generations) > min_std
+
+
+def choose_groups(informative: Sequence[bool], quota: int) -> tuple[list[int], int]:
+    """The groups a step trains, out of those sampled (in the order drawn): the first ``quota`` informative ones.
+
+    When fewer than ``quota`` are informative (the step ran out of rounds or of data), the first groups without a
+    spread make up the rest, so that the step trains ``quota`` groups as it would without dynamic sampling: their
+    advantages are 0, and every process of a data-parallel run keeps the same batch size (the loss normalisers and
+    the collectives of the update stay those of a plain step).
+
+    Args:
+        informative: one flag per sampled group, in the order drawn.
+        quota: how many groups the step trains (at most ``len(informative)``).
+
+    Returns:
+        The indices of the chosen groups in the order drawn, and how many of them are not informative.
+    """
+    if quota > len(informative):
+        raise ValueError(f"cannot choose {quota} groups out of {len(informative)}.")
+    with_spread = [i for i, flag in enumerate(informative) if flag][:quota]
+    without = [i for i, flag in enumerate(informative) if not flag][: quota - len(with_spread)]
+    return sorted(with_spread + without), len(without)
+
+
+__all__ = ["choose_groups", "informative_groups"]
+
+
+def check_validation_schedule(trainer: Any) -> None:
+    """Refuse validation at the end of an epoch, which dynamic sampling would silently stop.
+
+    Refills take the epoch's batches from the loader the loop reads, so the loop's last batch of the epoch never
+    comes and Lightning's epoch-end validation (``val_check_interval`` a fraction, ``check_val_every_n_epoch`` set:
+    its default) would not run, nor what follows it (a checkpoint or early stop on a validation metric). Validation
+    every N steps counts the loop's own steps and works.
+
+    Raises:
+        ConfigError: the trainer validates by epoch and the data has a validation split.
+    """
+    if trainer.check_val_every_n_epoch is None or not isinstance(trainer.val_check_interval, float):
+        return
+    if trainer.limit_val_batches == 0:
+        return
+    splits = getattr(trainer.datamodule, "splits", None)
+    if isinstance(splits, dict) and getattr(splits.get("val"), "file", None) is None:
+        return  # no validation data
+    raise ConfigError(
+        "sampling.dynamic_sampling takes further batches of the epoch within a step, so validation at the end of an "
+        "epoch would never run; validate every N steps instead: trainer.val_check_interval: N (an integer) with "
+        "trainer.check_val_every_n_epoch: null (as the shipped configs do), or set data.val_file: null."
+    )
