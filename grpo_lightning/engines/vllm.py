@@ -322,7 +322,7 @@ class VLLMEngine(RolloutEngine):
         try:
             self._connection.send(message)
         except (OSError, EOFError):
-            self._fail(doing, "the connection to the engine broke")
+            self._fail(doing, "the connection to the engine broke", exiting=True)
         reply = self._receive(doing, self.config.request_timeout, "model.vllm.request_timeout")
         if "error" in reply:
             self._fail(doing, reply["error"])
@@ -337,17 +337,23 @@ class VLLMEngine(RolloutEngine):
                 if self._connection.poll(1.0):
                     return self._connection.recv()
             except (OSError, EOFError):
-                self._fail(doing, "the connection to the engine broke")
+                self._fail(doing, "the connection to the engine broke", exiting=True)
             if self._process.poll() is not None:
                 self._fail(doing, None)
             if deadline is not None and time.monotonic() > deadline:
                 self._fail(doing, f"no answer within {timeout:g} s ({option})", hung=True)
 
-    def _fail(self, doing: str, detail: str | None, hung: bool = False) -> None:
+    def _fail(self, doing: str, detail: str | None, hung: bool = False, exiting: bool = False) -> None:
         """Stop the engine (at once when it ``hung``), keeping its log, and raise the EngineError that says what
-        happened: ``detail`` (the engine's own one-line error, say), the log's path and its last lines."""
+        happened: ``detail`` (the engine's own one-line error, say), the log's path and its last lines. ``exiting``:
+        the connection broke, so the process is most likely on its way out: its exit status is waited for a moment."""
         process = self._process
         status = None if process is None else process.poll()
+        if status is None and exiting and process is not None:
+            try:
+                status = process.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                status = None
         self._failed = True
         pid = None if process is None else process.pid
         what = f"exited with status {status}" if status is not None else "failed"
