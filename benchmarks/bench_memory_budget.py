@@ -383,31 +383,53 @@ def clip_reward_bytes() -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------------ the step
+def prepare_inputs(
+    args: argparse.Namespace, settings: Settings, shape: dict[str, Any], work_dir: Path
+) -> tuple[Path, Path, Path, list[str]]:
+    """The torch threads set, the model built and the records written: the model's folder, the data file, its image
+    folder and the records' question ids."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model_path = build_model(work_dir, shape, settings.image.get("max_patches") or 1, settings.dtype)
+    return (model_path, *write_records(Path(args.records), settings.num_prompts, work_dir))
+
+
+def module_arguments(settings: Settings, model_path: Path) -> dict[str, Any]:
+    """The ``GRPOModule`` arguments the step and the update probe share: the model as the recipe loads it, the
+    offline rewards, the recipe's image resolution, and no completion or rollout logging."""
+    from grpo_lightning.config import ImageConfig, LoggingConfig, RewardConfig
+
+    return {
+        "model_name_or_path": str(model_path),
+        "dtype": settings.dtype,
+        "attn_implementation": settings.attn_implementation,
+        "gradient_checkpointing": settings.gradient_checkpointing,
+        "freeze_vision_modules": settings.freeze_vision_modules,
+        "rewards": RewardConfig(funcs=list(OFFLINE_REWARDS)),
+        "image": ImageConfig(**settings.image),
+        "logging": LoggingConfig(completions_every_n_steps=0, rollouts_every_n_steps=0),
+    }
+
+
+def own_memory(model: Any) -> None:
+    """Give the model's weights and buffers memory of their own, not pages of the checkpoint file that a measured
+    phase would fault in and count."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        tensor.data = tensor.data.clone()
+
+
 def run_step(args: argparse.Namespace, settings: Settings, shape: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     """One GRPO step of ``settings`` on the CPU; the measured figures."""
     import torch
 
     from benchmarks.common import quiet_trainer
-    from grpo_lightning.config import (
-        ImageConfig,
-        LoggingConfig,
-        LoRAConfig,
-        LossConfig,
-        RewardConfig,
-        SamplingConfig,
-    )
+    from grpo_lightning.config import LoRAConfig, LossConfig, SamplingConfig
     from grpo_lightning.data import ViVQAXDataModule
 
-    torch.set_num_threads(args.threads)
-    model_path = build_model(work_dir, shape, settings.image.get("max_patches") or 1, settings.dtype)
-    data_file, image_dir, question_ids = write_records(Path(args.records), settings.num_prompts, work_dir)
+    model_path, data_file, image_dir, question_ids = prepare_inputs(args, settings, shape, work_dir)
     module = measured_module_class()(
-        model_name_or_path=str(model_path),
-        dtype=settings.dtype,
-        attn_implementation=settings.attn_implementation,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        freeze_vision_modules=settings.freeze_vision_modules,
-        rewards=RewardConfig(funcs=list(OFFLINE_REWARDS)),
+        **module_arguments(settings, model_path),
         sampling=SamplingConfig(
             num_generations=settings.num_generations,
             max_completion_length=settings.completion_length,
@@ -416,16 +438,13 @@ def run_step(args: argparse.Namespace, settings: Settings, shape: dict[str, Any]
         ),
         loss=LossConfig(micro_batch_size=settings.micro_batch_size, beta=settings.beta, **settings.loss),
         lora=LoRAConfig(r=settings.lora_r),
-        image=ImageConfig(**settings.image),
-        logging=LoggingConfig(completions_every_n_steps=0, rollouts_every_n_steps=0),
         optimizer=functools.partial(torch.optim.AdamW, lr=settings.lr, weight_decay=0.0, foreach=False),
     )
     module.peaks, module.memory = ResidentPeaks(), StepMemory()
     module.configure_model()
     for model in (module.model, module.reference_model):
-        # weights in memory of their own, not pages of the checkpoint file that a phase would fault in and count
-        for tensor in itertools.chain(model.parameters(), model.buffers()) if model is not None else ():
-            tensor.data = tensor.data.clone()
+        if model is not None:
+            own_memory(model)
     release_free_memory()
     policy = unique_parameters(module.model)
     reference = unique_parameters(module.reference_model) if module.reference_model is not None else []
@@ -491,28 +510,15 @@ def probe_update(args: argparse.Namespace, settings: Settings, shape: dict[str, 
     are negligible beside the activations. No reference model and no optimizer step."""
     import torch
 
-    from grpo_lightning.config import ImageConfig, LoggingConfig, LossConfig, RewardConfig
+    from grpo_lightning.config import LossConfig
     from grpo_lightning.data import VQADataset, collate_samples, read_samples
     from grpo_lightning.module import GRPOModule
 
-    torch.set_num_threads(args.threads)
-    model_path = build_model(work_dir, shape, settings.image.get("max_patches") or 1, settings.dtype)
-    data_file, image_dir, question_ids = write_records(Path(args.records), settings.num_prompts, work_dir)
-    module = GRPOModule(
-        model_name_or_path=str(model_path),
-        dtype=settings.dtype,
-        attn_implementation=settings.attn_implementation,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        freeze_vision_modules=settings.freeze_vision_modules,
-        rewards=RewardConfig(funcs=list(OFFLINE_REWARDS)),
-        loss=LossConfig(beta=0.0),
-        image=ImageConfig(**settings.image),
-        logging=LoggingConfig(completions_every_n_steps=0, rollouts_every_n_steps=0),
-    )
+    model_path, data_file, image_dir, question_ids = prepare_inputs(args, settings, shape, work_dir)
+    module = GRPOModule(**module_arguments(settings, model_path), loss=LossConfig(beta=0.0))
     module.configure_model()
     model, adapter = module.model.train(), module.adapter
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        tensor.data = tensor.data.clone()
+    own_memory(model)
     samples, _ = read_samples(data_file)
     dataset = VQADataset(samples, image_dir, None, settings.max_image_side)
     batch = collate_samples([dataset[i] for i in range(len(dataset))])
