@@ -8,6 +8,15 @@ import torch
 from scripts.tb_scalars import read_scalars
 from tests.test_module import fit, flat_params, make_module
 
+#: A tiny random model learns the answer tags with these settings (also the vLLM engine's learning test).
+TAG_LEARNING = dict(
+    optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+    rewards=dict(funcs=["tag_count"]),
+    sampling=dict(num_generations=8, max_completion_length=16),
+    loss=dict(beta=0.0, micro_batch_size=32),
+    logging=dict(completions_every_n_steps=0),
+)
+
 
 @pytest.mark.slow
 def test_grpo_raises_the_reward_for_producing_the_answer_tags(assets, data_kwargs, tmp_path):
@@ -16,14 +25,7 @@ def test_grpo_raises_the_reward_for_producing_the_answer_tags(assets, data_kwarg
 
     Measured on the 2-core CI machine: mean reward of the first 5 steps ~0.03, of the last 5 ~0.25.
     """
-    module = make_module(
-        assets,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
-        rewards=dict(funcs=["tag_count"]),
-        sampling=dict(num_generations=8, max_completion_length=16),
-        loss=dict(beta=0.0, micro_batch_size=32),
-        logging=dict(completions_every_n_steps=0),
-    )
+    module = make_module(assets, **TAG_LEARNING)
     module.configure_model()
     before = flat_params(module)
     trainer = fit(module, data_kwargs, tmp_path, steps=30, batch_size=4, seed=0)

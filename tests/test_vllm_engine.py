@@ -53,6 +53,7 @@ from grpo_lightning.errors import ConfigError
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rollout import Rollout, join_groups
 from scripts.tb_scalars import read_scalars
+from tests.test_learning import TAG_LEARNING
 from tests.test_module import fit, flat_params, make_module
 
 ENGINE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
@@ -731,14 +732,7 @@ def test_a_demo_fit_with_the_vllm_engine_learns_and_stops_its_engine(assets, dat
     """The demo's learning test with the vLLM engine: the reward rises as with the policy's own sampler; every step
     logs the weight update's time and the engines' log-prob gap (float32 on the CPU: ~1e-6); the engine process is
     gone after the fit, its shared-memory folder too."""
-    module = _vllm_module(
-        assets,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
-        rewards=dict(funcs=["tag_count"]),
-        sampling=dict(num_generations=8, max_completion_length=16),
-        loss=dict(beta=0.0, micro_batch_size=32),
-        logging=dict(completions_every_n_steps=0),
-    )
+    module = _vllm_module(assets, **TAG_LEARNING)
     module.configure_model()
     before = flat_params(module)
     L.seed_everything(0)
