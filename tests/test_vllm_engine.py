@@ -854,3 +854,36 @@ def test_an_engine_that_does_not_start_in_time_is_stopped_with_its_log(assets, e
         engine.start(module.model, module.adapter, "float32")
     assert "Last lines of its log" in str(failure.value)
     assert not engine.running and list(tmp_path.iterdir()) == [] and _processes_in(tmp_path) == []
+
+
+def test_the_engine_options_are_in_fit_help_and_a_config_sets_them(tmp_path, capsys):
+    """``--model.rollout_engine`` and every ``--model.vllm.*`` option are in ``fit --help``, and a YAML config sets them
+    (parsed with ``--print_config``: no engine starts)."""
+    import dataclasses
+
+    import yaml
+
+    from grpo_lightning.cli import main
+
+    names = [field.name for field in dataclasses.fields(VLLMConfig)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # help wraps its lines
+    assert "--model.rollout_engine " in out
+    for name in names:
+        assert f"--model.vllm.{name} " in out, name
+
+    chosen = {"python": "/opt/engine/bin/python", "kv_cache_gib": 2, "request_timeout": 600.0, "shm_dir": "/tmp"}
+    overlay = tmp_path / "engine.yaml"
+    overlay.write_text(yaml.safe_dump({"model": {"rollout_engine": "vllm", "vllm": chosen}}), encoding="utf-8")
+    root = Path(__file__).resolve().parent.parent
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(root / "configs" / "demo.yaml"), "--config", str(overlay), "--print_config"])
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 0, printed.err
+    model = yaml.safe_load(printed.out)["model"]
+    assert model["rollout_engine"] == "vllm"
+    for name, value in chosen.items():
+        assert model["vllm"][name] == value, name
+    assert set(model["vllm"]) == set(names)
