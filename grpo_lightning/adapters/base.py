@@ -31,7 +31,6 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache
 
 from grpo_lightning.adapters.prefix_cache import CaptureCache, cache_through_checkpointing
-from grpo_lightning.algorithms import entropy_from_logits, selective_log_softmax
 from grpo_lightning.errors import ConfigError
 
 
@@ -533,8 +532,9 @@ def head_logps(
 
     The forward pass makes the logits ``chunk_size`` positions at a time and keeps, per position, only what the
     backward pass needs (``_ChunkedHeadLogps``). The logits are those of the model's own forward (the head in the
-    model's dtype, then divided by the temperature), and each chunk goes through ``selective_log_softmax`` and
-    ``entropy_from_logits``, as whole logits would.
+    model's dtype, then divided by the temperature); each chunk's log-probs and entropies are those of a float32
+    (float64 for float64 hidden states) log-softmax of them, to rounding what ``selective_log_softmax`` and
+    ``entropy_from_logits`` give on whole logits (``tests/test_chunked_logps.py``).
 
     Args:
         head: the language-model head (``output_head``).
@@ -577,27 +577,36 @@ def _head_chunks(
     """The forward pass of ``head_logps`` over (M, H) hidden states: (M,) log-probs, entropies (or None), and what
     ``keep`` asks for the backward pass: ``"lse"`` each position's log-normaliser (M,) float32, or ``"direction"``
     ``(W[token] - sum_v p_v W_v)`` (M, H), the gradient of the log-prob with respect to the hidden state times the
-    temperature."""
+    temperature.
+
+    Each chunk's (chunk_size, V) logits go through one fused log-softmax, written into a buffer kept across chunks;
+    the log-probs, the log-normaliser (``max(z) - max(log_softmax(z))``) and the entropy are read from it, and the
+    probabilities written over the logits: the passes over the vocabulary are memory-bound, and on the CPU each new
+    (chunk_size, V) tensor costs its page faults on top of the arithmetic."""
     out_dtype = torch.promote_types(hidden.dtype, torch.float32)  # half precision is scored in float32
     logps, entropies, kept = [], [], []
+    buffer = hidden.new_empty(min(chunk_size, tokens.shape[0]), weight.shape[0], dtype=out_dtype)
     for start in range(0, tokens.shape[0], chunk_size):
-        chunk_tokens = tokens[start : start + chunk_size]
-        logits = torch.nn.functional.linear(hidden[start : start + chunk_size], weight, bias) / temperature
-        logits = logits.index_fill(-1, suppressed, -torch.inf).unsqueeze(0)
-        logps.append(selective_log_softmax(logits, chunk_tokens.unsqueeze(0))[0])
-        if with_entropy:
-            entropies.append(entropy_from_logits(logits)[0])
-        if keep is not None:
-            lse = torch.logsumexp(logits[0].to(out_dtype), dim=-1)
-            if keep == "lse":
-                kept.append(lse)
-            else:
-                probs = (logits[0].to(out_dtype) - lse[:, None]).exp().to(weight.dtype)
-                kept.append(weight[chunk_tokens] - probs @ weight)
+        chunk_tokens = tokens[start : start + chunk_size, None]
+        logits = torch.nn.functional.linear(hidden[start : start + chunk_size], weight, bias)
+        if temperature != 1.0:
+            logits.div_(temperature)  # in the model's dtype, as the model's own logits divided by the temperature
+        logits = logits.index_fill_(-1, suppressed, -torch.inf).to(out_dtype)
+        chunk_logps = torch.log_softmax(logits, dim=-1, out=buffer[: logits.shape[0]])
+        logps.append(chunk_logps.gather(-1, chunk_tokens)[:, 0])
+        if keep == "lse":
+            kept.append(logits.amax(dim=-1) - chunk_logps.amax(dim=-1))
+        if with_entropy or keep == "direction":
+            probs = torch.exp(chunk_logps, out=logits)  # the logits are not needed again
+            if keep == "direction":
+                kept.append(weight[chunk_tokens[:, 0]] - probs.to(weight.dtype) @ weight)
+            if with_entropy:
+                # p * log p -> 0 as p -> 0; clamping -inf keeps 0 * -inf from becoming NaN.
+                entropies.append(-chunk_logps.clamp_min_(torch.finfo(out_dtype).min).mul_(probs).sum(dim=-1))
     empty = hidden.new_zeros(0, dtype=out_dtype)
     return (
-        torch.cat(logps).to(out_dtype) if logps else empty,
-        (torch.cat(entropies).to(out_dtype) if entropies else empty) if with_entropy else None,
+        torch.cat(logps) if logps else empty,
+        (torch.cat(entropies) if entropies else empty) if with_entropy else None,
         (torch.cat(kept) if kept else empty) if keep is not None else None,
     )
 
@@ -641,12 +650,13 @@ class _ChunkedHeadLogps(torch.autograd.Function):
             stop = min(start + VOCAB_CHUNK_SIZE, weight.shape[0])
             weight_slice = weight[start:stop]
             bias_slice = None if bias is None else bias[start:stop]
-            logits = torch.nn.functional.linear(hidden, weight_slice, bias_slice) / ctx.temperature
-            logits = logits.to(kept.dtype)
+            logits = torch.nn.functional.linear(hidden, weight_slice, bias_slice)
+            if ctx.temperature != 1.0:
+                logits.div_(ctx.temperature)
             in_slice = suppressed[(suppressed >= start) & (suppressed < stop)] - start
-            logits = logits.index_fill(-1, in_slice, -torch.inf)
-            # d loss / d logits = scale * (1[v = y] - p_v)
-            grad_logits = (logits - kept[:, None]).exp_().mul_(-scale[:, None])
+            logits = logits.index_fill_(-1, in_slice, -torch.inf).to(kept.dtype)
+            # d loss / d logits = scale * (1[v = y] - p_v), written over the logits
+            grad_logits = logits.sub_(kept[:, None]).exp_().mul_(-scale[:, None])
             chosen = (tokens >= start) & (tokens < stop)
             grad_logits[rows[chosen], tokens[chosen] - start] += scale[chosen]
             grad_logits = grad_logits.to(weight.dtype)
