@@ -313,6 +313,7 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         sampled = [self.sample_and_score(batch, seconds)]
         if self.sampling.dynamic_sampling:  # further prompts until B groups have a reward spread
             sampled = self.sample_until_informative(sampled[0], seconds)
+        self.watch_reward_opinions(step, sampled)
         rollout, rewards, per_func, chosen = self.trained_groups(sampled)
         with self.timed("reward", seconds):
             advantages = self.advantages(rewards)
@@ -344,6 +345,29 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         else:
             informative = torch.ones(len(rollout.prompts), dtype=torch.bool)
         return ScoredRollout(batch, rollout, rewards, per_func, informative)
+
+    def watch_reward_opinions(self, step: int, sampled: list[ScoredRollout]) -> None:
+        """A training step on which no reward has an opinion learns nothing: warn, or stop the run when no reward
+        scored anything in its first steps (``RewardOpinions``). Once per step, over every completion its rounds of
+        sampling scored, so that patience counts steps under dynamic sampling too."""
+        if "_reward_opinions" not in self.__dict__:
+            self._reward_opinions = RewardOpinions([name for name, _ in self.reward_funcs])
+        strategy = self._trainer.strategy if self._trainer is not None else None
+
+        def opinions_everywhere(count: int) -> int:
+            if strategy is None:
+                return count
+            return int(strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum"))
+
+        per_func = torch.cat([round_.per_func for round_ in sampled])
+        ids = [i for round_ in sampled for i in self._completion_ids(round_)]
+        self._reward_opinions.observe(per_func, step, ids, opinions_everywhere)
+
+    @staticmethod
+    def _completion_ids(round_: ScoredRollout) -> list[Any]:
+        """The sample id of each completion of a round (none when the batch has no ids)."""
+        ids = round_.batch.get("id")
+        return [] if ids is None else [ids[i] for i in round_.rollout.prompt_index.tolist()]
 
     def sample_until_informative(self, first: ScoredRollout, seconds: dict[str, float]) -> list[ScoredRollout]:
         """Dynamic sampling: further batches of the training data, one per round, until this process has as many
@@ -435,17 +459,7 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         fields["completion_length"] = rollout.completion_mask.sum(-1).tolist()
         fields["max_completion_length"] = [self.sampling.max_completion_length] * len(index)
         per_func = score_completions(self.reward_funcs, rollout.completions, solution, fields)
-        if self.training:  # a training step on which no reward has an opinion learns nothing: warn, or stop early
-            if "_reward_opinions" not in self.__dict__:
-                self._reward_opinions = RewardOpinions([name for name, _ in self.reward_funcs])
-            strategy = self._trainer.strategy if self._trainer is not None else None
-
-            def opinions_everywhere(count: int) -> int:
-                if strategy is None:
-                    return count
-                return int(strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum"))
-
-            self._reward_opinions.observe(per_func, self.global_step, fields.get("id", ()), opinions_everywhere)
+        if self.training:
             aggregation, group_size = self.rewards.aggregation, self.sampling.num_generations
             return combine_rewards(per_func, self.reward_weights, aggregation, group_size).float(), per_func
         return combine_rewards(per_func, self.reward_weights).float(), per_func

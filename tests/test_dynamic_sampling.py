@@ -25,6 +25,7 @@ from grpo_lightning.config import SamplingConfig
 from grpo_lightning.data import ResumableDataLoader, ViVQAXDataModule
 from grpo_lightning.dynamic_sampling import check_validation_schedule, choose_groups, informative_groups
 from grpo_lightning.errors import ConfigError
+from grpo_lightning.rewards import RewardError
 from grpo_lightning.rollout import join_groups
 from scripts.tb_scalars import read_scalars
 from tests.test_module import flat_params, make_module
@@ -261,6 +262,19 @@ def test_max_refill_rounds_bounds_the_rounds_then_equal_groups_fill_up_with_a_wa
     # at the 1st and 2nd short step, not the 3rd (then at the 4th, 8th, ...)
     assert [m.split(":")[0] for m in messages] == ["Dynamic sampling, step 0", "Dynamic sampling, step 1"]
     assert f"only 0 of 2 groups had rewards with a spread (std above 0.0) after {rounds} extra rounds" in messages[0]
+
+
+def silent_reward(completions, **kwargs):
+    return [None] * len(completions)
+
+
+def test_rewards_that_never_score_stop_the_run_after_three_steps_not_three_rounds(assets, data_kwargs, tmp_path):
+    """A step of dynamic sampling scores several rounds; the rewards' patience (3) still counts steps."""
+    module = make(assets, reward="silent_reward", sampling=dict(dynamic_sampling=True, max_refill_rounds=2))
+    with pytest.raises(RewardError, match=r"No reward \('silent_reward'\) scored any completion in the first 3 "):
+        fit_warned(module, data_kwargs, tmp_path, max_steps=5)
+    assert module.global_step == 2  # stopped in the third step, after its 3 rounds of sampling
+    assert module.trainer.train_dataloader.state_dict() == {"batches_done": 3 * (1 + 2)}
 
 
 def fit_warned(module, data_kwargs, save_dir, max_steps):
