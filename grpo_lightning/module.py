@@ -326,8 +326,8 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         if self.sampling.dynamic_sampling:
             log_dynamic_sampling(self, step, sampled, chosen)
         every = self.logging.completions_every_n_steps
-        if every and self.global_step % every == 0:
-            log_completions(self, rollout, rewards, per_func)
+        if every and step % every == 0:
+            log_completions(self, step, rollout, rewards, per_func)
         every = self.logging.rollouts_every_n_steps
         if every and step % every == 0:
             write_rollouts(self, step, sampled, chosen, advantages)

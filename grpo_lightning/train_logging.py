@@ -126,8 +126,9 @@ def trained_tokens(rollout: Rollout, device: torch.device) -> Tensor:
     return prompt_lengths.sum() + rollout.completion_mask.sum()
 
 
-def log_completions(module: GRPOModule, rollout: Rollout, rewards: Tensor, per_func: Tensor) -> None:
-    """A few sampled completions with their rewards, as a Markdown table in the logger's text panel."""
+def log_completions(module: GRPOModule, step: int, rollout: Rollout, rewards: Tensor, per_func: Tensor) -> None:
+    """A few sampled completions with their rewards, as a Markdown table in the logger's text panel, at ``step``
+    (the optimizer steps before this one: the step of the same step's scalars and rollout file)."""
     if not module.trainer.is_global_zero:
         return
     names = [name for name, _ in module.reward_funcs]
@@ -142,9 +143,9 @@ def log_completions(module: GRPOModule, rollout: Rollout, rewards: Tensor, per_f
     for logger in module.loggers:
         experiment = getattr(logger, "experiment", None)
         if hasattr(logger, "log_text"):
-            logger.log_text(key="train/completions", columns=["markdown"], data=[[text]], step=module.global_step)
+            logger.log_text(key="train/completions", columns=["markdown"], data=[[text]], step=step)
         elif hasattr(experiment, "add_text"):
-            experiment.add_text("train/completions", text, global_step=module.global_step)
+            experiment.add_text("train/completions", text, global_step=step)
 
 
 def _nanstd(values: Tensor) -> Tensor:

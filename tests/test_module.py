@@ -108,6 +108,12 @@ def test_sampled_completions_are_logged_as_text(assets, data_kwargs, tmp_path):
     text = events.Tensors(tag)[0].tensor_proto.string_val[0].decode()
     assert text.startswith("| prompt | completion | reward | tag_count | format |")
     assert text.count("\n| ") == 3  # three completion rows under the header
+    # at the step of the same step's scalars (and rollout file): the optimizer steps before it
+    assert (
+        [event.step for event in events.Tensors(tag)]
+        == [step for step, _ in read_scalars(trainer.logger.log_dir)["train/reward"]]
+        == [0]
+    )
 
 
 def test_no_reference_model_when_beta_is_zero(assets):
