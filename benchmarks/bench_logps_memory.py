@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a file, not with -m: import from the repository as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from benchmarks.common import (
     busy_warning,
     format_table,

@@ -50,11 +50,15 @@ import inspect
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a file, not with -m: import from the repository as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_logps_memory import reset_peak_rss, status_mib
 from benchmarks.common import (

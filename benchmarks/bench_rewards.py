@@ -31,6 +31,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a file, not with -m: import from the repository as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 from PIL import Image
 from pycocoevalcap.cider.cider import Cider

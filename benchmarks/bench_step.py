@@ -13,7 +13,11 @@ figures on a shared 2-core box are noisy.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file, not with -m: import from the repository as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L
 import torch

@@ -16,8 +16,12 @@ vLLM's gain is expected on a GPU, not here.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file, not with -m: import from the repository as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L
 import torch

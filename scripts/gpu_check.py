@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a file, not with -m: import from the repository as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
 # The benchmarks package sets the Hugging Face libraries offline when imported, which is before they load: its name

@@ -1,0 +1,22 @@
+"""The benchmarks and the GPU check run as files (``python benchmarks/bench_vs_trl.py``), from any folder, as well
+as modules from the repository root (``python -m benchmarks.bench_vs_trl``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = sorted(ROOT.glob("benchmarks/bench_*.py")) + [ROOT / "scripts" / "gpu_check.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_a_script_runs_as_a_file_from_another_folder(script, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("usage: "), done.stdout[:500]
