@@ -59,6 +59,42 @@ def test_head_logps_match_a_float64_reference_with_gradients(chunk_size, head_tr
     assert entropy is not None and not entropy.requires_grad
 
 
+@pytest.mark.parametrize("backward_under_autocast", [False, True])
+def test_a_trained_head_under_bf16_autocast_backpropagates_through_the_forwards_bf16_logits(
+    backward_under_autocast, monkeypatch
+):
+    """Float32 weights under bf16 autocast (bf16-mixed): the forward pass's head runs in bf16. The backward pass,
+    which on CUDA runs without autocast (another thread), makes the same bf16 logits again, so the gradients are those
+    of the log-softmax of the forward's logits (float64 reference), not of float32 logits against the log-normaliser
+    of bf16 ones. The logits are a few tens, where bf16 rounds them by more than 0.01."""
+    monkeypatch.setattr(base, "VOCAB_CHUNK_SIZE", 1000)  # three vocabulary slices
+    torch.manual_seed(0)
+    n, h, v = 40, 32, 3000
+    head = torch.nn.Linear(h, v, bias=False)
+    torch.nn.init.normal_(head.weight, std=3.0)
+    hidden = torch.randn(n, h, requires_grad=True)
+    tokens, suppressed, advantages = torch.randint(1, v, (n,)), torch.tensor([0]), torch.randn(n, dtype=torch.float64)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logps, _ = head_logps(head, hidden[None], tokens[None], suppressed, TEMPERATURE)
+        loss = (logps[0].double() * advantages).sum()
+        if backward_under_autocast:
+            loss.backward()
+    if not backward_under_autocast:  # as on CUDA
+        loss.backward()
+
+    bf16_logits = torch.nn.functional.linear(hidden.detach().bfloat16(), head.weight.detach().bfloat16())
+    z = (bf16_logits / TEMPERATURE).double().index_fill(-1, suppressed, -torch.inf)
+    expected_logps = z.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+    # d loss / d z = A (1[v = y] - p), and z = h W^T / T
+    grad_z = -advantages[:, None] * z.softmax(-1)
+    grad_z[torch.arange(n), tokens] += advantages
+    grad_z /= TEMPERATURE
+    torch.testing.assert_close(logps[0].double(), expected_logps, rtol=0, atol=1e-5)
+    torch.testing.assert_close(hidden.grad.double(), grad_z @ head.weight.detach().double(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(head.weight.grad.double(), grad_z.T @ hidden.detach().double(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("head_trains", [True, False])
 def test_head_logps_keep_no_logits_for_the_backward_pass(head_trains):
     """With gradients, what the graph keeps is the hidden states, the head's own weight and per-position values,

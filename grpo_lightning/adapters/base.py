@@ -20,6 +20,7 @@ always uses the shared path.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -575,9 +576,9 @@ def _head_chunks(
     keep: str | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The forward pass of ``head_logps`` over (M, H) hidden states: (M,) log-probs, entropies (or None), and what
-    ``keep`` asks for the backward pass: ``"lse"`` each position's log-normaliser (M,) float32, or ``"direction"``
-    ``(W[token] - sum_v p_v W_v)`` (M, H), the gradient of the log-prob with respect to the hidden state times the
-    temperature.
+    ``keep`` asks for the backward pass: ``"lse"`` each position's log-normaliser (M,) in the scoring dtype (float32
+    for half precision), or ``"direction"`` ``(W[token] - sum_v p_v W_v)`` (M, H), the gradient of the log-prob with
+    respect to the hidden state times the temperature.
 
     Each chunk's (chunk_size, V) logits go through one fused log-softmax, written into a buffer kept across chunks;
     the log-probs, the log-normaliser (``max(z) - max(log_softmax(z))``) and the entropy are read from it, and the
@@ -619,7 +620,10 @@ class _ChunkedHeadLogps(torch.autograd.Function):
     ``T * d logp / dh``: the backward pass is one scaling, with no logits made again. When the head trains (tied to
     the input embeddings under full fine-tuning), the forward pass keeps each position's log-normaliser and the
     backward pass makes the logits again, ``VOCAB_CHUNK_SIZE`` vocabulary entries at a time, and writes each slice of
-    the head's gradient once.
+    the head's gradient once. It makes them under the forward pass's autocast state, so that they are the logits the
+    log-normaliser came from: with float32 weights under bf16 autocast the forward's head ran in bf16, while the
+    backward pass runs without autocast on CUDA (another thread), where float32 logits against a bf16 log-normaliser
+    would give probabilities that do not sum to 1.
     """
 
     @staticmethod
@@ -630,6 +634,9 @@ class _ChunkedHeadLogps(torch.autograd.Function):
             hidden, weight, bias, tokens, suppressed, temperature, with_entropy, chunk_size, keep=keep
         )
         ctx.keep, ctx.temperature = keep, temperature
+        device_type = hidden.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        ctx.autocast = (device_type, torch.get_autocast_dtype(device_type) if autocast else None)
         ctx.save_for_backward(hidden, weight, bias, tokens, suppressed, kept)
         if entropy is not None:
             ctx.mark_non_differentiable(entropy)
@@ -646,11 +653,16 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         grad_bias = torch.empty_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
         rows = torch.arange(tokens.shape[0], device=tokens.device)
+        device_type, autocast_dtype = ctx.autocast
+        forward_autocast = functools.partial(
+            torch.autocast, device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+        )
         for start in range(0, weight.shape[0], VOCAB_CHUNK_SIZE):
             stop = min(start + VOCAB_CHUNK_SIZE, weight.shape[0])
             weight_slice = weight[start:stop]
             bias_slice = None if bias is None else bias[start:stop]
-            logits = torch.nn.functional.linear(hidden, weight_slice, bias_slice)
+            with forward_autocast():
+                logits = torch.nn.functional.linear(hidden, weight_slice, bias_slice)
             if ctx.temperature != 1.0:
                 logits.div_(ctx.temperature)
             in_slice = suppressed[(suppressed >= start) & (suppressed < stop)] - start
