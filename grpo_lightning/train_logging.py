@@ -127,8 +127,10 @@ def trained_tokens(rollout: Rollout, device: torch.device) -> Tensor:
 
 
 def log_completions(module: GRPOModule, step: int, rollout: Rollout, rewards: Tensor, per_func: Tensor) -> None:
-    """A few sampled completions with their rewards, as a Markdown table in the logger's text panel, at ``step``
-    (the optimizer steps before this one: the step of the same step's scalars and rollout file)."""
+    """A few sampled completions with their rewards, as a Markdown table in the logger's text panel, at ``step``:
+    the optimizer steps before this training step, as the step's rollout file is numbered. That is also the step of
+    the same step's scalars when ``loss.num_iterations`` is 1; with more, Lightning's scalars count training steps,
+    and ``step`` is ``num_iterations`` times theirs."""
     if not module.trainer.is_global_zero:
         return
     names = [name for name, _ in module.reward_funcs]

@@ -99,7 +99,8 @@ def test_training_steps_update_weights_and_log_every_metric(assets, data_kwargs,
 def test_sampled_completions_are_logged_as_text(assets, data_kwargs, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    trainer = fit(make_module(assets, logging=dict(num_completions=3)), data_kwargs, tmp_path, steps=1)
+    module = make_module(assets, logging=dict(num_completions=3, completions_every_n_steps=2))
+    trainer = fit(module, data_kwargs, tmp_path, steps=3)
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={"tensors": 0})
     events.Reload()
     tags = [t for t in events.Tags()["tensors"] if t.startswith("train/completions")]
@@ -108,12 +109,9 @@ def test_sampled_completions_are_logged_as_text(assets, data_kwargs, tmp_path):
     text = events.Tensors(tag)[0].tensor_proto.string_val[0].decode()
     assert text.startswith("| prompt | completion | reward | tag_count | format |")
     assert text.count("\n| ") == 3  # three completion rows under the header
-    # at the step of the same step's scalars (and rollout file): the optimizer steps before it
-    assert (
-        [event.step for event in events.Tensors(tag)]
-        == [step for step, _ in read_scalars(trainer.logger.log_dir)["train/reward"]]
-        == [0]
-    )
+    # every 2nd step, at the step of the same step's scalars (and rollout file): the optimizer steps before it
+    assert [step for step, _ in read_scalars(trainer.logger.log_dir)["train/reward"]] == [0, 1, 2]
+    assert [event.step for event in events.Tensors(tag)] == [0, 2]
 
 
 def test_no_reference_model_when_beta_is_zero(assets):

@@ -199,7 +199,8 @@ def _ids_note(ids: Sequence[Any], before: str, after: str = "") -> str:
 
 
 class RewardOpinions:
-    """Watches training steps for rewards that had no opinion (None) on any completion of the batch.
+    """Watches training steps for rewards that had no opinion (None) on any completion of the step (every round of
+    sampling of it, under dynamic sampling).
 
     Such a reward contributes nothing to the step; when no reward has an opinion, every reward of the step is 0,
     every advantage is 0 and the step learns nothing. Each reward's silent steps are warned about at the 1st, 2nd,
@@ -231,7 +232,8 @@ class RewardOpinions:
         """Count one training step's silent rewards; warn at powers of two; raise if the run cannot learn.
 
         Args:
-            scores: the step's (N, F) scores from :func:`score_completions` (NaN: no opinion).
+            scores: the step's (N, F) scores from :func:`score_completions`, every round of sampling (NaN: no
+                opinion).
             step: the global step, for messages.
             ids: the sample id of each completion, for messages.
             opinions_everywhere: the number of opinions over every process, given this process's (a sum over
