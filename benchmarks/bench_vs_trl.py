@@ -73,6 +73,7 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a file, not with -m: import from the repository as -m does
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import benchmarks  # noqa: F401  (sets the Hugging Face libraries offline before anything loads them)
 
 from benchmarks.common import (
     REPO_ROOT,

@@ -1,5 +1,5 @@
-"""The benchmarks and the GPU check run as files (``python benchmarks/bench_vs_trl.py``), from any folder, as well
-as modules from the repository root (``python -m benchmarks.bench_vs_trl``)."""
+"""The benchmarks and the GPU check run as files (``python benchmarks/bench_vs_trl.py``) from any folder, not only as
+modules from the repository root (``python -m benchmarks.bench_vs_trl``, which the benchmarks' own tests use)."""
 
 from __future__ import annotations
 
