@@ -321,17 +321,25 @@ def render_report(
             list(zip(records, scores.per_sample, strict=True)), desc="report", unit="sample", disable=not progress
         )
     )
-    script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode("utf-8")).digest()).decode("ascii")
+    body = (
+        f"{_summary_html(scores)}{_controls_html(columns, answer_types)}"
+        "<table><thead><tr><th></th><th>image</th><th>question</th><th>answer</th><th>explanation</th>"
+        f"<th>scores</th></tr></thead><tbody id='samples'>{rows}</tbody></table>"
+    )
+    return _page(title, _STYLE, body, _SCRIPT)
+
+
+def _page(title: str, style: str, body: str, script: str) -> str:
+    """A self-contained page: ``body`` under the title, then ``script``, the one script its Content Security Policy
+    lets run (by its SHA-256); images only as data: URLs, nothing fetched."""
+    script_hash = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     policy = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     return (
         "<!DOCTYPE html><html lang='vi'><head><meta charset='utf-8'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"{policy}\">"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{_e(title)}</h1>{_summary_html(scores)}{_controls_html(columns, answer_types)}"
-        "<table><thead><tr><th></th><th>image</th><th>question</th><th>answer</th><th>explanation</th>"
-        f"<th>scores</th></tr></thead><tbody id='samples'>{rows}</tbody></table>"
-        f"<script>{_SCRIPT}</script></body></html>"
+        f"<title>{_e(title)}</title><style>{style}</style></head><body>"
+        f"<h1>{_e(title)}</h1>{body}<script>{script}</script></body></html>"
     )
 
 
@@ -625,14 +633,8 @@ def render_rollouts(log_dir: Path, images_dir: Path | None = None, title: str | 
     components = "<option value='reward'>reward (total)</option>" + "".join(
         f"<option value='{_e(name)}'>{_e(name)}</option>" for name in names
     )
-    script_hash = base64.b64encode(hashlib.sha256(_ROLLOUT_SCRIPT.encode("utf-8")).digest()).decode("ascii")
-    policy = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
-    return (
-        "<!DOCTYPE html><html lang='vi'><head><meta charset='utf-8'>"
-        f"<meta http-equiv='Content-Security-Policy' content=\"{policy}\">"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{_e(title)}</title><style>{_ROLLOUT_STYLE}</style></head><body>"
-        f"<h1>{_e(title)}</h1><p>{len(steps)} steps with rollout records. Completions are sorted by advantage (by "
+    body = (
+        f"<p>{len(steps)} steps with rollout records. Completions are sorted by advantage (by "
         "reward in groups that did not train). A group is <b>trained</b>, <b>filtered</b> (its rewards did not "
         "spread; dynamic sampling left it out), <b>filled</b> (no spread, trained because the step's rounds ran "
         "out) or <b>unused</b> (a spread, beyond the step's batch). ← and → page through the steps.</p>"
@@ -645,8 +647,8 @@ def render_rollouts(log_dir: Path, images_dir: Path | None = None, title: str | 
         "</option><option value='filtered'>filtered</option></select></label><span id='shown'></span></div>"
         "<div id='groups'></div>"
         f"<script type='application/json' id='rollout-data'>{_json_for_script(data)}</script>"
-        f"<script>{_ROLLOUT_SCRIPT}</script></body></html>"
     )
+    return _page(title, _ROLLOUT_STYLE, body, _ROLLOUT_SCRIPT)
 
 
 def write_rollouts_page(
