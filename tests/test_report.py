@@ -206,13 +206,18 @@ def test_fragment_filters_by_answer_type_and_sorts_by_score(tmp_path, page, scor
     assert cider == sorted(s["CIDEr"] for s in scores.per_sample)
 
 
+def screenshot_artifact(tmp_path: Path, url: str, name: str, size: tuple[int, int]) -> None:
+    """A screenshot of ``url`` in a ``size`` window, kept as ``test-artifacts/<name>``: that size, and not a blank
+    page (thumbnails and colours are on it)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / name
+    shot.unlink(missing_ok=True)
+    _chromium(tmp_path, url, f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}")
+    with Image.open(shot) as image:
+        assert image.size == size
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+
+
 @needs_chromium
 def test_screenshot_artifact(tmp_path, page):
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "report.png"
-    shot.unlink(missing_ok=True)
-    _chromium(tmp_path, page.as_uri() + "#sort=bleu-1:desc", f"--screenshot={shot}", "--window-size=1400,1400")
-    with Image.open(shot) as image:
-        assert image.size == (1400, 1400)
-        # Not a blank page: the thumbnails and the correct/incorrect colours are on it.
-        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+    screenshot_artifact(tmp_path, page.as_uri() + "#sort=bleu-1:desc", "report.png", (1400, 1400))

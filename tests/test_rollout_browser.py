@@ -23,7 +23,7 @@ from grpo_lightning.rollout import Rollout, ScoredRollout
 from grpo_lightning.rollout_log import rollout_records
 from scripts.tb_scalars import read_scalars
 from tests.test_module import make_module
-from tests.test_report import ARTIFACTS, XSS_IMG, XSS_SCRIPT, _chromium, needs_chromium
+from tests.test_report import XSS_IMG, XSS_SCRIPT, _chromium, needs_chromium, screenshot_artifact
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,10 +300,4 @@ def test_the_reward_filter_hides_completions_outside_the_range(tmp_path, page):
 
 @needs_chromium
 def test_rollouts_screenshot_artifact(tmp_path, page):
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "rollouts.png"
-    shot.unlink(missing_ok=True)
-    _chromium(tmp_path, page.as_uri() + "#step=10", f"--screenshot={shot}", "--window-size=1300,1200")
-    with Image.open(shot) as image:
-        assert image.size == (1300, 1200)
-        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+    screenshot_artifact(tmp_path, page.as_uri() + "#step=10", "rollouts.png", (1300, 1200))
