@@ -17,6 +17,37 @@ from scripts.tb_scalars import read_scalars
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def fit_on_two_processes(
+    assets,
+    data_kwargs,
+    tmp_path,
+    *,
+    reward: str,
+    num_generations: int,
+    max_steps: int,
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    timeout: int = 600,
+) -> None:
+    """``fit --config configs/demo.yaml`` on 2 CPU processes (DDP over gloo) through the command line, on the demo's
+    training split with batches of 4 prompts, ``reward`` alone, completions of at most 8 tokens, logs under
+    ``tmp_path / "logs"``, then ``options``; asserts it exits 0."""
+    args = [sys.executable, "-m", "grpo_lightning", "fit", "--config", "configs/demo.yaml"]
+    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    args += ["--trainer.max_steps", str(max_steps), "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
+    args += ["--model.rewards.funcs", f"[{reward}]", "--model.rewards.weights", "null"]
+    args += ["--model.sampling.num_generations", str(num_generations), "--model.sampling.max_completion_length", "8"]
+    args += ["--data.batch_size", "4", "--data.val_file", "null"]
+    for key, value in data_kwargs.items():
+        if key.startswith("train"):
+            args += [f"--data.{key}", value]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run([*args, *options], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 def rank_reward(completions, solution, id, **kwargs):  # noqa: A002 - `id` is the batch field's name
     """Reward = this process's rank; also records which prompts each rank saw, and checks they are whole groups."""
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -36,23 +67,18 @@ def test_the_demo_runs_on_two_processes_with_whole_groups_reduced_metrics_and_on
     assets, data_kwargs, tmp_path
 ):
     ids_file = tmp_path / "ids"
-    args = [sys.executable, "-m", "grpo_lightning", "fit", "--config", "configs/demo.yaml"]
-    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    args += ["--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
-    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
-    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
-    args += ["--model.rewards.funcs", "[tests.test_distributed:rank_reward]", "--model.rewards.weights", "null"]
-    args += ["--model.sampling.num_generations", "4", "--model.sampling.max_completion_length", "8"]
     # batch-scaled advantages gather every process's rewards: this runs that collective for real (the values are
     # checked against one process in test_module.py)
-    args += ["--model.loss.scale_rewards", "batch"]
-    args += ["--data.batch_size", "4", "--data.val_file", "null"]
-    for key, value in data_kwargs.items():
-        if key.startswith("train"):
-            args += [f"--data.{key}", value]
-    env = {**os.environ, "GRPO_TEST_G": "4", "GRPO_TEST_IDS": str(ids_file), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    fit_on_two_processes(
+        assets,
+        data_kwargs,
+        tmp_path,
+        reward="tests.test_distributed:rank_reward",
+        num_generations=4,
+        max_steps=2,
+        options=("--model.loss.scale_rewards", "batch"),
+        env={"GRPO_TEST_G": "4", "GRPO_TEST_IDS": str(ids_file)},
+    )
 
     per_rank = [[json.loads(line) for line in Path(f"{ids_file}.rank{r}").read_text().splitlines()] for r in (0, 1)]
     assert [len(steps) for steps in per_rank] == [2, 2]

@@ -6,10 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +15,6 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-import grpo_demo
 from grpo_lightning.callbacks import StepCheckpoint, continue_logger_version
 from grpo_lightning.cli import main as cli_main
 from grpo_lightning.config import SamplingConfig
@@ -28,6 +24,7 @@ from grpo_lightning.errors import ConfigError
 from grpo_lightning.rewards import RewardError
 from grpo_lightning.rollout import join_groups
 from scripts.tb_scalars import read_scalars
+from tests.test_distributed import fit_on_two_processes
 from tests.test_module import flat_params, make_module
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -398,22 +395,18 @@ def test_a_step_whose_refills_use_up_the_epoch_resumes_into_the_next_epoch(
 # ------------------------------------------------------------------------------------------ two processes
 @pytest.mark.slow
 def test_two_processes_agree_on_rounds_and_each_trains_its_share(assets, data_kwargs, tmp_path):
-    args = [sys.executable, "-m", "grpo_lightning", "fit", "--config", "configs/demo.yaml"]
-    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    args += ["--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false"]
-    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
-    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
-    args += ["--model.rewards.funcs", "[tests.test_dynamic_sampling:id_reward]", "--model.rewards.weights", "null"]
-    args += ["--model.sampling.num_generations", str(G), "--model.sampling.max_completion_length", "8"]
-    args += ["--model.sampling.dynamic_sampling", "true", "--model.sampling.max_refill_rounds", "3"]
-    args += ["--model.loss.scale_rewards", "batch", "--model.logging.rollouts_every_n_steps", "1"]
-    args += ["--data.batch_size", "4", "--data.val_file", "null"]
-    for key, value in data_kwargs.items():
-        if key.startswith("train"):
-            args += [f"--data.{key}", value]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    fit_on_two_processes(
+        assets,
+        data_kwargs,
+        tmp_path,
+        reward="tests.test_dynamic_sampling:id_reward",
+        num_generations=G,
+        max_steps=3,
+        options=(
+            *("--model.sampling.dynamic_sampling", "true", "--model.sampling.max_refill_rounds", "3"),
+            *("--model.loss.scale_rewards", "batch", "--model.logging.rollouts_every_n_steps", "1"),
+        ),
+    )
 
     run = tmp_path / "logs" / "demo" / "version_0"
     scalars = read_scalars(run)

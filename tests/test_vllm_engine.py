@@ -53,6 +53,7 @@ from grpo_lightning.errors import ConfigError
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rollout import Rollout, join_groups
 from scripts.tb_scalars import read_scalars
+from tests.test_distributed import fit_on_two_processes
 from tests.test_learning import TAG_LEARNING
 from tests.test_module import fit, flat_params, make_module
 
@@ -812,30 +813,24 @@ def test_under_ddp_every_process_samples_with_its_own_engine_from_the_command_li
     """The demo config with ``--model.rollout_engine vllm`` on 2 DDP processes: each process starts, updates and stops
     an engine of its own (its prompts, its random streams), and no engine process outlives the run."""
     import json
-    import subprocess
 
-    import grpo_demo
-
-    root = Path(__file__).resolve().parents[1]
     shm = tmp_path / "shm"
     shm.mkdir()
     ids_file = tmp_path / "ids"
-    args = [sys.executable, "-m", "grpo_lightning", "fit", "--config", "configs/demo.yaml"]
-    args += ["--model.rollout_engine", "vllm", "--model.vllm.python", str(engine_python)]
-    args += ["--model.vllm.kv_cache_gib", "1", "--model.vllm.max_model_len", "2048", "--model.vllm.shm_dir", str(shm)]
-    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    args += ["--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
-    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
-    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
-    args += ["--model.rewards.funcs", "[tests.test_distributed:rank_reward]", "--model.rewards.weights", "null"]
-    args += ["--model.sampling.num_generations", "4", "--model.sampling.max_completion_length", "8"]
-    args += ["--data.batch_size", "4", "--data.val_file", "null"]
-    for key, value in data_kwargs.items():
-        if key.startswith("train"):
-            args += [f"--data.{key}", value]
-    env = {**os.environ, "GRPO_TEST_G": "4", "GRPO_TEST_IDS": str(ids_file), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
+    fit_on_two_processes(
+        assets,
+        data_kwargs,
+        tmp_path,
+        reward="tests.test_distributed:rank_reward",
+        num_generations=4,
+        max_steps=2,
+        options=(
+            *("--model.rollout_engine", "vllm", "--model.vllm.python", str(engine_python)),
+            *("--model.vllm.kv_cache_gib", "1", "--model.vllm.max_model_len", "2048", "--model.vllm.shm_dir", str(shm)),
+        ),
+        env={"GRPO_TEST_G": "4", "GRPO_TEST_IDS": str(ids_file)},
+        timeout=900,
+    )
     completions = [Path(f"{ids_file}.completions{r}").read_text().splitlines() for r in (0, 1)]
     assert [len(steps) for steps in completions] == [2, 2]
     assert all(json.loads(a) != json.loads(b) for a, b in zip(*completions, strict=True))
