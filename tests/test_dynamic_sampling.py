@@ -3,6 +3,7 @@ one, each option with teeth, the data position across kill-and-resume, and two p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -74,7 +75,18 @@ def make(assets, sampling=None, reward="id_reward", **overrides):
     )
 
 
-def fit(module, data_kwargs, save_dir, max_steps, ckpt_path=None, limit_train_batches=None, checkpoints=None):
+def fit(
+    module,
+    data_kwargs,
+    save_dir,
+    max_steps,
+    ckpt_path=None,
+    limit_train_batches=None,
+    checkpoints=None,
+    short_step_warnings=False,
+):
+    """A fit of ``module`` on the demo data (batches of 2, shuffled), resumable from ``ckpt_path``; dynamic
+    sampling's warnings about steps short of groups are silenced unless ``short_step_warnings``."""
     L.seed_everything(5)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -91,8 +103,9 @@ def fit(module, data_kwargs, save_dir, max_steps, ckpt_path=None, limit_train_ba
     )
     continue_logger_version(trainer, ckpt_path)
     data = ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=True, seed=3)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Dynamic sampling, step")
+    with contextlib.nullcontext() if short_step_warnings else warnings.catch_warnings():
+        if not short_step_warnings:
+            warnings.filterwarnings("ignore", message="Dynamic sampling, step")
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer
 
@@ -249,7 +262,7 @@ def test_max_refill_rounds_bounds_the_rounds_then_equal_groups_fill_up_with_a_wa
 ):
     module = make(assets, reward="equal_reward", sampling=dict(dynamic_sampling=True, max_refill_rounds=rounds))
     with pytest.warns(UserWarning) as caught:
-        trainer = fit_warned(module, data_kwargs, tmp_path, max_steps=3)
+        trainer = fit(module, data_kwargs, tmp_path, max_steps=3, short_step_warnings=True)
     scalars = read_scalars(trainer.logger.log_dir)
     assert [v for _, v in scalars["train/dynamic_sampling/extra_rounds"]] == [float(rounds)] * 3
     assert [v for _, v in scalars["train/dynamic_sampling/dropped_fraction"]] == [1.0] * 3
@@ -269,25 +282,9 @@ def test_rewards_that_never_score_stop_the_run_after_three_steps_not_three_round
     """A step of dynamic sampling scores several rounds; the rewards' patience (3) still counts steps."""
     module = make(assets, reward="silent_reward", sampling=dict(dynamic_sampling=True, max_refill_rounds=2))
     with pytest.raises(RewardError, match=r"No reward \('silent_reward'\) scored any completion in the first 3 "):
-        fit_warned(module, data_kwargs, tmp_path, max_steps=5)
+        fit(module, data_kwargs, tmp_path, max_steps=5, short_step_warnings=True)
     assert module.global_step == 2  # stopped in the third step, after its 3 rounds of sampling
     assert module.trainer.train_dataloader.state_dict() == {"batches_done": 3 * (1 + 2)}
-
-
-def fit_warned(module, data_kwargs, save_dir, max_steps):
-    L.seed_everything(5)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=TensorBoardLogger(save_dir, name="run"),
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=True, seed=3))
-    return trainer
 
 
 def test_a_loader_that_cannot_refill_is_refused_with_what_to_do(assets, data_kwargs, tmp_path):
