@@ -56,6 +56,7 @@ from scripts.tb_scalars import read_scalars
 from tests.test_distributed import fit_on_two_processes
 from tests.test_learning import TAG_LEARNING
 from tests.test_module import fit, flat_params, make_module
+from tests.tolerances import F32_RTOL
 
 ENGINE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 #: The engine's settings in the tests: a small CPU KV cache (each engine process holds it).
@@ -567,7 +568,7 @@ def test_lora_weights_are_sent_merged_and_only_the_adapted_modules(assets, tmp_p
     reference_names = {name: tensor for name, tensor in reference.items() if "lm_head" not in name}
     assert set(merged) == set(reference_names)
     for name, tensor in merged.items():
-        torch.testing.assert_close(tensor, reference_names[name], rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(tensor, reference_names[name], rtol=F32_RTOL, atol=1e-6, msg=name)
     names = _names_to_sync(module.model)
     assert names, "a LoRA update sends nothing"
     assert all(".self_attn." in name or ".mlp." in name for name in names), names
@@ -655,7 +656,7 @@ def test_vllm_samples_what_the_policy_samples_and_follows_its_optimizer_steps(as
         sampled = engine.sample(module.model, module.adapter, prompts, images, index, greedy, do_sample=True)
         logps, mask = _policy_logps(module, prompts, index, sampled.completion_ids)
         assert mask.sum() > 4
-        torch.testing.assert_close(sampled.logps * mask, logps * mask, rtol=0, atol=1e-5)
+        torch.testing.assert_close(sampled.logps * mask, logps * mask, rtol=F32_RTOL, atol=1e-5)
 
         _train_a_step(module, prompts, index, sampled.completion_ids, lr=0.05)
         stats = engine.sync_weights(module.model)
@@ -694,7 +695,7 @@ def test_partial_weight_updates_keep_the_engine_equal_to_the_policy(assets, engi
             ours, theirs = _both(engine, module, prompts, images, index, greedy, do_sample=False)
             assert torch.equal(theirs.completion_ids, ours.completion_ids), step
             logps, mask = _policy_logps(module, prompts, index, theirs.completion_ids)
-            torch.testing.assert_close(theirs.logps * mask, logps * mask, rtol=0, atol=1e-5)
+            torch.testing.assert_close(theirs.logps * mask, logps * mask, rtol=F32_RTOL, atol=1e-5)
     finally:
         engine.stop()
 
