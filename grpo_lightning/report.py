@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from grpo_lightning.errors import UserError
+from grpo_lightning.images import load_rgb
 from grpo_lightning.metrics import Scores
 
 #: The longer side of the embedded thumbnails, in pixels.
@@ -83,16 +84,15 @@ def find_image(images_dir: Path, record: dict[str, Any]) -> Path | None:
 
 
 def thumbnail_data_uri(path: Path, max_side: int = THUMBNAIL_SIDE) -> str:
-    """A ``data:image/jpeg;base64,...`` thumbnail of the image at ``path``.
+    """A ``data:image/jpeg;base64,...`` thumbnail of the image at ``path``, as the model saw it (:func:`load_rgb`).
 
     Raises:
         OSError: when the file is not a readable image.
     """
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((max_side, max_side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=80)
+    image = load_rgb(path)
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
