@@ -173,16 +173,27 @@ def _grouped(rewards: Tensor, num_generations: int) -> Tensor:
 
 
 def _unbiased_std(x: Tensor, dim: int | None = None) -> Tensor:
-    """Unbiased (Bessel-corrected) std; 0 where fewer than two values, instead of torch's NaN."""
-    n = x.numel() if dim is None else x.shape[dim]
-    if n < 2:
-        return x.new_zeros(()) if dim is None else x.new_zeros(x.shape[:dim] + x.shape[dim + 1 :])
-    return x.std(correction=1) if dim is None else x.std(dim=dim, correction=1)
+    """Unbiased (Bessel-corrected) std of the values that are not NaN (no reward); 0 where fewer than two of them,
+    instead of torch's NaN."""
+    if dim is None:
+        x, dim = x.reshape(-1), 0
+        shape: tuple[int, ...] = ()
+    else:
+        shape = x.shape[:dim] + x.shape[dim + 1 :]
+    given = ~x.isnan()
+    count = given.sum(dim=dim, keepdim=True)
+    mean = x.nansum(dim=dim, keepdim=True) / count.clamp_min(1)
+    squares = torch.where(given, x - mean, 0.0).square().sum(dim=dim, keepdim=True)
+    std = (squares / (count - 1).clamp_min(1)).sqrt()
+    return torch.where(count > 1, std, 0.0).reshape(shape)
 
 
 def _constant_groups(grouped: Tensor) -> Tensor:
-    """(P, G) -> (P, 1) bool: groups whose rewards are all equal (they carry no learning signal)."""
-    return (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
+    """(P, G) -> (P, 1) bool: groups whose rewards, NaN (no reward) left out, are all equal or none (no signal)."""
+    given = ~grouped.isnan()
+    low = torch.where(given, grouped, torch.inf).amin(dim=1, keepdim=True)
+    high = torch.where(given, grouped, -torch.inf).amax(dim=1, keepdim=True)
+    return (low == high) | ~given.any(dim=1, keepdim=True)
 
 
 @register_advantage_scaler("group")
@@ -221,7 +232,9 @@ def compute_group_advantages(
     The std is the unbiased one (Bessel's correction, torch's default, as TRL uses), defined as 0 for a single
     value, so ``num_generations=1`` gives zero advantages instead of NaN. A group whose rewards are all equal
     gets advantages of exactly 0.0 in every mode (set explicitly: the float mean of equal values need not equal
-    the value). NaN rewards propagate.
+    the value). A NaN reward is no reward (a completion no reward function scored,
+    :func:`grpo_lightning.rewards.mark_unscored`): it is left out of its group's mean and std and of the batch's
+    std, and its advantage is 0, as in TRL.
 
     Args:
         rewards: (num_prompts * G,) one reward per completion, prompt-major: the G completions of prompt 0
@@ -240,10 +253,10 @@ def compute_group_advantages(
     """
     scale = _lookup(ADVANTAGE_SCALERS, scale_rewards, "scale_rewards")
     grouped = _grouped(rewards, num_generations)
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    centred = grouped - grouped.nanmean(dim=1, keepdim=True)
     advantages = scale(centred, grouped, eps)
-    # Exactly zero, also when eps=0 would make it 0/0.
-    advantages = advantages.masked_fill(_constant_groups(grouped), 0.0)
+    # Exactly zero, also when eps=0 would make it 0/0; and zero, not NaN, without a reward.
+    advantages = advantages.masked_fill(_constant_groups(grouped) | grouped.isnan(), 0.0)
     return advantages.reshape(-1)
 
 

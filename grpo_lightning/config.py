@@ -25,25 +25,34 @@ class RewardConfig:
         aggregation: how the functions' scores become a completion's training reward: ``sum_then_normalize`` (their
             weighted sum; the advantage normalises it) or ``normalize_then_sum`` (GDPO, arXiv 2601.05242; TRL's
             ``multi_objective_aggregation``: each function's scores normalised within the prompt's group first,
-            ``(x - group mean) / (group std + 1e-4)`` over the completions it scored, then the weighted sum; with
-            ``loss.scale_rewards: batch`` the advantage is GDPO's). Logged rewards stay the plain weighted sum.
+            ``(x - group mean) / (group std + 1e-4)`` over the completions it scored, then the weighted sum, which
+            the advantage normalises over the batch: it needs ``loss.scale_rewards: batch``). Logged rewards stay the
+            plain weighted sum.
+        timeout_s: the longest one call of a reward function may take, in seconds; a reward that runs longer stops
+            the run with a message naming it and the step (None: no limit).
     """
 
     funcs: Sequence[str] = ("format",)
     weights: Sequence[float] | None = None
     kwargs: dict[str, dict[str, Any]] | None = None
     aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.weights is not None and len(self.weights) != len(self.funcs):
-            raise ValueError(
+            raise ConfigError(
                 f"rewards.weights has {len(self.weights)} entries for {len(self.funcs)} rewards.funcs; "
                 "give one weight per reward function."
             )
         unknown = set(self.kwargs or {}) - set(self.funcs)
         if unknown:
-            raise ValueError(
-                f"rewards.kwargs names {sorted(unknown)}, which are not in rewards.funcs {list(self.funcs)}."
+            raise ConfigError(
+                f"rewards.kwargs names {sorted(unknown)}, which are not in rewards.funcs {list(self.funcs)}; add them "
+                "to rewards.funcs, or remove their options."
+            )
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ConfigError(
+                f"rewards.timeout_s must be a positive number of seconds, not {self.timeout_s}; or null for no limit."
             )
 
 
@@ -82,7 +91,34 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
-            raise ValueError("num_generations must be at least 2: advantages compare completions within a group.")
+            raise ConfigError(
+                f"sampling.num_generations must be at least 2, not {self.num_generations}: advantages compare the "
+                "completions of a prompt's group with each other."
+            )
+        if self.max_completion_length < 1:
+            raise ConfigError(
+                f"sampling.max_completion_length must be at least 1 token, not {self.max_completion_length}."
+            )
+        if not 0 <= self.min_completion_length <= self.max_completion_length:
+            raise ConfigError(
+                f"sampling.min_completion_length ({self.min_completion_length}) must be between 0 and "
+                f"sampling.max_completion_length ({self.max_completion_length})."
+            )
+        if not self.temperature > 0:
+            raise ConfigError(
+                f"sampling.temperature must be above 0, not {self.temperature}: GRPO samples several completions "
+                "per prompt and divides the logits by it (greedy decoding would give G equal completions). "
+                "Use 1.0 for the model's own distribution."
+            )
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling.top_p must be in (0, 1], not {self.top_p} (1: no nucleus truncation).")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"sampling.top_k must be at least 1 or null (off), not {self.top_k}.")
+        if self.generation_batch_size is not None and self.generation_batch_size < 1:
+            raise ConfigError(
+                f"sampling.generation_batch_size must be at least 1 or null (all together), not "
+                f"{self.generation_batch_size}."
+            )
         if self.min_group_reward_std < 0 or self.max_refill_rounds < 0:
             raise ConfigError(
                 f"sampling.min_group_reward_std ({self.min_group_reward_std}) and sampling.max_refill_rounds "
@@ -141,7 +177,19 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.num_iterations < 1 or self.micro_batch_size < 1:
-            raise ValueError("num_iterations and micro_batch_size must be at least 1.")
+            raise ConfigError(
+                f"loss.num_iterations ({self.num_iterations}) and loss.micro_batch_size ({self.micro_batch_size}) "
+                "must be at least 1."
+            )
+        if self.beta < 0:
+            raise ConfigError(f"loss.beta must be 0 (no KL term) or more, not {self.beta}.")
+        if self.epsilon_low < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
+            raise ConfigError(
+                f"loss.epsilon_low ({self.epsilon_low}) and loss.epsilon_high ({self.epsilon_high}) must be 0 or more: "
+                "they are distances of the probability ratio from 1."
+            )
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(f"loss.max_grad_norm must be above 0 or null (no clipping), not {self.max_grad_norm}.")
         epsilon_high = self.epsilon_low if self.epsilon_high is None else self.epsilon_high
         if self.delta is not None and not self.delta > 1.0 + epsilon_high:
             raise ConfigError(
@@ -315,6 +363,27 @@ class VLLMConfig:
             )
 
 
+def check_option_groups(rewards: RewardConfig, loss: LossConfig) -> None:
+    """Refuse the options of different groups that do not work together (each group checks its own when built).
+
+    ``rewards.aggregation: normalize_then_sum`` is GDPO (arXiv 2601.05242) only with ``loss.scale_rewards: batch``:
+    GDPO normalises each reward function's scores within the group, sums them, and normalises that sum over the
+    batch. With ``group`` the sum would be normalised within each group once more, with ``none`` not scaled at all;
+    neither is GDPO, and TRL's ``normalize_then_sum`` always normalises over the batch.
+
+    Raises:
+        ConfigError: such a combination, naming both options and the fix.
+    """
+    if rewards.aggregation == "normalize_then_sum" and loss.scale_rewards != "batch":
+        scaled = "normalised within each group again" if loss.scale_rewards == "group" else "not scaled"
+        raise ConfigError(
+            f"model.rewards.aggregation normalize_then_sum (GDPO) needs model.loss.scale_rewards batch, not "
+            f"{loss.scale_rewards}: GDPO normalises the summed rewards over the whole batch, and with "
+            f"{loss.scale_rewards} the sum would be {scaled}. Set model.loss.scale_rewards: batch (or "
+            "model.rewards.aggregation: sum_then_normalize for GRPO's own normalisation)."
+        )
+
+
 #: The module's grouped arguments and their types, by argument name.
 GROUPS: dict[str, type] = {
     "rewards": RewardConfig,
@@ -427,6 +496,7 @@ __all__ = [
     "SamplingConfig",
     "VLLMConfig",
     "as_group",
+    "check_option_groups",
     "grouped_arguments",
     "plain_hyperparameters",
     "regrouped",

@@ -21,8 +21,9 @@ def informative_groups(rewards: Tensor, num_generations: int, min_std: float = 0
     """Which groups carry a learning signal: the std of their rewards is above ``min_std``.
 
     The std is :func:`grpo_lightning.algorithms.group_reward_std`'s (unbiased; exactly 0 for equal rewards), so
-    ``min_std=0`` leaves out exactly the groups of equal rewards, whose advantages are all 0. A group with a NaN
-    reward is not informative.
+    ``min_std=0`` leaves out exactly the groups of equal rewards, whose advantages are all 0. A NaN reward is no
+    reward (a completion no reward function scored, :func:`grpo_lightning.rewards.mark_unscored`): the spread is that
+    of the others, so a group with fewer than two rewards is not informative.
 
     Args:
         rewards: (P * G,) prompt-major rewards.

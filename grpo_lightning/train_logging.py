@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from grpo_lightning.algorithms import group_reward_std, is_truncated
-from grpo_lightning.rewards import combine_rewards
+from grpo_lightning.rewards import combine_rewards, mark_unscored
 from grpo_lightning.rollout import Rollout, ScoredRollout
 
 if TYPE_CHECKING:
@@ -27,7 +27,8 @@ def log_train_step(
     """Log a training step's loss statistics, rewards, completion lengths, tokens and stage times."""
     lengths = rollout.completion_mask.sum(-1).float()
     truncated = is_truncated(rollout.completion_ids, module.adapter.eos_token_ids(module.model)).float()
-    zero_std = group_reward_std(rewards, module.sampling.num_generations) == 0
+    # over the completions some reward scored, as the advantages and dynamic sampling see the groups
+    zero_std = group_reward_std(mark_unscored(rewards, per_func), module.sampling.num_generations) == 0
     shown = rewards  # the reward as a user reads it: the weighted sum, also where training normalises each function
     if module.rewards.aggregation != "sum_then_normalize":
         shown = combine_rewards(per_func, module.reward_weights).float()

@@ -118,14 +118,15 @@ def fit(
         ([0.3, 0.3, 0.3, 0.3, 0.3, 0.3000001, 0.3, 0.3, 2.0, 0.0, 1.0, 3.0], 0.0),
         ([0.0, 0.01, 0.02, 0.03, 0.0, 0.5, 1.0, 1.5, 7.0, 7.0, 7.0, 7.0], 0.1),
         ([0.0, 0.01, 0.02, 0.03, 0.0, 0.5, 1.0, 1.5, float("nan"), 1.0, 2.0, 3.0], 0.0129),
+        ([float("nan"), 1.0, float("nan"), float("nan"), 0.0, float("nan"), 2.0, 2.0, 0.0, 0.0, 0.0, 0.0], 0.0),
     ],
 )
 def test_informative_groups_against_a_float64_loop(rewards, min_std):
     expected = []
     for p in range(len(rewards) // G):
-        group = rewards[p * G : (p + 1) * G]
-        spread = float("nan") if any(math.isnan(r) for r in group) else statistics.stdev(group)
-        expected.append(len(set(group)) > 1 and spread > min_std)  # NaN > x is False
+        group = [r for r in rewards[p * G : (p + 1) * G] if not math.isnan(r)]  # NaN: no reward, left out
+        spread = statistics.stdev(group) if len(group) > 1 else 0.0
+        expected.append(len(set(group)) > 1 and spread > min_std)
     got = informative_groups(torch.tensor(rewards, dtype=torch.float32), G, min_std)
     assert got.tolist() == expected
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import types
 import warnings
@@ -12,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from grpo_lightning.config import RewardConfig
 from grpo_lightning.errors import ConfigError, UserError
 from grpo_lightning.rewards import (
     REWARDS,
     RewardError,
     RewardOpinions,
+    _reward_traceback,
     combine_rewards,
     get_reward,
     reward_name,
@@ -115,6 +118,92 @@ def test_a_reward_that_raises_names_itself_and_the_sample():
     assert "return [1.0 / len(c) for c in completions]" in str(error.value)
     assert "score_completions" not in str(error.value)
     assert lines[-1] == "ZeroDivisionError: float division by zero"
+
+
+def _clear_tracebacks(error: BaseException | None) -> None:
+    """What huggingface_hub does to the exceptions in flight when a later call goes through it: the tracebacks of the
+    whole chain are dropped."""
+    while error is not None:
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+
+
+class HubLikeReward:
+    """A reward that fails on the empty completion, deep in a helper, and on every later call clears the tracebacks of
+    the exception being handled and of every exception it raised before (huggingface_hub's behaviour)."""
+
+    def __init__(self, with_setup: bool = False):
+        self.calls = 0
+        self.raised: list[BaseException] = []
+        if with_setup:
+            self.setup = lambda: None  # declares resources: it must not be called again to find the sample
+
+    def __call__(self, completions, solution, **kwargs):
+        self.calls += 1
+        for error in [sys.exc_info()[1], *self.raised]:
+            _clear_tracebacks(error)
+        try:
+            return [self.download_scores(c) for c in completions]
+        except OSError as error:
+            self.raised.append(error)
+            raise
+
+    @staticmethod
+    def download_scores(completion: str) -> float:
+        if not completion:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        return 1.0
+
+
+@pytest.mark.parametrize(
+    ("with_setup", "where", "calls"),
+    [
+        (False, r"\(sample id q-2 at global step 7\)", 1 + 2),  # the whole batch, then q-1 (fine) and q-2 (fails)
+        (True, r"\(one of sample ids q-1, q-2, q-3 at global step 7\)", 1),  # holds resources: called once only
+    ],
+)
+def test_a_reward_is_reported_with_its_own_frames_even_when_a_later_call_clears_tracebacks(with_setup, where, calls):
+    reward = HubLikeReward(with_setup)
+    with pytest.raises(RewardError) as error:
+        score_completions([("hub", reward)], ["ok", "", "fine"], [""] * 3, {"id": ["q-1", "q-2", "q-3"]}, step=7)
+    message = str(error.value)
+    assert re.match(r"Reward 'hub' raised OSError: We couldn't connect to .* to load the files " + where, message)
+    assert reward.calls == calls
+    lines = message.splitlines()
+    assert lines[1] == "Traceback (most recent call last):"
+    assert "in __call__" in lines[2] and ", in download_scores" in message  # the reward's own frames, down to the raise
+    assert "raise OSError(\"We couldn't connect to" in message  # the line that raised
+    assert "score_completions" not in message and "call_with_time_limit" not in message
+    assert lines[-1] == "OSError: We couldn't connect to 'https://huggingface.co' to load the files"
+    if not with_setup:  # the search for the sample did clear the original traceback: the text was taken before
+        assert reward.raised[0].__traceback__ is None
+
+
+def test_a_traceback_that_is_already_gone_still_gives_the_exception_line():
+    assert _reward_traceback(ValueError("no traceback")) == "ValueError: no traceback"
+
+
+def test_a_reward_that_fails_only_on_the_whole_batch_names_the_batch():
+    def pairwise(completions, solution, **kwargs):
+        if len(completions) > 1:
+            raise ValueError("needs one completion at a time")
+        return [1.0]
+
+    with pytest.raises(RewardError, match=r"\(sample ids a, b; no sample fails alone\)\. In the reward:"):
+        score_completions([("pairwise", pairwise)], ["x", "y"], ["", ""], {"id": ["a", "b"]})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"funcs": ["format", "accuracy"], "weights": [1.0]}, r"^rewards.weights has 1 entries for 2 rewards.funcs"),
+        ({"kwargs": {"explanation": {}}}, r"^rewards.kwargs names \['explanation'\], which are not in rewards.funcs"),
+        ({"timeout_s": 0.0}, r"^rewards.timeout_s must be a positive number of seconds, not 0.0; or null for no limit"),
+    ],
+)
+def test_reward_options_that_cannot_work_are_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        RewardConfig(**options)
 
 
 def test_a_reward_with_the_wrong_length_or_a_nan_is_refused():
@@ -241,6 +330,8 @@ def test_a_yaml_reward_list_scores_a_batch_end_to_end(tmp_path):
         {"question": "Con gì?", "image_name": "a.jpg", "answer": "con mèo", "explanation": references},
         {"question": "Màu gì?", "image_name": "b.jpg", "answer": "đỏ", "explanation": ["chiếc xe màu đỏ"]},
     ]
+    for number, record in enumerate(records):  # an id of its own: the samples of a file may not share one
+        record["question_id"] = number
     corpus.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
     reward_funcs = ["accuracy", "format", "explanation", "examples.reward_plugin:brevity"]
     reward_weights = [1.0, 0.5, 2.0, 0.1]

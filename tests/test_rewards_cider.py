@@ -14,6 +14,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from grpo_lightning.data import DataValidationError
+from grpo_lightning.errors import ConfigError
 from grpo_lightning.rewards import cider as cider_module
 from grpo_lightning.rewards import reference_corpus
 from grpo_lightning.rewards.cider import (
@@ -292,10 +293,36 @@ def _must_not_be_called(*args, **kwargs):
     raise AssertionError("document frequencies were recounted although a cache exists")
 
 
-def test_corpus_errors_name_the_file_and_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.rewards.kwargs.explanation.corpus_file"):
-        corpus_document_frequency(tmp_path / "missing.json", cache_dir=tmp_path)
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([RECORDS[0], {"question": "?", "question_id": "77"}]), encoding="utf-8")
-    with pytest.raises(DataValidationError, match=r"(?s)bad.json:\d+: sample 77: missing field .*corpus_file"):
-        corpus_document_frequency(bad, cache_dir=tmp_path)
+#: A training record in the conversation form, whose answer has no explanation: no document of CIDEr-D's corpus.
+UNEXPLAINED = {
+    "id": "77",
+    "image": "COCO_train2014_000000000077.jpg",
+    "conversations": [{"from": "human", "value": "<image>Màu gì?"}, {"from": "gpt", "value": "<answer>đỏ</answer>"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error", "message"),
+    [
+        ("missing.json", None, ConfigError, r"missing.json: no such reference corpus; set .*explanation.corpus_file"),
+        (
+            "bad.json",
+            json.dumps([RECORDS[0], {"question": "?", "question_id": "77"}]),
+            DataValidationError,
+            r"(?s)bad.json:\d+: sample 77: missing field .*corpus_file",
+        ),
+        (
+            "unexplained.jsonl",
+            json.dumps(UNEXPLAINED, ensure_ascii=False),
+            ConfigError,
+            r"unexplained.jsonl: no sample of this reference corpus has a reference explanation.*corpus_file",
+        ),
+    ],
+)
+def test_corpus_errors_name_the_file_and_what_to_do(tmp_path, name, content, error, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(error, match=message):
+        corpus_document_frequency(path, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("df-*"))  # nothing cached from a corpus that cannot be used

@@ -1,5 +1,5 @@
 """The explanation reward: CLIPScore with a tiny random-weight open_clip model built offline, the weighted mean with
-CIDEr-D, lazy loading, and the errors that tell the user what to do."""
+CIDEr-D, its set-up (what it loads, and when), and the errors that tell the user what to do."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from PIL import Image
 
 from examples.reward_plugin import brevity
 from grpo_demo import write_tiny_clip_config
+from grpo_lightning.errors import ConfigError, UserError
 from grpo_lightning.rewards import explanation as explanation_module
 from grpo_lightning.rewards import get_reward, score_completions
-from grpo_lightning.rewards.clip_score import clip_score, load_clip_model
+from grpo_lightning.rewards.clip_score import ClipLoadError, clip_score, load_clip_model
 from grpo_lightning.rewards.explanation import ExplanationReward
 
 REFS = {
@@ -169,24 +170,70 @@ def test_cider_scale_maps_into_0_1(world):
 
 
 @pytest.mark.parametrize(
-    ("options", "error", "message"),
+    ("options", "message"),
     [
-        ({"cider_weight": 0.5}, ValueError, "set model.rewards.kwargs.explanation.corpus_file"),
-        ({"corpus_file": "/nonexistent/train.json"}, FileNotFoundError, "corpus_file '/nonexistent/train.json'"),
-        ({"cider_weight": 0.0, "clip_weight": 0.0}, ValueError, "not both 0"),
-        ({"cider_weight": -1.0, "clip_weight": 1.0}, ValueError, "must be >= 0"),
-        ({"cider_weight": 0.0, "cider_scale": 0.0}, ValueError, "cider_scale must be > 0"),
-        ({"cider_weight": 0.0, "batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"cider_weight": 0.5}, "set model.rewards.kwargs.explanation.corpus_file"),
+        ({"corpus_file": "/nonexistent/train.json"}, "corpus_file '/nonexistent/train.json' does not exist; set"),
+        ({"cider_weight": 0.0, "clip_weight": 0.0}, "not both 0"),
+        ({"cider_weight": -1.0, "clip_weight": 1.0}, "must be >= 0"),
+        ({"cider_weight": 0.0, "cider_scale": 0.0}, "cider_scale must be > 0"),
+        ({"cider_weight": 0.0, "batch_size": 0}, "batch_size must be >= 1"),
     ],
 )
-def test_configuration_errors(options, error, message):
-    with pytest.raises(error, match=message):
+def test_configuration_errors(options, message):
+    # ConfigError: the command line shows it as one message, since the module builds its rewards from the config
+    with pytest.raises(ConfigError, match=message):
         ExplanationReward(**options)
+
+
+@pytest.mark.parametrize(
+    ("cider_weight", "clip_weight", "expected"),
+    [
+        (1.0, 1.0, ["corpus_document_frequency", "load_clip_model"]),
+        (1.0, 0.0, ["corpus_document_frequency"]),
+        (0.0, 1.0, ["load_clip_model"]),
+    ],
+)
+def test_setup_loads_what_the_weights_need_once(world, monkeypatch, cider_weight, clip_weight, expected):
+    loads = []
+
+    def counted(function):
+        return lambda *args: loads.append(function.__name__) or function(*args)
+
+    monkeypatch.setattr(explanation_module, "load_clip_model", counted(load_clip_model))
+    monkeypatch.setattr(
+        explanation_module, "corpus_document_frequency", counted(explanation_module.corpus_document_frequency)
+    )
+    options = {"corpus_file": world["corpus"], "cache_dir": world["cache"], "clip_model": world["clip"]}
+    reward = ExplanationReward(cider_weight, clip_weight, clip_pretrained="random", device="cpu", **options)
+    assert loads == []  # nothing at construction: the module builds its rewards long before a fit
+    reward.setup()
+    reward.setup()  # the second time: nothing
+    assert loads == expected
+    # scoring uses what the set-up loaded, and loads nothing more
+    scores = reward(["<explain>con mèo</explain>"], explanations=[REFS["cat"]], image_path=[world["images"]["cat"]])
+    assert loads == expected and 0.0 < scores[0] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "cause"),
+    [
+        ("missing-file", "the file does not exist"),
+        ("no_such_tag", r"it is neither a file nor one of the model's published open_clip tags \(none\)"),
+    ],
+)
+def test_a_clip_model_that_cannot_load_fails_in_setup_with_what_to_do(world, tmp_path, pretrained, cause):
+    if pretrained == "missing-file":
+        pretrained = str(tmp_path / "no.pt")
+    reward = ExplanationReward(cider_weight=0.0, clip_model=world["clip"], clip_pretrained=pretrained)
+    with pytest.raises(ClipLoadError, match=rf"cannot load the CLIP model .*: {cause} .*clip_pretrained to a local"):
+        reward.setup()
+    assert isinstance(ClipLoadError("x"), UserError) and isinstance(ClipLoadError("x"), RuntimeError)
 
 
 def test_unloadable_weights_say_what_to_do(world, tmp_path, monkeypatch):
     reward = ExplanationReward(cider_weight=0.0, clip_model=world["clip"], clip_pretrained=str(tmp_path / "no.pt"))
-    with pytest.raises(RuntimeError, match=r"cannot load the CLIP model .*clip_pretrained to a local checkpoint"):
+    with pytest.raises(ClipLoadError, match=r"cannot load the CLIP model .*clip_pretrained to a local checkpoint"):
         reward(["<explain>con mèo</explain>"], image_path=[world["images"]["cat"]])
 
     # The default multilingual model, offline with an empty hub cache: the weights cannot be fetched.
@@ -195,13 +242,16 @@ def test_unloadable_weights_say_what_to_do(world, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     default = ExplanationReward(cider_weight=0.0)
     with pytest.raises(
-        RuntimeError, match=r"'xlm-roberta-base-ViT-B-32' with weights 'laion5b_s13b_b90k': HF_HUB_OFFLINE"
+        ClipLoadError, match=r"'xlm-roberta-base-ViT-B-32' with weights 'laion5b_s13b_b90k': HF_HUB_OFFLINE"
     ):
-        default(["<explain>con mèo</explain>"], image_path=[world["images"]["cat"]])
+        default.setup()
 
     no_tags = ExplanationReward(cider_weight=0.0, clip_model=world["clip"])
-    with pytest.raises(ValueError, match="has no published open_clip weights; set .*clip_pretrained"):
+    with pytest.raises(ConfigError, match="has no published open_clip weights; set .*clip_pretrained"):
         no_tags(["<explain>con mèo</explain>"], image_path=[world["images"]["cat"]])
+    no_file = ExplanationReward(cider_weight=0.0, clip_model=str(tmp_path / "no-such-clip.json"))
+    with pytest.raises(ConfigError, match=r"no such open_clip model-config file; set .*explanation.clip_model"):
+        no_file.setup()
 
 
 def test_a_missing_image_is_reported_with_the_reward_name_and_sample_id(world):

@@ -40,6 +40,7 @@ OPTIONS = {
     ("loss", "ref_sync_steps"): 64,
     ("loss", "ref_sync_alpha"): 0.9,
     ("rewards", "aggregation"): "normalize_then_sum",
+    ("loss", "scale_rewards"): "batch",  # what normalize_then_sum (GDPO) needs
 }
 
 
@@ -297,7 +298,7 @@ def test_normalize_then_sum_trains_on_group_normalised_scores_and_logs_the_weigh
     assets, data_kwargs, tmp_path, monkeypatch
 ):
     rewards = {"funcs": ["tag_count", "format"], "weights": [2.0, 0.5], "aggregation": "normalize_then_sum"}
-    module = make_module(assets, rewards=rewards)
+    module = make_module(assets, rewards=rewards, loss=dict(scale_rewards="batch"))
     module.configure_model()
     spy = _Spy(monkeypatch, module)
     trainer = fit(module, data_kwargs, tmp_path, steps=1)
@@ -312,7 +313,8 @@ def test_normalize_then_sum_trains_on_group_normalised_scores_and_logs_the_weigh
 
 
 def test_validation_rewards_stay_the_weighted_sum(assets):
-    module = make_module(assets, rewards={"funcs": ["tag_count", "format"], "aggregation": "normalize_then_sum"})
+    rewards = {"funcs": ["tag_count", "format"], "aggregation": "normalize_then_sum"}
+    module = make_module(assets, rewards=rewards, loss=dict(scale_rewards="batch"))
     completions = ["<think>a</think>", "<answer>b</answer>", "x", "<think>c</think><answer>d</answer>"]
     rollout = Rollout(None, torch.tensor([0, 0, 1, 1]), torch.zeros(4, 3), torch.ones(4, 3), completions)
     batch = {"prompt": ["p", "q"], "id": ["a", "b"]}

@@ -25,6 +25,14 @@ Rewards are named in the config (``model.rewards.funcs``) by a registered name o
 
 Besides the batch's fields, the trainer passes ``completion_length`` (each completion's length in tokens, up to and
 including its EOS) and ``max_completion_length`` (the sampling budget, repeated per completion).
+
+A reward that needs heavy resources (a model, statistics of a corpus) declares a set-up step: a ``setup()`` method,
+no arguments, that loads them (and does nothing the second time). :func:`prepare_rewards` runs every reward's set-up
+before the first training step (and before validate, test and predict), in every process, so that missing weights
+or a bad data file stop the run at once with one message, not after hours of training. Plain functions need none.
+
+A reward call may be given a time limit (``model.rewards.timeout_s``, :mod:`~grpo_lightning.rewards.time_limit`);
+one that runs longer stops the run with a :class:`RewardError` instead of hanging it.
 """
 
 from __future__ import annotations
@@ -42,11 +50,13 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from grpo_lightning.errors import ConfigError, UserError
+from grpo_lightning.errors import ConfigError, UserError, user_message
+from grpo_lightning.rewards import time_limit
 from grpo_lightning.rewards.accuracy import accuracy_reward
 from grpo_lightning.rewards.explanation import ExplanationReward
 from grpo_lightning.rewards.format import format_reward, tag_count_reward
 from grpo_lightning.rewards.overlong import OverlongReward
+from grpo_lightning.rewards.time_limit import TimeLimitExceeded, call_with_time_limit
 
 RewardFunc = Callable[..., list[float | None]]
 
@@ -114,29 +124,86 @@ def reward_name(name: str) -> str:
     return name.rpartition(":")[2] if ":" in name else name
 
 
+def prepare_rewards(funcs: Sequence[tuple[str, RewardFunc]]) -> None:
+    """Run the set-up step (a ``setup()`` method) of every reward that declares one; see the module docstring.
+
+    The module calls this before the first training step, and before validate, test and predict, in every process
+    (each loads its own copy of a model, on its own device).
+
+    Args:
+        funcs: (name, reward) pairs, as :func:`score_completions` takes them.
+
+    Raises:
+        RewardError: a set-up failed; the message names the reward and carries the set-up's own message (a user
+            error's, which says what to do) or, for any other exception, its traceback from the reward's frames down.
+    """
+    for name, func in funcs:
+        setup = getattr(func, "setup", None)
+        if not callable(setup):
+            continue
+        try:
+            setup()
+        except UserError as err:
+            raise RewardError(f"Reward {name!r} cannot start: {user_message(err)}") from err
+        except Exception as err:
+            frames = _reward_traceback(err)
+            raise RewardError(
+                f"Reward {name!r} raised {type(err).__name__} in its set-up, before training: {err}. "
+                f"In the reward:\n{frames}"
+            ) from err
+
+
 def score_completions(
     funcs: Sequence[tuple[str, RewardFunc]],
     completions: list[str],
     solution: list[str],
     fields: dict[str, list[Any]],
+    timeout_s: float | None = None,
+    step: int | None = None,
 ) -> torch.Tensor:
     """Run every reward on the completions; returns (N, F) float64 scores with NaN where a reward said None.
 
-    A reward that raises is reported with its name and the id of the offending sample, so a broken plugin is found
-    in seconds rather than in a stack trace; one that returns anything but one real number or None per completion
-    (see the module docstring) raises a :class:`RewardError` that names it, the sample and what a reward must return.
+    A reward that raises is reported with its name, the step, its own traceback (from its function down) and the
+    sample that breaks it, so a broken plugin is found in seconds; one that returns anything but one real number or
+    None per completion (see the module docstring) raises a :class:`RewardError` that names it, the sample and what a
+    reward must return. The failing sample of a plain reward is found by calling it again one sample at a time, after
+    its traceback was written down (a second call into some libraries, huggingface_hub among them, clears the
+    tracebacks of the exceptions being handled); a reward with a set-up step holds resources (a model) and is not
+    called again: the message names the batch's samples instead.
+
+    Args:
+        funcs: (name, reward) pairs; the name is the one messages and logs use.
+        completions: N completions.
+        solution: N solutions.
+        fields: the batch's other fields, N values each (``id`` names samples in messages).
+        timeout_s: the longest a reward call may run, in seconds (None: no limit); see
+            :func:`~grpo_lightning.rewards.time_limit.call_with_time_limit`.
+        step: the global step, for messages (None: not named).
+
+    Raises:
+        RewardError: a reward raised, ran past ``timeout_s``, or returned something that is not one score per
+            completion.
     """
     scores = torch.full((len(completions), len(funcs)), math.nan, dtype=torch.float64)
     ids = fields.get("id", list(range(len(completions))))
+    at_step = "" if step is None else f" at global step {step}"
     for f, (name, func) in enumerate(funcs):
+        call = functools.partial(func, completions=completions, solution=solution, **fields)
+        failure: tuple[Exception, str] | None = None
         try:
-            values = func(completions=completions, solution=solution, **fields)
+            values = call_with_time_limit(call, timeout_s)
+        except TimeLimitExceeded as stopped:
+            # from None: the message says where the call was stopped; the stop itself is nothing to act on
+            raise RewardError(_timeout_message(name, stopped, timeout_s, at_step, ids)) from None
         except Exception as err:
-            sample = _first_failing_sample(func, completions, solution, fields, ids)
-            # The reward's own frames (from its function down), not the trainer's: where to look in the reward's code.
-            frames = "".join(traceback.format_exception(type(err), err, err.__traceback__.tb_next)).rstrip()
+            # Written down before anything else runs: see the docstring.
+            failure = err, _reward_traceback(err)
+        if failure is not None:
+            # Out of the except block, so that nothing the search raises is chained to (and can touch) the error.
+            err, frames = failure
+            where = _failing_sample(func, completions, solution, fields, ids, timeout_s)
             raise RewardError(
-                f"Reward {name!r} raised {type(err).__name__}: {err} (sample id {sample}). In the reward:\n{frames}"
+                f"Reward {name!r} raised {type(err).__name__}: {err} ({where}{at_step}). In the reward:\n{frames}"
             ) from err
         values = _score_list(name, values, ids)
         if len(values) != len(completions):
@@ -149,6 +216,49 @@ def score_completions(
             if score is not None:
                 scores[j, f] = score
     return scores
+
+
+#: The files of the code that calls rewards, whose frames are left out of the tracebacks shown for a reward.
+_CALLING_FILES = frozenset({__file__, time_limit.__file__})
+
+
+def _reward_traceback(err: BaseException) -> str:
+    """``err`` with its traceback as text, from the reward's own frames down (the caller's frames left out).
+
+    A traceback that some library cleared (None) gives the exception's line alone rather than an error of its own.
+    """
+    tb = err.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in _CALLING_FILES:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(err), err, tb or err.__traceback__)).rstrip()
+
+
+def _timeout_message(name: str, stopped: TimeLimitExceeded, timeout_s: float | None, at_step: str, ids) -> str:
+    frames = [frame for frame in traceback.extract_tb(stopped.__traceback__) if frame.filename not in _CALLING_FILES]
+    where = "".join(traceback.StackSummary.from_list(frames).format()).rstrip()
+    return (
+        f"Reward {name!r} did not return within model.rewards.timeout_s ({timeout_s:g} s){at_step}, scoring sample "
+        f"ids {_some(ids)}, and was stopped. Make the reward faster (load its models and data once, in a setup() "
+        "method, which runs before training), or raise model.rewards.timeout_s (null: no limit)."
+        + (f" It was stopped in:\n{where}" if where else "")
+    )
+
+
+def _failing_sample(func, completions, solution, fields, ids, timeout_s) -> str:
+    """Where a reward failed: the first sample it fails on alone (a plain reward, called once per sample), or the
+    batch's sample ids (a reward with a set-up step, which is not called again)."""
+    if callable(getattr(func, "setup", None)):
+        return f"one of sample ids {_some(ids)}"
+    for j in range(len(completions)):
+        one = {key: values[j : j + 1] for key, values in fields.items()}
+        call = functools.partial(func, completions=completions[j : j + 1], solution=solution[j : j + 1], **one)
+        try:
+            call_with_time_limit(call, timeout_s)
+        except TimeLimitExceeded:
+            return f"sample ids {_some(ids)}; the search for the failing one ran past model.rewards.timeout_s"
+        except Exception:
+            return f"sample id {ids[j]}"
+    return f"sample ids {_some(ids)}; no sample fails alone"
 
 
 def _score_list(name: str, values: Any, ids: list[Any]) -> Sequence[Any]:
@@ -298,11 +408,15 @@ def combine_rewards(
       unbiased std over the completions that function scored (std 0 for fewer than two), then weighted and summed,
       None entries left out as above. A function whose scores are equal within a group adds 0 there, so one with a
       large scale cannot drown the others, and two rewards that trade off against each other keep their signal
-      where their plain sum is constant. GDPO then normalises the sum over the batch: ``loss.scale_rewards: batch``
-      (the group mean this project subtracts is 0 when every function scored every completion of the group, so the
-      batch mean TRL subtracts is the same).
+      where their plain sum is constant. GDPO then normalises the sum over the batch, which is why this aggregation
+      requires ``loss.scale_rewards: batch`` (:func:`grpo_lightning.config.check_option_groups`). Within a group the
+      normalised scores of each function sum to 0, so the group mean the advantage subtracts is 0, as is the batch
+      mean GDPO and TRL subtract.
 
-    A completion on which no function has an opinion gets 0 in both modes.
+    A completion on which no function has an opinion gets 0 in both modes; that is the reward it is shown with. For
+    the advantages it has no reward at all: :func:`mark_unscored` makes it NaN, which
+    :func:`~grpo_lightning.algorithms.compute_group_advantages` leaves out of every mean and std (group and batch)
+    and gives advantage 0, as TRL does.
 
     Args:
         scores: (N, F) float scores, NaN where a function had no opinion; prompt-major (the G completions of a
@@ -328,6 +442,21 @@ def combine_rewards(
     return torch.nansum(weighted, dim=1)
 
 
+def mark_unscored(rewards: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The rewards with NaN for each completion that no reward function scored: (N,), (N, F) -> (N,).
+
+    What :func:`~grpo_lightning.algorithms.compute_group_advantages` takes: a NaN reward is no reward, left out of
+    the group's and the batch's mean and std, with advantage 0 (TRL's unscorable completions). Counted as 0 instead,
+    such a completion would move its group's mean and the batch's std, and get an advantage of its own.
+
+    Args:
+        rewards: (N,) rewards from :func:`combine_rewards`.
+        scores: (N, F) scores from :func:`score_completions`, NaN where a function had no opinion.
+    """
+    unscored = torch.isnan(scores).all(dim=1).to(rewards.device)
+    return rewards.masked_fill(unscored, math.nan)
+
+
 def _normalised_within_groups(scores: torch.Tensor, num_generations: int, eps: float) -> torch.Tensor:
     """(N, F) scores -> each column normalised within each group of ``num_generations`` rows, NaN kept."""
     grouped = scores.reshape(-1, num_generations, scores.shape[1])  # (P, G, F)
@@ -341,20 +470,6 @@ def _normalised_within_groups(scores: torch.Tensor, num_generations: int, eps: f
     return normalised.reshape(scores.shape)
 
 
-def _first_failing_sample(func, completions, solution, fields, ids) -> Any:
-    """Re-run the reward one sample at a time to name the sample that breaks it."""
-    for j in range(len(completions)):
-        try:
-            func(
-                completions=completions[j : j + 1],
-                solution=solution[j : j + 1],
-                **{k: v[j : j + 1] for k, v in fields.items()},
-            )
-        except Exception:
-            return ids[j]
-    return "unknown (fails only on the whole batch)"
-
-
 __all__ = [
     "AGGREGATIONS",
     "REWARDS",
@@ -363,6 +478,8 @@ __all__ = [
     "RewardOpinions",
     "combine_rewards",
     "get_reward",
+    "mark_unscored",
+    "prepare_rewards",
     "register_reward",
     "reward_name",
     "score_completions",

@@ -23,6 +23,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from grpo_lightning.errors import ConfigError, UserError
+from grpo_lightning.images import load_rgb
+
 #: Hessel et al.'s rescaling weight w in CLIPScore = w * max(cos, 0).
 CLIPSCORE_WEIGHT = 2.5
 #: ``clip_pretrained`` value that builds the model with random weights (tests and benchmarks only).
@@ -44,6 +47,11 @@ def clip_score(
     """
     cosine = torch.nn.functional.cosine_similarity(image_embeddings, text_embeddings, dim=-1)
     return weight * cosine.clamp(min=0.0)
+
+
+class ClipLoadError(UserError, RuntimeError):
+    """The CLIP model's weights or tokenizer cannot be loaded (offline with an empty cache, a missing checkpoint file);
+    the message says how to make them available."""
 
 
 @dataclass
@@ -93,8 +101,10 @@ def load_clip_model(model_name: str, pretrained: str | None, device: str | torch
         device: where the model runs.
 
     Raises:
-        RuntimeError: the weights or the tokenizer cannot be loaded (e.g. offline with an empty cache); the
+        ClipLoadError: the weights or the tokenizer cannot be loaded (e.g. offline with an empty cache); the
             message says how to make them available.
+        ConfigError: ``model_name`` names a model-config file that does not exist, or a model without published
+            weights while ``pretrained`` is None.
     """
     return _load_clip_model(model_name, pretrained, str(torch.device(device)))
 
@@ -109,7 +119,8 @@ def _load_clip_model(model_name: str, pretrained: str | None, device: str) -> Cl
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as err:
-        raise RuntimeError(_load_error(model_name, weights, err)) from err
+        published = open_clip.list_pretrained_tags_by_model(name)
+        raise ClipLoadError(_load_error(model_name, weights, err, published)) from err
     model.eval().requires_grad_(False)
     return ClipModel(model, preprocess, tokenizer, torch.device(device))
 
@@ -118,7 +129,10 @@ def _register_config_file(model_name: str, open_clip: Any) -> str:
     if model_name.endswith(".json"):
         path = Path(model_name)
         if not path.is_file():
-            raise FileNotFoundError(f"clip_model {model_name!r}: no such open_clip model-config file.")
+            raise ConfigError(
+                f"clip_model {model_name!r}: no such open_clip model-config file; set "
+                "model.rewards.kwargs.explanation.clip_model to an existing file or an open_clip model name."
+            )
         if path.stem not in open_clip.list_models():
             open_clip.add_model_config(path)
         return path.stem
@@ -132,7 +146,7 @@ def _resolve_pretrained(name: str, pretrained: str | None, open_clip: Any) -> st
         return pretrained
     tags = open_clip.list_pretrained_tags_by_model(name)
     if not tags:
-        raise ValueError(
+        raise ConfigError(
             f"clip_model {name!r} has no published open_clip weights; set "
             "model.rewards.kwargs.explanation.clip_pretrained to a checkpoint file "
             f"(or {RANDOM_WEIGHTS!r} for random weights, whose scores are noise: tests only)."
@@ -140,10 +154,13 @@ def _resolve_pretrained(name: str, pretrained: str | None, open_clip: Any) -> st
     return tags[0]
 
 
-def _load_error(model_name: str, weights: str | None, err: Exception) -> str:
+def _load_error(model_name: str, weights: str | None, err: Exception, published: Sequence[str]) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     if weights and (os.sep in weights or weights.endswith((".pt", ".bin", ".safetensors"))):
         where = "the file does not exist" if not os.path.isfile(weights) else "the file could not be loaded"
+    elif weights and weights not in published:
+        tags = ", ".join(published) if published else "none"
+        where = f"it is neither a file nor one of the model's published open_clip tags ({tags})"
     elif offline:
         where = "HF_HUB_OFFLINE is set and they are not in the local cache"
     else:
@@ -162,12 +179,14 @@ def _load_error(model_name: str, weights: str | None, err: Exception) -> str:
 
 
 def open_images(paths: Sequence[str], ids: Sequence[Any] | None = None) -> list[Image.Image]:
-    """RGB images at ``paths``; a missing or unreadable file is reported with its sample id."""
+    """The images at ``paths`` as :func:`~grpo_lightning.images.load_rgb` reads them, the pictures the policy saw.
+
+    A missing or unreadable file is reported with its sample id.
+    """
     images = []
     for index, path in enumerate(paths):
         try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
+            images.append(load_rgb(path))
         except (OSError, ValueError) as err:
             sample = ids[index] if ids is not None else f"#{index}"
             message = f"explanation reward: cannot open image {path} of sample id {sample} ({err})."

@@ -10,7 +10,10 @@
 - **CLIPScore** (:mod:`grpo_lightning.rewards.clip_score`) of (image, explanation) with an open_clip model,
   multilingual by default. Mapped to [0, 1] as ``max(cos, 0)``, i.e. Hessel et al.'s CLIPScore / 2.5.
 
-Both the CLIP model and the document-frequency table are loaded lazily, on the first call, once per process.
+The CLIP model and the document-frequency table are loaded once per process by :meth:`ExplanationReward.setup`,
+which the trainer runs before the first training step (:func:`grpo_lightning.rewards.prepare_rewards`), so that
+weights that cannot be loaded or a bad corpus file stop the run before it trains; a reward used on its own loads
+them on its first call instead.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import torch
 
+from grpo_lightning.errors import ConfigError
 from grpo_lightning.rewards.cider import (
     CIDER_SCALE,
     DocumentFrequency,
@@ -78,25 +82,25 @@ class ExplanationReward:
         batch_size: int = 64,
     ):
         if cider_weight < 0 or clip_weight < 0 or cider_weight + clip_weight <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"explanation reward: cider_weight ({cider_weight}) and clip_weight ({clip_weight}) must be >= 0 "
                 "and not both 0."
             )
         if cider_weight > 0 and corpus_file is None:
-            raise ValueError(
+            raise ConfigError(
                 "explanation reward: CIDEr-D needs the training split's reference explanations for its document "
                 "frequencies; set model.rewards.kwargs.explanation.corpus_file to the training JSON/JSONL file "
                 "(or cider_weight: 0 to score with CLIPScore alone)."
             )
         if cider_weight > 0 and not os.path.isfile(corpus_file):
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"explanation reward: corpus_file {corpus_file!r} does not exist; set "
                 "model.rewards.kwargs.explanation.corpus_file to the training split (ViVQA-X JSON or JSONL)."
             )
         if cider_scale <= 0:
-            raise ValueError(f"explanation reward: cider_scale must be > 0, got {cider_scale}.")
+            raise ConfigError(f"explanation reward: cider_scale must be > 0, got {cider_scale}.")
         if batch_size < 1:
-            raise ValueError(f"explanation reward: batch_size must be >= 1, got {batch_size}.")
+            raise ConfigError(f"explanation reward: batch_size must be >= 1, got {batch_size}.")
         self.cider_weight = float(cider_weight)
         self.clip_weight = float(clip_weight)
         self.corpus_file = corpus_file
@@ -108,6 +112,22 @@ class ExplanationReward:
         self.batch_size = batch_size
         self._document_frequency: DocumentFrequency | None = None
         self._clip: ClipModel | None = None
+
+    def setup(self) -> None:
+        """Load what the scores need, once per process: the corpus document frequencies (read from the disk cache or
+        counted) when ``cider_weight`` > 0, the CLIP model when ``clip_weight`` > 0; nothing the second time.
+
+        Raises:
+            ConfigError: the corpus file is missing or holds no reference explanation; or the CLIP model is named
+                wrongly (see :func:`~grpo_lightning.rewards.clip_score.load_clip_model`).
+            DataValidationError: records of the corpus file that cannot be read.
+            ClipLoadError: the CLIP weights or tokenizer cannot be loaded; the message says how to make them
+                available.
+        """
+        if self.cider_weight > 0:
+            self.document_frequency()
+        if self.clip_weight > 0:
+            self.clip()
 
     def __call__(
         self,
@@ -187,13 +207,13 @@ class ExplanationReward:
         return scores.cpu().tolist()
 
     def document_frequency(self) -> DocumentFrequency:
-        """The corpus document frequencies, read (or computed) on first use."""
+        """The corpus document frequencies, read (or computed) by :meth:`setup` or on first use."""
         if self._document_frequency is None:
             self._document_frequency = corpus_document_frequency(self.corpus_file, self.cache_dir)
         return self._document_frequency
 
     def clip(self) -> ClipModel:
-        """The CLIP model, loaded on first use (once per process and device)."""
+        """The CLIP model, loaded by :meth:`setup` or on first use (once per process and device)."""
         if self._clip is None:
             self._clip = load_clip_model(self.clip_model, self.clip_pretrained, resolve_device(self.device))
         return self._clip

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from grpo_lightning.errors import ConfigError
 from grpo_lightning.rewards.cider import MAX_ORDER, DocumentFrequency, document_frequency, tokenize
 
 #: Bump when tokenisation (:func:`grpo_lightning.rewards.cider.tokenize`) or the cache layout changes.
@@ -46,14 +47,14 @@ def read_reference_sets(path: str | os.PathLike) -> list[list[str]]:
     Samples without any reference explanation are left out: they are not documents of the corpus.
 
     Raises:
-        FileNotFoundError: no such file.
+        ConfigError: no such file.
         DataValidationError: records that cannot be read, each named with its file, line and sample id.
     """
     # Deferred: the data module imports Lightning, which rewards used on their own (evaluation) do not need.
     from grpo_lightning.data import DataValidationError, read_samples
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such reference corpus; {_CORPUS_HINT}")
+        raise ConfigError(f"{path}: no such reference corpus; {_CORPUS_HINT}")
     samples, problems = read_samples(path)
     if problems:
         raise DataValidationError(problems, f"Fix these records of the explanation reward's corpus_file {path}.")
@@ -78,10 +79,14 @@ def corpus_document_frequency(
         corpus_file: the training split (see the module docstring for the forms read).
         cache_dir: folder of the disk cache (None: :func:`default_cache_dir`).
         max_order: largest n-gram order.
+
+    Raises:
+        ConfigError: no such file, or no sample in it has a reference explanation.
+        DataValidationError: records that cannot be read, each named with its file, line and sample id.
     """
     path = Path(corpus_file)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such reference corpus; {_CORPUS_HINT}")
+        raise ConfigError(f"{path}: no such reference corpus; {_CORPUS_HINT}")
     key = (file_sha256(path), max_order)
     with _LOCK:
         if key in _IN_PROCESS:
@@ -90,7 +95,13 @@ def corpus_document_frequency(
         cache_file = Path(cache_dir or default_cache_dir()) / cache_name
         df = _read_cache(cache_file)
         if df is None:
-            df = document_frequency(reference_token_sets(read_reference_sets(path)), max_order)
+            reference_sets = read_reference_sets(path)
+            if not reference_sets:
+                raise ConfigError(
+                    f"{path}: no sample of this reference corpus has a reference explanation, and CIDEr-D's document "
+                    f"frequencies are counted over them; {_CORPUS_HINT}"
+                )
+            df = document_frequency(reference_token_sets(reference_sets), max_order)
             _write_cache(cache_file, df, source=path)
         _IN_PROCESS[key] = df
         return df
