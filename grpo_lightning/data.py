@@ -10,9 +10,11 @@ Sources a split may come from, told apart by file name and record shape:
   ``question_type``/``answer_type``, and a dict keyed by question id.
 
 The main process holds only :class:`Sample` records (paths and strings). Images are opened, converted to
-RGB and downscaled inside the dataloader workers. Before training, :func:`scan_samples` checks every
-record and opens every image's header, so a missing or non-image file, or an image path that leads out of
-the image folder, stops the run at start-up, not at hour nine.
+RGB and downscaled inside the dataloader workers. Before training, :func:`read_samples` checks every record (a
+repeated sample id included) and :func:`scan_samples` opens every image's header, so a missing or non-image file,
+or an image path that leads out of the image folder, stops the run at start-up, not at hour nine. Checks that need
+more than the data (prompts too long for the model's context: :mod:`grpo_lightning.prompt_length`) refuse samples
+the same way, through :meth:`ViVQAXDataModule.drop_invalid`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from grpo_lightning.errors import ConfigError, UserError
+from grpo_lightning.images import load_rgb, to_rgb
 from grpo_lightning.task import (
     ANSWER_TAG,
     DEFAULT_PROMPT_TEMPLATE,
@@ -117,7 +120,11 @@ def format_problems(problems: list[Problem]) -> str:
 
 # ------------------------------------------------------------------------------------------ reading
 def read_samples(path: str | Path) -> tuple[list[Sample], list[Problem]]:
-    """All valid samples of a data file, and a problem for every record that could not be used.
+    """All valid samples of a data file, and one problem for every record that could not be used.
+
+    A sample whose id an earlier sample of the file already has is such a record: its problem names where the first
+    copy is, and only the first copy is a sample. Evaluation scores each question id once, so a copy would be
+    trained on twice and then silently dropped from the predictions.
 
     Raises:
         DataFileNotFoundError: the file does not exist (a ``FileNotFoundError``).
@@ -129,10 +136,20 @@ def read_samples(path: str | Path) -> tuple[list[Sample], list[Problem]]:
     if not path.is_file():
         raise DataFileNotFoundError(f"{path}: no such data file; check the data paths in your config.")
     samples, problems = [], []
+    first_with_id: dict[str, Sample] = {}
     for where, record in _records(path, problems):
         sample = parse_record(record, where, problems)
-        if sample is not None:
-            samples.append(sample)
+        if sample is None:
+            continue
+        first = first_with_id.setdefault(sample.id, sample)
+        if first is not sample:
+            message = (
+                f"duplicated id: the first sample with id {sample.id} is at {first.where}; give every sample its own "
+                "id, or remove this copy"
+            )
+            problems.append(Problem(where, message, sample.id))
+            continue
+        samples.append(sample)
     return samples, problems
 
 
@@ -156,15 +173,13 @@ def _records(path: Path, problems: list[Problem]) -> Iterator[tuple[str, Any]]:
     except json.JSONDecodeError as err:
         problems.append(Problem(f"{path}:{err.lineno}", f"malformed JSON ({err.msg} at column {err.colno})"))
         return
-    if isinstance(data, dict):  # the oldest published form: {question_id: record}
-        for question_id, record in data.items():
-            if isinstance(record, dict):
-                record = {"question_id": question_id, **record}
-            yield str(path), record
-    elif isinstance(data, list):
-        yield from _list_records_with_lines(path, text)
-    else:
+    if not isinstance(data, (dict, list)):
         problems.append(Problem(str(path), "expected a JSON list or dict of records"))
+        return
+    for line, question_id, record in _top_level_members(text):
+        if question_id is not None and isinstance(record, dict):  # the oldest published form: {question_id: record}
+            record = {"question_id": question_id, **record}
+        yield f"{path}:{line}", record
 
 
 def _read_utf8(path: Path) -> str:
@@ -186,20 +201,36 @@ def _read_utf8(path: Path) -> str:
         ) from None
 
 
-def _list_records_with_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
-    """The elements of a JSON list, each with the line it starts on (json.loads forgets positions)."""
+def _top_level_members(text: str) -> Iterator[tuple[int, str | None, Any]]:
+    """The members of the JSON list or object that ``text`` holds (valid JSON), as (line it starts on, key or None
+    for a list, value).
+
+    ``json.loads`` forgets positions, and of a key written twice in an object it keeps the last value only: this walk
+    yields every copy, so that a repeated question id is reported rather than lost.
+    """
     decoder = json.JSONDecoder()
-    position = text.index("[") + 1
+    is_object = text.lstrip()[0] == "{"
+    position = text.index("{" if is_object else "[") + 1
     line, counted_to = 1, 0
     while True:
-        while position < len(text) and text[position] in " \t\r\n,":
-            position += 1
-        if position >= len(text) or text[position] == "]":
+        position = _skip(text, position, " \t\r\n,")
+        if position >= len(text) or text[position] in "]}":
             return
         line += text.count("\n", counted_to, position)
         counted_to = position
-        record, position = decoder.raw_decode(text, position)
-        yield f"{path}:{line}", record
+        key = None
+        if is_object:
+            key, position = decoder.raw_decode(text, position)
+            position = _skip(text, position, " \t\r\n:")
+        value, position = decoder.raw_decode(text, position)
+        yield line, key, value
+
+
+def _skip(text: str, position: int, characters: str) -> int:
+    """The first position from ``position`` on whose character is not one of ``characters``."""
+    while position < len(text) and text[position] in characters:
+        position += 1
+    return position
 
 
 def parse_record(record: Any, where: str, problems: list[Problem]) -> Sample | None:
@@ -271,16 +302,21 @@ def _parse_conversation_record(record: dict[str, Any], where: str, problems: lis
 
 
 def _checked(sample: Sample, problems: list[Problem], explanations_required: bool) -> Sample | None:
-    before = len(problems)
+    """``sample``, or None and one problem that names everything it lacks (one problem per record keeps the count of
+    records left out exact)."""
+    lacks = []
     if not sample.question.strip() and not (sample.prompt or "").strip():
-        problems.append(Problem(sample.where, "empty question", sample.id))
+        lacks.append("empty question")
     if not sample.answer.strip():
-        problems.append(Problem(sample.where, "empty answer", sample.id))
+        lacks.append("empty answer")
     if not sample.image.strip():
-        problems.append(Problem(sample.where, "empty image name", sample.id))
+        lacks.append("empty image name")
     if explanations_required and not any(e.strip() for e in sample.explanations):
-        problems.append(Problem(sample.where, "no reference explanation", sample.id))
-    return sample if len(problems) == before else None
+        lacks.append("no reference explanation")
+    if lacks:
+        problems.append(Problem(sample.where, "; ".join(lacks), sample.id))
+        return None
+    return sample
 
 
 # -------------------------------------------------------------------------------------------- checks
@@ -310,8 +346,10 @@ def scan_samples(
     image_dir: str | Path,
     verify_images: bool = False,
     allow_images_outside_image_dir: bool = False,
-) -> list[Problem]:
-    """A problem for every sample whose image is missing, no image, or (unless allowed) outside ``image_dir``.
+) -> dict[int, Problem]:
+    """A problem for every sample whose image is missing, no image, or (unless allowed) outside ``image_dir``, by the
+    sample's position in ``samples`` (positions, not ids or ``where``, tell samples apart: records of a one-line JSON
+    file share their ``where``).
 
     Every image is opened and its header parsed, which reads a few kilobytes and finds missing files, folders,
     unreadable files and files that are no image at all (about 0.1 ms an image from a warm disk cache: a few seconds
@@ -326,20 +364,21 @@ def scan_samples(
         allow_images_outside_image_dir: accept image paths that lead out of ``image_dir`` (``../x.jpg``, absolute
             paths elsewhere); off, such a sample is a problem and its path is never opened.
     """
-    problems, checked = [], {}
-    for sample in samples:
+    problems: dict[int, Problem] = {}
+    checked = {}
+    for index, sample in enumerate(samples):
         if not allow_images_outside_image_dir and (real := outside_image_dir(sample.image, image_dir)) is not None:
             message = (
                 f"image path {sample.image!r} leads out of the image folder {image_dir} (to {real}); name images "
                 "inside that folder, or set data.allow_images_outside_image_dir: true if you trust this data file"
             )
-            problems.append(Problem(sample.where, message, sample.id))
+            problems[index] = Problem(sample.where, message, sample.id)
             continue
         path = resolve_image(sample.image, image_dir)
         if path not in checked:
             checked[path] = _image_problem(path, verify_images)
         if checked[path] is not None:
-            problems.append(Problem(sample.where, checked[path], sample.id))
+            problems[index] = Problem(sample.where, checked[path], sample.id)
     return problems
 
 
@@ -359,7 +398,7 @@ def _image_problem(path: Path, decode: bool) -> str | None:
             if not decode:
                 return None
             try:
-                image.convert("RGB")
+                to_rgb(image)  # decodes every pixel, the same way a dataset item will
             except Exception as err:  # PIL raises many types for bad data
                 return f"corrupt image: {path} ({err})"
     except PermissionError:
@@ -405,8 +444,7 @@ class VQADataset(Dataset):
         sample = self.samples[index]
         image_path = resolve_image(sample.image, self.image_dir)
         try:
-            with Image.open(image_path) as file:
-                image = file.convert("RGB")
+            image = load_rgb(image_path)
         except Exception as err:
             raise ImageReadError(
                 f"{sample.where}: sample {sample.id}: cannot read image {image_path} ({err}). "
@@ -541,6 +579,10 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 # --------------------------------------------------------------------------------------- datamodule
+#: The splits each stage of the Trainer reads.
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
 @dataclass
 class _Split:
     file: str | None
@@ -633,8 +675,7 @@ class ViVQAXDataModule(L.LightningDataModule):
         return self.hparams.batch_size // world_size
 
     def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
-        names = needed.get(stage, ["train", "val", "test"]) if stage else ["train", "val", "test"]
+        names = STAGE_SPLITS.get(stage, tuple(self.splits)) if stage else tuple(self.splits)
         if stage == "fit":
             if self.hparams.train_file is None:
                 raise ConfigError("`fit` needs training data: set data.train_file (and data.train_image_dir).")
@@ -650,28 +691,66 @@ class ViVQAXDataModule(L.LightningDataModule):
             return
         if split.file is None or split.dataset is not None:
             return
-        samples, problems = read_samples(split.file)
+        samples, problems = read_samples(split.file)  # the records it could not use are not among the samples
         hp = self.hparams
-        problems += scan_samples(samples, split.image_dir, hp.verify_images, hp.allow_images_outside_image_dir)
-        if problems:
-            if not self.hparams.skip_invalid_samples:
-                raise DataValidationError(
-                    problems,
-                    f"Fix the data of the {name} split ({split.file}), or set data.skip_invalid_samples: true to "
-                    "leave these samples out.",
-                )
-            bad = {(p.where, p.sample_id) for p in problems}
-            samples = [s for s in samples if (s.where, s.id) not in bad]
-            split.skipped = problems
-            rank_zero_warn(
-                f"Skipping {len(bad)} invalid record(s) of the {name} split ({split.file}); "
-                f"{len(samples)} samples remain.\n{format_problems(problems)}"
-            )
-            if not samples:
-                raise DataValidationError(problems, f"No valid sample is left in {split.file}.")
+        scanned = scan_samples(samples, split.image_dir, hp.verify_images, hp.allow_images_outside_image_dir)
+        problems += scanned.values()
+        hint = f"Fix the data of the {name} split ({split.file})"
+        samples = self._without_invalid(name, samples, problems, set(scanned), hint)
         if not samples:
             raise DataValidationError([], _empty_split_message(name, split.file))
         split.dataset = VQADataset(samples, split.image_dir, hp.prompt_template, hp.max_image_side)
+
+    def _without_invalid(
+        self, name: str, samples: list[Sample], problems: list[Problem], invalid: set[int], hint: str
+    ) -> list[Sample]:
+        """``samples`` less those at the ``invalid`` positions, if ``skip_invalid_samples`` allows, with a warning that
+        counts and lists ``problems`` (one per record left out); else a :class:`DataValidationError` that lists them.
+
+        Args:
+            name: the split (``train``, ``val``, ``test``).
+            samples: the split's samples.
+            problems: one per record left out: those at ``invalid`` and any the reader already left out.
+            invalid: positions in ``samples`` to leave out.
+            hint: what to do, naming the file; the error adds ", or set data.skip_invalid_samples: true ...".
+        """
+        if not problems:
+            return samples
+        split = self.splits[name]
+        if not self.hparams.skip_invalid_samples:
+            raise DataValidationError(
+                problems,
+                f"{hint}, or set data.skip_invalid_samples: true to leave these samples out.",
+            )
+        samples = [sample for index, sample in enumerate(samples) if index not in invalid]
+        split.skipped += problems
+        rank_zero_warn(
+            f"Skipping {len(problems)} invalid record(s) of the {name} split ({split.file}); "
+            f"{len(samples)} samples remain.\n{format_problems(problems)}"
+        )
+        if not samples:
+            raise DataValidationError(problems, f"No valid sample is left in {split.file}.")
+        return samples
+
+    def drop_invalid(self, name: str, problems: dict[int, Problem], hint: str) -> None:
+        """Refuse, or with ``skip_invalid_samples`` leave out, loaded samples of a split that a check made after
+        ``setup`` found wrong; call it before the dataloaders are made, so that a sample left out is in none of them.
+
+        Args:
+            name: the split (``train``, ``val``, ``test``), loaded.
+            problems: one for each sample to leave out, by its position in the split's dataset.
+            hint: what to do, naming the file; the error adds ", or set data.skip_invalid_samples: true ...".
+
+        Raises:
+            DataValidationError: listing ``problems`` and ``hint`` (without ``skip_invalid_samples``), or when no sample
+                is left.
+        """
+        if not problems:
+            return
+        split = self.splits[name]
+        dataset = split.dataset
+        samples = self._without_invalid(name, dataset.samples, list(problems.values()), set(problems), hint)
+        split.dataset = VQADataset(samples, dataset.image_dir, dataset.prompt_template, dataset.max_image_side)
 
     def dataset(self, name: str) -> VQADataset | None:
         return self.splits[name].dataset

@@ -9,6 +9,7 @@ Examples:
   python -m grpo_lightning.evaluate preds.json                         # the published baselines' protocol
   python -m grpo_lightning.evaluate preds.json --protocol normalized --out scores.json
   python -m grpo_lightning.evaluate preds.json --html report.html --images /data/coco/val2014
+  python -m grpo_lightning.evaluate preds.json --reference data/ViVQA-X/ViVQA-X_test.json   # are all questions there?
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from grpo_lightning.errors import UserError
 from grpo_lightning.metrics import (
     DEFAULT_BERTSCORE_MODEL,
     DEFAULT_METRICS,
@@ -65,6 +67,33 @@ def load_predictions(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def coverage(records: list[dict[str, Any]], predictions: Path, reference: Path) -> str:
+    """How the predictions' question ids cover a reference split's: a line that counts the ids not in it and the
+    questions without a prediction (the scores are over the predictions, so a missing one is not counted at all).
+
+    Raises:
+        UserError: the reference file is missing or holds records that cannot be read.
+    """
+    from grpo_lightning.data import DataValidationError, read_samples  # the trainer's reader; Lightning comes with it
+
+    samples, problems = read_samples(reference)
+    if problems:
+        raise DataValidationError(problems, f"Fix {reference}, or leave --reference out.")
+    expected = {str(sample.id) for sample in samples}
+    given = [str(record["question_id"]) for record in records]
+    unknown = [question_id for question_id in given if question_id not in expected]
+    unanswered = sorted(expected - set(given))
+
+    def first(ids: list[str]) -> str:
+        return f" (first: {', '.join(ids[:3])})" if ids else ""
+
+    return (
+        f"{predictions}: {len(given)} predictions for the {len(expected)} questions of {reference}; "
+        f"{len(unknown)} prediction id(s) not in it{first(unknown)}, {len(unanswered)} question(s) without a "
+        f"prediction{first(unanswered)}; the scores are over the {len(given)} predictions."
+    )
+
+
 def format_table(scores: Scores) -> str:
     """The scores as a plain-text table: accuracy, then one row per metric (unfiltered, filtered, scaled)."""
     columns = list(dict.fromkeys([*scores.unfiltered, *scores.filtered]))
@@ -95,10 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "predictions",
         type=Path,
-        help=f"JSON list of records: {', '.join(REQUIRED_RECORD_FIELDS)} (gt_explain: a list); "
+        help=f"JSON list of records, one per question_id: {', '.join(REQUIRED_RECORD_FIELDS)} (gt_explain: a list); "
         f"optional {', '.join(OPTIONAL_RECORD_FIELDS)}",
     )
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="the split the predictions are of (ViVQA-X JSON or our JSONL): says how many prediction ids are not in "
+        "it and how many of its questions have no prediction",
+    )
     parser.add_argument(
         "--protocol",
         choices=list(PROTOCOLS),
@@ -137,6 +172,11 @@ def main(argv: list[str] | None = None) -> Scores:
         records = load_predictions(args.predictions)
     except PredictionsFormatError as err:
         parser.exit(2, f"error: {err}\n")
+    if args.reference is not None:
+        try:
+            print(f"note: {coverage(records, args.predictions, args.reference)}", file=sys.stderr)
+        except UserError as err:
+            parser.exit(2, f"error: {err}\n")
     scores = evaluate_predictions(
         records,
         args.protocol,

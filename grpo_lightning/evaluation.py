@@ -91,13 +91,19 @@ class EvaluationMixin:
         rank_zero_info(f"Wrote {len(records)} predictions to {path}")
 
     def _gathered_records(self) -> list[dict[str, Any]]:
-        """Every rank's records, in rank order, without the duplicates a distributed sampler pads with."""
+        """Every rank's records, in rank order, without the copies a distributed sampler pads with."""
         records = self._eval_records
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
             gathered: list[list[dict[str, Any]]] = [[] for _ in range(self.trainer.world_size)]
             torch.distributed.all_gather_object(gathered, records)
             records = [record for part in gathered for record in part]
-        unique = {}
-        for record in records:
-            unique.setdefault(record["question_id"], record)
-        return list(unique.values())
+            # Lightning's DistributedSampler pads the split with its first samples until every rank has as many, so
+            # those come back twice. The data module refuses repeated ids (read_samples), so a repeated id here is
+            # such a padding copy, and keeping each id's first record removes exactly them. One process has no
+            # padding: its records go out as they are, and a repeat (a data module that let one through) is refused
+            # by the scoring (validate_records) instead of silently dropped.
+            unique: dict[Any, dict[str, Any]] = {}
+            for record in records:
+                unique.setdefault(record["question_id"], record)
+            records = list(unique.values())
+        return records

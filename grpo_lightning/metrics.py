@@ -3,9 +3,10 @@
 Shared by ``python -m grpo_lightning.evaluate`` and the LightningModule's validation. The one entry point
 is :func:`evaluate_predictions`: records in the public predictions format in, :class:`Scores` out.
 
-A record (one per sample, defined in :mod:`grpo_lightning.task`) has ``question_id``, ``question``,
-``pred_ans``, ``pred_explain`` (strings, ``""`` when the model gave none), ``gt_ans`` (a string) and
-``gt_explain`` (a non-empty list of reference strings). Other fields (``completion``, ``think``,
+A record (one per sample, defined in :mod:`grpo_lightning.task`) has ``question_id`` (no two records of a set
+share one), ``question``, ``pred_ans``, ``pred_explain`` (strings, ``""`` when the model gave none), ``gt_ans`` (a
+string) and ``gt_explain`` (a non-empty list of reference strings): each record carries its own ground truth, so
+there is no separate reference set to match ids against. Other fields (``completion``, ``think``,
 ``answer_type``, ``image_name``, ``image_id``) are optional; ``answer_type`` adds a per-type accuracy.
 
 Two protocols, registered in :data:`PROTOCOLS`:
@@ -401,7 +402,28 @@ def validate_records(records: Any, source: str = "predictions") -> list[dict[str
             raise PredictionsFormatError(
                 f"{where}: gt_explain is {refs!r}; it must be a non-empty list of reference explanation strings."
             )
+    _check_unique_question_ids(records, source)
     return records
+
+
+def _check_unique_question_ids(records: list[dict[str, Any]], source: str) -> None:
+    """Refuses a question scored twice: it would weigh twice in every corpus-level score, without a word.
+
+    Ids are compared as strings: ``1001`` and ``"1001"`` name the same question.
+    """
+    first_index: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []  # (first index, index of the copy)
+    for index, record in enumerate(records):
+        first = first_index.setdefault(str(record["question_id"]), index)
+        if first != index:
+            repeats.append((first, index))
+    if repeats:
+        first, index = repeats[0]
+        others = f" ({len(repeats)} records in all repeat an earlier question_id)" if len(repeats) > 1 else ""
+        raise PredictionsFormatError(
+            f"{source}: record {index} repeats question_id {records[index]['question_id']!r} of record {first}"
+            f"{others}; each question must be scored once: keep one record per question_id."
+        )
 
 
 @dataclass(frozen=True)

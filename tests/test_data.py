@@ -509,3 +509,108 @@ def test_an_unreadable_image_read_in_a_worker_process_is_one_message(jsonl_split
     )
     assert "Traceback" not in user_message(error.value)
     assert user_message(UserError("plain")) == "plain"
+
+
+# -------------------------------------------------------------------------------------------- repeated ids
+def raw_record(question_id: str, answer: str, image: str = "meo.jpg") -> dict:
+    return {
+        "question": "Con mèo màu gì?",
+        "image_name": image,
+        "answer": answer,
+        "explanation": [f"vì lông nó màu {answer}"],
+        "question_id": question_id,
+    }
+
+
+def conversation_record(question_id: str, answer: str, image: str = "meo.jpg") -> dict:
+    return {
+        "id": question_id,
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": "<image>Con mèo màu gì?"},
+            {"from": "gpt", "value": f"<answer>{answer}</answer><explain>vì lông nó màu {answer}</explain>"},
+        ],
+    }
+
+
+def write_split(path: Path, form: str, records: list[tuple[str, str]]) -> list[int]:
+    """``records`` (id, answer) written in one of the file forms; returns the line each record starts on."""
+    if form == "jsonl":
+        lines = [json.dumps(conversation_record(*r), ensure_ascii=False) for r in records]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return list(range(1, len(records) + 1))
+    if form == "list":
+        items = [json.dumps(raw_record(*r), ensure_ascii=False) for r in records]
+        path.write_text("[\n" + ",\n".join(items) + "\n]\n", encoding="utf-8")
+        return list(range(2, len(records) + 2))
+    if form == "one-line list":  # minified: every record on line 1
+        path.write_text(json.dumps([raw_record(*r) for r in records], ensure_ascii=False), encoding="utf-8")
+        return [1] * len(records)
+    # the dict form keyed by question id, a key written twice (json.loads would keep only the last)
+    members = []
+    for question_id, answer in records:
+        record = {k: v for k, v in raw_record(question_id, answer).items() if k != "question_id"}
+        members.append(f"{json.dumps(question_id)}: {json.dumps(record, ensure_ascii=False)}")
+    path.write_text("{\n" + ",\n".join(members) + "\n}\n", encoding="utf-8")
+    return list(range(2, len(records) + 2))
+
+
+SPLIT_WITH_COPIES = [("1001", "đen"), ("1002", "trắng"), ("1001", "vàng"), ("1003", "xám"), ("1001", "nâu")]
+
+
+@pytest.mark.parametrize("form", ["jsonl", "list", "one-line list", "dict"])
+def test_a_repeated_id_is_a_problem_per_later_copy_naming_the_first(tmp_path, form):
+    path = tmp_path / ("split.jsonl" if form == "jsonl" else "split.json")
+    lines = write_split(path, form, SPLIT_WITH_COPIES)
+    samples, problems = read_samples(path)
+    assert [(s.id, s.answer) for s in samples] == [("1001", "đen"), ("1002", "trắng"), ("1003", "xám")]
+    first = f"{path}:{lines[0]}"
+    assert [str(p) for p in problems] == [
+        f"{path}:{lines[i]}: sample 1001: duplicated id: the first sample with id 1001 is at {first}; give every "
+        "sample its own id, or remove this copy"
+        for i in (2, 4)
+    ]
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate", "predict"])
+def test_every_stage_refuses_a_split_with_a_repeated_id(tmp_path, stage):
+    Image.new("RGB", (8, 8), (20, 20, 20)).save(tmp_path / "meo.jpg")
+    path = tmp_path / "split.json"
+    lines = write_split(path, "list", SPLIT_WITH_COPIES[:3])
+    data = ViVQAXDataModule(
+        train_file=str(path), val_file=str(path), train_image_dir=str(tmp_path), val_image_dir=str(tmp_path)
+    )
+    with pytest.raises(DataValidationError) as error:
+        data.setup(stage)
+    split = "train" if stage == "fit" else "val"
+    assert str(error.value).splitlines() == [
+        "1 problem in the data:",
+        f"  {path}:{lines[2]}: sample 1001: duplicated id: the first sample with id 1001 is at {path}:{lines[0]}; "
+        "give every sample its own id, or remove this copy",
+        f"Fix the data of the {split} split ({path}), or set data.skip_invalid_samples: true to leave these samples "
+        "out.",
+    ]
+
+
+def test_skipping_keeps_the_first_copy_of_an_id_even_when_all_records_share_a_line(tmp_path):
+    """A minified JSON list puts every record on line 1: records are told apart by position, not by (line, id)."""
+    Image.new("RGB", (8, 8), (20, 20, 20)).save(tmp_path / "meo.jpg")
+    records = [raw_record(*r) for r in SPLIT_WITH_COPIES]
+    records[3]["image_name"] = "mat.jpg"  # 1003: no such image
+    records.append({**raw_record("1004", ""), "image_name": ""})  # two lacks, one record
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    with pytest.warns(UserWarning) as warning:
+        data = load(path, tmp_path, skip_invalid_samples=True)
+    message = str(warning[0].message)
+    assert message.startswith(f"Skipping 4 invalid record(s) of the train split ({path}); 2 samples remain.\n")
+    assert [(s.id, s.answer) for s in data.dataset("train").samples] == [("1001", "đen"), ("1002", "trắng")]
+    assert [str(p) for p in data.splits["train"].skipped] == [
+        f"{path}:1: sample 1001: duplicated id: the first sample with id 1001 is at {path}:1; give every sample its "
+        "own id, or remove this copy",
+        f"{path}:1: sample 1001: duplicated id: the first sample with id 1001 is at {path}:1; give every sample its "
+        "own id, or remove this copy",
+        f"{path}:1: sample 1004: empty answer; empty image name",
+        f"{path}:1: sample 1003: image not found: {tmp_path / 'mat.jpg'}",
+    ]
+    assert len(data.train_dataloader().dataset) == 2

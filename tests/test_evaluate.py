@@ -315,6 +315,60 @@ def test_a_folder_is_no_predictions_file(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {tmp_path}: a folder, not a predictions file.\n"
 
 
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        (
+            [RECORDS[0], RECORDS[1], dict(RECORDS[0], pred_ans="chó")],
+            "record 2 repeats question_id '1001' of record 0",
+        ),
+        ([dict(RECORDS[0], question_id=1001), RECORDS[0]], "record 1 repeats question_id '1001' of record 0"),
+        (
+            [*RECORDS, RECORDS[3], RECORDS[1]],
+            "record 4 repeats question_id '1004' of record 3 (2 records in all repeat an earlier question_id)",
+        ),
+    ],
+)
+def test_a_question_id_twice_is_refused_not_counted_twice(tmp_path, capsys, records, message):
+    with pytest.raises(PredictionsFormatError) as raised:
+        evaluate_predictions(records, "raw", FAST_METRICS, source="preds.json")
+    what_to_do = "; each question must be scored once: keep one record per question_id."
+    assert str(raised.value) == f"preds.json: {message}{what_to_do}"
+    path = tmp_path / "preds.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main([str(path)])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {path}: {message}{what_to_do}\n" and captured.out == ""
+
+
+def test_coverage_counts_the_ids_not_in_the_reference_and_the_questions_without_a_prediction(
+    tmp_path, monkeypatch, capsys
+):
+    reference = tmp_path / "ViVQA-X_test.json"
+    split = [
+        {"question": f"Câu hỏi {i}?", "image_name": f"COCO_val2014_{i:012d}.jpg", "answer": "mèo",
+         "explanation": ["nó có râu"], "question_id": question_id}
+        for i, question_id in enumerate(["1001", "1002", "1003", "2001", "2002"])
+    ]  # fmt: skip
+    reference.write_text(json.dumps(split, ensure_ascii=False), encoding="utf-8")
+    predictions = tmp_path / "preds.json"
+    predictions.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")  # 1001-1004
+    expected = (
+        f"{predictions}: 4 predictions for the 5 questions of {reference}; 1 prediction id(s) not in it (first: 1004), "
+        "2 question(s) without a prediction (first: 2001, 2002); the scores are over the 4 predictions."
+    )
+    assert evaluate.coverage(RECORDS, predictions, reference) == expected
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Java: METEOR is noted, not fatal (and the test stays fast)
+    evaluate.main([str(predictions), "--reference", str(reference)])
+    assert f"note: {expected}\n" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main([str(predictions), "--reference", str(tmp_path / "missing.json")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'missing.json'}: no such data file")
+
+
 # ---------------------------------------------------------------------------------------- the CLI
 def test_cli_prints_table_writes_json_and_report(tmp_path, monkeypatch, capsys):
     predictions = tmp_path / "preds.json"

@@ -106,6 +106,26 @@ def build_adapter(model_type: str, processor: Any) -> VLMAdapter:
     return adapter_class_for(model_type)(processor)
 
 
+def load_adapter(model_name_or_path: str, **image_options: Any) -> tuple[VLMAdapter, Any]:
+    """The adapter of a checkpoint, its processor set to the given image resolution, and the checkpoint's config;
+    the weights are not read (the processor and config files take a second).
+
+    Args:
+        model_name_or_path: a local folder or hub id (as ``GRPOModule``'s).
+        image_options: ``configure_image_resolution``'s options (``ImageConfig`` as a dict).
+
+    Raises:
+        ConfigError: a checkpoint that cannot load (``check_checkpoint_layout``) or a resolution option it refuses.
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    check_checkpoint_layout(model_name_or_path)  # before AutoConfig, which would prompt to run remote code
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    adapter = build_adapter(config.model_type, AutoProcessor.from_pretrained(model_name_or_path))
+    adapter.configure_image_resolution(**image_options)
+    return adapter, config
+
+
 __all__ = [
     "ADAPTERS",
     "PromptBatch",
@@ -114,4 +134,5 @@ __all__ = [
     "build_adapter",
     "check_checkpoint_layout",
     "check_model_exists",
+    "load_adapter",
 ]

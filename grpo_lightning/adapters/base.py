@@ -187,6 +187,39 @@ class VLMAdapter:
         memo = {} if self.reuses_image_features else None
         return PromptBatch(input_ids, attention_mask, visual, texts, token_aligned, feature_memo=memo)
 
+    def prompt_token_counts(self, prompts: Sequence[str], image_sizes: Sequence[tuple[int, int]]) -> list[int]:
+        """How many tokens each (image, prompt) pair of ``prepare_prompts`` has, from the image's size alone.
+
+        Exact, without pixels: the rendered prompt is tokenised as the processor tokenises it, and its one image
+        placeholder is replaced by the image's token count at the configured resolution (``image_token_count``).
+        Repeated prompts and image sizes are counted once, so a split of tens of thousands of samples takes seconds.
+
+        Args:
+            prompts: B prompt texts, as the data gives them (before the chat template).
+            image_sizes: B ``(width, height)`` of the images as the processor gets them.
+
+        Returns:
+            B token counts, each ``prepare_prompts([image], [prompt]).input_ids.shape[1]``.
+        """
+        if len(prompts) != len(image_sizes):
+            raise ValueError(f"Got {len(image_sizes)} image sizes for {len(prompts)} prompts; give one per prompt.")
+        texts = list(dict.fromkeys(prompts))
+        encoded = self.tokenizer([self.render_prompt(text) for text in texts])["input_ids"]
+        text_tokens = {text: len(ids) for text, ids in zip(texts, encoded, strict=True)}
+        image_tokens = {size: self.image_token_count(size) for size in set(image_sizes)}
+        # the placeholder token that the image's tokens replace
+        return [text_tokens[p] - 1 + image_tokens[size] for p, size in zip(prompts, image_sizes, strict=True)]
+
+    def image_token_count(self, image_size: tuple[int, int]) -> int:
+        """Prompt tokens that stand for a ``(width, height)`` image, at the resolution the processor is set to.
+
+        The processor's own count (``_get_num_multimodal_tokens``, the helper vLLM uses to size prompts without
+        pixels), which reads the image processor's current settings, those ``configure_image_resolution`` wrote
+        included. Families that wrap the image's tokens in markers add them.
+        """
+        width, height = image_size
+        return int(self.processor._get_num_multimodal_tokens(image_sizes=[(height, width)]).num_image_tokens[0])
+
     #: Where the vision encoder and the language model sit in the model (``get_submodule`` paths).
     vision_tower_path: ClassVar[str] = "model.vision_tower"
     language_model_path: ClassVar[str] = "model.language_model"

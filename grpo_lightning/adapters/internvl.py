@@ -51,6 +51,10 @@ class InternVLAdapter(VLMAdapter):
         image_processor.crop_to_patches = True  # tile counts were asked for; the saved config says so too
         image_processor.min_patches, image_processor.max_patches = low, high
 
+    def image_token_count(self, image_size: tuple[int, int]) -> int:
+        # The processor writes <img> and </img> around the tiles' tokens; its count leaves those two out.
+        return super().image_token_count(image_size) + 2
+
     def image_features(self, model: torch.nn.Module, prompts: PromptBatch, indices: list[int]) -> list[Any]:
         config = model.config
         features = model.get_image_features(
