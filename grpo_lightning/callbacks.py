@@ -34,6 +34,11 @@ What Lightning 2.6 does by itself, and what is added here (each point is checked
   for DeepSpeed, whose checkpoints are folders written in place by DeepSpeed itself (no ``CheckpointIO``): a
   ``last.ckpt`` copy would be overwritten file by file, while a link switches only once the new step folder
   is complete.
+* ``ModelCheckpoint`` does not overwrite a file it did not write in this process: a resumed run that goes on in its
+  checkpoint's folder saves ``last-v1.ckpt``, then ``last-v2.ckpt``, while ``last.ckpt`` stays at the first part's
+  last step, and ``--ckpt_path .../last.ckpt`` silently goes back there. :class:`StepCheckpoint` keeps one name per
+  checkpoint: ``last.ckpt`` is always the newest checkpoint of its run, and a step saved again after a resume
+  (the steps between the last checkpoint and a kill) replaces its earlier file.
 * A run name with ``/`` (``TensorBoardLogger(name="internvl/lr1e-6")``) is a nested folder under ``save_dir``;
   version numbering and the lookup of ``last.ckpt`` work in it. Names that are absolute, hold ``..`` or ``.``,
   or empty parts (``a//b``, ``a/``) would put the run elsewhere or alias another one, and are refused at
@@ -60,14 +65,26 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from grpo_lightning.checkpoint_files import read_checkpoint
+from grpo_lightning.errors import ConfigError
 from grpo_lightning.export import ExportDtype, export_model, push_to_hub
+from grpo_lightning.rollout_log import drop_rollouts_from
 
-__all__ = ["AtomicCheckpointIO", "HFExportCallback", "StepCheckpoint", "check_run_name", "continue_logger_version"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "HFExportCallback",
+    "StepCheckpoint",
+    "check_run_name",
+    "continue_logger_version",
+    "forget_logs_past_checkpoint",
+    "resolve_last_checkpoint",
+]
 
 _TEMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
 
@@ -174,7 +191,7 @@ def check_run_name(name: str | None) -> None:
         name: the logger's ``name`` (None or empty: no run folder, allowed).
 
     Raises:
-        ValueError: the name is not allowed; the message gives one that is.
+        ConfigError: the name is not allowed; the message gives one that is.
     """
     if not name:
         return
@@ -182,7 +199,7 @@ def check_run_name(name: str | None) -> None:
     if all(part not in ("", ".", "..") for part in parts):
         return
     suggestion = "/".join(part for part in parts if part not in ("", ".", "..")) or "run"
-    raise ValueError(
+    raise ConfigError(
         f"The run name {name!r} is not a relative folder path: a run name is folder names separated by single '/', "
         "none of them '.' or '..', with no '/' at either end, so that the run stays in its own folder under the "
         f"logger's save_dir. Set the logger's name (trainer.logger.init_args.name) to {suggestion!r}, for example."
@@ -206,9 +223,7 @@ def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | N
     Returns:
         The log folders the loggers now write to because of this call.
     """
-    if ckpt_path == "last":
-        found = [c.find_last_checkpoint(trainer) for c in trainer.checkpoint_callbacks if isinstance(c, StepCheckpoint)]
-        ckpt_path = max((path for path in found if path), key=os.path.getmtime, default=None)
+    ckpt_path = resolve_last_checkpoint(trainer, ckpt_path)
     if ckpt_path is None or not _is_local_file_protocol(str(ckpt_path)):
         return []
     checkpoint_folder = Path(os.path.abspath(ckpt_path)).parent  # abspath: last.ckpt may be a link, keep its folder
@@ -234,6 +249,50 @@ def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | N
             if isinstance(callback, (StepCheckpoint, HFExportCallback)):
                 callback.continues_run = True
     return continued
+
+
+def forget_logs_past_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike, folders: list[str]) -> None:
+    """Make a run resumed into its earlier part's log folder (``folders``, from :func:`continue_logger_version`) log
+    each step once: the steps a killed run logged past its checkpoint are logged again by the resumed run.
+
+    TensorBoard loggers get ``purge_step``: TensorBoard then hides, in every event file of the folder, the events
+    from the first step the resumed run logs on (Lightning's logging step counts batches, ``_batches_that_stepped``:
+    with ``num_iterations`` > 1 it is not the optimizer step). The rollout files from the checkpoint's optimizer step
+    on (their names count optimizer steps) are deleted. Call it before the loggers write (before ``trainer.fit``;
+    Lightning creates the writers first thing), once this process holds the folder.
+
+    Args:
+        trainer: the Trainer that will resume.
+        ckpt_path: the checkpoint it resumes from (a path: ``last`` resolved, see :func:`resolve_last_checkpoint`).
+        folders: the log folders it continues.
+    """
+    if not folders:
+        return
+    checkpoint = read_checkpoint(ckpt_path)
+    optimizer_step = checkpoint.get("global_step")
+    if optimizer_step is None:
+        return
+    epoch_loop = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    # saved at the end of a step, before Lightning counts that batch: the resumed run's first log is one step on
+    batches = epoch_loop.get("_batches_that_stepped")
+    log_step = int(batches) + 1 if batches is not None else int(optimizer_step)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and os.path.abspath(logger.log_dir) in map(os.path.abspath, folders):
+            if logger._experiment is not None:  # the writer exists: too late for purge_step
+                rank_zero_warn(f"{logger.log_dir}: the events from step {log_step} on stay; the writer was open.")
+            logger._kwargs["purge_step"] = log_step  # passed to the SummaryWriter it creates
+    if trainer.is_global_zero:
+        for folder in folders:
+            drop_rollouts_from(folder, int(optimizer_step))
+
+
+def resolve_last_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike | None) -> str | os.PathLike | None:
+    """``ckpt_path`` with ``last`` replaced by the checkpoint ``fit(ckpt_path="last")`` resumes
+    (:meth:`StepCheckpoint.find_last_checkpoint`; None when there is none); any other value as it is."""
+    if ckpt_path != "last":
+        return ckpt_path
+    found = [c.find_last_checkpoint(trainer) for c in trainer.checkpoint_callbacks if isinstance(c, StepCheckpoint)]
+    return max((path for path in found if path), key=os.path.getmtime, default=None)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -281,11 +340,11 @@ class StepCheckpoint(ModelCheckpoint):
         save_weights_only: bool = False,
     ):
         if every_n_train_steps < 0:
-            raise ValueError(f"every_n_train_steps must be 0 (only at the end) or more, not {every_n_train_steps}.")
+            raise ConfigError(f"every_n_train_steps must be 0 (only at the end) or more, not {every_n_train_steps}.")
         if save_top_k not in (-1, 0, 1):
-            raise ValueError(f"save_top_k must be -1 (keep all), 0 or 1 (keep the latest), not {save_top_k}.")
+            raise ConfigError(f"save_top_k must be -1 (keep all), 0 or 1 (keep the latest), not {save_top_k}.")
         if save_last == "link" and save_top_k == 1:
-            raise ValueError(
+            raise ConfigError(
                 "save_last='link' with save_top_k=1 deletes the step checkpoint that last.ckpt points to before "
                 "linking the new one, so a kill in between leaves no last.ckpt; use save_top_k=-1 with 'link', "
                 "or save_last=True."
@@ -297,6 +356,8 @@ class StepCheckpoint(ModelCheckpoint):
             save_top_k=save_top_k,
             every_n_train_steps=every_n_train_steps,
             save_weights_only=save_weights_only,
+            # One name per checkpoint: last.ckpt is replaced, never joined by last-v1.ckpt (see the module docstring).
+            enable_version_counter=False,
         )
         self._in_run_folder = dirpath is None
         #: Set by :func:`continue_logger_version`: this run continues an earlier one's log folder.
@@ -426,8 +487,9 @@ class StepCheckpoint(ModelCheckpoint):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # A resumed run writes to a new version folder by design; Lightning warns that the previous folder's
-        # best/last paths are not carried over, which is what we want (the previous run's files stay untouched).
+        # A run resumed from another folder's checkpoint (its own version folder under another run name, or a
+        # checkpoint moved elsewhere) writes its own files: Lightning warns that the previous folder's best/last paths
+        # are not carried over, which is what we want (the previous run's files stay untouched).
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The dirpath has changed from")
             super().load_state_dict(state_dict)
@@ -513,7 +575,7 @@ class HFExportCallback(Callback):
         dtype: ExportDtype | None = None,
     ):
         if push_to_hub and not hub_model_id:
-            raise ValueError(
+            raise ConfigError(
                 "HFExportCallback(push_to_hub=True) needs hub_model_id, the repository to create or update, "
                 "e.g. hub_model_id: your-name/internvl3-1b-grpo-vivqax."
             )
@@ -538,7 +600,7 @@ class HFExportCallback(Callback):
             return
         strategy = trainer.strategy
         if getattr(strategy, "zero_stage_3", False) or isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
-            raise ValueError(
+            raise ConfigError(
                 f"HFExportCallback cannot export at the end of fit with {type(strategy).__name__}: the weights are "
                 "sharded across processes. Remove the callback and export the final checkpoint with "
                 "`python -m grpo_lightning.export CKPT OUT_DIR`."
@@ -548,7 +610,7 @@ class HFExportCallback(Callback):
         export_dir = self.resolve_export_dir(trainer)
         occupied = trainer.is_global_zero and export_dir.exists() and any(export_dir.iterdir())
         if trainer.strategy.reduce_boolean_decision(occupied, all=False):  # every process stops, not rank 0 alone
-            raise FileExistsError(
+            raise ConfigError(
                 f"HFExportCallback would export to {export_dir} at the end of fit, but it holds files already; "
                 "choose another export_dir or move that folder away before training (or leave export_dir unset: "
                 "the export then goes to the run's log folder, where a resumed run replaces its earlier export)."

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 TRAIN_DESCRIPTION = "train step"
 
@@ -28,17 +29,31 @@ def total_optimizer_steps(trainer: pl.Trainer) -> int | None:
 class StepProgressBar(TQDMProgressBar):
     """A tqdm bar over the run's optimizer steps: ``train step: 37/100 [...] reward=0.21, kl=0.01``."""
 
-    def init_train_tqdm(self):
+    @property
+    def train_description(self) -> str:
+        return TRAIN_DESCRIPTION  # from the bar's first line on, not "Training"
+
+    def init_train_tqdm(self) -> Tqdm:
         bar = super().init_train_tqdm()
         bar.unit = "step"
         return bar
 
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        # A run resumed mid-epoch gets no on_train_epoch_start (Lightning calls it only when an epoch begins): the bar
+        # is set up here too, or it would read "Training: 5/?".
+        self._count_steps(trainer)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
-        if self._leave or self.train_progress_bar.total != total_optimizer_steps(trainer):
-            if self._leave:
-                self.train_progress_bar = self.init_train_tqdm()
-            self.train_progress_bar.reset(total=total_optimizer_steps(trainer))
-        self.train_progress_bar.set_description(TRAIN_DESCRIPTION)
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer: pl.Trainer) -> None:
+        """Make the bar count the run's optimizer steps, from the step the run is at."""
+        bar = self.train_progress_bar
+        bar.total = total_optimizer_steps(trainer)  # not reset(), which would draw the count from 0 again first
+        bar.set_description(TRAIN_DESCRIPTION, refresh=False)
         self._show_step(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:

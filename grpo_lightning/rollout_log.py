@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +157,26 @@ def write_rollouts(
     return path
 
 
+def drop_rollouts_from(log_dir: str | os.PathLike, step: int) -> list[Path]:
+    """Delete a run's rollout files of step ``step`` and later: a run resumed from the checkpoint of step ``step``
+    writes them again, and until it does, none of the steps a killed run sampled past its checkpoint should remain
+    (the browser would show a branch the resumed run did not take).
+
+    Returns:
+        The files deleted.
+    """
+    folder = Path(log_dir, ROLLOUTS_DIR)
+    if not folder.is_dir():
+        return []
+    dropped = []
+    for path in folder.iterdir():
+        match = re.fullmatch(r"step=(\d+)\.jsonl(\.tmp-\d+)?", path.name)
+        if match and int(match.group(1)) >= step:
+            path.unlink(missing_ok=True)
+            dropped.append(path)
+    return sorted(dropped)
+
+
 def _number(value: Any) -> float | None:
     if value is None:
         return None
@@ -168,4 +189,4 @@ def _field(batch: dict[str, list[Any]], key: str, index: int, default: Any) -> A
     return values[index] if values is not None and index < len(values) else default
 
 
-__all__ = ["rollout_records", "write_rollouts"]
+__all__ = ["drop_rollouts_from", "rollout_records", "write_rollouts"]

@@ -13,13 +13,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """All scalar series under ``logdir`` (the newest event file of each run folder), as (step, value) lists."""
+    """All scalar series under ``logdir``, as (step, value) lists.
+
+    Each folder of event files is read as TensorBoard reads a run: its files in order, so that a resumed run's
+    ``purge_step`` hides the steps a killed run had logged past its checkpoint.
+    """
     series: dict[str, list[tuple[int, float]]] = {}
-    files = sorted(Path(logdir).rglob("events.out.tfevents.*"))
-    if not files:
+    folders = sorted({path.parent for path in Path(logdir).rglob("events.out.tfevents.*")})
+    if not folders:
         raise FileNotFoundError(f"{logdir}: no TensorBoard event files found.")
-    for path in files:
-        accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    for folder in folders:
+        accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
             series.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))

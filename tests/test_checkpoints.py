@@ -365,3 +365,94 @@ def test_the_proposed_trainer_config_parses(tmp_path, capsys):
     ]
     assert trainer["callbacks"][0]["init_args"]["save_last"] == "link"
     assert trainer["plugins"][0]["class_path"] == "grpo_lightning.callbacks.AtomicCheckpointIO"
+
+
+# ------------------------------------------------------------------------------------- resumes into the same folder
+class FailingBoringModel(ManualBoringModel):
+    """Raises in the training step that would start after ``fail_after`` optimizer steps (None: never)."""
+
+    def __init__(self, fail_after: int | None = None):
+        super().__init__()
+        self.fail_after = fail_after
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.fail_after:
+            raise RuntimeError("the reward server is unreachable")
+        return super().training_step(batch, batch_idx)
+
+
+def resumed_fit(
+    save_dir: Path, steps: int, ckpt_path: str | None, save_last: bool | str, fail_after: int | None = None
+) -> L.Trainer:
+    """A boring run named ``demo`` that, as the command line does, goes on in its checkpoint's version folder."""
+    L.seed_everything(0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=TensorBoardLogger(save_dir, name="demo"),
+        callbacks=[StepCheckpoint(every_n_train_steps=50, save_last=save_last)],
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    continue_logger_version(trainer, ckpt_path)
+    trainer.fit(FailingBoringModel(fail_after), ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_last_ckpt_is_the_newest_checkpoint_of_its_run_through_every_resume(tmp_path, save_last):
+    """Fit 2, resume to 4 (--ckpt_path last), resume to 6 (the file itself), fail in step 8 (a crash save of step 7),
+    resume to 9: last.ckpt holds each newest step, and no last-v1.ckpt appears beside it."""
+    folder = tmp_path / "demo" / "version_0" / "checkpoints"
+    last = folder / "last.ckpt"
+
+    def last_step() -> int:
+        assert sorted(p.name for p in folder.iterdir() if p.name.startswith("last")) == ["last.ckpt"]
+        return torch.load(last, weights_only=True)["global_step"]
+
+    resumed_fit(tmp_path, 2, None, save_last)
+    assert last_step() == 2
+    resumed_fit(tmp_path, 4, "last", save_last)
+    assert last_step() == 4
+    resumed_fit(tmp_path, 6, str(last), save_last)
+    assert last_step() == 6
+    with pytest.raises(RuntimeError, match="the reward server is unreachable"):
+        resumed_fit(tmp_path, 9, str(last), save_last, fail_after=7)
+    assert last_step() == 7
+    trainer = resumed_fit(tmp_path, 9, "last", save_last)
+    assert trainer.global_step == 9 and last_step() == 9
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["version_0"]
+    if save_last == "link":
+        assert os.readlink(last) == "step=9.ckpt"
+
+
+def test_the_progress_bar_of_a_run_resumed_mid_epoch_counts_steps(tmp_path, capsys):
+    """Lightning calls no on_train_epoch_start when a run resumes mid-epoch: the bar is set up at the train start."""
+    from grpo_lightning.progress import StepProgressBar
+
+    def fit(steps: int, ckpt_path: str | None) -> None:
+        L.seed_everything(0)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=steps,
+            logger=TensorBoardLogger(tmp_path, name="demo"),
+            callbacks=[StepCheckpoint(every_n_train_steps=50), StepProgressBar()],
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        continue_logger_version(trainer, ckpt_path)
+        trainer.fit(ManualBoringModel(), ckpt_path=ckpt_path)
+
+    fit(2, None)
+    capsys.readouterr()
+    fit(5, "last")  # 32 batches an epoch: step 2 is mid-epoch
+    captured = capsys.readouterr()  # Lightning's bar writes to stdout
+    lines = (captured.out + captured.err).replace("\r", "\n").splitlines()
+    bars = [line for line in lines if "step" in line and "/" in line]
+    assert bars and all(line.startswith("train step: ") for line in bars), bars
+    assert any("2/5" in line for line in bars) and "5/5" in bars[-1], bars
+    assert not any(f"{step}/5" in line for line in bars for step in (0, 1)), "the count started over"
+    assert not any(line.startswith("Training") for line in lines)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import grpo_demo
+from grpo_lightning.checkpoint_files import CheckpointError
 from grpo_lightning.cli import checkpoint_hyperparameters, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +151,8 @@ def test_the_hyperparameters_of_a_deepspeed_checkpoint_folder_are_read(checkpoin
     )
     hparams = checkpoint_hyperparameters(folder.parent)
     assert {key: saved_option(hparams, key) for key in TRAINED} == TRAINED
-    assert checkpoint_hyperparameters(tmp_path) == {}
+    with pytest.raises(CheckpointError, match=r"a folder, but not a DeepSpeed checkpoint \(no \*/mp_rank_00_model"):
+        checkpoint_hyperparameters(tmp_path)
 
 
 def test_checkpoint_options_that_do_not_parse_are_one_message(assets, data_kwargs, checkpoint, tmp_path, capsys):

@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import grpo_demo
 from grpo_lightning.adapters import build_adapter
 from grpo_lightning.callbacks import HFExportCallback, continue_logger_version
+from grpo_lightning.errors import ConfigError
 from grpo_lightning.export import export_checkpoint, export_model, main, push_to_hub
 from tests.test_checkpoints import ManualBoringModel, fit_with, grpo_run, record_hub_calls
 from tests.test_module import make_module
@@ -181,9 +182,7 @@ def test_an_export_folder_in_use_is_refused_before_training(tmp_path):
     (occupied / "config.json").write_text("{}")
     model = ManualBoringModel()
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(
-        FileExistsError, match=r"would export to .*export at the end of fit, but it holds files already"
-    ):
+    with pytest.raises(ConfigError, match=r"would export to .*export at the end of fit, but it holds files already"):
         fit_with(model, tmp_path / "logs", 2, [HFExportCallback(export_dir=str(occupied))])
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), "a step ran"
     assert [p.name for p in occupied.iterdir()] == ["config.json"]
@@ -218,7 +217,7 @@ def test_only_a_resumed_run_replaces_the_export_in_its_log_folder(tmp_path):
             limit_val_batches=0,
         )
 
-    with pytest.raises(FileExistsError, match="holds files already"):
+    with pytest.raises(ConfigError, match="holds files already"):
         trainer_with(HFExportCallback()).fit(ManualBoringModel())
     resumed = HFExportCallback()
     assert continue_logger_version(trainer_with(resumed), folder / "checkpoints" / "last.ckpt") == [str(folder)]
