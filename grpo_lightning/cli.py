@@ -24,26 +24,36 @@ import difflib
 import importlib.resources
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
 import yaml
 from jsonargparse import Namespace
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.trainer import Trainer
 
 from grpo_lightning import quiet_deepspeed_without_cuda
-from grpo_lightning.callbacks import StepCheckpoint, check_run_name, continue_logger_version
+from grpo_lightning.callbacks import (
+    check_run_name,
+    continue_logger_version,
+    forget_logs_past_checkpoint,
+    resolve_last_checkpoint,
+)
+from grpo_lightning.checkpoint_files import read_checkpoint
 from grpo_lightning.config import regrouped
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.errors import TRACEBACK_ENV, ConfigError, UserError, user_message
+from grpo_lightning.hardware import check_hardware
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.progress import StepProgressBar
+from grpo_lightning.run_lock import RunLock
+from grpo_lightning.signals import SignalExits
 
 #: The module options a checkpoint's weights need: the LoRA structure and scale. With ``--ckpt_path`` these always
 #: come from the checkpoint. Everything else (the base model's path, sampling, loss, rewards, dtype, evaluation,
@@ -51,6 +61,9 @@ from grpo_lightning.progress import StepProgressBar
 MODEL_IDENTITY = ("lora.r", "lora.alpha", "lora.target_modules")
 
 CONFIG_FLAGS = ("--config", "-c")
+
+#: ``--ckpt_path`` values that name no file: the Trainer looks the checkpoint up (``last``: see StepCheckpoint).
+TRAINER_CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -172,18 +185,12 @@ class GRPOArgumentParser(LightningArgumentParser):
 # ------------------------------------------------------------------------------------------------ checkpoints
 def checkpoint_hyperparameters(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     """The module's init arguments saved in a Lightning checkpoint: a file (memory-mapped: the weights stay on disk)
-    or a DeepSpeed checkpoint folder (whose ``*/mp_rank_00_model_states.pt`` holds them); {} when there are none."""
-    path = Path(ckpt_path)
-    if path.is_dir():
-        found = sorted(path.glob("*/mp_rank_00_model_states.pt"))
-        if not found:
-            return {}
-        # DeepSpeed's own objects (its config, version) are pickled beside the weights; the user gave this checkpoint
-        # to load, as Lightning does with weights_only=False for DeepSpeed.
-        checkpoint = torch.load(found[0], weights_only=False, map_location="cpu", mmap=True)
-    else:
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    or a DeepSpeed checkpoint folder (whose ``*/mp_rank_00_model_states.pt`` holds them); {} when there are none.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or does not load (see ``read_checkpoint``).
+    """
+    hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
     hparams.pop("_class_path", None)
     return regrouped(hparams)
@@ -201,7 +208,17 @@ def _saved(hparams: dict[str, Any], dotted_key: str) -> bool:
 
 class GRPOCLI(LightningCLI):
     """LightningCLI that lets the command line win over a checkpoint's hyperparameters, links the reward corpus
-    to the training split, shows optimizer steps, and checks before training what would otherwise fail late."""
+    to the training split, shows optimizer steps, holds its log folder, and checks before training what would
+    otherwise fail late.
+
+    Args:
+        run_locks: where the locks of the log folders this run holds go (the caller releases them at the end; the
+            process's end releases them too).
+    """
+
+    def __init__(self, *args: Any, run_locks: list[RunLock] | None = None, **kwargs: Any):
+        self.run_locks = run_locks if run_locks is not None else []
+        super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._args = args  # parsed again over a checkpoint's hyperparameters (_parse_ckpt_path)
@@ -217,9 +234,9 @@ class GRPOCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).exists():
+        if not ckpt_path or ckpt_path in TRAINER_CHECKPOINT_NAMES or not _is_local_file_protocol(ckpt_path):
             return
-        hparams = checkpoint_hyperparameters(ckpt_path)
+        hparams = checkpoint_hyperparameters(ckpt_path)  # a missing or unreadable checkpoint stops here
         if not hparams:
             return
         from_checkpoint = self._parse_checkpoint_hparams(ckpt_path, subcommand, hparams)
@@ -258,7 +275,10 @@ class GRPOCLI(LightningCLI):
             self.parser.exit_on_error = exit_on_error
 
     def before_instantiate_classes(self) -> None:
-        link_reward_corpus(self.config[self.subcommand] if self.subcommand else self.config)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        link_reward_corpus(config)
+        # before the Trainer and the model are built: DeepSpeed without CUDA fails inside the Trainer's constructor
+        check_hardware(config.get("trainer.strategy"), config.get("trainer.accelerator"), config.get("model.optimizer"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with :class:`StepProgressBar` unless the config disables the bar or names its own."""
@@ -272,45 +292,89 @@ class GRPOCLI(LightningCLI):
     def before_fit(self) -> None:
         for logger in self.trainer.loggers:
             check_run_name(logger.name)
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        if ckpt_path == "last":
-            found = [
-                callback.find_last_checkpoint(self.trainer)
-                for callback in self.trainer.checkpoint_callbacks
-                if isinstance(callback, StepCheckpoint)
-            ]
-            if not any(found):
-                raise SystemExit(
-                    "--ckpt_path last: this run name has no last.ckpt yet (and without a StepCheckpoint callback none "
-                    "is looked for); drop --ckpt_path to start a new run, or give a checkpoint's path."
-                )
+        given = self.config[self.subcommand].get("ckpt_path")
+        ckpt_path = resolve_last_checkpoint(self.trainer, given)  # the Trainer resolves "last" to the same file
+        if given == "last" and ckpt_path is None:
+            raise ConfigError(
+                "--ckpt_path last: this run name has no last.ckpt yet (and without a StepCheckpoint callback none "
+                "is looked for); drop --ckpt_path to start a new run, or give a checkpoint's path."
+            )
         # A resumed run goes on in its checkpoint's log folder: one curve per run in TensorBoard, not one per resume.
-        continue_logger_version(self.trainer, ckpt_path)
+        continued = continue_logger_version(self.trainer, ckpt_path)
+        self.hold_log_folder()
+        # what a killed run logged past its checkpoint is logged again from here: each step once
+        forget_logs_past_checkpoint(self.trainer, ckpt_path, continued)
+
+    def before_validate(self) -> None:
+        self.hold_log_folder()
+
+    def before_test(self) -> None:
+        self.hold_log_folder()
+
+    def before_predict(self) -> None:
+        self.hold_log_folder()
+
+    def hold_log_folder(self) -> None:
+        """Take the run's log folder for this process (the first process of several), before anything is written
+        there, and check that it can be written (:class:`~grpo_lightning.run_lock.RunLock`)."""
+        if not self.trainer.loggers or not self.trainer.is_global_zero:
+            return
+        log_dir = self.trainer.log_dir  # picks the logger's version (continue_logger_version has set a resumed one)
+        if log_dir is None or not _is_local_file_protocol(log_dir):
+            return
+        try:
+            self.run_locks.append(RunLock(log_dir).acquire())
+        except OSError as err:  # permission denied, a read-only file system, a file where a folder should be
+            raise ConfigError(
+                f"Cannot write to the log folder {log_dir} ({err.strerror or err}); give a folder you can write to "
+                "with --trainer.logger.init_args.save_dir (or --trainer.default_root_dir without a logger)."
+            ) from None
 
 
 def main(args: Sequence[str] | None = None) -> LightningCLI:
-    """Run the command line on ``args`` (default: ``sys.argv[1:]``); a user error exits with status 2."""
+    """Run the command line on ``args`` (default: ``sys.argv[1:]``).
+
+    Exit statuses: 2 for a user error (one ``error:`` line), 143 after SIGTERM and 130 after SIGINT (the run saves
+    its last completed step first; see :mod:`grpo_lightning.signals`), 1 for anything else.
+    """
     # Tokenizers' thread pool and dataloader worker processes do not mix; the workers only decode images.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_deepspeed_without_cuda()
-    try:
-        return GRPOCLI(
-            GRPOModule,
-            ViVQAXDataModule,
-            args=resolve_config_args(sys.argv[1:] if args is None else args),
-            parser_class=GRPOArgumentParser,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={
-                "prog": program_name(),
-                "description": "GRPO fine-tuning of vision-language models on PyTorch Lightning.",
-            },
-        )
-    except UserError as err:
-        if os.environ.get(TRACEBACK_ENV) == "1":
-            traceback.print_exc()
-        notes = "".join(f"\n{note}" for note in getattr(err, "__notes__", ()))  # e.g. where a crash checkpoint went
-        print(f"error: {user_message(err)}{notes}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_locks: list[RunLock] = []
+    with SignalExits() as signals:
+        try:
+            cli = GRPOCLI(
+                GRPOModule,
+                ViVQAXDataModule,
+                args=resolve_config_args(sys.argv[1:] if args is None else args),
+                parser_class=GRPOArgumentParser,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={
+                    "prog": program_name(),
+                    "description": "GRPO fine-tuning of vision-language models on PyTorch Lightning.",
+                },
+                run_locks=run_locks,
+            )
+            if signals.exit_status is not None:  # a signal that came after the loops stopped looking (the export)
+                raise SystemExit(signals.exit_status)
+            return cli
+        except UserError as err:
+            if os.environ.get(TRACEBACK_ENV) == "1":
+                traceback.print_exc()
+            notes = "".join(f"\n{note}" for note in getattr(err, "__notes__", ()))  # e.g. where a crash checkpoint went
+            print(f"error: {user_message(err)}{notes}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except (SystemExit, KeyboardInterrupt) as stop:
+            if signals.exit_status is None:
+                raise
+            # Lightning ends a run stopped by SIGTERM with SystemExit(None), status 0, and one stopped by Ctrl-C with 1
+            notes = "".join(f"\n{note}" for note in getattr(stop, "__notes__", ()))
+            name = signal.Signals(signals.received[0]).name
+            print(f"Stopped by {name}.{notes}", file=sys.stderr)
+            raise SystemExit(signals.exit_status) from None
+        finally:
+            for lock in run_locks:
+                lock.release()
 
 
 def program_name() -> str:

@@ -32,7 +32,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from grpo_lightning.accumulation import gradient_accumulation
-from grpo_lightning.adapters import PromptBatch, VLMAdapter, build_adapter, check_checkpoint_layout
+from grpo_lightning.adapters import PromptBatch, VLMAdapter, load_adapter
 from grpo_lightning.algorithms import (
     completion_mask,
     compute_group_advantages,
@@ -43,6 +43,7 @@ from grpo_lightning.algorithms import (
     is_truncated,
     loss_normaliser,
 )
+from grpo_lightning.checkpoint_files import check_weights_fit
 from grpo_lightning.config import (
     EvalConfig,
     ImageConfig,
@@ -53,6 +54,7 @@ from grpo_lightning.config import (
     SamplingConfig,
     VLLMConfig,
     as_group,
+    check_option_groups,
     plain_hyperparameters,
 )
 from grpo_lightning.dynamic_sampling import check_validation_schedule, choose_groups, informative_groups
@@ -65,8 +67,17 @@ from grpo_lightning.engines import (
 )
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.evaluation import EvaluationMixin
+from grpo_lightning.prompt_length import PromptLengthCheck
 from grpo_lightning.reference_sync import ReferenceSyncMixin
-from grpo_lightning.rewards import RewardOpinions, combine_rewards, get_reward, reward_name, score_completions
+from grpo_lightning.rewards import (
+    RewardOpinions,
+    combine_rewards,
+    get_reward,
+    mark_unscored,
+    prepare_rewards,
+    reward_name,
+    score_completions,
+)
 from grpo_lightning.rng import collect_process_streams, restore_process_streams, seed_process_streams
 from grpo_lightning.rollout import Rollout, ScoredRollout, join_groups
 from grpo_lightning.rollout_log import write_rollouts
@@ -128,6 +139,7 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         lora, image = as_group("lora", lora), as_group("image", image)
         logging, evaluation = as_group("logging", logging), as_group("evaluation", evaluation)
         vllm = as_group("vllm", vllm)
+        check_option_groups(rewards, loss)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Groups as plain dicts: what checkpoints store (loadable with weights_only) and the command line parses.
         self.save_hyperparameters(plain_hyperparameters(self.hparams))
@@ -164,15 +176,12 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         if self.model is not None:
             self.start_rollout_engine()
             return
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         path = self.model_name_or_path
-        check_checkpoint_layout(path)  # before AutoConfig, which would prompt to run remote code
-        config = AutoConfig.from_pretrained(path)
-        adapter = build_adapter(config.model_type, AutoProcessor.from_pretrained(path))
-        # on the processor itself, which the export saves
-        adapter.configure_image_resolution(**dataclasses.asdict(self.image))
-        self.adapter = adapter
+        if self.adapter is None:  # else PromptLengthCheck built it, from the same checkpoint and image options
+            # the resolution is set on the processor itself, which the export saves
+            self.adapter, _ = load_adapter(path, **dataclasses.asdict(self.image))
         load_kwargs: dict[str, Any] = {"dtype": getattr(torch, self.weights_dtype)}
         if self.attn_implementation is not None:
             load_kwargs["attn_implementation"] = self.attn_implementation
@@ -253,8 +262,9 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         self._engine_weights_step = None
 
     def configure_callbacks(self) -> list[L.Callback]:
-        # Lightning calls no module hook when a fit fails: a callback stops the engine then.
-        return [EngineShutdown()]
+        # Lightning calls no module hook when a fit fails: a callback stops the engine then. Prompts that overflow the
+        # context are found in the callbacks' setup, after the data is read and before the weights load.
+        return [EngineShutdown(), PromptLengthCheck()]
 
     def teardown(self, stage: str) -> None:
         self.stop_rollout_engine()
@@ -292,6 +302,8 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         self.save_reference_state(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # another model's weights: one message, before the load fails on them
+        check_weights_fit(checkpoint, self, getattr(self._trainer, "ckpt_path", None))
         self.keep_reference_state(checkpoint)
         saved = checkpoint.get("rng_states")
         if saved is None:
@@ -316,7 +328,7 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         self.watch_reward_opinions(step, sampled)
         rollout, rewards, per_func, chosen = self.trained_groups(sampled)
         with self.timed("reward", seconds):
-            advantages = self.advantages(rewards)
+            advantages = self.advantages(mark_unscored(rewards, per_func))  # no reward at all: advantage 0
         with self.timed("reference", seconds):
             ref_logps = self.reference_logps(rollout) if self.loss.beta > 0 else None
             old_logps = self.completion_logps(self.model, rollout) if self.loss.num_iterations > 1 else None
@@ -341,7 +353,9 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         with self.timed("reward", seconds):
             rewards, per_func = self.score(rollout, batch)
         if self.sampling.dynamic_sampling:
-            informative = informative_groups(rewards, num_generations, self.sampling.min_group_reward_std)
+            # completions no reward scored are no reward: left out of the spread, as out of the advantages
+            spread_of = mark_unscored(rewards, per_func)
+            informative = informative_groups(spread_of, num_generations, self.sampling.min_group_reward_std)
         else:
             informative = torch.ones(len(rollout.prompts), dtype=torch.bool)
         return ScoredRollout(batch, rollout, rewards, per_func, informative)
@@ -458,7 +472,9 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         # token counts, for length-aware rewards (``overlong``): each completion's, and the budget it was sampled with
         fields["completion_length"] = rollout.completion_mask.sum(-1).tolist()
         fields["max_completion_length"] = [self.sampling.max_completion_length] * len(index)
-        per_func = score_completions(self.reward_funcs, rollout.completions, solution, fields)
+        per_func = score_completions(
+            self.reward_funcs, rollout.completions, solution, fields, self.rewards.timeout_s, self.global_step
+        )
         if self.training:
             aggregation, group_size = self.rewards.aggregation, self.sampling.num_generations
             return combine_rewards(per_func, self.reward_weights, aggregation, group_size).float(), per_func
@@ -639,6 +655,7 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         return torch.cat([rows[rank, :size] for rank, size in enumerate(sizes)]), sizes
 
     def setup(self, stage: str) -> None:
+        prepare_rewards(self.reward_funcs)  # their models and data, before the first step: a missing one stops here
         if stage == "fit":
             self.check_reference_sync()
             if self.sampling.dynamic_sampling:

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpo_lightning.errors import ConfigError
+
 # ------------------------------------------------------------------------------------------------ prompt
 #: The prompt: answer in Vietnamese, reason in <think>, give a short answer in <answer> and a one-sentence
 #: explanation in <explain>. ``{question}`` is filled in per sample by :func:`render_prompt`.
@@ -50,7 +52,9 @@ DEFAULT_PROMPT_TEMPLATE = (
 def render_prompt(template: str, question: str) -> str:
     """Fill ``{question}`` into a template; a template without it is refused (every sample would look the same)."""
     if "{question}" not in template:
-        raise ValueError("The prompt template must contain '{question}', where each sample's question goes.")
+        raise ConfigError(
+            "data.prompt_template must contain '{question}', where each sample's question goes; add it to the template."
+        )
     return template.replace("{question}", question)
 
 

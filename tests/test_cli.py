@@ -161,7 +161,7 @@ def test_the_full_reward_suite_and_a_plugin_from_yaml_in_a_demo_fit(assets, data
     assert all(0.0 <= value <= 1.0 for _, value in scalars["train/rewards/explanation"])
 
 
-def test_ckpt_path_last_with_nothing_to_resume_is_an_error_not_a_fresh_run(assets, data_kwargs, tmp_path):
+def test_ckpt_path_last_with_nothing_to_resume_is_an_error_not_a_fresh_run(assets, data_kwargs, tmp_path, capsys):
     args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--ckpt_path", "last"]
     args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
@@ -169,18 +169,25 @@ def test_ckpt_path_last_with_nothing_to_resume_is_an_error_not_a_fresh_run(asset
         args += [f"--data.{key}", value]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
-    assert str(exit_info.value).startswith("--ckpt_path last: this run name has no last.ckpt yet")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ckpt_path last: this run name has no last.ckpt yet") and len(err.splitlines()) == 1
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-def test_a_run_name_that_escapes_the_log_folder_is_refused(assets, data_kwargs, tmp_path):
+def test_a_run_name_that_escapes_the_log_folder_is_refused(assets, data_kwargs, tmp_path, capsys):
     args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.logger.init_args.name", "../outside"]
     args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
     for key, value in data_kwargs.items():
         args += [f"--data.{key}", value]
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(SystemExit) as stopped:
         main(args)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: The run name '../outside' is not a relative folder path")
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "outside").exists()
 
 
 # ------------------------------------------------------------------------------------------------ shipped configs

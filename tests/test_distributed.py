@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +29,11 @@ def fit_on_two_processes(
     options: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     timeout: int = 600,
-) -> None:
+    status: int = 0,
+) -> subprocess.CompletedProcess:
     """``fit --config configs/demo.yaml`` on 2 CPU processes (DDP over gloo) through the command line, on the demo's
     training split with batches of 4 prompts, ``reward`` alone, completions of at most 8 tokens, logs under
-    ``tmp_path / "logs"``, then ``options``; asserts it exits 0."""
+    ``tmp_path / "logs"``, then ``options``; asserts it exits with ``status``."""
     args = [sys.executable, "-m", "grpo_lightning", "fit", "--config", "configs/demo.yaml"]
     args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     args += ["--trainer.max_steps", str(max_steps), "--trainer.enable_progress_bar", "false"]
@@ -45,7 +47,8 @@ def fit_on_two_processes(
             args += [f"--data.{key}", value]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     result = subprocess.run([*args, *options], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == status, result.stderr[-4000:]
+    return result
 
 
 def rank_reward(completions, solution, id, **kwargs):  # noqa: A002 - `id` is the batch field's name
@@ -98,3 +101,43 @@ def test_the_demo_runs_on_two_processes_with_whole_groups_reduced_metrics_and_on
     checkpoints = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "logs").rglob("*.ckpt"))
     assert checkpoints == ["logs/demo/version_0/checkpoints/last.ckpt", "logs/demo/version_0/checkpoints/step=2.ckpt"]
     assert len(list((tmp_path / "logs").rglob("events.out.tfevents.*"))) == 1
+
+
+def sigterm_reward(completions, solution, **kwargs):
+    """Scores by length; the first process sends itself SIGTERM on call ``$GRPO_TEST_SIGTERM_AT`` (a step), as a
+    scheduler's preemption."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    sigterm_reward.calls = getattr(sigterm_reward, "calls", 0) + 1
+    if rank == 0 and sigterm_reward.calls == int(os.environ.get("GRPO_TEST_SIGTERM_AT", "0")):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return [len(text) / 10 for text in completions]
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_by_sigterm_exit_non_zero_and_resume_from_the_last_periodic_checkpoint(
+    assets, data_kwargs, tmp_path
+):
+    """With two processes no checkpoint is written on the way out (saving is collective); the job still ends as
+    killed (not 0), and --ckpt_path last resumes from the step-2 checkpoint to the end."""
+    checkpoint_every_2 = (
+        "{trainer: {callbacks: [{class_path: grpo_lightning.callbacks.StepCheckpoint, "
+        "init_args: {every_n_train_steps: 2, save_last: link}}]}}"
+    )
+    common = dict(reward="tests.test_distributed:sigterm_reward", num_generations=2, max_steps=5)
+    stopped = fit_on_two_processes(
+        assets,
+        data_kwargs,
+        tmp_path,
+        options=("--config", checkpoint_every_2),
+        env={"GRPO_TEST_SIGTERM_AT": "3"},
+        status=143,
+        **common,
+    )
+    assert "Stopped by SIGTERM." in stopped.stderr
+    last = tmp_path / "logs" / "demo" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    fit_on_two_processes(
+        assets, data_kwargs, tmp_path, options=("--config", checkpoint_every_2, "--ckpt_path", "last"), **common
+    )
+    assert torch.load(last, weights_only=True)["global_step"] == 5
+    assert [step for step, _ in read_scalars(tmp_path / "logs")["train/reward"]] == [0, 1, 2, 3, 4]

@@ -15,6 +15,7 @@ from grpo_lightning.engines.base import RolloutEngine, SampledCompletions, right
 from grpo_lightning.engines.correction import engine_logp_gap, truncated_importance_weights
 from grpo_lightning.engines.hf import HFEngine
 from grpo_lightning.engines.vllm import EngineError, VLLMEngine
+from grpo_lightning.errors import ConfigError
 
 #: ``model.rollout_engine`` values and their engines.
 ENGINES: dict[str, type[RolloutEngine]] = {"hf": HFEngine, "vllm": VLLMEngine}
@@ -26,7 +27,7 @@ def build_engine(name: str, vllm_config: Any) -> RolloutEngine:
         return VLLMEngine(vllm_config)
     if name == "hf":
         return HFEngine()
-    raise ValueError(f"rollout_engine must be one of {', '.join(ENGINES)}, not {name!r}")
+    raise ConfigError(f"model.rollout_engine must be one of {', '.join(ENGINES)}, not {name!r}.")
 
 
 class EngineShutdown(Callback):
