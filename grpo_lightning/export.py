@@ -36,8 +36,19 @@ from typing import Any, Literal
 import torch
 
 from grpo_lightning.config import LossConfig, RewardConfig, grouped_arguments
+from grpo_lightning.errors import UserError
 
-__all__ = ["DTYPES", "export_checkpoint", "export_model", "load_policy_from_checkpoint", "main", "push_to_hub"]
+__all__ = [
+    "DTYPES",
+    "ExportError",
+    "ExportSourceMissing",
+    "ExportTargetExists",
+    "export_checkpoint",
+    "export_model",
+    "load_policy_from_checkpoint",
+    "main",
+    "push_to_hub",
+]
 
 #: dtype names accepted by ``--dtype`` / ``dtype=``.
 DTYPES = ("float32", "bfloat16", "float16")
@@ -51,6 +62,18 @@ _EXPORT_OVERRIDES: dict[str, Any] = {
     "attn_implementation": None,
     "gradient_checkpointing": False,
 }
+
+
+class ExportError(UserError, ValueError):
+    """A checkpoint or base model that cannot be exported as it was named; the message says what to give instead."""
+
+
+class ExportTargetExists(UserError, FileExistsError):
+    """The folder to export to holds files already."""
+
+
+class ExportSourceMissing(UserError, FileNotFoundError):
+    """No checkpoint, or no exported model, where one was named."""
 
 
 def export_model(
@@ -133,7 +156,7 @@ def load_policy_from_checkpoint(
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     state_dict = checkpoint.get("state_dict")
     if "model_name_or_path" not in hparams or not isinstance(state_dict, Mapping):
-        raise ValueError(
+        raise ExportError(
             f"{ckpt_path} is not a GRPOModule checkpoint: it needs `hyper_parameters.model_name_or_path` and a "
             "`state_dict`. Export the checkpoints that `python -m grpo_lightning fit` writes."
         )
@@ -151,14 +174,14 @@ def load_policy_from_checkpoint(
     try:
         module.configure_model()
     except OSError as error:
-        raise ValueError(
+        raise ExportError(
             f"Cannot load the base model {hparams['model_name_or_path']!r} named by {ckpt_path} (a relative path is "
             f"read from the current folder, {Path.cwd()}): {error}\n"
             "Pass the base checkpoint's location on this machine with --base-model (base_model=...)."
         ) from error
     missing, unexpected = _key_mismatch(module.state_dict().keys(), state_dict.keys())
     if missing or unexpected:
-        raise ValueError(
+        raise ExportError(
             f"The weights in {ckpt_path} do not fit the model rebuilt from its hyper-parameters "
             f"(model_name_or_path={hparams['model_name_or_path']!r}, lora.r={module.lora.r}): "
             f"{len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}. "
@@ -222,7 +245,7 @@ def push_to_hub(
 
     out_dir = Path(out_dir)
     if not (out_dir / "config.json").is_file():
-        raise FileNotFoundError(
+        raise ExportSourceMissing(
             f"{out_dir} holds no exported model (no config.json): export first, e.g. "
             "`python -m grpo_lightning.export CKPT OUT_DIR`, then push OUT_DIR."
         )
@@ -256,18 +279,21 @@ def main(args: list[str] | None = None) -> Path:
     parsed = parser.parse_args(args)
     if parsed.push_to_hub and not parsed.hub_model_id:
         parser.error("--push-to-hub needs --hub-model-id user-or-org/name, the repository to create or update.")
-    out_dir = export_checkpoint(
-        parsed.ckpt,
-        parsed.out_dir,
-        merge_lora=not parsed.keep_lora,
-        dtype=parsed.dtype,
-        base_model=parsed.base_model,
-        overwrite=parsed.overwrite,
-    )
-    print(f"Exported {parsed.ckpt} to {out_dir}")
-    if parsed.push_to_hub:
-        url = push_to_hub(out_dir, parsed.hub_model_id, private=not parsed.public)
-        print(f"Pushed {out_dir} to {url}")
+    try:
+        out_dir = export_checkpoint(
+            parsed.ckpt,
+            parsed.out_dir,
+            merge_lora=not parsed.keep_lora,
+            dtype=parsed.dtype,
+            base_model=parsed.base_model,
+            overwrite=parsed.overwrite,
+        )
+        print(f"Exported {parsed.ckpt} to {out_dir}")
+        if parsed.push_to_hub:
+            url = push_to_hub(out_dir, parsed.hub_model_id, private=not parsed.public)
+            print(f"Pushed {out_dir} to {url}")
+    except UserError as err:  # one line and status 2, as the training command line prints a mistake
+        parser.exit(2, f"error: {err}\n")
     return out_dir
 
 
@@ -290,7 +316,7 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(
+        raise ExportTargetExists(
             f"{out_dir} already exists and is not empty; export to a new folder, or overwrite it "
             "(--overwrite, overwrite=True)."
         )
@@ -303,7 +329,9 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             return convert_zero_checkpoint_to_fp32_state_dict(path, Path(tmp) / "consolidated.ckpt")
     if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
+        raise ExportSourceMissing(
+            f"No checkpoint at {path}; give the path of a .ckpt file or DeepSpeed checkpoint folder."
+        )
     # mmap: optimizer states, which the export does not need, are never read into memory. Lightning checkpoints
     # hold more than tensors (hyper-parameters, loop states), hence weights_only=False: export checkpoints you trust.
     return torch.load(path, map_location="cpu", mmap=True, weights_only=False)

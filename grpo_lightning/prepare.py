@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from grpo_lightning.data import Sample, format_problems, read_samples
+from grpo_lightning.errors import UserError
 from grpo_lightning.task import DEFAULT_PROMPT_TEMPLATE, format_solution, render_prompt
 
 _COCO_SPLIT = re.compile(r"^COCO_(train2014|val2014|test2014|test2015)_")
@@ -107,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         help="prompt with {question} (default: the Vietnamese one)",
     )
     args = parser.parse_args(argv)
+    try:
+        return _prepare(args)
+    except UserError as err:  # a template without {question}, a file that is not UTF-8: one line, status 2
+        parser.exit(2, f"error: {err}\n")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    """Convert the splits; 1 when a split was missing or had records that were not written, else 0."""
     render_prompt(args.prompt_template, "")
     failed = False
     for split in args.splits:

@@ -94,6 +94,20 @@ def test_prepare_prints_counts_and_missing_images(tmp_path, capsys):
     assert f"missing images: {missing} of 1459" in out
 
 
+def test_prepare_says_a_mistake_in_one_line_with_status_2(tmp_path, capsys):
+    (tmp_path / "ViVQA-X_val.json").write_bytes("[{\"question\": \"M\u00e8o?\"}]".encode("utf-16"))
+    cases = {
+        ("--prompt-template", "Trả lời ngắn gọn."): "error: data.prompt_template must contain '{question}'",
+        (): f"error: {tmp_path / 'ViVQA-X_val.json'}:1: not UTF-8 text (it looks like UTF-16)",
+    }
+    for extra, expected in cases.items():
+        with pytest.raises(SystemExit) as stopped:
+            prepare_main(["--vivqax-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--splits", "val", *extra])
+        assert stopped.value.code == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and len(err.strip().splitlines()) == 1, err
+
+
 @needs_shared
 @pytest.mark.parametrize("form", ["list", "list_without_types", "dict_by_question_id"])
 def test_the_three_published_forms_give_the_same_samples(tmp_path, form):

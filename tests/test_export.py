@@ -222,3 +222,22 @@ def test_only_a_resumed_run_replaces_the_export_in_its_log_folder(tmp_path):
     resumed = HFExportCallback()
     assert continue_logger_version(trainer_with(resumed), folder / "checkpoints" / "last.ckpt") == [str(folder)]
     assert resumed.continues_run
+
+
+def test_the_export_command_line_says_a_mistake_in_one_line_with_status_2(tmp_path, capsys):
+    occupied = tmp_path / "out"
+    occupied.mkdir()
+    (occupied / "config.json").write_text("{}")
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    torch.save({"weights": torch.ones(2)}, not_a_checkpoint)
+    cases = {
+        (str(tmp_path / "missing.ckpt"), str(tmp_path / "new")): f"No checkpoint at {tmp_path / 'missing.ckpt'}; ",
+        (str(not_a_checkpoint), str(tmp_path / "new")): f"{not_a_checkpoint} is not a GRPOModule checkpoint",
+        (str(not_a_checkpoint), str(occupied)): f"{occupied} already exists and is not empty",
+    }
+    for args, expected in cases.items():
+        with pytest.raises(SystemExit) as stopped:
+            main(list(args))
+        assert stopped.value.code == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {expected}") and len(err.strip().splitlines()) == 1, err
