@@ -3,6 +3,8 @@
 The page embeds everything (CSS, a small vanilla script, images as base64 JPEG thumbnails), loads nothing
 from the network, and escapes every piece of text, since predictions are model output. A Content Security
 Policy allows only the page's own script (by its SHA-256), so even an unescaped ``<script>`` could not run.
+The CSS and JavaScript are files of their own in ``report_assets/`` beside this module (package data, see
+:data:`PAGE_ASSETS`), so that they can be read, linted and diffed.
 
 Rows can be filtered by correctness and answer type and sorted by any per-sample score, with the controls
 at the top or through the address's fragment, which the page reads at load and keeps up to date:
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import html
 import io
@@ -30,6 +33,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,16 @@ THUMBNAIL_SIDE = 192
 
 #: The folder under a run's log folder that holds its rollout records (:mod:`grpo_lightning.rollout_log`).
 ROLLOUTS_DIR = "rollouts"
+
+#: The folder beside this module that holds the pages' CSS and JavaScript, shipped as package data.
+ASSETS_DIR = "report_assets"
+
+#: Each page's files in :data:`ASSETS_DIR`, in the order they are embedded: its style sheets (the rules both pages
+#: share first), then its one script.
+PAGE_ASSETS = {
+    "evaluation": ("page.css", "evaluation.css", "evaluation.js"),
+    "rollouts": ("page.css", "rollouts.css", "rollouts.js"),
+}
 
 _PER_SAMPLE_BOOKKEEPING = ("index", "question_id", "correct")
 
@@ -109,95 +123,10 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-_STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1d1d1f; }
-h1 { font-size: 1.4em; margin: 0 0 .4em; }
-table { border-collapse: collapse; }
-.summary td, .summary th { padding: .2em .8em; border-bottom: 1px solid #ddd; text-align: right; }
-.summary th:first-child, .summary td:first-child { text-align: left; }
-.notes { color: #8a5300; }
-#controls { position: sticky; top: 0; background: #fff; padding: .6em 0; margin: 1em 0 .5em;
-  border-bottom: 2px solid #ccc; display: flex; gap: 1.2em; align-items: center; flex-wrap: wrap; }
-#samples td { vertical-align: top; padding: .5em .6em; border-bottom: 1px solid #e5e5e5; }
-tr.sample.correct { border-left: 6px solid #2e9d49; }
-tr.sample.incorrect { border-left: 6px solid #d33a2c; }
-.mark { font-weight: bold; font-size: 1.2em; }
-.correct .mark { color: #2e9d49; }
-.incorrect .mark { color: #d33a2c; }
-.thumb { width: 192px; }
-.thumb img { max-width: 192px; max-height: 192px; display: block; }
-.placeholder { width: 160px; height: 110px; background: repeating-linear-gradient(45deg, #eee, #eee 8px, #f7f7f7 8px,
-  #f7f7f7 16px); color: #777; display: flex; align-items: center; justify-content: center; text-align: center;
-  font-size: .85em; padding: .3em; }
-.label { color: #777; font-size: .8em; text-transform: uppercase; letter-spacing: .04em; }
-.pred { font-weight: 600; }
-ol.refs { margin: .2em 0 0 1.2em; padding: 0; }
-.scores td { padding: 0 .4em; border: 0; font-size: .85em; font-variant-numeric: tabular-nums; }
-details pre { white-space: pre-wrap; max-width: 40em; background: #f6f6f6; padding: .4em; }
-"""
-
-_SCRIPT = """
-"use strict";
-(function () {
-  var tbody = document.getElementById("samples");
-  var rows = Array.prototype.slice.call(tbody.querySelectorAll("tr.sample"));
-  var correctSelect = document.getElementById("filter-correct");
-  var typeSelect = document.getElementById("filter-type");
-  var sortSelect = document.getElementById("sort");
-  var shown = document.getElementById("shown");
-
-  function choose(select, value) {
-    for (var i = 0; i < select.options.length; i++) {
-      if (select.options[i].value === value) { select.value = value; return; }
-    }
-  }
-  function readFragment() {
-    var params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
-    if (params.has("filter")) choose(correctSelect, params.get("filter"));
-    if (params.has("type")) choose(typeSelect, params.get("type"));
-    if (params.has("sort")) choose(sortSelect, params.get("sort"));
-  }
-  function writeFragment() {
-    var params = new URLSearchParams();
-    if (correctSelect.value !== "all") params.set("filter", correctSelect.value);
-    if (typeSelect.value !== "all") params.set("type", typeSelect.value);
-    if (sortSelect.value !== "index") params.set("sort", sortSelect.value);
-    var text = params.toString();
-    history.replaceState(null, "", text ? "#" + text : window.location.pathname + window.location.search);
-  }
-  function score(row, key) {
-    var value = parseFloat(row.getAttribute("data-score-" + key));
-    return isNaN(value) ? -Infinity : value;
-  }
-  function apply() {
-    var visible = 0;
-    rows.forEach(function (row) {
-      var keep = (correctSelect.value === "all" || row.getAttribute("data-correct") === correctSelect.value) &&
-        (typeSelect.value === "all" || row.getAttribute("data-answer-type") === typeSelect.value);
-      row.hidden = !keep;
-      if (keep) visible += 1;
-    });
-    var order = rows.slice();
-    if (sortSelect.value !== "index") {
-      var parts = sortSelect.value.split(":");
-      var sign = parts[1] === "asc" ? 1 : -1;
-      order.sort(function (a, b) {
-        var diff = (score(a, parts[0]) - score(b, parts[0])) * sign;
-        return diff || (Number(a.getAttribute("data-index")) - Number(b.getAttribute("data-index")));
-      });
-    }
-    order.forEach(function (row) { tbody.appendChild(row); });
-    shown.textContent = "showing " + visible + " of " + rows.length;
-    document.body.setAttribute("data-visible", String(visible));
-  }
-  [correctSelect, typeSelect, sortSelect].forEach(function (select) {
-    select.addEventListener("change", function () { apply(); writeFragment(); });
-  });
-  window.addEventListener("hashchange", function () { readFragment(); apply(); });
-  readFragment();
-  apply();
-})();
-"""
+@functools.cache
+def asset_text(name: str) -> str:
+    """The text of the file ``name`` in :data:`ASSETS_DIR`, read once per process (every page embeds it)."""
+    return (resources.files("grpo_lightning") / ASSETS_DIR / name).read_text(encoding="utf-8")
 
 
 def _summary_html(scores: Scores) -> str:
@@ -326,12 +255,18 @@ def render_report(
         "<table><thead><tr><th></th><th>image</th><th>question</th><th>answer</th><th>explanation</th>"
         f"<th>scores</th></tr></thead><tbody id='samples'>{rows}</tbody></table>"
     )
-    return _page(title, _STYLE, body, _SCRIPT)
+    return _page(title, body, "evaluation")
 
 
-def _page(title: str, style: str, body: str, script: str) -> str:
-    """A self-contained page: ``body`` under the title, then ``script``, the one script its Content Security Policy
-    lets run (by its SHA-256); images only as data: URLs, nothing fetched."""
+def _page(title: str, body: str, kind: str) -> str:
+    """A self-contained page: ``body`` under the title, with the style sheets and then the script that
+    :data:`PAGE_ASSETS` names for ``kind``; that script is the one its Content Security Policy lets run (by its
+    SHA-256); images only as data: URLs, nothing fetched."""
+    names = PAGE_ASSETS[kind]
+    # each embedded file starts on a line of its own in the page's source; the hash covers that newline too, since
+    # it must match the <script> element's text exactly
+    style = "\n" + "".join(asset_text(name) for name in names if name.endswith(".css"))
+    script = "\n" + "".join(asset_text(name) for name in names if name.endswith(".js"))
     script_hash = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     policy = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     return (
@@ -360,184 +295,6 @@ def write_report(
 
 
 # ------------------------------------------------------------------------------------------ rollout browser
-_ROLLOUT_STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1d1d1f; }
-h1 { font-size: 1.4em; margin: 0 0 .4em; }
-#controls { position: sticky; top: 0; background: #fff; padding: .6em 0; margin: 1em 0 .5em; z-index: 1;
-  border-bottom: 2px solid #ccc; display: flex; gap: 1em; align-items: center; flex-wrap: wrap; }
-#controls input { width: 6em; }
-section.group { display: flex; gap: 1em; border-bottom: 1px solid #ddd; padding: .8em 0; }
-section.group[data-status='trained'] { border-left: 6px solid #2e9d49; padding-left: .6em; }
-section.group[data-status='filtered'] { border-left: 6px solid #aaa; padding-left: .6em; opacity: .8; }
-section.group[data-status='filled'] { border-left: 6px solid #d9a400; padding-left: .6em; }
-section.group[data-status='unused'] { border-left: 6px solid #6c8ebf; padding-left: .6em; }
-.side { width: 200px; flex: none; }
-.side img { max-width: 192px; max-height: 192px; display: block; }
-.placeholder { width: 160px; height: 110px; background: repeating-linear-gradient(45deg, #eee, #eee 8px, #f7f7f7 8px,
-  #f7f7f7 16px); color: #777; display: flex; align-items: center; justify-content: center; text-align: center;
-  font-size: .8em; padding: .3em; overflow-wrap: anywhere; }
-.label { color: #777; font-size: .8em; text-transform: uppercase; letter-spacing: .04em; }
-ol.completions { margin: 0; padding-left: 1.6em; flex: 1; }
-li.completion { margin: 0 0 .5em; }
-li.completion pre { white-space: pre-wrap; margin: .1em 0; background: #f6f6f6; padding: .3em; }
-.numbers { font-size: .85em; font-variant-numeric: tabular-nums; color: #333; }
-.positive { color: #2e7d32; } .negative { color: #c62828; }
-.truncated { color: #8a5300; font-weight: 600; }
-"""
-
-_ROLLOUT_SCRIPT = """
-"use strict";
-(function () {
-  var data = JSON.parse(document.getElementById("rollout-data").textContent);
-  var stepSelect = document.getElementById("step");
-  var component = document.getElementById("component");
-  var minInput = document.getElementById("min");
-  var maxInput = document.getElementById("max");
-  var statusSelect = document.getElementById("status");
-  var container = document.getElementById("groups");
-  var shown = document.getElementById("shown");
-  var index = 0;
-
-  function el(tag, className, text) {
-    var node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
-  function fmt(value) { return value === null || value === undefined ? "\\u2013" : Number(value).toFixed(3); }
-  function status(group) {
-    if (group.trained) return group.filtered ? "filled" : "trained";
-    return group.filtered ? "filtered" : "unused";
-  }
-  function value(completion, key) {
-    return key === "reward" ? completion.reward : completion.scores[key];
-  }
-  function bound(input) {
-    var number = parseFloat(input.value);
-    return isNaN(number) ? null : number;
-  }
-  function readFragment() {
-    var params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
-    if (params.has("step")) {
-      var found = data.steps.findIndex(function (s) { return String(s.step) === params.get("step"); });
-      if (found >= 0) index = found;
-    }
-    if (params.has("component")) component.value = params.get("component");
-    if (component.selectedIndex < 0) component.value = "reward";
-    minInput.value = params.has("min") ? params.get("min") : "";
-    maxInput.value = params.has("max") ? params.get("max") : "";
-    if (params.has("status")) statusSelect.value = params.get("status");
-    if (statusSelect.selectedIndex < 0) statusSelect.value = "all";
-  }
-  function writeFragment() {
-    var params = new URLSearchParams();
-    params.set("step", String(data.steps[index].step));
-    if (component.value !== "reward") params.set("component", component.value);
-    if (minInput.value !== "") params.set("min", minInput.value);
-    if (maxInput.value !== "") params.set("max", maxInput.value);
-    if (statusSelect.value !== "all") params.set("status", statusSelect.value);
-    history.replaceState(null, "", "#" + params.toString());
-  }
-  function render() {
-    var step = data.steps[index];
-    stepSelect.value = String(step.step);
-    container.textContent = "";
-    var low = bound(minInput), high = bound(maxInput), key = component.value;
-    var groupsShown = 0, completionsShown = 0;
-    step.groups.forEach(function (group) {
-      var state = status(group);
-      var section = el("section", "group");
-      section.setAttribute("data-prompt-id", group.prompt_id);
-      section.setAttribute("data-status", state);
-      section.setAttribute("data-rank", String(group.rank));
-      section.setAttribute("data-round", String(group.round));
-      var side = el("div", "side");
-      var uri = data.images[group.image_path];
-      if (uri) {
-        var img = el("img");
-        img.src = uri;
-        img.alt = group.image_path;
-        side.appendChild(img);
-      } else {
-        side.appendChild(el("div", "placeholder", "image not found: " + group.image_path));
-      }
-      side.appendChild(el("div", "label", "prompt " + group.prompt_id + " \\u00b7 rank " + group.rank +
-        " \\u00b7 round " + group.round));
-      side.appendChild(el("div", "label", state + " \\u00b7 reward std " + fmt(group.reward_std)));
-      side.appendChild(el("div", "question", group.question));
-      if (group.answer !== null && group.answer !== undefined) side.appendChild(el("div", "answer",
-        "answer: " + group.answer));
-      section.appendChild(side);
-      var list = el("ol", "completions");
-      var order = group.completions.map(function (c, i) { return { c: c, i: i }; });
-      order.sort(function (a, b) {
-        var x = a.c.advantage === null ? a.c.reward : a.c.advantage;
-        var y = b.c.advantage === null ? b.c.reward : b.c.advantage;
-        return (y === null ? -Infinity : y) - (x === null ? -Infinity : x) || a.i - b.i;
-      });
-      var visible = 0;
-      order.forEach(function (entry) {
-        var c = entry.c, v = value(c, key);
-        var keep = (low === null || (v !== null && v !== undefined && v >= low)) &&
-          (high === null || (v !== null && v !== undefined && v <= high));
-        var item = el("li", "completion");
-        item.setAttribute("data-index", String(entry.i));
-        item.setAttribute("data-advantage", c.advantage === null ? "" : String(c.advantage));
-        item.setAttribute("data-reward", c.reward === null ? "" : String(c.reward));
-        data.rewards.forEach(function (name, f) {
-          var score = c.scores[name];
-          item.setAttribute("data-score-" + data.keys[f], score === null || score === undefined ? "" : String(score));
-        });
-        item.hidden = !keep;
-        if (keep) visible += 1;
-        var numbers = el("div", "numbers");
-        var advantage = el("span", c.advantage > 0 ? "positive" : (c.advantage < 0 ? "negative" : ""),
-          "advantage " + fmt(c.advantage));
-        numbers.appendChild(advantage);
-        var parts = [" \\u00b7 reward " + fmt(c.reward)];
-        data.rewards.forEach(function (name) { parts.push(name + " " + fmt(c.scores[name])); });
-        parts.push(c.length + " tokens");
-        numbers.appendChild(document.createTextNode(parts.join(" \\u00b7 ")));
-        if (c.truncated) numbers.appendChild(el("span", "truncated", " \\u00b7 truncated"));
-        item.appendChild(numbers);
-        item.appendChild(el("pre", "", c.text));
-        list.appendChild(item);
-      });
-      section.appendChild(list);
-      var statusKeep = statusSelect.value === "all" || statusSelect.value === state ||
-        (statusSelect.value === "filtered" && state === "filled") ||
-        (statusSelect.value === "trained" && state === "filled");
-      section.hidden = !statusKeep || visible === 0;
-      if (!section.hidden) { groupsShown += 1; completionsShown += visible; }
-      container.appendChild(section);
-    });
-    shown.textContent = "step " + step.step + " (" + (index + 1) + " of " + data.steps.length + "): " +
-      groupsShown + " of " + step.groups.length + " groups, " + completionsShown + " completions shown";
-    document.body.setAttribute("data-step", String(step.step));
-    document.body.setAttribute("data-visible-groups", String(groupsShown));
-    document.body.setAttribute("data-visible-completions", String(completionsShown));
-    document.getElementById("prev").disabled = index === 0;
-    document.getElementById("next").disabled = index === data.steps.length - 1;
-  }
-  function go(to) { index = Math.max(0, Math.min(data.steps.length - 1, to)); render(); writeFragment(); }
-  document.getElementById("prev").addEventListener("click", function () { go(index - 1); });
-  document.getElementById("next").addEventListener("click", function () { go(index + 1); });
-  stepSelect.addEventListener("change", function () { go(stepSelect.selectedIndex); });
-  [component, minInput, maxInput, statusSelect].forEach(function (control) {
-    control.addEventListener("change", function () { render(); writeFragment(); });
-  });
-  document.addEventListener("keydown", function (event) {
-    if (event.target.tagName === "INPUT") return;
-    if (event.key === "ArrowLeft") go(index - 1);
-    if (event.key === "ArrowRight") go(index + 1);
-  });
-  window.addEventListener("hashchange", function () { readFragment(); render(); });
-  readFragment();
-  render();
-})();
-"""
-
-
 class RolloutsError(UserError):
     """A rollouts folder that is missing, empty, or holds a line that is not a rollout record."""
 
@@ -648,7 +405,7 @@ def render_rollouts(log_dir: Path, images_dir: Path | None = None, title: str | 
         "<div id='groups'></div>"
         f"<script type='application/json' id='rollout-data'>{_json_for_script(data)}</script>"
     )
-    return _page(title, _ROLLOUT_STYLE, body, _ROLLOUT_SCRIPT)
+    return _page(title, body, "rollouts")
 
 
 def write_rollouts_page(

@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from importlib import resources
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from grpo_lightning.metrics import evaluate_predictions
-from grpo_lightning.report import find_image, render_report, score_key, write_report
+from grpo_lightning.report import (
+    ASSETS_DIR,
+    PAGE_ASSETS,
+    asset_text,
+    find_image,
+    render_report,
+    render_rollouts,
+    score_key,
+    write_report,
+)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = shutil.which("chromium")
@@ -130,6 +141,27 @@ def test_render_report_needs_the_scores_of_the_same_records(scores):
 def test_without_an_image_folder_every_image_is_a_placeholder(scores):
     text = render_report(RECORDS, scores, images_dir=None, title="<Báo cáo>")
     assert text.count("no image folder given") == len(RECORDS) and "<title>&lt;Báo cáo&gt;</title>" in text
+
+
+def test_page_assets_are_package_data_embedded_verbatim(tmp_path, scores):
+    """Every CSS and JavaScript file a page names is found through importlib.resources, as an installed wheel has it
+    by pyproject.toml's package data, and the page holds each file's text as written, the style sheets in order."""
+    folder = resources.files("grpo_lightning") / ASSETS_DIR
+    named = {name for names in PAGE_ASSETS.values() for name in names}
+    assert sorted(entry.name for entry in folder.iterdir()) == sorted(named)  # none missing, none left unused
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"grpo_lightning.report_assets" = ["*.css", "*.js"]' in pyproject
+    assert all(name.endswith((".css", ".js")) for name in named)  # the patterns a wheel ships
+    (tmp_path / "rollouts").mkdir()
+    (tmp_path / "rollouts" / "step=0.jsonl").write_text(json.dumps({"completions": []}) + "\n", encoding="utf-8")
+    pages = {"evaluation": render_report(RECORDS, scores), "rollouts": render_rollouts(tmp_path)}
+    assert pages.keys() == PAGE_ASSETS.keys()
+    for kind, names in PAGE_ASSETS.items():
+        texts = {name: (folder / name).read_text(encoding="utf-8") for name in names}
+        assert all(text.strip() and asset_text(name) == text for name, text in texts.items())
+        css = "".join(text for name, text in texts.items() if name.endswith(".css"))
+        (js,) = (text for name, text in texts.items() if name.endswith(".js"))
+        assert f"<style>\n{css}</style>" in pages[kind] and f"<script>\n{js}</script>" in pages[kind]
 
 
 # ------------------------------------------------------------------------------------------ in Chromium
