@@ -1,14 +1,8 @@
-"""Checkpoints that survive a kill, resume that finds them, and the Hugging Face export at the end of ``fit``.
+"""Step checkpoints that resume exactly where a straight run would be, and the run names their folders may have.
 
-What Lightning 2.6 does by itself, and what is added here (each point is checked in ``tests/test_checkpoints.py``):
+What Lightning 2.6's ``ModelCheckpoint`` does by itself, and what :class:`StepCheckpoint` adds (each point is checked
+in ``tests/test_checkpoints.py``):
 
-* Writing a file checkpoint, ``TorchCheckpointIO`` serialises the whole checkpoint into memory, writes it to a
-  ``tempfile.mkstemp()`` file in the system temp folder (``$TMPDIR``) and ``shutil.move``-s it into place. When that
-  folder is on another file system than the checkpoints (``/tmp`` on a local disk or tmpfs, logs on a network
-  file system), the move is a copy into the final name, and a process killed during it leaves a truncated
-  ``last.ckpt``. Killed writes also leave their temp files behind in ``$TMPDIR``, and nothing is fsync-ed.
-  :class:`AtomicCheckpointIO` writes ``<path>.tmp-<pid>`` beside the destination, fsyncs it, ``os.replace``-s it
-  over the destination (atomic on a POSIX file system) and removes the temp files of writers that died.
 * ``ModelCheckpoint(every_n_train_steps=N, save_last=True)`` saves every N steps but not the final step when the
   run length is not a multiple of N (``last.ckpt`` is then up to N-1 steps old). :class:`StepCheckpoint` also
   saves at the end of training. With manual optimisation (GRPOModule's) Lightning warns at every periodic save
@@ -26,9 +20,8 @@ What Lightning 2.6 does by itself, and what is added here (each point is checked
 * ``fit(ckpt_path="last")`` looks for ``last.ckpt`` only in the checkpoint folder of the *new* run, which with
   an automatically numbered logger version (``version_1`` after ``version_0``) is always empty: Lightning warns
   "there is no last checkpoint available", and trains from scratch. :class:`StepCheckpoint` also looks in the
-  other versions of the same run name and resumes the most recent ``last.ckpt``; :func:`continue_logger_version`
-  (which the command line calls) makes the resumed run log into that version folder again, so that its curves
-  go on where they stopped instead of starting over in a new folder.
+  other versions of the same run name and resumes the most recent ``last.ckpt`` (the resumed run's logs follow it
+  there: :mod:`grpo_lightning.callbacks.resume`).
 * ``save_last="link"`` replaces ``last.ckpt`` by removing it and then creating a symlink; here the new link is
   made under a temporary name and renamed over the old one, so ``last.ckpt`` always exists. This is the choice
   for DeepSpeed, whose checkpoints are folders written in place by DeepSpeed itself (no ``CheckpointIO``): a
@@ -59,126 +52,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from lightning.fabric.utilities.types import _PATH
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from grpo_lightning.checkpoint_files import read_checkpoint
 from grpo_lightning.errors import ConfigError
-from grpo_lightning.export import ExportDtype, export_model, push_to_hub
-from grpo_lightning.rollout_log import drop_rollouts_from
 
-__all__ = [
-    "AtomicCheckpointIO",
-    "HFExportCallback",
-    "StepCheckpoint",
-    "check_run_name",
-    "continue_logger_version",
-    "forget_logs_past_checkpoint",
-    "resolve_last_checkpoint",
-]
-
-_TEMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
+__all__ = ["StepCheckpoint", "check_run_name"]
 
 
-# ------------------------------------------------------------------------------------------- checkpoint IO
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoint files that are complete or absent: never truncated, whenever the writing process dies.
-
-    The checkpoint is streamed to ``<path>.tmp-<pid>`` in the destination's folder, flushed to disk (``fsync``),
-    and renamed over ``path`` with ``os.replace``, which is atomic on a POSIX file system: a reader, or a run
-    resumed after a kill, sees the previous file or the new one. The folder is fsync-ed after the rename so the
-    new name survives a power cut. Temp files left by writers that died (their process id is no longer running
-    on this machine) are removed at the next save in the same folder. Remote paths (``s3://``...) are written as
-    Lightning does, as a single object upload.
-
-    Use it as a Trainer plugin: ``Trainer(plugins=[AtomicCheckpointIO()])``, or in YAML
-    ``trainer.plugins: [{class_path: grpo_lightning.callbacks.AtomicCheckpointIO}]``. DeepSpeed writes its
-    checkpoints itself and does not call it (see :class:`StepCheckpoint` ``save_last="link"``).
-
-    Args:
-        fsync: flush each checkpoint and its folder entry to the disk before reporting it saved. Off, a kill
-            still cannot leave a truncated file; a power cut can.
-    """
-
-    def __init__(self, fsync: bool = True):
-        super().__init__()
-        self.fsync = fsync
-
-    @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no `storage_options`; remove them from the save call.")
-        if not _is_local_file_protocol(path):
-            super().save_checkpoint(checkpoint, path)
-            return
-        path = Path(str(path).removeprefix("file://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(path.parent)
-        temp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(temp, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                if self.fsync:
-                    os.fsync(file.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        if self.fsync:
-            _fsync_folder(path.parent)
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the ``*.tmp-<pid>`` files in ``folder`` whose writer is no longer running on this machine.
-
-    Returns:
-        The files removed.
-    """
-    removed = []
-    for entry in Path(folder).iterdir():
-        match = _TEMP_SUFFIX.search(entry.name)
-        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # no cheap check: keep the file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-# ----------------------------------------------------------------------------------------------- run names
 def check_run_name(name: str | None) -> None:
     """Refuse a run name that is not a plain relative folder path (``/`` between non-empty folder names).
 
@@ -206,96 +91,6 @@ def check_run_name(name: str | None) -> None:
     )
 
 
-def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | None) -> list[str]:
-    """Make a resumed run log into the version folder its checkpoint was saved in, so its curves continue there.
-
-    A checkpoint in ``<save_dir>/<name>/<version>/checkpoints/`` of a logger of ``trainer`` (TensorBoard, CSV)
-    whose version was left to numbering sets that logger's version to ``<version>``: the resumed run writes its
-    events, config, checkpoints and export beside the earlier part's, and TensorBoard shows one curve. Call it
-    before ``trainer.fit`` (the command line does, for ``--ckpt_path``); once a logger has picked its version
-    (``trainer.log_dir`` was read), or when the version was set, it is left alone.
-
-    Args:
-        trainer: the Trainer that will resume.
-        ckpt_path: the checkpoint file or folder the run resumes from; ``"last"``: the one that
-            :class:`StepCheckpoint` finds for ``fit(ckpt_path="last")`` (None: nothing to do).
-
-    Returns:
-        The log folders the loggers now write to because of this call.
-    """
-    ckpt_path = resolve_last_checkpoint(trainer, ckpt_path)
-    if ckpt_path is None or not _is_local_file_protocol(str(ckpt_path)):
-        return []
-    checkpoint_folder = Path(os.path.abspath(ckpt_path)).parent  # abspath: last.ckpt may be a link, keep its folder
-    if checkpoint_folder.name != "checkpoints":
-        return []
-    version_folder = checkpoint_folder.parent
-    numbered = re.fullmatch(r"version_(\d+)", version_folder.name)
-    version = int(numbered.group(1)) if numbered else version_folder.name
-    continued = []
-    for logger in trainer.loggers:
-        root_dir = getattr(logger, "root_dir", None)
-        if root_dir is None or not _is_local_file_protocol(root_dir):
-            continue
-        if Path(os.path.abspath(root_dir)) != version_folder.parent:
-            continue
-        if getattr(logger, "_version", 0) is None:
-            logger._version = version
-        elif logger._version not in (version, version_folder.name):  # a version the user set for another folder
-            continue
-        continued.append(str(version_folder))
-    if continued:  # the folder's checkpoints and export are this run's own earlier part's
-        for callback in trainer.callbacks:
-            if isinstance(callback, (StepCheckpoint, HFExportCallback)):
-                callback.continues_run = True
-    return continued
-
-
-def forget_logs_past_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike, folders: list[str]) -> None:
-    """Make a run resumed into its earlier part's log folder (``folders``, from :func:`continue_logger_version`) log
-    each step once: the steps a killed run logged past its checkpoint are logged again by the resumed run.
-
-    TensorBoard loggers get ``purge_step``: TensorBoard then hides, in every event file of the folder, the events
-    from the first step the resumed run logs on (Lightning's logging step counts batches, ``_batches_that_stepped``:
-    with ``num_iterations`` > 1 it is not the optimizer step). The rollout files from the checkpoint's optimizer step
-    on (their names count optimizer steps) are deleted. Call it before the loggers write (before ``trainer.fit``;
-    Lightning creates the writers first thing), once this process holds the folder.
-
-    Args:
-        trainer: the Trainer that will resume.
-        ckpt_path: the checkpoint it resumes from (a path: ``last`` resolved, see :func:`resolve_last_checkpoint`).
-        folders: the log folders it continues.
-    """
-    if not folders:
-        return
-    checkpoint = read_checkpoint(ckpt_path)
-    optimizer_step = checkpoint.get("global_step")
-    if optimizer_step is None:
-        return
-    epoch_loop = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    # saved at the end of a step, before Lightning counts that batch: the resumed run's first log is one step on
-    batches = epoch_loop.get("_batches_that_stepped")
-    log_step = int(batches) + 1 if batches is not None else int(optimizer_step)
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger) and os.path.abspath(logger.log_dir) in map(os.path.abspath, folders):
-            if logger._experiment is not None:  # the writer exists: too late for purge_step
-                rank_zero_warn(f"{logger.log_dir}: the events from step {log_step} on stay; the writer was open.")
-            logger._kwargs["purge_step"] = log_step  # passed to the SummaryWriter it creates
-    if trainer.is_global_zero:
-        for folder in folders:
-            drop_rollouts_from(folder, int(optimizer_step))
-
-
-def resolve_last_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike | None) -> str | os.PathLike | None:
-    """``ckpt_path`` with ``last`` replaced by the checkpoint ``fit(ckpt_path="last")`` resumes
-    (:meth:`StepCheckpoint.find_last_checkpoint`; None when there is none); any other value as it is."""
-    if ckpt_path != "last":
-        return ckpt_path
-    found = [c.find_last_checkpoint(trainer) for c in trainer.checkpoint_callbacks if isinstance(c, StepCheckpoint)]
-    return max((path for path in found if path), key=os.path.getmtime, default=None)
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
 @dataclass(frozen=True)
 class _StepEnd:
     """What a checkpoint needs besides weights and optimizer states, as it was at the end of a training step."""
@@ -312,7 +107,7 @@ class StepCheckpoint(ModelCheckpoint):
     ``last.ckpt``), unless ``dirpath`` says otherwise. A run resumes only when asked:
     ``python -m grpo_lightning fit ... --ckpt_path last`` continues from the most recent ``last.ckpt`` among the
     versions of the same run name, ``--ckpt_path PATH`` from a file; the command line then logs into the version
-    folder of that checkpoint again (see :func:`continue_logger_version`).
+    folder of that checkpoint again (see :func:`~grpo_lightning.callbacks.continue_logger_version`).
 
     Every checkpoint holds the state of the end of a completed step (loops, data position, random streams), so
     that resuming from it gives the weights a straight run would have: the one written when ``max_steps`` ends
@@ -360,7 +155,8 @@ class StepCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
         self._in_run_folder = dirpath is None
-        #: Set by :func:`continue_logger_version`: this run continues an earlier one's log folder.
+        #: Set by :func:`~grpo_lightning.callbacks.continue_logger_version`: this run continues an earlier one's log
+        #: folder.
         self.continues_run = False
         self._step_end: _StepEnd | None = None  # the state of the end of the last completed step of this run
         self._optimizer_step_begun = False  # in the step after _step_end
@@ -542,98 +338,3 @@ class StepCheckpoint(ModelCheckpoint):
                 copy(filepath, temp)
             os.replace(temp, linkpath)
         trainer.strategy.barrier()
-
-
-# -------------------------------------------------------------------------------------------------- export
-class HFExportCallback(Callback):
-    """At the end of ``fit``, export the policy as a Hugging Face folder (LoRA merged), and optionally push it.
-
-    The folder loads with ``AutoModelForImageTextToText.from_pretrained`` and ``AutoProcessor.from_pretrained``
-    (see :func:`grpo_lightning.export.export_model`). Only the global-rank-0 process writes. Sharded weights
-    (DeepSpeed ZeRO-3, FSDP) are not whole on any process at that point: such runs are refused at start-up;
-    export their checkpoint with ``python -m grpo_lightning.export CKPT OUT_DIR`` instead.
-
-    Args:
-        export_dir: the folder to write (default: ``<trainer.log_dir>/hf_export``, beside the run's logs and
-            checkpoints). A folder given here must not hold files already, which is checked at start-up. The
-            default one belongs to the run, as its checkpoints do: a resumed run that continues in the same log
-            folder (see :func:`continue_logger_version`) replaces the export of its earlier part at the end of fit
-            (the new folder is written beside it and swapped in whole).
-        push_to_hub: also upload the folder to the hub repository ``hub_model_id`` (token: ``HF_TOKEN`` or the
-            saved ``hf auth login``).
-        hub_model_id: the repository to create or update, ``user-or-org/name``; required with ``push_to_hub``.
-        private: create the repository as private (an existing repository keeps its visibility).
-        dtype: cast the exported weights to this dtype (None: the training dtype).
-    """
-
-    def __init__(
-        self,
-        export_dir: str | None = None,
-        push_to_hub: bool = False,
-        hub_model_id: str | None = None,
-        private: bool = True,
-        dtype: ExportDtype | None = None,
-    ):
-        if push_to_hub and not hub_model_id:
-            raise ConfigError(
-                "HFExportCallback(push_to_hub=True) needs hub_model_id, the repository to create or update, "
-                "e.g. hub_model_id: your-name/internvl3-1b-grpo-vivqax."
-            )
-        self.export_dir = export_dir
-        self.push_to_hub = push_to_hub
-        self.hub_model_id = hub_model_id
-        self.private = private
-        self.dtype = dtype
-        self.exported_to: Path | None = None
-        #: Set by :func:`continue_logger_version`: this run continues an earlier one's log folder and its export.
-        self.continues_run = False
-
-    def resolve_export_dir(self, trainer: L.Trainer) -> Path:
-        """Where this run's export goes."""
-        if self.export_dir is not None:
-            return Path(self.export_dir)
-        return Path(trainer.log_dir or trainer.default_root_dir, "hf_export")
-
-    @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        strategy = trainer.strategy
-        if getattr(strategy, "zero_stage_3", False) or isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
-            raise ConfigError(
-                f"HFExportCallback cannot export at the end of fit with {type(strategy).__name__}: the weights are "
-                "sharded across processes. Remove the callback and export the final checkpoint with "
-                "`python -m grpo_lightning.export CKPT OUT_DIR`."
-            )
-        if self.export_dir is None and self.continues_run:
-            return  # the run's own folder: an export there is the earlier part's of a resumed run, replaced at the end
-        export_dir = self.resolve_export_dir(trainer)
-        occupied = trainer.is_global_zero and export_dir.exists() and any(export_dir.iterdir())
-        if trainer.strategy.reduce_boolean_decision(occupied, all=False):  # every process stops, not rank 0 alone
-            raise ConfigError(
-                f"HFExportCallback would export to {export_dir} at the end of fit, but it holds files already; "
-                "choose another export_dir or move that folder away before training (or leave export_dir unset: "
-                "the export then goes to the run's log folder, where a resumed run replaces its earlier export)."
-            )
-
-    @override
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        export_dir = self.resolve_export_dir(trainer)  # on every rank: trainer.log_dir is a collective call
-        if not trainer.is_global_zero:
-            return
-        self.exported_to = export_model(
-            pl_module.model,
-            pl_module.adapter.processor,
-            export_dir,
-            dtype=self.dtype,
-            overwrite=self.export_dir is None and self.continues_run,
-        )
-        rank_zero_info(f"Exported the trained model to {self.exported_to}")
-        if self.push_to_hub:
-            url = push_to_hub(
-                self.exported_to,
-                self.hub_model_id,
-                private=self.private,
-                commit_message=f"GRPO fine-tuning, {trainer.global_step} steps",
-            )
-            rank_zero_info(f"Pushed {self.exported_to} to {url}")

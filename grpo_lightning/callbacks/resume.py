@@ -1,0 +1,116 @@
+"""A resumed run continues its earlier part: the checkpoint ``last`` names, the log folder, and each step logged once.
+
+``fit(ckpt_path="last")`` resumes the most recent ``last.ckpt`` among the versions of the run name
+(:meth:`StepCheckpoint.find_last_checkpoint`; Lightning looks only in the new, empty version folder), which
+:func:`resolve_last_checkpoint` names before the run starts. :func:`continue_logger_version` (which the command line
+calls) then makes the resumed run log into that checkpoint's version folder again, so that its curves go on where
+they stopped instead of starting over in a new folder, and :func:`forget_logs_past_checkpoint` drops what the killed
+run logged past its checkpoint. Checked in ``tests/test_checkpoints.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from grpo_lightning.callbacks.checkpointing import StepCheckpoint
+from grpo_lightning.callbacks.hf_export import HFExportCallback
+from grpo_lightning.checkpoint_files import read_checkpoint
+from grpo_lightning.rollout_log import drop_rollouts_from
+
+__all__ = ["continue_logger_version", "forget_logs_past_checkpoint", "resolve_last_checkpoint"]
+
+
+def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | None) -> list[str]:
+    """Make a resumed run log into the version folder its checkpoint was saved in, so its curves continue there.
+
+    A checkpoint in ``<save_dir>/<name>/<version>/checkpoints/`` of a logger of ``trainer`` (TensorBoard, CSV)
+    whose version was left to numbering sets that logger's version to ``<version>``: the resumed run writes its
+    events, config, checkpoints and export beside the earlier part's, and TensorBoard shows one curve. Call it
+    before ``trainer.fit`` (the command line does, for ``--ckpt_path``); once a logger has picked its version
+    (``trainer.log_dir`` was read), or when the version was set, it is left alone.
+
+    Args:
+        trainer: the Trainer that will resume.
+        ckpt_path: the checkpoint file or folder the run resumes from; ``"last"``: the one that
+            :class:`StepCheckpoint` finds for ``fit(ckpt_path="last")`` (None: nothing to do).
+
+    Returns:
+        The log folders the loggers now write to because of this call.
+    """
+    ckpt_path = resolve_last_checkpoint(trainer, ckpt_path)
+    if ckpt_path is None or not _is_local_file_protocol(str(ckpt_path)):
+        return []
+    checkpoint_folder = Path(os.path.abspath(ckpt_path)).parent  # abspath: last.ckpt may be a link, keep its folder
+    if checkpoint_folder.name != "checkpoints":
+        return []
+    version_folder = checkpoint_folder.parent
+    numbered = re.fullmatch(r"version_(\d+)", version_folder.name)
+    version = int(numbered.group(1)) if numbered else version_folder.name
+    continued = []
+    for logger in trainer.loggers:
+        root_dir = getattr(logger, "root_dir", None)
+        if root_dir is None or not _is_local_file_protocol(root_dir):
+            continue
+        if Path(os.path.abspath(root_dir)) != version_folder.parent:
+            continue
+        if getattr(logger, "_version", 0) is None:
+            logger._version = version
+        elif logger._version not in (version, version_folder.name):  # a version the user set for another folder
+            continue
+        continued.append(str(version_folder))
+    if continued:  # the folder's checkpoints and export are this run's own earlier part's
+        for callback in trainer.callbacks:
+            if isinstance(callback, (StepCheckpoint, HFExportCallback)):
+                callback.continues_run = True
+    return continued
+
+
+def forget_logs_past_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike, folders: list[str]) -> None:
+    """Make a run resumed into its earlier part's log folder (``folders``, from :func:`continue_logger_version`) log
+    each step once: the steps a killed run logged past its checkpoint are logged again by the resumed run.
+
+    TensorBoard loggers get ``purge_step``: TensorBoard then hides, in every event file of the folder, the events
+    from the first step the resumed run logs on (Lightning's logging step counts batches, ``_batches_that_stepped``:
+    with ``num_iterations`` > 1 it is not the optimizer step). The rollout files from the checkpoint's optimizer step
+    on (their names count optimizer steps) are deleted. Call it before the loggers write (before ``trainer.fit``;
+    Lightning creates the writers first thing), once this process holds the folder.
+
+    Args:
+        trainer: the Trainer that will resume.
+        ckpt_path: the checkpoint it resumes from (a path: ``last`` resolved, see :func:`resolve_last_checkpoint`).
+        folders: the log folders it continues.
+    """
+    if not folders:
+        return
+    checkpoint = read_checkpoint(ckpt_path)
+    optimizer_step = checkpoint.get("global_step")
+    if optimizer_step is None:
+        return
+    epoch_loop = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    # saved at the end of a step, before Lightning counts that batch: the resumed run's first log is one step on
+    batches = epoch_loop.get("_batches_that_stepped")
+    log_step = int(batches) + 1 if batches is not None else int(optimizer_step)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and os.path.abspath(logger.log_dir) in map(os.path.abspath, folders):
+            if logger._experiment is not None:  # the writer exists: too late for purge_step
+                rank_zero_warn(f"{logger.log_dir}: the events from step {log_step} on stay; the writer was open.")
+            logger._kwargs["purge_step"] = log_step  # passed to the SummaryWriter it creates
+    if trainer.is_global_zero:
+        for folder in folders:
+            drop_rollouts_from(folder, int(optimizer_step))
+
+
+def resolve_last_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike | None) -> str | os.PathLike | None:
+    """``ckpt_path`` with ``last`` replaced by the checkpoint ``fit(ckpt_path="last")`` resumes
+    (:meth:`StepCheckpoint.find_last_checkpoint`; None when there is none); any other value as it is."""
+    if ckpt_path != "last":
+        return ckpt_path
+    found = [c.find_last_checkpoint(trainer) for c in trainer.checkpoint_callbacks if isinstance(c, StepCheckpoint)]
+    return max((path for path in found if path), key=os.path.getmtime, default=None)
