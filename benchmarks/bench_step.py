@@ -25,10 +25,10 @@ import torch
 
 import grpo_demo
 from benchmarks.common import quiet_trainer
+from benchmarks.profiling import StepRecorder
 from grpo_lightning.config import LoggingConfig, LoRAConfig, LossConfig, RewardConfig, SamplingConfig
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.profiling import StepRecorder
 
 
 def parse_args() -> argparse.Namespace:

@@ -29,10 +29,10 @@ import torch
 
 import grpo_demo
 from benchmarks.common import load_average, quiet_trainer, work_directory
+from benchmarks.profiling import StepRecorder
 from grpo_lightning.config import LoggingConfig, LossConfig, RewardConfig, SamplingConfig, VLLMConfig
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.profiling import StepRecorder
 
 #: What the benchmark reads per step besides ``StepRecorder``'s timings.
 ENGINE_KEYS = ("train/time/weight_sync", "train/engine/logp_diff")

@@ -186,7 +186,7 @@ def round_orders(kinds: Sequence[str], rounds: int, seed: int) -> list[list[str]
 # ------------------------------------------------------------------------------------------------ the workers' side
 def _ours_step_clock(device: str, gate: StepGate):
     """StepRecorder's per-step metrics, handed to ``gate`` as each step's record at the step's end."""
-    from grpo_lightning.profiling import StepRecorder
+    from benchmarks.profiling import StepRecorder
 
     class StepClock(StepRecorder):
         def on_train_start(self, trainer, pl_module) -> None:

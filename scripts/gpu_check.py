@@ -33,12 +33,12 @@ import torch
 # The benchmarks package sets the Hugging Face libraries offline when imported, which is before they load: its name
 # sorts first among this file's imports, and Lightning (which loads them) is imported only where the trainer is built.
 from benchmarks.common import quiet_trainer
+from benchmarks.profiling import StepRecorder
 from grpo_demo.models import INTERNVL3_1B_SHAPE, build_tiny_internvl
 from grpo_demo.scenes import write_dataset
 from grpo_lightning.config import LoggingConfig, LossConfig, RewardConfig, SamplingConfig
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.profiling import StepRecorder
 
 
 def optimizer_factory():
