@@ -29,8 +29,8 @@ and the trainer minimises ``pg_loss + beta * approx_kl`` per token, where
 
 Helpers for the surrounding step: :func:`selective_log_softmax` and :func:`entropy_from_logits` read per-token
 log-probs and entropies off (B, T, V) logits without materialising a (B, T, V) log-softmax at once (the step itself
-never makes whole logits: ``adapters.base.head_logps`` runs the head a chunk of positions at a time, and its tests
-check it against these two);
+never makes whole logits: ``adapters.chunked_head.head_logps`` runs the head a chunk of positions at a time, and its
+tests check it against these two);
 :func:`completion_mask` and :func:`is_truncated` turn generated ids into the mask the losses take;
 :func:`drop_truncated` leaves truncated completions out of it (DAPO), and :func:`entropy_quantile_threshold` with
 :func:`high_entropy_mask` keep the policy term on the batch's highest-entropy tokens (Wang et al. 2025).

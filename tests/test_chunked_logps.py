@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_lightning.adapters import base
-from grpo_lightning.adapters.base import head_logps, output_head
+from grpo_lightning.adapters import chunked_head
+from grpo_lightning.adapters.base import output_head
+from grpo_lightning.adapters.chunked_head import head_logps
 from grpo_lightning.adapters.prefix_cache import cache_through_checkpointing
 from grpo_lightning.algorithms import entropy_from_logits, selective_log_softmax
 from tests.conftest import FAMILIES
@@ -33,7 +34,7 @@ def reference_logps(logits: torch.Tensor, tokens: torch.Tensor, suppressed: torc
 @pytest.mark.parametrize("chunk_size", [1, 5, 64])
 @pytest.mark.parametrize("head_trains", [True, False])
 def test_head_logps_match_a_float64_reference_with_gradients(chunk_size, head_trains, monkeypatch):
-    monkeypatch.setattr(base, "VOCAB_CHUNK_SIZE", 16)  # vocabulary slices in the backward pass, a short last one
+    monkeypatch.setattr(chunked_head, "VOCAB_CHUNK_SIZE", 16)  # backward-pass vocabulary slices, a short last one
     torch.manual_seed(0)
     n, t, h, v = 3, 7, 16, 50
     head = torch.nn.Linear(h, v, bias=head_trains).double().requires_grad_(head_trains)
@@ -68,7 +69,7 @@ def test_a_trained_head_under_bf16_autocast_backpropagates_through_the_forwards_
     which on CUDA runs without autocast (another thread), makes the same bf16 logits again, so the gradients are those
     of the log-softmax of the forward's logits (float64 reference), not of float32 logits against the log-normaliser
     of bf16 ones. The logits are a few tens, where bf16 rounds them by more than 0.01."""
-    monkeypatch.setattr(base, "VOCAB_CHUNK_SIZE", 1000)  # three vocabulary slices
+    monkeypatch.setattr(chunked_head, "VOCAB_CHUNK_SIZE", 1000)  # three vocabulary slices
     torch.manual_seed(0)
     n, h, v = 40, 32, 3000
     head = torch.nn.Linear(h, v, bias=False)
@@ -194,8 +195,8 @@ def test_completion_logps_equal_whole_logits(assets, data_kwargs, family, settin
     completion_ids = rollout.completion_ids.masked_fill(~completion_mask.bool(), pad)
     mask = completion_mask.float()
     # 8 sequences x 10 positions in chunks of 7: chunks that straddle sequences, a short last one
-    monkeypatch.setattr(base, "LOGITS_CHUNK_SIZE", 7)
-    monkeypatch.setattr(base, "VOCAB_CHUNK_SIZE", 300)  # every family's vocabulary in several slices
+    monkeypatch.setattr(chunked_head, "LOGITS_CHUNK_SIZE", 7)
+    monkeypatch.setattr(chunked_head, "VOCAB_CHUNK_SIZE", 300)  # every family's vocabulary in several slices
     assert output_head(module.model).weight.requires_grad == (setting != "lora")
 
     def chunked(adapter):
