@@ -96,7 +96,21 @@ def check_prompt_lengths(
         paths = [resolve_image(sample.image, dataset.image_dir) for sample in dataset.samples]
         sizes = {path: loaded_size(path, dataset.max_image_side) for path in dict.fromkeys(paths)}
         prompts = [dataset.prompt_for(sample) for sample in dataset.samples]
-        counts = count_tokens(prompts, [sizes[path] for path in paths])
+        sample_sizes = [sizes[path] for path in paths]
+        refused = _refused_sizes(count_tokens, prompts, sample_sizes)
+        kept = [index for index, size in enumerate(sample_sizes) if size not in refused]
+        counts = count_tokens([prompts[i] for i in kept], [sample_sizes[i] for i in kept]) if kept else []
+        problems = {
+            kept[position]: problem
+            for position, problem in overlong_prompts(
+                [dataset.samples[i] for i in kept], counts, context_length, max_completion_length
+            ).items()
+        }
+        for index, size in enumerate(sample_sizes):
+            if size in refused:
+                sample = dataset.samples[index]
+                message = f"the model's processor refuses its image ({size[0]}x{size[1]} as loaded): {refused[size]}"
+                problems[index] = Problem(sample.where, message, sample.id)
         hint = (
             f"These prompts of the {name} split ({split.file}) leave no room in the model's context of "
             f"{context_length} tokens (max_position_embeddings) for a completion of "
@@ -104,7 +118,32 @@ def check_prompt_lengths(
             "data.prompt_template, lower the image resolution (model.image options, data.max_image_side) or "
             "max_completion_length"
         )
-        data.drop_invalid(name, overlong_prompts(dataset.samples, counts, context_length, max_completion_length), hint)
+        data.drop_invalid(name, dict(sorted(problems.items())), hint)
+
+
+def _refused_sizes(
+    count_tokens: Callable[[list[str], list[tuple[int, int]]], list[int]],
+    prompts: list[str],
+    sizes: list[tuple[int, int]],
+) -> dict[tuple[int, int], str]:
+    """The image sizes the processor refuses (Qwen2-VL's: an aspect ratio above 200), each with its reason; such an
+    image would stop training at its first batch. One call counts every distinct size with one prompt; only when it
+    fails is each size tried alone."""
+    distinct = list(dict.fromkeys(sizes))
+    if not distinct:
+        return {}
+    try:
+        count_tokens(prompts[:1] * len(distinct), distinct)
+        return {}
+    except ValueError:
+        pass
+    refused = {}
+    for size in distinct:
+        try:
+            count_tokens(prompts[:1], [size])
+        except ValueError as err:
+            refused[size] = str(err)
+    return refused
 
 
 def overlong_prompts(

@@ -173,6 +173,45 @@ def test_each_stage_checks_the_splits_it_reads(assets, long_split, stage, checke
     assert lines[-1].startswith(f"These prompts of the val split ({grpo_demo.split_json_path(assets, 'val')}) ")
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_an_image_the_processor_refuses_is_a_problem_of_its_sample_not_a_traceback(assets, tmp_path, skip):
+    """Qwen2-VL's processor refuses an aspect ratio above 200 (training would stop at that sample's batch): the check
+    names the sample, and with skip_invalid_samples leaves it out while counting the others."""
+    from PIL import Image
+
+    records = json.loads(grpo_demo.split_json_path(assets, "train").read_text(encoding="utf-8"))
+    images = tmp_path / "train2014"
+    shutil.copytree(grpo_demo.image_dir(assets, "train"), images)
+    Image.new("RGB", (3000, 10), (200, 30, 30)).save(images / "banner.jpg")  # 300:1
+    records[LONG]["image_name"] = "banner.jpg"
+    path = tmp_path / "ViVQA-X_train.json"
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=2), encoding="utf-8")
+    line = [n for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if text == "  {"][LONG]
+    data = ViVQAXDataModule(train_file=str(path), train_image_dir=str(images), batch_size=2, skip_invalid_samples=skip)
+    data.setup("fit")
+    adapter, _ = load_adapter(str(assets / FAMILY_SUBDIRS["qwen2_vl"]))
+    sample_id = data.dataset("train").samples[LONG].id
+    size = data.dataset("train").max_image_side or 3000
+    expected = (
+        f"{path}:{line}: sample {sample_id}: the model's processor refuses its image ({size}x{max(size // 300, 1)} as "
+        "loaded): absolute aspect ratio must be smaller than 200, got"
+    )
+
+    def check() -> None:
+        check_prompt_lengths(data, "fit", adapter.prompt_token_counts, 4096, MAX_COMPLETION_LENGTH)
+
+    if not skip:
+        with pytest.raises(DataValidationError) as error:
+            check()
+        lines = str(error.value).splitlines()
+        assert lines[0] == "1 problem in the data:" and lines[1].startswith("  " + expected), lines
+        return
+    with pytest.warns(UserWarning, match="Skipping 1 invalid record"):
+        check()
+    assert [sample.id for sample in data.dataset("train").samples].count(sample_id) == 0
+    assert len(data.dataset("train")) == len(records) - 1
+
+
 def test_skip_invalid_samples_leaves_an_overlong_prompt_out_of_the_dataloader(assets, long_split):
     data = data_module(assets, long_split.path, skip_invalid_samples=True)
     data.setup("fit")
