@@ -168,7 +168,6 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         # for whatever runs without it.
         self.rollout_engine = build_engine(rollout_engine, vllm)
         self._policy_sampler = HFEngine()
-        self._engine_weights_step: int | None = None  # the global step whose weights the engine holds
 
     # ------------------------------------------------------------------------------------ set-up
     def configure_model(self) -> None:
@@ -217,57 +216,18 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         for ``hf``, nor outside a fit (validate, test and predict sample with the policy)."""
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
         if fitting and not self.rollout_engine.running and self.rollout_engine is not self._policy_sampler:
-            self._check_rollout_engine_options()
-            self._engine_weights_step = None
+            self.rollout_engine.check_fit(self.trainer.strategy, self.sampling)
             # the trainer's device: a module configured before the fit still has its weights on the CPU here
             device = self.trainer.strategy.root_device
             self.rollout_engine.start(self.model, self.adapter, self.weights_dtype, device=device)
 
-    def _check_rollout_engine_options(self) -> None:
-        """Refuse what the ``vllm`` engine cannot do in this fit; warn of the options the engine in use ignores."""
-        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-        from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-
-        strategy, sampling, cap = self.trainer.strategy, self.sampling, self.vllm.importance_sampling_cap
-        if self.rollout_engine.name == "vllm":
-            if getattr(strategy, "zero_stage_3", False) or isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
-                raise ConfigError(
-                    f"model.rollout_engine vllm cannot run under {type(strategy).__name__}: the weights are sharded "
-                    "across processes (DeepSpeed ZeRO stage 3, FSDP), and each process's engine needs them whole. Use "
-                    "model.rollout_engine hf, or a strategy that keeps all weights in every process (ddp, DeepSpeed "
-                    "ZeRO stage 1 or 2)."
-                )
-            if cap is not None and (sampling.top_p < 1 or sampling.top_k):
-                raise ConfigError(
-                    f"model.vllm.importance_sampling_cap ({cap}) needs model.sampling.top_p 1 and model.sampling.top_k "
-                    f"null, not top_p {sampling.top_p} and top_k {sampling.top_k}: vLLM's log-probs are those of the "
-                    "distribution that top-p and top-k truncate and renormalise, the policy's those of the temperature "
-                    "alone, so their ratio is not the engines' mismatch. Sample without top-p and top-k, or turn the "
-                    "correction off (importance_sampling_cap null)."
-                )
-            if sampling.generation_batch_size is not None:
-                rank_zero_warn(
-                    f"model.sampling.generation_batch_size ({sampling.generation_batch_size}) is ignored with "
-                    "model.rollout_engine vllm: the engine samples a rollout's sequences together, "
-                    "model.vllm.max_num_seqs at a time."
-                )
-        elif self.rollout_engine.name == "hf" and cap is not None:
-            rank_zero_warn(
-                f"model.vllm.importance_sampling_cap ({cap}) is ignored with model.rollout_engine hf: the policy "
-                "samples its own rollouts, so there is no engines' mismatch to correct."
-            )
-
-    def stop_rollout_engine(self) -> None:
-        self.rollout_engine.stop()
-        self._engine_weights_step = None
-
     def configure_callbacks(self) -> list[L.Callback]:
         # Lightning calls no module hook when a fit fails: a callback stops the engine then. Prompts that overflow the
         # context are found in the callbacks' setup, after the data is read and before the weights load.
-        return [EngineShutdown(), PromptLengthCheck()]
+        return [EngineShutdown(self.rollout_engine), PromptLengthCheck()]
 
     def teardown(self, stage: str) -> None:
-        self.stop_rollout_engine()
+        self.rollout_engine.stop()
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[torch.nn.Module]:
@@ -445,11 +405,9 @@ class GRPOModule(EvaluationMixin, ReferenceSyncMixin, L.LightningModule):
         prompts = self.adapter.prepare_prompts(batch["image"], batch["prompt"]).to(self.device)
         prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)
         engine = self.rollout_engine if self.rollout_engine.running else self._policy_sampler
-        if engine is not self._policy_sampler and self._engine_weights_step != self.global_step:
-            sync = engine.sync_weights(self.model)
-            self._engine_weights_step = self.global_step
-            if self.training:
-                self.log("train/time/weight_sync", sync["seconds"], on_step=True, on_epoch=False, batch_size=1)
+        sync = engine.bring_weights_to(self.model, self.global_step)  # None: nothing to sync
+        if sync is not None and self.training:
+            self.log("train/time/weight_sync", sync["seconds"], on_step=True, on_epoch=False, batch_size=1)
         sampled = engine.sample(
             self.model, self.adapter, prompts, batch["image"], prompt_index.tolist(), self.sampling, do_sample
         )

@@ -34,10 +34,12 @@ from grpo_lightning.config import LossConfig, SamplingConfig, VLLMConfig
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.engines import (
     EngineError,
+    EngineShutdown,
     HFEngine,
     RolloutEngine,
     SampledCompletions,
     VLLMEngine,
+    build_engine,
     engine_logp_gap,
     truncated_importance_weights,
 )
@@ -205,6 +207,35 @@ def test_options_the_engine_ignores_are_warned_of(assets):
         pytest.raises(ConfigError, match="model.vllm.python"),
     ):
         _in_a_fit(module).start_rollout_engine()
+
+
+def test_an_engine_owns_its_weight_sync_and_the_module_never_asks_which_engine_it_has():
+    class CountingEngine(RolloutEngine):
+        holds_own_weights = True
+
+        def __init__(self):
+            self.syncs = 0
+
+        def sync_weights(self, model):
+            self.syncs += 1
+            return {"seconds": 0.5}
+
+        def stop(self):
+            self._weights_step = None
+
+    engine, model = CountingEngine(), torch.nn.Linear(2, 2)
+    assert [engine.bring_weights_to(model, step) for step in (0, 0, 1, 1, 1)] == [{"seconds": 0.5}, None] + [
+        {"seconds": 0.5},
+        None,
+        None,
+    ]
+    assert engine.syncs == 2
+    EngineShutdown(engine).on_exception(None, None, RuntimeError("a failed step"))
+    assert engine.bring_weights_to(model, 1) == {"seconds": 0.5}, "a stopped engine gets the weights again"
+    assert HFEngine().bring_weights_to(model, 0) is None  # the policy samples itself: nothing to sync
+    assert isinstance(build_engine("vllm", VLLMConfig(python="/x")), VLLMEngine)
+    with pytest.raises(ConfigError, match=r"^model.rollout_engine must be one of hf, vllm, not 'sglang'\.$"):
+        build_engine("sglang", VLLMConfig())
 
 
 def test_the_engine_starts_on_the_trainers_device_not_the_models(assets):
@@ -421,6 +452,7 @@ class OffsetEngine(RolloutEngine):
     (or none, as the ``hf`` engine), so that the engines' gap and the importance weights are known exactly."""
 
     name = "offset"
+    holds_own_weights = True  # as the vllm engine: synced after each optimizer step
 
     def __init__(self, with_logps: bool):
         self.with_logps, self._running, self.offsets = with_logps, False, []

@@ -11,6 +11,7 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
+from grpo_lightning.config import VLLMConfig
 from grpo_lightning.engines.base import RolloutEngine, SampledCompletions, right_pad
 from grpo_lightning.engines.correction import engine_logp_gap, truncated_importance_weights
 from grpo_lightning.engines.hf import HFEngine
@@ -21,22 +22,25 @@ from grpo_lightning.errors import ConfigError
 ENGINES: dict[str, type[RolloutEngine]] = {"hf": HFEngine, "vllm": VLLMEngine}
 
 
-def build_engine(name: str, vllm_config: Any) -> RolloutEngine:
-    """The engine named ``name``, not started."""
-    if name == "vllm":
-        return VLLMEngine(vllm_config)
-    if name == "hf":
-        return HFEngine()
-    raise ConfigError(f"model.rollout_engine must be one of {', '.join(ENGINES)}, not {name!r}.")
+def build_engine(name: str, vllm: VLLMConfig) -> RolloutEngine:
+    """The engine named ``name`` (:data:`ENGINES`) for the module's ``model.vllm`` options, not started."""
+    if name not in ENGINES:
+        raise ConfigError(f"model.rollout_engine must be one of {', '.join(ENGINES)}, not {name!r}.")
+    return ENGINES[name].from_options(vllm)
 
 
 class EngineShutdown(Callback):
-    """Stops the module's rollout engine when a fit fails (Lightning calls no module hook then)."""
+    """Stops a rollout engine when a fit fails (Lightning calls no module hook then).
+
+    Args:
+        engine: the engine to stop.
+    """
+
+    def __init__(self, engine: RolloutEngine):
+        self.engine = engine
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        stop = getattr(pl_module, "stop_rollout_engine", None)
-        if stop is not None:
-            stop()
+        self.engine.stop()
 
 
 __all__ = [

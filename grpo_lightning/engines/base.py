@@ -17,7 +17,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from grpo_lightning.adapters import PromptBatch, VLMAdapter
-    from grpo_lightning.config import SamplingConfig
+    from grpo_lightning.config import SamplingConfig, VLLMConfig
 
 
 @dataclass
@@ -35,10 +35,42 @@ class SampledCompletions:
 
 
 class RolloutEngine:
-    """Samples completions. ``start`` once before the first rollout of a fit, ``stop`` at its end (or failure)."""
+    """Samples completions. ``start`` once before the first rollout of a fit, ``stop`` at its end (or failure).
+
+    An engine owns its facts: which options of a fit it cannot work with (:meth:`check_fit`), and whether its weights
+    are those of the policy's current optimizer step (:meth:`bring_weights_to`); the module calls the seam and never
+    asks which engine it has.
+    """
 
     #: The ``model.rollout_engine`` value that selects this engine.
     name: str = ""
+    #: Whether the engine samples with weights of its own, which must follow the policy's after each optimizer step
+    #: (False: it samples with the policy itself).
+    holds_own_weights: bool = False
+    #: The optimizer step whose weights the engine holds (None: none yet, or not since it started).
+    _weights_step: int | None = None
+
+    @classmethod
+    def from_options(cls, vllm: VLLMConfig) -> RolloutEngine:
+        """The engine for a module's options (``model.vllm``: the options of engines that run beside the policy)."""
+        return cls()
+
+    def check_fit(self, strategy: Any, sampling: SamplingConfig) -> None:
+        """Refuse (``ConfigError``) what this engine cannot do under ``strategy`` with ``sampling``; warn of the
+        options it ignores. Called before :meth:`start`."""
+
+    def bring_weights_to(self, model: torch.nn.Module, step: int) -> dict[str, float] | None:
+        """Make the engine sample with ``model``'s weights of optimizer step ``step``: synced once per step.
+
+        Returns:
+            What the sync measured (``seconds``), or None when nothing was synced (the weights were the step's
+            already, or the engine samples with the policy itself).
+        """
+        if not self.holds_own_weights or self._weights_step == step:
+            return None
+        measured = self.sync_weights(model)
+        self._weights_step = step
+        return measured
 
     def start(
         self, model: torch.nn.Module, adapter: VLMAdapter, weights_dtype: str, device: torch.device | None = None

@@ -6,14 +6,36 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from grpo_lightning.adapters import PromptBatch, VLMAdapter
-from grpo_lightning.config import SamplingConfig
+from grpo_lightning.config import SamplingConfig, VLLMConfig
 from grpo_lightning.engines.base import RolloutEngine, SampledCompletions, right_pad
 
 
 class HFEngine(RolloutEngine):
+    """The policy samples its own rollouts.
+
+    Args:
+        ignored_cap: ``model.vllm.importance_sampling_cap`` as configured, which this engine has no use for (warned
+            of when a fit starts).
+    """
+
     name = "hf"
+
+    def __init__(self, ignored_cap: float | None = None):
+        self.ignored_cap = ignored_cap
+
+    @classmethod
+    def from_options(cls, vllm: VLLMConfig) -> HFEngine:
+        return cls(ignored_cap=vllm.importance_sampling_cap)
+
+    def check_fit(self, strategy: Any, sampling: SamplingConfig) -> None:
+        if self.ignored_cap is not None:
+            rank_zero_warn(
+                f"model.vllm.importance_sampling_cap ({self.ignored_cap}) is ignored with model.rollout_engine hf: the "
+                "policy samples its own rollouts, so there is no engines' mismatch to correct."
+            )
 
     def sample(
         self,

@@ -79,6 +79,40 @@ class VLLMEngine(RolloutEngine):
     """
 
     name = "vllm"
+    holds_own_weights = True
+
+    @classmethod
+    def from_options(cls, vllm: VLLMConfig) -> VLLMEngine:
+        return cls(vllm)
+
+    def check_fit(self, strategy: Any, sampling: SamplingConfig) -> None:
+        """Refuse a strategy that shards the weights, and importance correction with top-p or top-k; warn that
+        ``generation_batch_size`` does not apply."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+        from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+        cap = self.config.importance_sampling_cap
+        if getattr(strategy, "zero_stage_3", False) or isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
+            raise ConfigError(
+                f"model.rollout_engine vllm cannot run under {type(strategy).__name__}: the weights are sharded "
+                "across processes (DeepSpeed ZeRO stage 3, FSDP), and each process's engine needs them whole. Use "
+                "model.rollout_engine hf, or a strategy that keeps all weights in every process (ddp, DeepSpeed "
+                "ZeRO stage 1 or 2)."
+            )
+        if cap is not None and (sampling.top_p < 1 or sampling.top_k):
+            raise ConfigError(
+                f"model.vllm.importance_sampling_cap ({cap}) needs model.sampling.top_p 1 and model.sampling.top_k "
+                f"null, not top_p {sampling.top_p} and top_k {sampling.top_k}: vLLM's log-probs are those of the "
+                "distribution that top-p and top-k truncate and renormalise, the policy's those of the temperature "
+                "alone, so their ratio is not the engines' mismatch. Sample without top-p and top-k, or turn the "
+                "correction off (importance_sampling_cap null)."
+            )
+        if sampling.generation_batch_size is not None:
+            rank_zero_warn(
+                f"model.sampling.generation_batch_size ({sampling.generation_batch_size}) is ignored with "
+                "model.rollout_engine vllm: the engine samples a rollout's sequences together, "
+                "model.vllm.max_num_seqs at a time."
+            )
 
     def __init__(self, config: VLLMConfig, seed: int = 0):
         self.config = config
@@ -211,6 +245,7 @@ class VLLMEngine(RolloutEngine):
         process, connection = self._process, self._connection
         self._process = self._connection = None
         self._synced_once = False  # a started engine gets all weights first
+        self._weights_step = None
         if process is not None:
             if connection is not None and process.poll() is None and grace > 0:
                 try:
