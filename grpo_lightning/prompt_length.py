@@ -95,17 +95,9 @@ def check_prompt_lengths(
         name = next(other for other, named in data.splits.items() if named is split)
         paths = [resolve_image(sample.image, dataset.image_dir) for sample in dataset.samples]
         sizes = {path: loaded_size(path, dataset.max_image_side) for path in dict.fromkeys(paths)}
-        prompts = [dataset.prompt_for(sample) for sample in dataset.samples]
         sample_sizes = [sizes[path] for path in paths]
-        refused = _refused_sizes(count_tokens, prompts, sample_sizes)
-        kept = [index for index, size in enumerate(sample_sizes) if size not in refused]
-        counts = count_tokens([prompts[i] for i in kept], [sample_sizes[i] for i in kept]) if kept else []
-        problems = {
-            kept[position]: problem
-            for position, problem in overlong_prompts(
-                [dataset.samples[i] for i in kept], counts, context_length, max_completion_length
-            ).items()
-        }
+        counts, refused = token_counts(count_tokens, [dataset.prompt_for(s) for s in dataset.samples], sample_sizes)
+        problems = overlong_prompts(dataset.samples, counts, context_length, max_completion_length)
         for index, size in enumerate(sample_sizes):
             if size in refused:
                 sample = dataset.samples[index]
@@ -121,34 +113,34 @@ def check_prompt_lengths(
         data.drop_invalid(name, dict(sorted(problems.items())), hint)
 
 
-def _refused_sizes(
+def token_counts(
     count_tokens: Callable[[list[str], list[tuple[int, int]]], list[int]],
     prompts: list[str],
     sizes: list[tuple[int, int]],
-) -> dict[tuple[int, int], str]:
-    """The image sizes the processor refuses (Qwen2-VL's: an aspect ratio above 200), each with its reason; such an
-    image would stop training at its first batch. One call counts every distinct size with one prompt; only when it
-    fails is each size tried alone."""
-    distinct = list(dict.fromkeys(sizes))
-    if not distinct:
-        return {}
+) -> tuple[list[int | None], dict[tuple[int, int], str]]:
+    """Each prompt's tokens (None where the processor refuses its image), and the refused image sizes with the
+    processor's reason (Qwen2-VL's: an aspect ratio above 200; such an image would stop training at its batch).
+
+    One call counts every prompt; only when it fails is each distinct size tried alone, and the rest counted again.
+    """
     try:
-        count_tokens(prompts[:1] * len(distinct), distinct)
-        return {}
+        return list(count_tokens(prompts, sizes)), {}
     except ValueError:
         pass
     refused = {}
-    for size in distinct:
+    for size in dict.fromkeys(sizes):
         try:
             count_tokens(prompts[:1], [size])
         except ValueError as err:
             refused[size] = str(err)
-    return refused
+    kept = [index for index, size in enumerate(sizes) if size not in refused]
+    kept_counts = iter(count_tokens([prompts[i] for i in kept], [sizes[i] for i in kept]) if kept else [])
+    return [None if size in refused else next(kept_counts) for size in sizes], refused
 
 
 def overlong_prompts(
     samples: list[Sample],
-    counts: list[int],
+    counts: list[int | None],
     context_length: int,
     max_completion_length: int,
 ) -> dict[int, Problem]:
@@ -162,13 +154,14 @@ def overlong_prompts(
 
     Args:
         samples: a split's samples.
-        counts: each sample's prompt tokens, image included (``VLMAdapter.prompt_token_counts``).
+        counts: each sample's prompt tokens, image included (``VLMAdapter.prompt_token_counts``); None: not counted
+            (its image is refused, a problem of its own).
         context_length: the model's context (its text config's ``max_position_embeddings``).
         max_completion_length: the most tokens a completion may have.
     """
     problems = {}
     for index, (sample, count) in enumerate(zip(samples, counts, strict=True)):
-        if count + max_completion_length > context_length:
+        if count is not None and count + max_completion_length > context_length:
             message = (
                 f"prompt of {count} tokens (image included) + max_completion_length {max_completion_length} = "
                 f"{count + max_completion_length} tokens, more than the model's context of {context_length}"
