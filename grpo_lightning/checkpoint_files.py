@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,7 @@ def check_weights_fit(
     expected = module.state_dict()
     # names matter only to a strict load (a module with ``strict_loading = False`` takes what fits); shapes always do
     strict = getattr(module, "strict_loading", True)
-    missing = [name for name in expected if name not in saved] if strict else []
-    unexpected = [name for name in saved if name not in expected] if strict else []
+    missing, unexpected = key_mismatch(expected, saved) if strict else ([], [])
     reshaped = [
         f"{name} {tuple(saved[name].shape)} here {tuple(tensor.shape)}"
         for name, tensor in expected.items()
@@ -121,9 +120,16 @@ def check_weights_fit(
     )
 
 
+def key_mismatch(expected: Iterable[str], found: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The names of ``expected`` (a model's weights) that ``found`` (a checkpoint's) lacks, and those it has beyond
+    them, each sorted."""
+    expected, found = set(expected), set(found)
+    return sorted(expected - found), sorted(found - expected)
+
+
 def _some(names: list[str]) -> str:
     shown = ", ".join(names[:_LISTED_NAMES])
     return shown + (f", and {len(names) - _LISTED_NAMES} more" if len(names) > _LISTED_NAMES else "")
 
 
-__all__ = ["CheckpointError", "check_weights_fit", "read_checkpoint"]
+__all__ = ["CheckpointError", "check_weights_fit", "key_mismatch", "read_checkpoint"]

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import torch
 
+from grpo_lightning.checkpoint_files import key_mismatch
 from grpo_lightning.config import LossConfig, RewardConfig, grouped_arguments
 from grpo_lightning.errors import UserError
 
@@ -179,7 +180,7 @@ def load_policy_from_checkpoint(
             f"read from the current folder, {Path.cwd()}): {error}\n"
             "Pass the base checkpoint's location on this machine with --base-model (base_model=...)."
         ) from error
-    missing, unexpected = _key_mismatch(module.state_dict().keys(), state_dict.keys())
+    missing, unexpected = key_mismatch(module.state_dict().keys(), state_dict.keys())
     if missing or unexpected:
         raise ExportError(
             f"The weights in {ckpt_path} do not fit the model rebuilt from its hyper-parameters "
@@ -335,11 +336,6 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     # mmap: optimizer states, which the export does not need, are never read into memory. Lightning checkpoints
     # hold more than tensors (hyper-parameters, loop states), hence weights_only=False: export checkpoints you trust.
     return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-
-
-def _key_mismatch(expected: Any, found: Any) -> tuple[list[str], list[str]]:
-    expected, found = set(expected), set(found)
-    return sorted(expected - found), sorted(found - expected)
 
 
 if __name__ == "__main__":
