@@ -85,7 +85,7 @@ def demo_args(
 
 
 def start(args: list[str], **env: str) -> subprocess.Popen:
-    """The command line in a process (and session) of its own, so that a test can signal it and find its children."""
+    """The command line leading a process group of its own, so that a test can signal it and find its children."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     return subprocess.Popen(
         [sys.executable, "-m", "grpo_lightning", *args],
@@ -94,7 +94,7 @@ def start(args: list[str], **env: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
+        preexec_fn=os.setpgrp,  # the group's id is the process's: its children stay in the group
     )
 
 
@@ -115,8 +115,8 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         time.sleep(0.2)
 
 
-def session_processes(session: int) -> list[int]:
-    """The processes still alive in a session (the command line's children keep its session)."""
+def group_processes(group: int) -> list[int]:
+    """The processes still alive in a process group (the command line's children, dataloader workers, stay in it)."""
     alive = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -124,17 +124,17 @@ def session_processes(session: int) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session
+            if int(fields[2]) == group and fields[0] != "Z":  # the fields after the name: state, ppid, pgrp
                 alive.append(int(entry.name))
     return alive
 
 
-def assert_no_process_left(session: int, grace: float = 10) -> None:
-    """No process of the session outlives the run by more than ``grace`` seconds (workers see their parent go)."""
+def assert_no_process_left(group: int, grace: float = 10) -> None:
+    """No process of the group outlives the run by more than ``grace`` seconds (workers see their parent go)."""
     deadline = time.monotonic() + grace
-    while session_processes(session) and time.monotonic() < deadline:
+    while group_processes(group) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not session_processes(session), "processes outlived the run"
+    assert not group_processes(group), "processes outlived the run"
 
 
 # ------------------------------------------------------------------------------------------------------- signals
