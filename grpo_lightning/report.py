@@ -49,6 +49,8 @@ THUMBNAIL_SIDE = 192
 
 #: The folder under a run's log folder that holds its rollout records (:mod:`grpo_lightning.rollout_log`).
 ROLLOUTS_DIR = "rollouts"
+#: The name of a step's rollout file in that folder (``step=N.jsonl``), N captured.
+ROLLOUT_FILE = r"step=(\d+)\.jsonl"
 
 #: The folder beside this module that holds the pages' CSS and JavaScript, shipped as package data.
 ASSETS_DIR = "report_assets"
@@ -312,7 +314,7 @@ def find_rollout_files(log_dir: Path) -> list[tuple[int, Path]]:
     files = []
     if folder.is_dir():
         for path in folder.iterdir():
-            match = re.fullmatch(r"step=(\d+)\.jsonl", path.name)
+            match = re.fullmatch(ROLLOUT_FILE, path.name)
             if match and path.is_file():
                 files.append((int(match.group(1)), path))
     if not files:

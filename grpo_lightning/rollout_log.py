@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from grpo_lightning.algorithms import group_reward_std, is_truncated
-from grpo_lightning.report import ROLLOUTS_DIR
+from grpo_lightning.report import ROLLOUT_FILE, ROLLOUTS_DIR
 from grpo_lightning.rewards import combine_rewards
 from grpo_lightning.rollout import ScoredRollout
 
@@ -170,7 +170,7 @@ def drop_rollouts_from(log_dir: str | os.PathLike, step: int) -> list[Path]:
         return []
     dropped = []
     for path in folder.iterdir():
-        match = re.fullmatch(r"step=(\d+)\.jsonl(\.tmp-\d+)?", path.name)
+        match = re.fullmatch(ROLLOUT_FILE + r"(\.tmp-\d+)?", path.name)  # a write a kill cut short too
         if match and int(match.group(1)) >= step:
             path.unlink(missing_ok=True)
             dropped.append(path)
