@@ -206,6 +206,7 @@ def test_the_shipped_recipe_by_name_from_another_folder_trains_answer_format_and
     model = config["model"]
     assert model["rewards"]["funcs"] == ["accuracy", "format", "explanation"]
     assert model["rewards"]["weights"] == [1.0, 1.0, 2.0]
+    assert model["rewards"]["timeout_s"] == 120.0  # a hung reward stops the run instead of holding the GPU
     explanation = model["rewards"]["kwargs"]["explanation"]
     assert explanation["corpus_file"] == config["data"]["train_file"] == "data/ViVQA-X/ViVQA-X_train_grpo.jsonl"
     assert explanation["clip_model"] == "xlm-roberta-base-ViT-B-32"
