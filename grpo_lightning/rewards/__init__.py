@@ -188,34 +188,42 @@ def score_completions(
     ids = fields.get("id", list(range(len(completions))))
     at_step = "" if step is None else f" at global step {step}"
     for f, (name, func) in enumerate(funcs):
-        call = functools.partial(func, completions=completions, solution=solution, **fields)
-        failure: tuple[Exception, str] | None = None
-        try:
-            values = call_with_time_limit(call, timeout_s)
-        except TimeLimitExceeded as stopped:
-            # from None: the message says where the call was stopped; the stop itself is nothing to act on
-            raise RewardError(_timeout_message(name, stopped, timeout_s, at_step, ids)) from None
-        except Exception as err:
-            # Written down before anything else runs: see the docstring.
-            failure = err, _reward_traceback(err)
-        if failure is not None:
-            # Out of the except block, so that nothing the search raises is chained to (and can touch) the error.
-            err, frames = failure
-            where = _failing_sample(func, completions, solution, fields, ids, timeout_s)
-            raise RewardError(
-                f"Reward {name!r} raised {type(err).__name__}: {err} ({where}{at_step}). In the reward:\n{frames}"
-            ) from err
-        values = _score_list(name, values, ids)
-        if len(values) != len(completions):
-            raise RewardError(
-                f"Reward {name!r} returned {len(values)} scores for {len(completions)} completions "
-                f"(sample ids {_some(ids)}); {REWARD_CONTRACT}."
-            )
-        for j, value in enumerate(values):
-            score = _score_value(name, value, ids[j])
+        values = _call_reward(name, func, completions, solution, fields, ids, timeout_s, at_step)
+        for j, score in enumerate(_checked_scores(name, values, ids, len(completions))):
             if score is not None:
                 scores[j, f] = score
     return scores
+
+
+def _call_reward(name, func, completions, solution, fields, ids, timeout_s, at_step) -> Any:
+    """One reward's return value on the whole batch, or a :class:`RewardError` that names the reward, the step, the
+    failing sample and the reward's own traceback (see :func:`score_completions`)."""
+    call = functools.partial(func, completions=completions, solution=solution, **fields)
+    try:
+        return call_with_time_limit(call, timeout_s)
+    except TimeLimitExceeded as stopped:
+        # from None: the message says where the call was stopped; the stop itself is nothing to act on
+        raise RewardError(_timeout_message(name, stopped, timeout_s, at_step, ids)) from None
+    except Exception as caught:
+        # Written down before anything else runs: see score_completions.
+        err, frames = caught, _reward_traceback(caught)
+    # Out of the except block, so that nothing the search raises is chained to (and can touch) the error.
+    where = _failing_sample(func, completions, solution, fields, ids, timeout_s)
+    raise RewardError(
+        f"Reward {name!r} raised {type(err).__name__}: {err} ({where}{at_step}). In the reward:\n{frames}"
+    ) from err
+
+
+def _checked_scores(name: str, values: Any, ids: list[Any], count: int) -> list[float | None]:
+    """A reward's return value as ``count`` floats (None: no opinion), or a :class:`RewardError` that names the
+    reward and the sample when it is not one real number or None per completion."""
+    values = _score_list(name, values, ids)
+    if len(values) != count:
+        raise RewardError(
+            f"Reward {name!r} returned {len(values)} scores for {count} completions "
+            f"(sample ids {_some(ids)}); {REWARD_CONTRACT}."
+        )
+    return [_score_value(name, value, ids[j]) for j, value in enumerate(values)]
 
 
 #: The files of the code that calls rewards, whose frames are left out of the tracebacks shown for a reward.
