@@ -212,6 +212,23 @@ def _internvl_processor(tokenizer, image_size: int, max_patches: int, image_seq_
     )
 
 
+def _internvl_config(
+    tokenizer, text_config: dict[str, Any], vision_config, image_seq_length: int, downsample_ratio: float
+):
+    """The ``InternVLConfig`` of a Qwen2 language model (``text_config``, as :func:`_language_model_config` gives it)
+    behind ``vision_config``'s vision tower, with tied word embeddings."""
+    from transformers import InternVLConfig, Qwen2Config
+
+    return InternVLConfig(
+        vision_config=vision_config,
+        text_config=Qwen2Config(**text_config, tie_word_embeddings=True),
+        image_token_id=tokenizer.convert_tokens_to_ids(INTERNVL_SPECIAL_TOKENS["context_image_token"]),
+        image_seq_length=image_seq_length,
+        downsample_ratio=downsample_ratio,
+        tie_word_embeddings=True,
+    )
+
+
 def build_tiny_internvl(
     out_dir: str | os.PathLike,
     *,
@@ -247,7 +264,7 @@ def build_tiny_internvl(
     runs, so the demo model also samples with the ``vllm`` rollout engine.
     Returns ``out_dir``.
     """
-    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen2Config
+    from transformers import InternVLForConditionalGeneration, InternVLVisionConfig
 
     image_seq_length = _internvl_image_seq_length(image_size, patch_size, downsample_ratio)
     tokenizer = _internvl_tokenizer(corpus, seed, vocab_size, pad_vocab_to)
@@ -263,14 +280,7 @@ def build_tiny_internvl(
         image_size=image_size,
         patch_size=patch_size,
     )
-    config = InternVLConfig(
-        vision_config=vision_config,
-        text_config=Qwen2Config(**text_config, tie_word_embeddings=True),
-        image_token_id=tokenizer.convert_tokens_to_ids(INTERNVL_SPECIAL_TOKENS["context_image_token"]),
-        image_seq_length=image_seq_length,
-        downsample_ratio=downsample_ratio,
-        tie_word_embeddings=True,
-    )
+    config = _internvl_config(tokenizer, text_config, vision_config, image_seq_length, downsample_ratio)
     model = _random_model(InternVLForConditionalGeneration, config, tokenizer, seed, dtype)
     processor = _internvl_processor(tokenizer, image_size, max_patches, image_seq_length)
     return _save(model, processor, Path(out_dir))
