@@ -189,7 +189,7 @@ def child(args: argparse.Namespace, path: str) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--micro-batch", type=int, default=4, help="completions per pass (one prompt)")
     parser.add_argument("--completion-length", type=int, default=256, help="tokens per completion (exact)")
@@ -201,41 +201,59 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work-dir", default=None, help="keep the model here (default: a temp dir)")
     parser.add_argument("--path", choices=PATHS, default=None, help="internal: run one path in this process")
-    args = parser.parse_args()
-    if args.path is not None:
-        print(json.dumps(run_path(args)))
-        return
+    return parser.parse_args(argv)
+
+
+def setup_line(args: argparse.Namespace, shape: dict[str, Any]) -> str:
+    """The report's first line: versions, threads, load, the model and the passes."""
+    return (
+        f"torch {package_version('torch')}, transformers {package_version('transformers')}, "
+        f"{args.threads} threads, "
+        f"load {load_average()}; InternVL3-1B language-model width and vocabulary ({shape['pad_vocab_to']:,}), "
+        f"{args.layers} language-model layers, {args.vision_layers} vision layer(s); micro-batch "
+        f"{args.micro_batch} x {args.completion_length} completion tokens; "
+        f"{f'LoRA rank {args.lora_rank}, head frozen' if args.lora_rank else 'full fine-tuning, head trains'}; "
+        f"{args.rounds} processes per path"
+    )
+
+
+def run_rounds(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """The model built and the setup line printed, then ``--rounds`` fresh processes per path, alternating; each
+    path's results."""
     with work_directory(args.work_dir, "bench_logps_memory-") as work_dir:
         args.work_dir = str(work_dir)
         shape = model_shape(args)
         build(work_dir, shape)
-        print(
-            f"torch {package_version('torch')}, transformers {package_version('transformers')}, "
-            f"{args.threads} threads, "
-            f"load {load_average()}; InternVL3-1B language-model width and vocabulary ({shape['pad_vocab_to']:,}), "
-            f"{args.layers} language-model layers, {args.vision_layers} vision layer(s); micro-batch "
-            f"{args.micro_batch} x {args.completion_length} completion tokens; "
-            f"{f'LoRA rank {args.lora_rank}, head frozen' if args.lora_rank else 'full fine-tuning, head trains'}; "
-            f"{args.rounds} processes per path"
-        )
+        print(setup_line(args, shape))
         runs: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
         for _ in range(args.rounds):
             for path in PATHS:
                 wait_for_quiet(60)
                 runs[path].append(child(args, path))
-    losses = {path: runs[path][0]["loss"] for path in PATHS}
-    if abs(losses["chunked"] - losses["whole"]) > 1e-6:
-        raise RuntimeError(
-            f"the chunked path's loss {losses['chunked']} differs from the whole logits' {losses['whole']}"
-        )
-    summary = {}
-    for path in PATHS:
-        summary[path] = {
+    return runs
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per path: the highest process and pass peaks (MiB), the median seconds of a pass, and every pass's seconds."""
+    return {
+        path: {
             "peak": max(r["peak_mib"] for r in runs[path]),
             "pass": max(r["pass_peak_mib"] for r in runs[path]),
             "seconds": statistics.median(s for r in runs[path] for s in r["seconds"]),
             "all": " ".join(f"{s:.2f}" for r in runs[path] for s in r["seconds"]),
         }
+        for path in PATHS
+    }
+
+
+def report(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Print the table, the losses (which must agree), any busy-machine warning and the ratios line."""
+    losses = {path: runs[path][0]["loss"] for path in PATHS}
+    if abs(losses["chunked"] - losses["whole"]) > 1e-6:
+        raise RuntimeError(
+            f"the chunked path's loss {losses['chunked']} differs from the whole logits' {losses['whole']}"
+        )
+    summary = summarize(runs)
     rows = [
         (
             path,
@@ -255,6 +273,14 @@ def main() -> None:
     pass_ratio = summary["chunked"]["pass"] / summary["whole"]["pass"]
     time_ratio = summary["chunked"]["seconds"] / summary["whole"]["seconds"]
     print(f"peak_ratio={peak_ratio:.3f} pass_peak_ratio={pass_ratio:.3f} time_ratio={time_ratio:.3f}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.path is not None:
+        print(json.dumps(run_path(args)))
+        return
+    report(run_rounds(args))
 
 
 if __name__ == "__main__":
