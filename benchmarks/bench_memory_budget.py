@@ -424,15 +424,13 @@ def own_memory(model: Any) -> None:
         tensor.data = tensor.data.clone()
 
 
-def run_step(args: argparse.Namespace, settings: Settings, shape: dict[str, Any], work_dir: Path) -> dict[str, Any]:
-    """One GRPO step of ``settings`` on the CPU; the measured figures."""
+def measured_module(settings: Settings, model_path: Path):
+    """The step's ``MeasuredGRPOModule`` with the recipe's sampling, loss, LoRA and optimizer, its models configured
+    and holding memory of their own."""
     import torch
 
-    from benchmarks.common import quiet_trainer
     from grpo_lightning.config import LoRAConfig, LossConfig, SamplingConfig
-    from grpo_lightning.data import ViVQAXDataModule
 
-    model_path, data_file, image_dir, question_ids = prepare_inputs(args, settings, shape, work_dir)
     module = measured_module_class()(
         **module_arguments(settings, model_path),
         sampling=SamplingConfig(
@@ -451,8 +449,14 @@ def run_step(args: argparse.Namespace, settings: Settings, shape: dict[str, Any]
         if model is not None:
             own_memory(model)
     release_free_memory()
-    policy = unique_parameters(module.model)
-    reference = unique_parameters(module.reference_model) if module.reference_model is not None else []
+    return module
+
+
+def fit_one_step(module: Any, settings: Settings, data_file: Path, image_dir: Path) -> float:
+    """Seconds of one training step of ``module`` on the records (one batch of ``num_prompts``), in a CPU Trainer."""
+    from benchmarks.common import quiet_trainer
+    from grpo_lightning.data import ViVQAXDataModule
+
     data = ViVQAXDataModule(
         train_file=str(data_file),
         train_image_dir=str(image_dir),
@@ -465,17 +469,13 @@ def run_step(args: argparse.Namespace, settings: Settings, shape: dict[str, Any]
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
-    step_seconds = time.perf_counter() - start
-    memory = module.memory
-    head = measure_head(
-        module.model, module.adapter, settings.micro_batch_size, settings.completion_length, module.peaks
-    )
-    text = module.model.config.text_config
-    vision = module.model.config.vision_config
+    return time.perf_counter() - start
+
+
+def parameter_figures(policy: list, reference: list) -> dict[str, int]:
+    """Counts and bytes of the policy's parameters (all, trainable) and of the reference's."""
     trainable = [p for p in policy if p.requires_grad]
     return {
-        "question_ids": question_ids,
-        "step_seconds": step_seconds,
         "policy_parameters": sum(p.numel() for p in policy),
         "trainable_parameters": sum(p.numel() for p in trainable),
         "trainable_tensors": len(trainable),
@@ -484,15 +484,14 @@ def run_step(args: argparse.Namespace, settings: Settings, shape: dict[str, Any]
         "policy_bytes": tensor_bytes(policy),
         "reference_bytes": tensor_bytes(reference),
         "parameter_element_size": policy[0].element_size(),
-        "gradient_bytes": memory.gradient_bytes,
-        "optimizer_state_bytes": memory.optimizer_state_bytes,
-        "phases": memory.phases,
-        "micro_batches": memory.micro_batches,
-        "optimizer_step": memory.optimizer_step,
-        "head": head,
-        "prompt_tokens": memory.prompt_tokens,
-        "completion_tokens": memory.completion_tokens,
-        "image_tiles": memory.image_tiles,
+    }
+
+
+def architecture_figures(config: Any) -> dict[str, int]:
+    """The model's dimensions that the computed parts use: language-model layers, width, KV heads and head size,
+    vision layers and width, and vision tokens per tile (patches and the class token)."""
+    text, vision = config.text_config, config.vision_config
+    return {
         "lm_layers": text.num_hidden_layers,
         "lm_hidden": text.hidden_size,
         "kv_heads": text.num_key_value_heads,
@@ -502,6 +501,34 @@ def run_step(args: argparse.Namespace, settings: Settings, shape: dict[str, Any]
         "vision_tokens_per_tile": (vision.image_size[0] // vision.patch_size[0]) ** 2 + 1
         if isinstance(vision.image_size, (list, tuple))
         else (vision.image_size // vision.patch_size) ** 2 + 1,
+    }
+
+
+def run_step(args: argparse.Namespace, settings: Settings, shape: dict[str, Any], work_dir: Path) -> dict[str, Any]:
+    """One GRPO step of ``settings`` on the CPU; the measured figures."""
+    model_path, data_file, image_dir, question_ids = prepare_inputs(args, settings, shape, work_dir)
+    module = measured_module(settings, model_path)
+    policy = unique_parameters(module.model)
+    reference = unique_parameters(module.reference_model) if module.reference_model is not None else []
+    step_seconds = fit_one_step(module, settings, data_file, image_dir)
+    memory = module.memory
+    head = measure_head(
+        module.model, module.adapter, settings.micro_batch_size, settings.completion_length, module.peaks
+    )
+    return {
+        "question_ids": question_ids,
+        "step_seconds": step_seconds,
+        **parameter_figures(policy, reference),
+        "gradient_bytes": memory.gradient_bytes,
+        "optimizer_state_bytes": memory.optimizer_state_bytes,
+        "phases": memory.phases,
+        "micro_batches": memory.micro_batches,
+        "optimizer_step": memory.optimizer_step,
+        "head": head,
+        "prompt_tokens": memory.prompt_tokens,
+        "completion_tokens": memory.completion_tokens,
+        "image_tiles": memory.image_tiles,
+        **architecture_figures(module.model.config),
         "peak_rss": int(peak_rss_mib() * 2**20),
     }
 
