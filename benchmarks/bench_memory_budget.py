@@ -672,24 +672,24 @@ def gib(value: float) -> str:
     return f"{value / GIB:.2f}"
 
 
-def report(measured: dict[str, Any], settings: Settings, clip: tuple[int, int], device_counts: list[int]) -> list[str]:
-    """The printed accounting."""
-    lines = []
-    element = measured["parameter_element_size"]
-    lines.append(
+def settings_lines(measured: dict[str, Any], settings: Settings) -> list[str]:
+    """The report's head: the step's settings, its prompts and its wall time."""
+    return [
         f"settings: {settings.num_prompts} prompts x G {settings.num_generations} = {settings.num_sequences} "
         "sequences, "
         f"completions of {settings.completion_length} tokens (measured: {min(measured['completion_tokens'])}-"
         f"{max(measured['completion_tokens'])}), micro-batch {settings.micro_batch_size}, gradient checkpointing "
         f"{settings.gradient_checkpointing}, beta {settings.beta}, image {settings.image}, precision "
-        f"{settings.precision}, weights {settings.dtype}"
-    )
-    lines.append(
+        f"{settings.precision}, weights {settings.dtype}",
         f"prompts: ViVQA-X question ids {', '.join(measured['question_ids'])}; image tiles "
-        f"{measured['image_tiles']}; prompt tokens {measured['prompt_tokens']}"
-    )
-    lines.append(f"step wall time on the CPU: {measured['step_seconds']:.0f} s")
-    lines.append("")
+        f"{measured['image_tiles']}; prompt tokens {measured['prompt_tokens']}",
+        f"step wall time on the CPU: {measured['step_seconds']:.0f} s",
+    ]
+
+
+def accounting_rows(measured: dict[str, Any], settings: Settings, clip: tuple[int, int]) -> list[tuple[str, int, str]]:
+    """The table's rows: (item, bytes, how), measured (M), computed (C) and counted."""
+    element = measured["parameter_element_size"]
     rows = [
         (
             "policy weights (M)",
@@ -728,43 +728,55 @@ def report(measured: dict[str, Any], settings: Settings, clip: tuple[int, int], 
         rows.append((f"{name.replace('_', ' ')} (C)", value, "included in the measured phase peaks"))
     rows.append(("CLIP reward model, fp32 (counted)", clip[1], f"{clip[0]:,} parameters x 4 B"))
     rows.append(("process peak RSS on the CPU (M)", measured["peak_rss"], "weights, AdamW state, everything"))
-    lines.append(format_table(("item", "bytes", "GiB", "how"), [(n, f"{v:,}", gib(v), h) for n, v, h in rows]))
-    lines.append("")
+    return rows
+
+
+def formula_lines() -> list[str]:
+    """How the GPU projection is made: the strategy's bucket defaults and the formula of each phase and the peak."""
     ds = deepspeed_defaults()
-    lines.append(
+    return [
         "GPU projection: bf16 weights, DeepSpeed ZeRO-2, optimizer offloaded to the CPU; Lightning DeepSpeedStrategy "
         f"defaults reduce_bucket_size={ds['reduce_bucket_size']:,}, allgather_bucket_size="
         f"{ds['allgather_bucket_size']:,}, overlap_comm={ds['overlap_comm']}, contiguous_gradients="
-        f"{ds['contiguous_gradients']}"
-    )
-    lines.append(
+        f"{ds['contiguous_gradients']}",
         "  formula: peak = max(sampling, reference, update) x (1 + fragmentation) + context, with fragmentation = "
-        f"{FRAGMENTATION:.2f} and context = {gib(CUDA_CONTEXT_BYTES)} GiB (CUDA context, cuBLAS workspace, NCCL)"
-    )
-    lines.append("    resident = policy + reference + CLIP + offload staging buffer (largest trainable tensor x 2 B)")
-    lines.append("    sampling = resident + sampling transient")
-    lines.append("    reference = resident + reference pass transient")
-    lines.append(
+        f"{FRAGMENTATION:.2f} and context = {gib(CUDA_CONTEXT_BYTES)} GiB (CUDA context, cuBLAS workspace, NCCL)",
+        "    resident = policy + reference + CLIP + offload staging buffer (largest trainable tensor x 2 B)",
+        "    sampling = resident + sampling transient",
+        "    reference = resident + reference pass transient",
         "    update = resident + gradients / N + reduce_bucket_size x 2 B x (2 with overlap_comm) + "
-        "allgather_bucket_size x 2 B + micro-batch activations (largest peak after the first micro-batch)"
-    )
-    lines.append(
+        "allgather_bucket_size x 2 B + micro-batch activations (largest peak after the first micro-batch)",
         "    (upper bounds: ZeRO-2 with the optimizer offloaded copies each reduced bucket's gradients to the CPU, so "
         "fewer than all of them stay on the GPU; the allgather bucket is not allocated where all_gather_into_tensor "
-        "exists, and one GPU gathers nothing)"
+        "exists, and one GPU gathers nothing)",
+    ]
+
+
+def projection_lines(result: dict[str, Any]) -> list[str]:
+    """One GPU count's projection (a :func:`projection` result): each phase's parts and sum, and the peak."""
+    devices = result["devices"]
+    lines = [f"  N = {devices} GPU{'s' if devices > 1 else ''}:"]
+    for phase, parts in result["phases"].items():
+        terms = " + ".join(f"{name} {gib(value)}" for name, value in parts.items())
+        lines.append(f"    {phase} = {terms} = {gib(result['sums'][phase])} GiB")
+    verdict = "fits" if result["peak"] <= TARGET_BYTES else "does NOT fit"
+    lines.append(
+        f"    peak = {result['largest']} {gib(result['sums'][result['largest']])} x {1 + FRAGMENTATION:.2f} + "
+        f"{gib(CUDA_CONTEXT_BYTES)} = {gib(result['peak'])} GiB = {result['peak'] / 1e9:.2f} GB "
+        f"({verdict} the 16 GB target)"
     )
+    return lines
+
+
+def report(measured: dict[str, Any], settings: Settings, clip: tuple[int, int], device_counts: list[int]) -> list[str]:
+    """The printed accounting."""
+    rows = accounting_rows(measured, settings, clip)
+    lines = [*settings_lines(measured, settings), ""]
+    lines.append(format_table(("item", "bytes", "GiB", "how"), [(n, f"{v:,}", gib(v), h) for n, v, h in rows]))
+    lines.append("")
+    lines.extend(formula_lines())
     for devices in device_counts:
-        result = projection(measured, settings, clip[1], devices)
-        lines.append(f"  N = {devices} GPU{'s' if devices > 1 else ''}:")
-        for phase, parts in result["phases"].items():
-            terms = " + ".join(f"{name} {gib(value)}" for name, value in parts.items())
-            lines.append(f"    {phase} = {terms} = {gib(result['sums'][phase])} GiB")
-        verdict = "fits" if result["peak"] <= TARGET_BYTES else "does NOT fit"
-        lines.append(
-            f"    peak = {result['largest']} {gib(result['sums'][result['largest']])} x {1 + FRAGMENTATION:.2f} + "
-            f"{gib(CUDA_CONTEXT_BYTES)} = {gib(result['peak'])} GiB = {result['peak'] / 1e9:.2f} GB "
-            f"({verdict} the 16 GB target)"
-        )
+        lines.extend(projection_lines(projection(measured, settings, clip[1], devices)))
     host = host_offload_bytes(measured["trainable_parameters"], len(measured["micro_batches"]))
     terms = " + ".join(f"{name} {gib(value)}" for name, value in host.items())
     lines.append(f"CPU memory of the offloaded optimizer (C): {terms} = {gib(sum(host.values()))} GiB")
