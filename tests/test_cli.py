@@ -13,8 +13,7 @@ import yaml
 import grpo_demo
 from grpo_lightning.cli import main
 from scripts.tb_scalars import read_scalars
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def printed_config(out: str) -> dict:

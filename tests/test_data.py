@@ -24,8 +24,8 @@ from grpo_lightning.errors import UserError, user_message
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.prepare import main as prepare_main
 from grpo_lightning.task import DEFAULT_PROMPT_TEMPLATE, render_prompt
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "vivqax"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/vivqax is not beside the checkout")
 
@@ -95,7 +95,7 @@ def test_prepare_prints_counts_and_missing_images(tmp_path, capsys):
 
 
 def test_prepare_says_a_mistake_in_one_line_with_status_2(tmp_path, capsys):
-    (tmp_path / "ViVQA-X_val.json").write_bytes("[{\"question\": \"M\u00e8o?\"}]".encode("utf-16"))
+    (tmp_path / "ViVQA-X_val.json").write_bytes('[{"question": "M\u00e8o?"}]'.encode("utf-16"))
     cases = {
         ("--prompt-template", "Trả lời ngắn gọn."): "error: data.prompt_template must contain '{question}'",
         (): f"error: {tmp_path / 'ViVQA-X_val.json'}:1: not UTF-8 text (it looks like UTF-16)",
