@@ -485,7 +485,7 @@ def test_skip_invalid_samples_leaves_them_out_and_says_which(jsonl_split):
 
 
 def test_fit_stops_before_the_first_step_on_a_corrupted_copy(assets, jsonl_split, tmp_path, monkeypatch, capsys):
-    """The issue's check: one malformed line and one missing image; `fit` names both and trains nothing."""
+    """A corrupted copy of a split, one malformed line and one missing image: `fit` names both and trains nothing."""
     path, images = jsonl_split
     edit_line(path, 2, lambda record: '{"id": oops}')
     record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
