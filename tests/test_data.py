@@ -24,10 +24,10 @@ from grpo_lightning.errors import UserError, user_message
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.prepare import main as prepare_main
 from grpo_lightning.task import DEFAULT_PROMPT_TEMPLATE, render_prompt
-from tests.helpers import ROOT
+from tests.helpers import ROOT, VIVQAX_DIR, vivqax_absent
 
-SHARED = ROOT.parent / "shared" / "data" / "vivqax"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/vivqax is not beside the checkout")
+SHARED = VIVQAX_DIR / "vivqax"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=vivqax_absent(SHARED))
 
 
 def write_stand_in_images(names: set[str], folder: Path) -> None:
@@ -41,7 +41,7 @@ def write_stand_in_images(names: set[str], folder: Path) -> None:
 def prepared(tmp_path_factory):
     """The real val and test splits through `prepare`, with stand-in images for every referenced file."""
     if not SHARED.is_dir():
-        pytest.skip("../shared/data/vivqax is not beside the checkout")
+        pytest.skip(vivqax_absent(SHARED))
     out = tmp_path_factory.mktemp("prepared")
     coco = out / "coco"
     names = {
