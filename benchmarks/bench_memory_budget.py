@@ -5,9 +5,10 @@
 
 Builds, offline, a random-weight InternVL with InternVL3-1B's shape (``grpo_demo.models.INTERNVL3_1B_SHAPE``: 802M
 parameters, bf16), takes the first ``data.batch_size`` records of the real ViVQA-X validation split (``--records``,
-default ``../shared/data/vivqax/ViVQA-X_val.json``: their questions, answers and explanations) through the product's
-data path (``ViVQAXDataModule``, its prompt template), each with a synthetic 640x480 picture (COCO's usual size, which
-the recipe's ``max_patches: 6`` tiles as a 3x2 grid plus a thumbnail: 7 tiles, 1,792 image tokens), and runs one
+default ``$VIVQAX_DIR/vivqax/ViVQA-X_val.json``, where ``VIVQAX_DIR`` is by default ``../shared/data`` beside the
+repository: their questions, answers and explanations) through the product's data path (``ViVQAXDataModule``, its
+prompt template), each with a synthetic 640x480 picture (COCO's usual size, which the recipe's ``max_patches: 6``
+tiles as a 3x2 grid plus a thumbnail: 7 tiles, 1,792 image tokens), and runs one
 ``GRPOModule`` training step with the settings of ``configs/internvl.yaml`` (G, completion length, micro-batch,
 gradient checkpointing, beta > 0 with its frozen reference copy, bf16-mixed) in a Lightning Trainer on the CPU.
 Completions are sampled at exactly ``max_completion_length`` tokens (``min_completion_length`` = max). Two of the
@@ -64,6 +65,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: import from the rep
 from benchmarks.bench_logps_memory import reset_peak_rss, status_mib
 from benchmarks.common import (
     REPO_ROOT,
+    VIVQAX_DIR,
     format_table,
     git_head,
     load_average,
@@ -74,7 +76,7 @@ from benchmarks.common import (
 )
 
 RECIPE = REPO_ROOT / "configs" / "internvl.yaml"
-RECORDS = REPO_ROOT.parent / "shared" / "data" / "vivqax" / "ViVQA-X_val.json"
+RECORDS = VIVQAX_DIR / "vivqax" / "ViVQA-X_val.json"
 #: A COCO picture's usual size: 4:3, which InternVL's tiling at max_patches 6 makes a 3x2 grid plus a thumbnail.
 IMAGE_SIZE = (640, 480)
 #: Rewards that run offline (the recipe's ``explanation`` needs CLIP weights from the hub).

@@ -1,12 +1,13 @@
 """Milliseconds to score one GRPO batch of 64 completions with each reward, beside pycocoevalcap's Cider.
 
-    python -m benchmarks.bench_rewards [--val-file ../shared/data/vivqax/ViVQA-X_val.json] [--repeats 20]
+    python -m benchmarks.bench_rewards [--val-file $VIVQAX_DIR/vivqax/ViVQA-X_val.json] [--repeats 20]
                                        [--clip-models tiny ViT-B-32] [--clip-repeats 3] [--device cpu]
 
 The batch is 8 ViVQA-X val questions x G = 8 completions, well formed, whose explanations are a copy of a
 reference, another question's reference, a prefix, the question, ...; the images are 8 synthetic 640 x 480
 JPEGs (the split's COCO images are not needed). CIDEr-D's document frequencies come from the val file itself
 (the training split is not shipped here); the corpus only changes the table's size, not the per-batch cost.
+``VIVQAX_DIR`` is the folder of the real ViVQA-X data, by default ``../shared/data`` beside the repository.
 
 CLIP runs on ``--device`` (the CPU by default) with *random* weights (nothing is downloaded): ``tiny`` is the
 0.4M-parameter test config; ``ViT-B-32`` is open_clip's ViT-B-32 architecture, whose vision tower is that of the
@@ -39,13 +40,13 @@ import torch
 from PIL import Image
 from pycocoevalcap.cider.cider import Cider
 
-from benchmarks.common import median_ms
+from benchmarks.common import VIVQAX_DIR, median_ms
 from grpo_demo.models import write_tiny_clip_config
 from grpo_lightning.rewards import get_reward
 from grpo_lightning.rewards.cider import tokenize
 from grpo_lightning.rewards.clip_score import load_clip_model
 
-DEFAULT_VAL_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "vivqax" / "ViVQA-X_val.json"
+DEFAULT_VAL_FILE = VIVQAX_DIR / "vivqax" / "ViVQA-X_val.json"
 
 
 def make_batch(records: list[dict], image_dir: Path, prompts: int, group: int, seed: int = 0) -> dict[str, list]:

@@ -1,6 +1,6 @@
 """What the benchmarks share: timing, memory and machine-load measurements, the device clock, a quiet Lightning
-trainer, a work folder, tables and version strings. Nothing heavy at import time (torch and Lightning load where
-they are used), so a harness imports this without paying for them."""
+trainer, a work folder, the real ViVQA-X data's folder, tables and version strings. Nothing heavy at import time (torch
+and Lightning load where they are used), so a harness imports this without paying for them."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from typing import IO, Any
 
 #: The repository root: benchmarks run from here (``python -m benchmarks.<name>``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The folder of the real ViVQA-X data (``vivqax/``: the splits): ``$VIVQAX_DIR``, by default ``../shared/data``
+#: beside the repository, as for the tests.
+VIVQAX_DIR = Path(os.environ.get("VIVQAX_DIR") or REPO_ROOT.parent / "shared" / "data")
 
 
 # ------------------------------------------------------------------------------------------------ timing and memory

@@ -1,4 +1,6 @@
-"""Shared fixtures: the offline demo assets, built once per test run. Nothing here touches the network."""
+"""Shared fixtures: the offline demo assets, built once per test run. Nothing here touches the network.
+
+What the test files share besides fixtures is in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
@@ -12,18 +14,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# the shared builders' assertions report their values as the test files' own do
+pytest.register_assert_rewrite("tests.helpers")
+
 import grpo_demo  # noqa: E402
-
-#: Where the ``assets`` fixture puts a tiny Qwen2.5-VL beside the demo's InternVL and Qwen2-VL.
-QWEN2_5_VL_SUBDIR = "models/tiny-qwen2_5vl"
-
-#: The model families the adapters support, each with its checkpoint under the ``assets`` fixture.
-FAMILY_SUBDIRS = {
-    "internvl": grpo_demo.INTERNVL_SUBDIR,
-    "qwen2_vl": grpo_demo.QWEN2VL_SUBDIR,
-    "qwen2_5_vl": QWEN2_5_VL_SUBDIR,
-}
-FAMILIES = tuple(FAMILY_SUBDIRS)
+from tests.helpers import QWEN2_5_VL_SUBDIR  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,8 @@ from grpo_lightning.callbacks import StepCheckpoint
 from grpo_lightning.config import LoggingConfig, LossConfig, RewardConfig, SamplingConfig
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
+from tests.helpers import ROOT, quiet_trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "internvl.yaml"
 #: Environment variable naming the file prefix that :func:`length_reward` appends the sampled completions to.
 ROLLOUTS_ENV = "GRPO_TEST_ROLLOUTS"
@@ -166,23 +166,18 @@ def main(argv: list[str] | None = None) -> None:
         optimizer=optimizer_factory(args.optimizer, args.lr, args.out),
         logging=LoggingConfig(completions_every_n_steps=0),
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=2,
         strategy=strategy,
         precision="32-true",
         max_steps=args.steps,
-        logger=False,
         callbacks=[
             WeightRecorder(args.out),
             StepCheckpoint(
                 every_n_train_steps=args.checkpoint_every, save_last="link", dirpath=str(args.out / "checkpoints")
             ),
         ],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
+        enable_checkpointing=True,
     )
     # 4 prompts per step over 2 processes: 2 prompts each
     data = ViVQAXDataModule(

@@ -19,6 +19,7 @@ from grpo_lightning.config import LoggingConfig, LossConfig, RewardConfig, Sampl
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
 from tests.deepspeed_cpu import ROLLOUTS_ENV, CPUDeepSpeedStrategy, recipe_strategy_args
+from tests.helpers import quiet_trainer
 
 SYNC_EVERY, ALPHA, STEPS = 2, 0.5, 3
 
@@ -66,11 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
         logging=LoggingConfig(completions_every_n_steps=0),
     )
-    trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy=strategy, precision="32-true", max_steps=STEPS, logger=False,
-        callbacks=[WeightRecorder(args.out)], enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-    )  # fmt: skip
+    trainer = quiet_trainer(
+        devices=2, strategy=strategy, precision="32-true", max_steps=STEPS, callbacks=[WeightRecorder(args.out)]
+    )
     data = ViVQAXDataModule(
         train_file=args.train_file, train_image_dir=args.train_image_dir, batch_size=4, shuffle=True, seed=3
     )

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import grpo_demo
 from grpo_lightning.adapters import check_checkpoint_layout
-from grpo_lightning.cli import main as cli_main
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.module import GRPOModule
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import fit_args, run_cli
 
 
 def none_for_everything(completions, solution, **kwargs):
@@ -24,26 +21,6 @@ def none_for_everything(completions, solution, **kwargs):
 def bare_none(completions, solution, **kwargs):
     """A reward plugin that forgot to return its list."""
     return None
-
-
-def fit_args(assets: Path, tmp_path: Path, *extra: str) -> list[str]:
-    args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml")]
-    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
-    args += ["--data.train_file", str(grpo_demo.split_json_path(assets, "train"))]
-    args += ["--data.train_image_dir", str(grpo_demo.image_dir(assets, "train")), "--data.val_file", "null"]
-    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--trainer.max_steps", "4"]
-    args += ["--model.sampling.num_generations", "2", "--model.sampling.max_completion_length", "4"]
-    args += ["--data.batch_size", "2"]
-    args += ["--model.loss.beta", "0", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"]
-    return [*args, *extra]
-
-
-def run_cli(args: list[str], capsys) -> str:
-    """The command line's error message; it must exit with status 2."""
-    with pytest.raises(SystemExit) as exited:
-        cli_main(args)
-    assert exited.value.code == 2
-    return capsys.readouterr().err
 
 
 def test_an_empty_training_file_stops_fit_before_any_step(assets, tmp_path, capsys, monkeypatch):

@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -34,8 +33,7 @@ from benchmarks.trl_settings import (
     trl_config_kwargs,
 )
 from grpo_demo.models import CPU_MODEL_SHAPE, INTERNVL3_1B_SHAPE
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def _grpo_module_parameters() -> set[str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,21 +15,16 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from grpo_lightning.callbacks import (
     AtomicCheckpointIO,
-    HFExportCallback,
     StepCheckpoint,
     check_run_name,
     continue_logger_version,
 )
 from grpo_lightning.cli import main as cli_main
-from grpo_lightning.data import ViVQAXDataModule
-from tests.test_module import make_module
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, ManualBoringModel, fit_with, grpo_run, quiet_trainer
 
 #: The checkpointing part of the shipped configs' `trainer:` section, as a user would write it; parsed by the CLI below.
 PROPOSED_TRAINER_YAML = """
@@ -52,49 +45,6 @@ trainer:
 """
 
 
-def fit_with(
-    module: L.LightningModule,
-    save_dir: Path,
-    steps: int,
-    callbacks: list[L.Callback],
-    *,
-    name: str = "run",
-    datamodule: L.LightningDataModule | None = None,
-    ckpt_path: str | None = None,
-) -> L.Trainer:
-    """A CPU Trainer with AtomicCheckpointIO, a TensorBoard logger ``<save_dir>/<name>`` and the given callbacks."""
-    L.seed_everything(0)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=TensorBoardLogger(save_dir, name=name),
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return trainer
-
-
-class ManualBoringModel(BoringModel):
-    """Lightning's tiny regression model, optimised manually as GRPOModule is (this changes when Lightning saves)."""
-
-    def __init__(self):
-        super().__init__()
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        optimizer = self.optimizers()
-        loss = self.step(batch)
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
-        return loss
-
-
 def boring_fit(save_dir: Path, name: str, steps: int, ckpt_path: str | None = None, **checkpoint) -> L.Trainer:
     callback = StepCheckpoint(every_n_train_steps=checkpoint.pop("every_n_train_steps", 2), **checkpoint)
     return fit_with(ManualBoringModel(), save_dir, steps, [callback], name=name, ckpt_path=ckpt_path)
@@ -102,59 +52,6 @@ def boring_fit(save_dir: Path, name: str, steps: int, ckpt_path: str | None = No
 
 def saved_steps(folder: Path) -> dict[str, int]:
     return {p.name: torch.load(p, weights_only=False)["global_step"] for p in sorted(folder.iterdir())}
-
-
-_RUNS: dict[str, SimpleNamespace] = {}
-
-
-def record_hub_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
-    """Replace the two HfApi methods that push_to_hub uses by recorders, and make any network connection fail."""
-    from huggingface_hub import HfApi
-
-    calls: list[tuple[str, dict]] = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", {"repo_id": repo_id, "token": self.token, **kwargs}))
-        return f"https://huggingface.co/{repo_id}"
-
-    def upload_folder(self, **kwargs):
-        files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
-        calls.append(("upload_folder", {**kwargs, "files": files}))
-
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"a test opened a network connection: {args}")
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    return calls
-
-
-def grpo_run(assets: Path, data_kwargs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """One real GRPO fit of 3 steps on the tiny InternVL, shared by this file and tests/test_export.py.
-
-    A checkpoint every 2 steps, the HF export at fit end and its push to the hub (recorded, no network).
-    """
-    key = str(assets)
-    if key not in _RUNS:
-        module = make_module(assets, loss=dict(beta=0.0))
-        data = ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False)
-        export = HFExportCallback(push_to_hub=True, hub_model_id="someone/tiny-grpo")
-        save_dir = tmp_path_factory.mktemp("grpo-run")
-        with pytest.MonkeyPatch.context() as monkeypatch, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            hub_calls = record_hub_calls(monkeypatch)
-            trainer = fit_with(module, save_dir, 3, [StepCheckpoint(every_n_train_steps=2), export], datamodule=data)
-        _RUNS[key] = SimpleNamespace(
-            module=module,
-            trainer=trainer,
-            save_dir=save_dir,
-            checkpoints=Path(trainer.logger.log_dir) / "checkpoints",
-            export=export,
-            hub_calls=hub_calls,
-            warnings=[str(w.message) for w in caught],
-        )
-    return _RUNS[key]
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +93,8 @@ def test_a_resumed_run_logs_into_the_version_folder_of_its_checkpoint(tmp_path):
 
     def trainer_for(name: str, version: int | None = None) -> L.Trainer:
         logger = TensorBoardLogger(tmp_path, name=name, version=version)
-        return L.Trainer(logger=logger, callbacks=[StepCheckpoint(every_n_train_steps=2)], accelerator="cpu")
+        callbacks = [StepCheckpoint(every_n_train_steps=2)]
+        return quiet_trainer(logger=logger, callbacks=callbacks, enable_checkpointing=True)
 
     resumed = trainer_for("exp")
     assert continue_logger_version(resumed, "last") == [first.log_dir]
@@ -215,7 +113,9 @@ def test_a_resumed_run_logs_into_the_version_folder_of_its_checkpoint(tmp_path):
 def test_ckpt_path_last_without_any_checkpoint_warns_and_trains_from_scratch(tmp_path):
     """Lightning's behaviour, kept as is here: a warning, then a fresh run (the CLI may turn it into an error)."""
     callback = StepCheckpoint(every_n_train_steps=2)
-    unfitted = L.Trainer(logger=TensorBoardLogger(tmp_path, name="new"), callbacks=[callback], accelerator="cpu")
+    unfitted = quiet_trainer(
+        logger=TensorBoardLogger(tmp_path, name="new"), callbacks=[callback], enable_checkpointing=True
+    )
     assert callback.find_last_checkpoint(unfitted) is None
     with pytest.warns(UserWarning, match=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint'):
         trainer = boring_fit(tmp_path, "new", steps=2, ckpt_path="last")
@@ -386,16 +286,12 @@ def resumed_fit(
 ) -> L.Trainer:
     """A boring run named ``demo`` that, as the command line does, goes on in its checkpoint's version folder."""
     L.seed_everything(0)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=steps,
         logger=TensorBoardLogger(save_dir, name="demo"),
         callbacks=[StepCheckpoint(every_n_train_steps=50, save_last=save_last)],
         plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
+        enable_checkpointing=True,
     )
     continue_logger_version(trainer, ckpt_path)
     trainer.fit(FailingBoringModel(fail_after), ckpt_path=ckpt_path)

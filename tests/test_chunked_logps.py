@@ -12,9 +12,7 @@ from grpo_lightning.adapters.base import output_head
 from grpo_lightning.adapters.chunked_head import head_logps
 from grpo_lightning.adapters.prefix_cache import cache_through_checkpointing
 from grpo_lightning.algorithms import entropy_from_logits, selective_log_softmax
-from tests.conftest import FAMILIES
-from tests.test_module import make_module
-from tests.test_shared_encoding import B, G, first_batch, reference_adapter
+from tests.helpers import FAMILIES, B, G, first_batch, make_module, reference_adapter
 from tests.tolerances import F32_RTOL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,8 +13,7 @@ import yaml
 import grpo_demo
 from grpo_lightning.cli import main
 from scripts.tb_scalars import read_scalars
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def printed_config(out: str) -> dict:
@@ -59,7 +58,7 @@ def test_every_config_parses(config, capsys):
     assert printed["data"]["train_file"]
 
 
-def test_the_real_recipe_is_what_the_issue_asks(capsys):
+def test_the_internvl_recipe_is_internvl3_1b_with_g_8_beta_0_04_bf16_and_zero2_offload(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(ROOT / "configs" / "internvl.yaml"), "--print_config"])
     config = printed_config(capsys.readouterr().out)

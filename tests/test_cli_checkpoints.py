@@ -14,8 +14,7 @@ import torch
 import grpo_demo
 from grpo_lightning.checkpoint_files import CheckpointError
 from grpo_lightning.cli import checkpoint_hyperparameters, main
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 #: What the checkpoint was trained with, beyond configs/demo.yaml (which sets none of these).
 TRAINED = {"lora.r": 4, "lora.alpha": 8.0, "sampling.top_k": 5, "logging.num_completions": 2}

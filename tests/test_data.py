@@ -24,10 +24,10 @@ from grpo_lightning.errors import UserError, user_message
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.prepare import main as prepare_main
 from grpo_lightning.task import DEFAULT_PROMPT_TEMPLATE, render_prompt
+from tests.helpers import ROOT, VIVQAX_DIR, vivqax_absent
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "vivqax"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/vivqax is not beside the checkout")
+SHARED = VIVQAX_DIR / "vivqax"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=vivqax_absent(SHARED))
 
 
 def write_stand_in_images(names: set[str], folder: Path) -> None:
@@ -41,7 +41,7 @@ def write_stand_in_images(names: set[str], folder: Path) -> None:
 def prepared(tmp_path_factory):
     """The real val and test splits through `prepare`, with stand-in images for every referenced file."""
     if not SHARED.is_dir():
-        pytest.skip("../shared/data/vivqax is not beside the checkout")
+        pytest.skip(vivqax_absent(SHARED))
     out = tmp_path_factory.mktemp("prepared")
     coco = out / "coco"
     names = {
@@ -95,7 +95,7 @@ def test_prepare_prints_counts_and_missing_images(tmp_path, capsys):
 
 
 def test_prepare_says_a_mistake_in_one_line_with_status_2(tmp_path, capsys):
-    (tmp_path / "ViVQA-X_val.json").write_bytes("[{\"question\": \"M\u00e8o?\"}]".encode("utf-16"))
+    (tmp_path / "ViVQA-X_val.json").write_bytes('[{"question": "M\u00e8o?"}]'.encode("utf-16"))
     cases = {
         ("--prompt-template", "Trả lời ngắn gọn."): "error: data.prompt_template must contain '{question}'",
         (): f"error: {tmp_path / 'ViVQA-X_val.json'}:1: not UTF-8 text (it looks like UTF-16)",
@@ -485,7 +485,7 @@ def test_skip_invalid_samples_leaves_them_out_and_says_which(jsonl_split):
 
 
 def test_fit_stops_before_the_first_step_on_a_corrupted_copy(assets, jsonl_split, tmp_path, monkeypatch, capsys):
-    """The issue's check: one malformed line and one missing image; `fit` names both and trains nothing."""
+    """A corrupted copy of a split, one malformed line and one missing image: `fit` names both and trains nothing."""
     path, images = jsonl_split
     edit_line(path, 2, lambda record: '{"id": oops}')
     record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])

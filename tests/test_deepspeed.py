@@ -25,11 +25,11 @@ import pytest
 import torch
 
 import grpo_demo
+from tests.helpers import ROOT
 from tests.tolerances import F32_RTOL
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 #: Small enough that the first step is clipped (its gradient norm is about 1.6; checked below).
 MAX_GRAD_NORM = 0.5
 

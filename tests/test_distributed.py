@@ -5,64 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import grpo_demo
 from scripts.tb_scalars import read_scalars
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def fit_on_two_processes(
-    assets,
-    data_kwargs,
-    tmp_path,
-    *,
-    reward: str,
-    num_generations: int,
-    max_steps: int,
-    options: tuple[str, ...] = (),
-    env: dict[str, str] | None = None,
-    timeout: int = 600,
-    status: int = 0,
-) -> subprocess.CompletedProcess:
-    """``fit --config configs/demo.yaml`` on 2 CPU processes (DDP over gloo) through the command line, on the demo's
-    training split with batches of 4 prompts, ``reward`` alone, completions of at most 8 tokens, logs under
-    ``tmp_path / "logs"``, then ``options``; asserts it exits with ``status``."""
-    args = [sys.executable, "-m", "grpo_lightning", "fit", "--config", "configs/demo.yaml"]
-    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    args += ["--trainer.max_steps", str(max_steps), "--trainer.enable_progress_bar", "false"]
-    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
-    args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
-    args += ["--model.rewards.funcs", f"[{reward}]", "--model.rewards.weights", "null"]
-    args += ["--model.sampling.num_generations", str(num_generations), "--model.sampling.max_completion_length", "8"]
-    args += ["--data.batch_size", "4", "--data.val_file", "null"]
-    for key, value in data_kwargs.items():
-        if key.startswith("train"):
-            args += [f"--data.{key}", value]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run([*args, *options], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == status, result.stderr[-4000:]
-    return result
-
-
-def rank_reward(completions, solution, id, **kwargs):  # noqa: A002 - `id` is the batch field's name
-    """Reward = this process's rank; also records which prompts each rank saw, and checks they are whole groups."""
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    group = int(os.environ["GRPO_TEST_G"])
-    runs = [id[i : i + group] for i in range(0, len(id), group)]
-    if any(len(set(run)) != 1 or len(run) != group for run in runs) or len({run[0] for run in runs}) != len(runs):
-        raise AssertionError(f"rank {rank} got a split group: {id}")
-    with open(f"{os.environ['GRPO_TEST_IDS']}.rank{rank}", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(sorted({run[0] for run in runs})) + "\n")
-    with open(f"{os.environ['GRPO_TEST_IDS']}.completions{rank}", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(completions) + "\n")
-    return [float(rank)] * len(completions)
+from tests.helpers import fit_on_two_processes
 
 
 @pytest.mark.slow
@@ -76,7 +25,7 @@ def test_the_demo_runs_on_two_processes_with_whole_groups_reduced_metrics_and_on
         assets,
         data_kwargs,
         tmp_path,
-        reward="tests.test_distributed:rank_reward",
+        reward="tests.helpers:rank_reward",
         num_generations=4,
         max_steps=2,
         options=("--model.loss.scale_rewards", "batch"),

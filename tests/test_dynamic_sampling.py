@@ -9,7 +9,6 @@ import json
 import math
 import statistics
 import warnings
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -25,11 +24,9 @@ from grpo_lightning.errors import ConfigError
 from grpo_lightning.rewards import RewardError
 from grpo_lightning.rollout import join_groups
 from scripts.tb_scalars import read_scalars
-from tests.test_distributed import fit_on_two_processes
-from tests.test_module import flat_params, make_module
+from tests.helpers import fit_on_two_processes, flat_params, make_module, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-ROOT = Path(__file__).resolve().parents[1]
 G = 4
 
 #: Every reward call's groups, as the prompt id of each group in order (one entry per round of sampling).
@@ -88,17 +85,11 @@ def fit(
     """A fit of ``module`` on the demo data (batches of 2, shuffled), resumable from ``ckpt_path``; dynamic
     sampling's warnings about steps short of groups are silenced unless ``short_step_warnings``."""
     L.seed_everything(5)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=max_steps,
         logger=TensorBoardLogger(save_dir, name="run"),
         callbacks=[checkpoints] if checkpoints else [],
         enable_checkpointing=checkpoints is not None,
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         limit_train_batches=limit_train_batches,
     )
     continue_logger_version(trainer, ckpt_path)
@@ -296,15 +287,7 @@ def test_a_loader_that_cannot_refill_is_refused_with_what_to_do(assets, data_kwa
             )
 
     module = make(assets, sampling=dict(dynamic_sampling=True))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=1)
     with pytest.raises(
         ConfigError, match=r"must be a grpo_lightning.data.ResumableDataLoader \(.*sampling.dynamic_sampling: false"
     ):

@@ -1,7 +1,8 @@
 """Tests of the scoring functions (grpo_lightning.metrics) and the evaluation command line.
 
 The slow test reproduces the published scores of a public ViVQA-X baseline run from its predictions file
-(../shared/data/reference); everything else runs on a few hand-made Vietnamese records.
+(``$VIVQAX_DIR/reference``, by default ``../shared/data/reference``); everything else runs on a few hand-made
+Vietnamese records.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import json
 import math
 import shutil
 import unicodedata
-from pathlib import Path
 
 import pytest
 
@@ -24,15 +24,12 @@ from grpo_lightning.metrics import (
     score_explanations,
     strip_explanation_prefix,
 )
+from tests.helpers import VIVQAX_DIR, vivqax_absent
 
-REFERENCE_PREDICTIONS = (
-    Path(__file__).resolve().parents[2] / "shared/data/reference/ViVQA-X_test_Qwen2.5-VL-7B-Instruct_predictions.json"
-)
+REFERENCE_PREDICTIONS = VIVQAX_DIR / "reference" / "ViVQA-X_test_Qwen2.5-VL-7B-Instruct_predictions.json"
 FAST_METRICS = ("bleu", "rouge", "cider")  # no JVM: METEOR has tests of its own
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java; no `java` on PATH")
-needs_reference = pytest.mark.skipif(
-    not REFERENCE_PREDICTIONS.is_file(), reason=f"{REFERENCE_PREDICTIONS} is absent (../shared/data not beside main)"
-)
+needs_reference = pytest.mark.skipif(not REFERENCE_PREDICTIONS.is_file(), reason=vivqax_absent(REFERENCE_PREDICTIONS))
 
 
 def record(qid, pred_ans, gt_ans, pred_explain, gt_explain, **extra) -> dict:

@@ -4,7 +4,6 @@ evaluator scores without conversion."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ import grpo_demo
 from grpo_lightning.cli import main as cli_main
 from grpo_lightning.evaluate import main as evaluate_main
 from scripts.tb_scalars import read_scalars
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 METRICS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr"]
 
 

@@ -16,8 +16,7 @@ from grpo_lightning.adapters import build_adapter
 from grpo_lightning.callbacks import HFExportCallback, continue_logger_version
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.export import export_checkpoint, export_model, main, push_to_hub
-from tests.test_checkpoints import ManualBoringModel, fit_with, grpo_run, record_hub_calls
-from tests.test_module import make_module
+from tests.helpers import ManualBoringModel, fit_with, grpo_run, make_module, quiet_trainer, record_hub_calls
 
 # The LoRA targets of the tests: query and value projections of the language model (not the vision tower's).
 LANGUAGE_QV = r"model\.language_model\..*\.(q_proj|v_proj)"
@@ -207,14 +206,8 @@ def test_only_a_resumed_run_replaces_the_export_in_its_log_folder(tmp_path):
     (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
 
     def trainer_with(callback: HFExportCallback) -> L.Trainer:
-        return L.Trainer(
-            accelerator="cpu",
-            max_steps=1,
-            logger=TensorBoardLogger(tmp_path / "logs", name="run", version="v"),
-            callbacks=[callback],
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
+        return quiet_trainer(
+            max_steps=1, logger=TensorBoardLogger(tmp_path / "logs", name="run", version="v"), callbacks=[callback]
         )
 
     with pytest.raises(ConfigError, match="holds files already"):

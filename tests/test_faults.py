@@ -23,8 +23,7 @@ from grpo_lightning.cli import main
 from grpo_lightning.hardware import CPU_TRY, check_hardware
 from grpo_lightning.run_lock import LOCK_NAME, RunFolderBusy, RunLock
 from scripts.tb_scalars import read_scalars
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 #: Environment of the reward below: after how many calls it acts (one call per training step), and how.
 AT_ENV, ACTION_ENV, MARKER_ENV = "GRPO_TEST_AT_CALL", "GRPO_TEST_ACTION", "GRPO_TEST_MARKER"

@@ -6,16 +6,7 @@ import pytest
 import torch
 
 from scripts.tb_scalars import read_scalars
-from tests.test_module import fit, flat_params, make_module
-
-#: A tiny random model learns the answer tags with these settings (also the vLLM engine's learning test).
-TAG_LEARNING = dict(
-    optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
-    rewards=dict(funcs=["tag_count"]),
-    sampling=dict(num_generations=8, max_completion_length=16),
-    loss=dict(beta=0.0, micro_batch_size=32),
-    logging=dict(completions_every_n_steps=0),
-)
+from tests.helpers import TAG_LEARNING, fit, flat_params, make_module
 
 
 @pytest.mark.slow

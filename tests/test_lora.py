@@ -7,8 +7,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from grpo_lightning.data import ViVQAXDataModule
-from tests.conftest import FAMILIES
-from tests.test_module import fit, make_module
+from tests.helpers import FAMILIES, fit, make_module
 
 
 def snapshot(module) -> dict[str, torch.Tensor]:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from grpo_lightning.config import GROUPS
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.errors import ConfigError
-from grpo_lightning.module import GRPOModule
 from scripts.tb_scalars import read_scalars
-from tests.conftest import FAMILIES, FAMILY_SUBDIRS
+from tests.helpers import FAMILIES, fit, flat_params, make_module
 from tests.tolerances import F32_RTOL
 
 REQUIRED_TAGS = {
@@ -33,49 +29,6 @@ REQUIRED_TAGS = {
     "train/learning_rate",
     "train/step_time",
 }
-
-
-# The tests' settings of each group; a test gives the fields it changes as a dict (e.g. ``loss=dict(beta=0.0)``).
-TEST_GROUPS = {
-    "rewards": {"funcs": ["tag_count", "format"]},
-    "sampling": {"num_generations": 4, "max_completion_length": 12},
-    "loss": {"beta": 0.04, "micro_batch_size": 8},
-    "logging": {"completions_every_n_steps": 1},
-}
-
-
-def make_module(assets, family: str = "internvl", **overrides) -> GRPOModule:
-    kwargs = dict(
-        model_name_or_path=str(assets / FAMILY_SUBDIRS[family]),
-        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
-    )
-    for name, group in GROUPS.items():
-        fields = {**TEST_GROUPS.get(name, {}), **overrides.pop(name, {})}
-        if fields:
-            kwargs[name] = group(**fields)
-    kwargs.update(overrides)
-    return GRPOModule(**kwargs)
-
-
-def fit(module, data_kwargs, tmp_path, steps: int, batch_size: int = 2, seed: int = 0) -> L.Trainer:
-    L.seed_everything(seed)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=TensorBoardLogger(tmp_path, name="run"),
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    data = ViVQAXDataModule(**data_kwargs, batch_size=batch_size, shuffle=False)
-    trainer.fit(module, datamodule=data)
-    return trainer
-
-
-def flat_params(module) -> torch.Tensor:
-    return torch.cat([p.detach().flatten().clone() for p in module.model.parameters()])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -8,9 +8,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from grpo_lightning.adapters.prefix_cache import CaptureCache, GrowingLayer
-from tests.conftest import FAMILIES
-from tests.test_module import make_module
-from tests.test_shared_encoding import G, first_batch
+from tests.helpers import FAMILIES, G, first_batch, make_module
 
 
 def _states(batch: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

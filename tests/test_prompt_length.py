@@ -23,9 +23,7 @@ from grpo_lightning.export import export_model
 from grpo_lightning.images import loaded_size
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.prompt_length import PromptLengthCheck, check_prompt_lengths
-from tests.conftest import FAMILY_SUBDIRS
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import FAMILY_SUBDIRS, ROOT
 
 PROMPTS = [
     "Con mèo đang nằm ở đâu? Trả lời ngắn gọn rồi giải thích vì sao.",

@@ -14,10 +14,9 @@ import torch
 
 import grpo_demo
 from tests.deepspeed_ref_sync import ALPHA, STEPS, SYNC_EVERY
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_zero2_processes_mix_the_policy_into_the_reference_at_the_sync_steps(assets, data_kwargs, tmp_path):

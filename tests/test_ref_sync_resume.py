@@ -18,7 +18,7 @@ from grpo_lightning.callbacks import StepCheckpoint
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
 from scripts.tb_scalars import read_scalars
-from tests.test_module import flat_params, make_module
+from tests.helpers import flat_params, make_module, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,11 +39,12 @@ def run(assets, data_kwargs, save_dir: Path, max_steps: int, ckpt_path=None, los
         loss=loss,
         logging=dict(completions_every_n_steps=0),
     )
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=max_steps, logger=TensorBoardLogger(save_dir, name="run"),
-        callbacks=[StepCheckpoint(every_n_train_steps=2, save_last=False)], log_every_n_steps=1,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-    )  # fmt: skip
+    trainer = quiet_trainer(
+        max_steps=max_steps,
+        logger=TensorBoardLogger(save_dir, name="run"),
+        callbacks=[StepCheckpoint(every_n_train_steps=2, save_last=False)],
+        enable_checkpointing=True,
+    )
     trainer.fit(
         module, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=True, seed=3), ckpt_path=ckpt_path
     )

@@ -10,8 +10,6 @@ import base64
 import hashlib
 import json
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
@@ -30,14 +28,7 @@ from grpo_lightning.report import (
     score_key,
     write_report,
 )
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM = shutil.which("chromium")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (`apt-get install -y chromium`; .ci/run installs it)"
-)
-XSS_SCRIPT = "<script>document.body.setAttribute('data-pwned', 'script')</script>"
-XSS_IMG = "\"'><img src=x onerror=\"document.body.setAttribute('data-pwned', 'img')\">"
+from tests.helpers import ROOT, XSS_IMG, XSS_SCRIPT, chromium, needs_chromium, screenshot_artifact
 
 
 def _record(qid, pred_ans, gt_ans, pred_explain, gt_explain, answer_type, **extra) -> dict:
@@ -149,7 +140,7 @@ def test_page_assets_are_package_data_embedded_verbatim(tmp_path, scores):
     folder = resources.files("grpo_lightning") / ASSETS_DIR
     named = {name for names in PAGE_ASSETS.values() for name in names}
     assert sorted(entry.name for entry in folder.iterdir()) == sorted(named)  # none missing, none left unused
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert '"grpo_lightning.report_assets" = ["*.css", "*.js"]' in pyproject
     assert all(name.endswith((".css", ".js")) for name in named)  # the patterns a wheel ships
     (tmp_path / "rollouts").mkdir()
@@ -185,28 +176,8 @@ class _Rows(HTMLParser):
             self.ids.add(attributes["id"])
 
 
-def _chromium(tmp_path: Path, url: str, *args: str) -> str:
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--virtual-time-budget=5000",
-        *args,
-        url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 def _dump(tmp_path: Path, page: Path, fragment: str = "") -> _Rows:
-    return _Rows(_chromium(tmp_path, page.as_uri() + fragment, "--dump-dom"))
+    return _Rows(chromium(tmp_path, page.as_uri() + fragment, "--dump-dom"))
 
 
 @needs_chromium
@@ -236,18 +207,6 @@ def test_fragment_filters_by_answer_type_and_sorts_by_score(tmp_path, page, scor
     assert {row["data-answer-type"] for row in visible} == {"yes/no"} and len(visible) == 2
     cider = [float(row["data-score-cider"]) for row in dom.rows]
     assert cider == sorted(s["CIDEr"] for s in scores.per_sample)
-
-
-def screenshot_artifact(tmp_path: Path, url: str, name: str, size: tuple[int, int]) -> None:
-    """A screenshot of ``url`` in a ``size`` window, kept as ``test-artifacts/<name>``: that size, and not a blank
-    page (thumbnails and colours are on it)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / name
-    shot.unlink(missing_ok=True)
-    _chromium(tmp_path, url, f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}")
-    with Image.open(shot) as image:
-        assert image.size == size
-        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
 
 
 @needs_chromium

@@ -18,24 +18,9 @@ from grpo_lightning.callbacks import StepCheckpoint, continue_logger_version
 from grpo_lightning.data import ResumableDataLoader, ResumableSampler, ViVQAXDataModule, read_samples
 from grpo_lightning.module import GRPOModule
 from scripts.tb_scalars import read_scalars
-from tests.test_module import flat_params, make_module
+from tests.helpers import arm, flat_params, make_module, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-#: The reward of the next run raises this on its ``at_call``-th call (1-based; one call per training step).
-FAULT: dict = {"at_call": None, "error": None, "calls": 0}
-
-
-def characters_reward(completions, solution, **kwargs):
-    """A dense reward (every completion scores differently), so that every step moves the weights."""
-    FAULT["calls"] += 1
-    if FAULT["calls"] == FAULT["at_call"]:
-        raise FAULT["error"]
-    return [len(text) / 50 for text in completions]
-
-
-def arm(at_call: int | None, error: BaseException | None = None) -> None:
-    FAULT.update(at_call=at_call, error=error, calls=0)
 
 
 def run(
@@ -54,7 +39,7 @@ def run(
     L.seed_everything(7)
     module = make_module(
         assets,
-        rewards=dict(funcs=["tests.test_resume:characters_reward"]),
+        rewards=dict(funcs=["tests.helpers:characters_reward"]),  # made to fail by `arm`
         loss=dict(beta=0.04),
         logging=dict(completions_every_n_steps=0),
         # a schedule that changes every step: a resumed run that restarted it would end with other weights
@@ -63,16 +48,11 @@ def run(
         ),
     )
     checkpoints = StepCheckpoint(every_n_train_steps=every_n_train_steps, save_last="link")
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=max_steps,
         logger=TensorBoardLogger(save_dir, name="run"),
         callbacks=[*callbacks, checkpoints],
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
+        enable_checkpointing=True,
         limit_train_batches=limit_train_batches,
     )
     continue_logger_version(trainer, ckpt_path)

@@ -12,9 +12,7 @@ from safetensors.torch import load_file
 import grpo_demo
 from grpo_lightning.cli import main
 from scripts.tb_scalars import read_scalars
-from tests.test_resume import arm
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, arm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,7 +31,7 @@ def fit(assets, data_kwargs, save_dir: Path, overlay: Path, max_steps: int, *ext
     """``configs/demo.yaml`` shortened and shrunk, with the dense test reward (which a test can make fail)."""
     overrides = {
         "--model.model_name_or_path": str(grpo_demo.internvl_path(assets)),
-        "--model.rewards.funcs": "[tests.test_resume:characters_reward]",
+        "--model.rewards.funcs": "[tests.helpers:characters_reward]",
         "--model.rewards.weights": "[1.0]",
         "--model.sampling.num_generations": "4",
         "--model.sampling.max_completion_length": "12",

@@ -318,7 +318,7 @@ def test_every_process_decides_alike_from_the_opinions_of_all():
         silent_everywhere.observe(torch.full((2, 1), math.nan, dtype=torch.float64), 0, opinions_everywhere=lambda c: 0)
 
 
-def test_the_issue_rewards_are_registered():
+def test_the_built_in_rewards_are_registered_by_name():
     assert {"accuracy", "format", "tag_count", "explanation"} <= set(REWARDS)
 
 

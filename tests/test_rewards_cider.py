@@ -28,9 +28,10 @@ from grpo_lightning.rewards.cider import (
 )
 from grpo_lightning.rewards.explanation import ExplanationReward
 from grpo_lightning.rewards.reference_corpus import corpus_document_frequency, read_reference_sets
+from tests.helpers import VIVQAX_DIR, vivqax_absent
 
-#: ``../shared`` beside the checkout holds the real ViVQA-X files.
-VAL_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "vivqax" / "ViVQA-X_val.json"
+#: The real ViVQA-X val split: the references and the document-frequency corpus of the tests on real data.
+VAL_FILE = VIVQAX_DIR / "vivqax" / "ViVQA-X_val.json"
 
 
 def _coco(text: str) -> str:
@@ -38,7 +39,7 @@ def _coco(text: str) -> str:
     return " ".join(tokenize(text))
 
 
-needs_val = pytest.mark.skipif(not VAL_FILE.is_file(), reason=f"{VAL_FILE} (the real ViVQA-X val references) is absent")
+needs_val = pytest.mark.skipif(not VAL_FILE.is_file(), reason=vivqax_absent(VAL_FILE))
 
 
 @pytest.fixture(scope="module")

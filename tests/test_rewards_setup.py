@@ -16,8 +16,7 @@ from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rewards import RewardError, prepare_rewards
-from tests.test_bad_input import fit_args, run_cli
-from tests.test_module import make_module
+from tests.helpers import fit_args, make_module, quiet_trainer, run_cli
 
 
 class Prepared:
@@ -132,15 +131,11 @@ def test_a_reward_whose_set_up_fails_stops_the_fit_before_any_step(assets, data_
     if options.get("corpus_file", "").endswith("gone.json"):
         Path(options["corpus_file"]).unlink()
     counter = StepCounter()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=3,
-        logger=False,
         callbacks=[counter],
         default_root_dir=tmp_path / "run",
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
+        enable_checkpointing=True,  # as in a run: a step that ran would leave a checkpoint under tmp_path / "run"
     )
     with pytest.raises(RewardError, match=message):
         trainer.fit(module, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False))

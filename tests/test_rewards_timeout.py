@@ -15,7 +15,7 @@ from grpo_lightning.errors import ConfigError
 from grpo_lightning.rewards import RewardError, score_completions
 from grpo_lightning.rewards.time_limit import TimeLimitExceeded, call_with_time_limit
 from grpo_lightning.rollout import Rollout
-from tests.test_module import make_module
+from tests.helpers import make_module
 
 TIMEOUT = 0.5
 #: How long past the limit a stopped call may take to hand control back (a loaded 2-core machine).

@@ -22,11 +22,18 @@ from grpo_lightning.report import render_rollouts, write_rollouts_page
 from grpo_lightning.rollout import Rollout, ScoredRollout
 from grpo_lightning.rollout_log import rollout_records
 from scripts.tb_scalars import read_scalars
-from tests.test_module import make_module
-from tests.test_report import XSS_IMG, XSS_SCRIPT, _chromium, needs_chromium, screenshot_artifact
+from tests.helpers import (
+    ROOT,
+    XSS_IMG,
+    XSS_SCRIPT,
+    chromium,
+    make_module,
+    needs_chromium,
+    quiet_trainer,
+    screenshot_artifact,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-ROOT = Path(__file__).resolve().parents[1]
 EOS = 9
 
 
@@ -92,16 +99,10 @@ def test_records_name_every_group_its_completions_scores_and_advantages():
 def fit(assets, data_kwargs, save_dir, every, logger=True, steps=3):
     module = make_module(assets, logging=dict(completions_every_n_steps=0, rollouts_every_n_steps=every))
     L.seed_everything(0)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=steps,
         logger=TensorBoardLogger(save_dir, name="run") if logger else False,
         default_root_dir=save_dir,
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
     )
     trainer.fit(module, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=2))
     return trainer
@@ -249,7 +250,7 @@ class _Page(HTMLParser):
 
 
 def dump(tmp_path, page, fragment="") -> _Page:
-    return _Page(_chromium(tmp_path, page.as_uri() + fragment, "--dump-dom"))
+    return _Page(chromium(tmp_path, page.as_uri() + fragment, "--dump-dom"))
 
 
 def test_the_page_is_self_contained_and_keeps_model_output_inert(page):

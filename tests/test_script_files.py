@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 SCRIPTS = sorted(ROOT.glob("benchmarks/bench_*.py")) + [ROOT / "scripts" / "gpu_check.py"]
 
 

@@ -6,13 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_lightning.adapters import VLMAdapter
-from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
-from tests.conftest import FAMILIES
-from tests.test_module import fit, make_module
-
-B, G = 2, 4
+from tests.helpers import FAMILIES, B, G, first_batch, fit, make_module, reference_adapter
 
 
 @pytest.fixture
@@ -23,13 +18,6 @@ def batch(data_kwargs):
     batch = first_batch(data_kwargs)
     batch["image"] = [batch["image"][0], batch["image"][1].resize((64, 64))]  # Qwen2-VL: offsets -8 and -12
     return batch
-
-
-def first_batch(data_kwargs) -> dict:
-    """The B prompts of a one-step ``fit``'s training step."""
-    data = ViVQAXDataModule(**data_kwargs, batch_size=B, shuffle=False)
-    data.setup("fit")
-    return next(iter(data.train_dataloader()))
 
 
 def tiles_per_prompt(prompts) -> list[int]:
@@ -75,11 +63,6 @@ def policy_pass(module: GRPOModule, rollout, advantages: torch.Tensor):
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
     return logps.detach(), loss.detach(), grads
-
-
-def reference_adapter(module: GRPOModule) -> VLMAdapter:
-    """The unshared reference path of the module's adapter: pixels into every forward pass, G separate prefills."""
-    return type(module.adapter)(module.adapter.processor, shared_encoding=False)
 
 
 def unshared(module: GRPOModule) -> GRPOModule:

@@ -9,7 +9,6 @@ The formulas themselves are checked against float64 loops in ``tests/test_algori
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -25,11 +24,10 @@ from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.rollout import Rollout
 from scripts.tb_scalars import read_scalars
-from tests.test_module import fit, flat_params, make_module
+from tests.helpers import ROOT, fit, flat_params, make_module, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
 
 #: Every option, a value that is not its default, and where it lives.
 OPTIONS = {
@@ -395,11 +393,9 @@ def test_the_reference_follows_the_policy_every_ref_sync_steps(
     expected = {n: w.detach().double().clone() for n, w in module.reference_model.named_parameters()}
     snapshots = _PolicySnapshots()
     L.seed_everything(0)
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=4 if num_iterations == 1 else 6, log_every_n_steps=1, callbacks=[snapshots],
-        logger=TensorBoardLogger(tmp_path, name="run"), enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
+    trainer = quiet_trainer(
+        max_steps=4 if num_iterations == 1 else 6, logger=TensorBoardLogger(tmp_path, name="run"), callbacks=[snapshots]
+    )
     trainer.fit(module, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False))
     for step in synced_at:
         expected = {n: alpha * snapshots.by_step[step][n] + (1 - alpha) * expected[n] for n in expected}

@@ -55,12 +55,10 @@ from grpo_lightning.errors import ConfigError
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rollout import Rollout, join_groups
 from scripts.tb_scalars import read_scalars
-from tests.test_distributed import fit_on_two_processes
-from tests.test_learning import TAG_LEARNING
-from tests.test_module import fit, flat_params, make_module
+from tests.helpers import ROOT, TAG_LEARNING, fit, fit_on_two_processes, flat_params, make_module, quiet_trainer
 from tests.tolerances import F32_RTOL
 
-ENGINE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+ENGINE_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 #: The engine's settings in the tests: a small CPU KV cache (each engine process holds it).
 ENGINE_OPTIONS = {"python": str(ENGINE_PYTHON), "kv_cache_gib": 1, "max_model_len": 2048, "max_num_seqs": 64}
 ENGINE_FAMILIES = ("internvl", "qwen2_vl")
@@ -746,15 +744,9 @@ def _vllm_module(assets, **overrides):
 
 
 def _trainer(save_dir: Path, steps: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
+    return quiet_trainer(
         max_steps=steps,
         logger=TensorBoardLogger(save_dir, name="run"),
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
         callbacks=list(callbacks),
         enable_checkpointing=bool(callbacks),
@@ -854,7 +846,7 @@ def test_under_ddp_every_process_samples_with_its_own_engine_from_the_command_li
         assets,
         data_kwargs,
         tmp_path,
-        reward="tests.test_distributed:rank_reward",
+        reward="tests.helpers:rank_reward",
         num_generations=4,
         max_steps=2,
         options=(
@@ -905,9 +897,8 @@ def test_the_engine_options_are_in_fit_help_and_a_config_sets_them(tmp_path, cap
     chosen = {"python": "/opt/engine/bin/python", "kv_cache_gib": 2, "request_timeout": 600.0, "shm_dir": "/tmp"}
     overlay = tmp_path / "engine.yaml"
     overlay.write_text(yaml.safe_dump({"model": {"rollout_engine": "vllm", "vllm": chosen}}), encoding="utf-8")
-    root = Path(__file__).resolve().parent.parent
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(root / "configs" / "demo.yaml"), "--config", str(overlay), "--print_config"])
+        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(overlay), "--print_config"])
     printed = capsys.readouterr()
     assert exit_info.value.code == 0, printed.err
     model = yaml.safe_load(printed.out)["model"]
