@@ -320,12 +320,18 @@ def measured_module_class():
                 self.memory.gradient_bytes = tensor_bytes(p.grad for p in unique_parameters(self.model))
                 self._micro_batch = self.peaks.begin()
 
-        def generate_rollout(self, batch, num_generations, do_sample):
-            rollout = super().generate_rollout(batch, num_generations, do_sample)
-            self.memory.prompt_tokens = rollout.prompts.attention_mask.sum(-1).tolist()
-            self.memory.completion_tokens = rollout.completion_mask.sum(-1).tolist()
-            self.memory.image_tiles = [v["pixel_values"].shape[0] for v in rollout.prompts.visual]
-            return rollout
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            generate = self.rollouts.generate
+
+            def generate_and_count(batch, num_generations, do_sample):
+                rollout = generate(batch, num_generations, do_sample)
+                self.memory.prompt_tokens = rollout.prompts.attention_mask.sum(-1).tolist()
+                self.memory.completion_tokens = rollout.completion_mask.sum(-1).tolist()
+                self.memory.image_tiles = [v["pixel_values"].shape[0] for v in rollout.prompts.visual]
+                return rollout
+
+            self.rollouts.generate = generate_and_count
 
         def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
             super().on_train_batch_end(outputs, batch, batch_idx)
@@ -447,7 +453,7 @@ def measured_module(settings: Settings, model_path: Path):
     )
     module.peaks, module.memory = ResidentPeaks(), StepMemory()
     module.configure_model()
-    for model in (module.model, module.reference_model):
+    for model in (module.model, module.reference.model):
         if model is not None:
             own_memory(model)
     release_free_memory()
@@ -511,7 +517,7 @@ def run_step(args: argparse.Namespace, settings: Settings, shape: dict[str, Any]
     model_path, data_file, image_dir, question_ids = prepare_inputs(args, settings, shape, work_dir)
     module = measured_module(settings, model_path)
     policy = unique_parameters(module.model)
-    reference = unique_parameters(module.reference_model) if module.reference_model is not None else []
+    reference = unique_parameters(module.reference.model) if module.reference.model is not None else []
     step_seconds = fit_one_step(module, settings, data_file, image_dir)
     memory = module.memory
     head = measure_head(

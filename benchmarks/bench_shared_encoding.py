@@ -9,7 +9,7 @@ the shared path (each prompt's image encoded and its prompt prefilled once, the 
 and the unshared reference path (``shared_encoding=False``: every sequence encodes its image and runs its whole
 prompt):
 
-* rollout: ``GRPOModule.generate_rollout``, B x G completions of exactly L tokens, same seed;
+* rollout: ``GRPOModule.rollouts.generate``, B x G completions of exactly L tokens, same seed;
 * policy pass: the log-probs of one such rollout under the policy in training mode, a loss and its backward,
   with ``--gradient-checkpointing`` as the real recipe runs it.
 
@@ -119,7 +119,7 @@ def bench_family(family: str, args: argparse.Namespace, work_dir: Path, data_dir
     for shared in (True, False):
         module.adapter = adapters[shared]
         images.clear()
-        greedy[shared] = module.generate_rollout(batch, args.num_generations, do_sample=False)
+        greedy[shared] = module.rollouts.generate(batch, args.num_generations, do_sample=False)
         image_counts[shared] = sum(images)
     if not torch.equal(greedy[True].completion_ids, greedy[False].completion_ids):
         raise RuntimeError(f"{family}: the shared path sampled other tokens than the unshared path (greedy)")
@@ -134,7 +134,7 @@ def bench_family(family: str, args: argparse.Namespace, work_dir: Path, data_dir
             module.adapter = adapters[shared]
             torch.manual_seed(args.seed)
             start = time.perf_counter()
-            module.generate_rollout(batch, args.num_generations, do_sample=True)
+            module.rollouts.generate(batch, args.num_generations, do_sample=True)
             times["rollout"][shared].append(time.perf_counter() - start)
             times["policy"][shared].append(policy_pass(module, greedy[True])[0])
     result: dict[str, Any] = {

@@ -7,7 +7,7 @@ import statistics
 import torch
 from lightning.pytorch.callbacks import Callback
 
-#: What GRPOModule logs about a step's cost (see :func:`grpo_lightning.train_logging.log_train_step`).
+#: What GRPOModule logs about a step's cost (see :func:`grpo_lightning.train_logging.step_metrics`).
 STEP_KEYS = (
     "train/step_time",
     "train/time/rollout",

@@ -50,20 +50,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
+
+from grpo_lightning.registry import Registry
+
+if TYPE_CHECKING:
+    from grpo_lightning.config import LossConfig
 
 __all__ = [
     "ADVANTAGE_SCALERS",
     "IMPORTANCE_SAMPLING_LEVELS",
     "LOSS_AGGREGATORS",
-    "ImportanceSamplingLevel",
+    "BatchTotals",
     "LossAggregation",
     "LossNormaliser",
-    "LossType",
-    "ScaleRewards",
     "aggregate_loss",
     "clipped_surrogate",
     "completion_mask",
@@ -77,15 +80,9 @@ __all__ = [
     "is_truncated",
     "kl_k3",
     "loss_normaliser",
-    "register_advantage_scaler",
-    "register_importance_sampling_level",
-    "register_loss_aggregator",
     "selective_log_softmax",
 ]
 
-ScaleRewards = Literal["group", "batch", "none"]
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
-ImportanceSamplingLevel = Literal["token", "sequence", "sequence_token"]
 #: What a loss variant divides the summed token losses by: the number of sequences after a mean over each one's
 #: tokens, the completion tokens of this process's batch, those of the global batch (every process, every
 #: accumulation step: the caller reduces the count), or the generation budget (sequences x max length).
@@ -95,6 +92,8 @@ LossNormaliser = Literal["sequences", "process_tokens", "global_tokens", "budget
 AdvantageScaler = Callable[[Tensor, Tensor, float], Tensor]
 # (masked per-token loss (B, T), mask (B, T) bool, num_sequences, num_tokens, max_completion_length) -> scalar
 LossAggregator = Callable[[Tensor, Tensor, int, float | Tensor, int | None], Tensor]
+# (logps (B, T), old_logps (B, T), mask (B, T)) -> log importance ratio (B, T)
+ImportanceRatio = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -105,47 +104,12 @@ class LossAggregation:
     normaliser: LossNormaliser
 
 
-ADVANTAGE_SCALERS: dict[str, AdvantageScaler] = {}
-LOSS_AGGREGATORS: dict[str, LossAggregation] = {}
-
-
-def register_advantage_scaler(name: str) -> Callable[[AdvantageScaler], AdvantageScaler]:
-    """Register a reward-scaling mode for :func:`compute_group_advantages` under ``name``."""
-
-    def decorator(fn: AdvantageScaler) -> AdvantageScaler:
-        if name in ADVANTAGE_SCALERS:
-            raise ValueError(f"scale_rewards mode {name!r} is already registered")
-        ADVANTAGE_SCALERS[name] = fn
-        return fn
-
-    return decorator
-
-
-def register_loss_aggregator(name: str, normaliser: LossNormaliser) -> Callable[[LossAggregator], LossAggregator]:
-    """Register a loss aggregation for :func:`aggregate_loss` under ``name``.
-
-    ``normaliser`` declares what the caller must supply (see :data:`LossNormaliser`); one reduction may be
-    registered under several names that differ only in it.
-    """
-
-    def decorator(fn: LossAggregator) -> LossAggregator:
-        if name in LOSS_AGGREGATORS:
-            raise ValueError(f"loss_type {name!r} is already registered")
-        LOSS_AGGREGATORS[name] = LossAggregation(fn, normaliser)
-        return fn
-
-    return decorator
-
-
-_Entry = TypeVar("_Entry")
-
-
-def _lookup(registry: dict[str, _Entry], name: str, what: str) -> _Entry:
-    try:
-        return registry[name]
-    except KeyError:
-        known = ", ".join(repr(k) for k in sorted(registry))
-        raise ValueError(f"Unknown {what} {name!r}; known values are: {known}.") from None
+#: ``loss.scale_rewards``: how :func:`compute_group_advantages` scales the centred rewards.
+ADVANTAGE_SCALERS: Registry[AdvantageScaler] = Registry("scale_rewards")
+#: ``loss.loss_type``: how :func:`aggregate_loss` reduces the per-token loss, and what it normalises by.
+LOSS_AGGREGATORS: Registry[LossAggregation] = Registry("loss_type")
+#: ``loss.importance_sampling_level``: how :func:`clipped_surrogate` forms the importance ratio.
+IMPORTANCE_SAMPLING_LEVELS: Registry[ImportanceRatio] = Registry("importance_sampling_level")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -196,19 +160,19 @@ def _constant_groups(grouped: Tensor) -> Tensor:
     return (low == high) | ~given.any(dim=1, keepdim=True)
 
 
-@register_advantage_scaler("group")
+@ADVANTAGE_SCALERS.register("group")
 def _scale_by_group_std(centred: Tensor, grouped: Tensor, eps: float) -> Tensor:
     """GRPO (DeepSeekMath, Shao et al. 2024, sec. 4.1.2): divide by the std of the prompt's own group."""
     return centred / (_unbiased_std(grouped, dim=1).unsqueeze(1) + eps)
 
 
-@register_advantage_scaler("batch")
+@ADVANTAGE_SCALERS.register("batch")
 def _scale_by_batch_std(centred: Tensor, grouped: Tensor, eps: float) -> Tensor:
     """Divide by the std of every reward given: one scale for all prompts, so easy prompts are not blown up."""
     return centred / (_unbiased_std(grouped) + eps)
 
 
-@register_advantage_scaler("none")
+@ADVANTAGE_SCALERS.register("none")
 def _no_scaling(centred: Tensor, grouped: Tensor, eps: float) -> Tensor:
     """Dr. GRPO (Liu et al. 2025, sec. 3.2): the std division biases towards too easy/hard questions, drop it."""
     return centred
@@ -217,7 +181,7 @@ def _no_scaling(centred: Tensor, grouped: Tensor, eps: float) -> Tensor:
 def compute_group_advantages(
     rewards: Tensor,
     num_generations: int,
-    scale_rewards: ScaleRewards = "group",
+    scale_rewards: str = "group",
     eps: float = 1e-4,
 ) -> Tensor:
     """Group-relative advantages of GRPO (DeepSeekMath, Shao et al. 2024, sec. 4.1.2).
@@ -251,7 +215,7 @@ def compute_group_advantages(
         ValueError: rewards is not 1-D, its length is not a multiple of ``num_generations``, or
             ``scale_rewards`` is unknown.
     """
-    scale = _lookup(ADVANTAGE_SCALERS, scale_rewards, "scale_rewards")
+    scale = ADVANTAGE_SCALERS[scale_rewards]
     grouped = _grouped(rewards, num_generations)
     centred = grouped - grouped.nanmean(dim=1, keepdim=True)
     advantages = scale(centred, grouped, eps)
@@ -287,24 +251,7 @@ def group_reward_std(rewards: Tensor, num_generations: int) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
-ImportanceRatio = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-IMPORTANCE_SAMPLING_LEVELS: dict[str, ImportanceRatio] = {}
-
-
-def register_importance_sampling_level(name: str) -> Callable[[ImportanceRatio], ImportanceRatio]:
-    """Register a way of forming the importance ratio for :func:`clipped_surrogate` under ``name``."""
-
-    def decorator(fn: ImportanceRatio) -> ImportanceRatio:
-        if name in IMPORTANCE_SAMPLING_LEVELS:
-            raise ValueError(f"importance_sampling_level {name!r} is already registered")
-        IMPORTANCE_SAMPLING_LEVELS[name] = fn
-        return fn
-
-    return decorator
-
-
-@register_importance_sampling_level("token")
+@IMPORTANCE_SAMPLING_LEVELS.register("token")
 def _token_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor) -> Tensor:
     """PPO / GRPO: one ratio per token, ``log r_it = logp_it - old_logp_it``."""
     return logps - old_logps
@@ -318,7 +265,7 @@ def _sequence_mean_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor) -> 
     return log_ratio.sum(dim=1, keepdim=True) / keep.sum(dim=1, keepdim=True).clamp_min(1)
 
 
-@register_importance_sampling_level("sequence")
+@IMPORTANCE_SAMPLING_LEVELS.register("sequence")
 def _sequence_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor) -> Tensor:
     """GSPO (Zheng et al. 2025, arXiv 2507.18071, eq. 7): ``s_i = (pi(o_i) / pi_old(o_i)) ** (1 / |o_i|)``, the
     length-normalised sequence ratio, given to every token of the sequence; its gradient reaches every token through
@@ -326,7 +273,7 @@ def _sequence_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor) -> Tenso
     return _sequence_mean_log_ratio(logps, old_logps, mask).expand_as(logps)
 
 
-@register_importance_sampling_level("sequence_token")
+@IMPORTANCE_SAMPLING_LEVELS.register("sequence_token")
 def _sequence_token_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor) -> Tensor:
     """GSPO-token (Zheng et al. 2025, eq. 13): ``s_it = sg[s_i] * pi(o_it) / sg[pi(o_it)]``: the value of ``s_i``
     on every token, with the gradient of token t's own log-prob only, ``d s_it / d logp_it = s_i``."""
@@ -347,73 +294,40 @@ def clipped_surrogate(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token PPO clipped surrogate loss as used by GRPO (DeepSeekMath, Shao et al. 2024, eq. 3).
 
-    ``pg_loss = -min(ratio * A, clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)``, where the ratio is formed
-    according to ``importance_sampling_level``:
+    ``pg_loss = -min(ratio * A, clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)``, the ratio formed by the
+    registered ``importance_sampling_level`` (:data:`IMPORTANCE_SAMPLING_LEVELS`: ``token`` for GRPO, ``sequence``
+    for GSPO, ``sequence_token`` for GSPO-token; each level's function says how). A sequence ratio is clipped per
+    sequence and its loss given to each of the sequence's tokens: reduced with ``loss_type="grpo"`` that is the GSPO
+    objective, and the token-sum reductions weigh each sequence by its length, as TRL's sequence level does with
+    them. The clip masks are per token at every level, so that they add up over micro-batches like the other token
+    statistics (TRL counts a sequence-level clip once per sequence).
 
-    * ``"token"``: ``ratio_it = exp(logp_it - old_logp_it)``, one per token (GRPO);
-    * ``"sequence"``: GSPO's ``s_i = exp(mean_t (logp_it - old_logp_it))`` (Zheng et al. 2025, arXiv 2507.18071),
-      one per sequence and clipped per sequence, its loss given to each of the sequence's tokens. Reduced with
-      ``loss_type="grpo"`` (mean over the sequence's tokens) this is the GSPO objective
-      ``-1/G sum_i min(s_i A_i, clip(s_i) A_i)``; the token-sum reductions weigh each sequence by its length, as
-      TRL's ``importance_sampling_level="sequence"`` does with them;
-    * ``"sequence_token"``: GSPO-token's ``s_it = sg[s_i] * pi(o_it) / sg[pi(o_it)]``: the value (hence the clip) of
-      ``s_i``, the gradient of the token's own log-prob. With one advantage per sequence its loss and gradient are
-      those of ``"sequence"`` (the paper's remark), except where tokens are left out of the policy term
-      (``grpo_loss``'s ``policy_mask``): there only the kept tokens get a gradient. TRL has no such level.
-
-    The clip masks are per token at every level (a clipped sequence counts each of its tokens), so that they add up
-    over micro-batches like the other token statistics; TRL counts a sequence-level clip once per sequence.
-
-    With ``epsilon_high > epsilon_low`` this is DAPO's clip-higher (Yu et al. 2025, sec. 3.1), which leaves
-    low-probability tokens more room to grow. ``delta`` is the two-sided clip of INTELLECT-2 (Prime Intellect 2025,
-    arXiv 2505.07291; TRL's ``delta``): the unclipped term uses ``min(ratio, delta)``, so a negative-advantage token
-    whose ratio has grown past ``delta`` stops contributing a gradient instead of an unbounded one (for ``A > 0``
-    the ``1 + epsilon_high`` clip already binds first, as ``delta > 1 + epsilon_high``).
-
-    ``old_logps`` and ``advantages`` are constants of the update and are detached here; when the policy takes a
-    single step per generation, pass ``old_logps = logps.detach()`` (every ratio is 1; the gradient is the plain
-    policy gradient, the same at every level).
+    ``epsilon_high > epsilon_low`` is DAPO's clip-higher (Yu et al. 2025, sec. 3.1). ``delta`` is the two-sided clip
+    of INTELLECT-2 (arXiv 2505.07291; TRL's ``delta``): the unclipped term uses ``min(ratio, delta)``, so a
+    negative-advantage token whose ratio has grown past ``delta`` stops contributing a gradient. ``old_logps`` and
+    ``advantages`` are constants of the update (detached here); with one step per rollout pass
+    ``old_logps = logps.detach()``: every ratio is 1, the gradient the plain policy gradient at every level.
 
     Args:
-        logps: (B, T) log-probs of the sampled tokens under the current policy.
-        old_logps: (B, T) log-probs of the same tokens under the policy that generated them.
+        logps, old_logps: (B, T) log-probs of the sampled tokens under the current policy and the sampling one.
         advantages: (B,) one advantage per sequence, broadcast over its tokens.
-        epsilon_low: lower clip range, ratio is clipped at ``1 - epsilon_low``.
-        epsilon_high: upper clip range, ratio is clipped at ``1 + epsilon_high``; None means ``epsilon_low``
-            (symmetric PPO clip).
-        delta: upper bound of the unclipped ratio for the two-sided clip, above ``1 + epsilon_high``; None: off.
-        importance_sampling_level: a registered level (:data:`IMPORTANCE_SAMPLING_LEVELS`).
-        mask: (B, T) the tokens a sequence ratio averages over (``"sequence"`` levels); None: every token.
+        epsilon_low, epsilon_high: the clip range ``[1 - epsilon_low, 1 + epsilon_high]`` (``epsilon_high`` None:
+            ``epsilon_low``).
+        delta: bound of the unclipped ratio of negative-advantage tokens, above ``1 + epsilon_high``; None: off.
+        mask: (B, T) the tokens a sequence ratio averages over; None: every token.
 
     Returns:
-        ``(per_token_loss, clipped)``: the (B, T) loss (unmasked, to be reduced by :func:`aggregate_loss`), and (B, T)
-        bool masks of the tokens whose gradient a clip removes: ``clip_low`` (``ratio < 1 - epsilon_low`` with
-        ``A < 0``), ``clip_high`` (``ratio > 1 + epsilon_high`` with ``A > 0``) and, with ``delta``, ``clip_delta``
-        (``ratio > delta`` with ``A < 0``).
+        ``(per_token_loss, clipped)``: the (B, T) loss (unmasked, for :func:`aggregate_loss`) and (B, T) bool masks
+        of the tokens whose gradient a clip removes: ``clip_low`` (``ratio < 1 - epsilon_low``, ``A < 0``),
+        ``clip_high`` (``ratio > 1 + epsilon_high``, ``A > 0``) and, with ``delta``, ``clip_delta`` (``ratio >
+        delta``, ``A < 0``).
 
-    Raises:
-        ValueError: shapes do not match, a clip range is negative, ``delta <= 1 + epsilon_high``, or the level is
-            unknown.
+    Raises ValueError on mismatched shapes, a negative clip range, ``delta <= 1 + epsilon_high``, an unknown level.
     """
-    log_ratio_of = _lookup(IMPORTANCE_SAMPLING_LEVELS, importance_sampling_level, "importance_sampling_level")
-    if epsilon_high is None:
-        epsilon_high = epsilon_low
-    if epsilon_low < 0 or epsilon_high < 0:
-        raise ValueError(f"clip ranges must be >= 0, got epsilon_low={epsilon_low}, epsilon_high={epsilon_high}")
-    if delta is not None and not delta > 1.0 + epsilon_high:
-        raise ValueError(f"delta must be above 1 + epsilon_high = {1.0 + epsilon_high}, got {delta}")
-    if logps.dim() != 2 or logps.shape != old_logps.shape:
-        raise ValueError(
-            f"logps and old_logps must both be (B, T), got {tuple(logps.shape)} and {tuple(old_logps.shape)}"
-        )
-    if advantages.shape != logps.shape[:1]:
-        raise ValueError(
-            f"advantages must be (B,) = ({logps.shape[0]},), one per sequence, got {tuple(advantages.shape)}"
-        )
-    if mask is None:
-        mask = torch.ones_like(logps, dtype=torch.bool)
-    elif mask.shape != logps.shape:
-        raise ValueError(f"mask must be (B, T) like logps, got {tuple(mask.shape)} and {tuple(logps.shape)}")
+    log_ratio_of = IMPORTANCE_SAMPLING_LEVELS[importance_sampling_level]
+    epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
+    _check_clip_ranges(epsilon_low, epsilon_high, delta)
+    mask = _check_surrogate_shapes(logps, old_logps, advantages, mask)
     advantages = advantages.detach().unsqueeze(1)
     ratio = torch.exp(log_ratio_of(logps, old_logps.detach(), mask))
     clipped_ratio = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
@@ -427,6 +341,30 @@ def clipped_surrogate(
     if delta is not None:
         clipped["clip_delta"] = (ratio > delta) & (advantages < 0)
     return pg_loss, clipped
+
+
+def _check_clip_ranges(epsilon_low: float, epsilon_high: float, delta: float | None) -> None:
+    if epsilon_low < 0 or epsilon_high < 0:
+        raise ValueError(f"clip ranges must be >= 0, got epsilon_low={epsilon_low}, epsilon_high={epsilon_high}")
+    if delta is not None and not delta > 1.0 + epsilon_high:
+        raise ValueError(f"delta must be above 1 + epsilon_high = {1.0 + epsilon_high}, got {delta}")
+
+
+def _check_surrogate_shapes(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor | None) -> Tensor:
+    """The mask of :func:`clipped_surrogate` (all ones when None), once the shapes are checked."""
+    if logps.dim() != 2 or logps.shape != old_logps.shape:
+        raise ValueError(
+            f"logps and old_logps must both be (B, T), got {tuple(logps.shape)} and {tuple(old_logps.shape)}"
+        )
+    if advantages.shape != logps.shape[:1]:
+        raise ValueError(
+            f"advantages must be (B,) = ({logps.shape[0]},), one per sequence, got {tuple(advantages.shape)}"
+        )
+    if mask is None:
+        return torch.ones_like(logps, dtype=torch.bool)
+    if mask.shape != logps.shape:
+        raise ValueError(f"mask must be (B, T) like logps, got {tuple(mask.shape)} and {tuple(logps.shape)}")
+    return mask
 
 
 def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
@@ -464,7 +402,6 @@ def _at_least_one(x: float | Tensor) -> float | Tensor:
     return x.clamp_min(1) if isinstance(x, Tensor) else max(x, 1)
 
 
-@register_loss_aggregator("grpo", normaliser="sequences")
 def _sequence_mean_loss(
     masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
 ) -> Tensor:
@@ -477,8 +414,6 @@ def _sequence_mean_loss(
     return (masked_loss.sum(dim=1) / lengths).sum() / num_sequences
 
 
-@register_loss_aggregator("dapo", normaliser="global_tokens")
-@register_loss_aggregator("bnpo", normaliser="process_tokens")
 def _token_mean_loss(
     masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
 ) -> Tensor:
@@ -492,7 +427,6 @@ def _token_mean_loss(
     return masked_loss.sum() / _at_least_one(num_tokens)
 
 
-@register_loss_aggregator("dr_grpo", normaliser="budget")
 def _budget_loss(
     masked_loss: Tensor, mask: Tensor, num_sequences: int, num_tokens: float | Tensor, max_completion_length: int | None
 ) -> Tensor:
@@ -503,6 +437,12 @@ def _budget_loss(
     if max_completion_length is None or max_completion_length < 1:
         raise ValueError(f"loss_type 'dr_grpo' needs max_completion_length >= 1, got {max_completion_length!r}")
     return masked_loss.sum() / (num_sequences * max_completion_length)
+
+
+LOSS_AGGREGATORS.register("grpo", LossAggregation(_sequence_mean_loss, "sequences"))
+LOSS_AGGREGATORS.register("bnpo", LossAggregation(_token_mean_loss, "process_tokens"))
+LOSS_AGGREGATORS.register("dr_grpo", LossAggregation(_budget_loss, "budget"))
+LOSS_AGGREGATORS.register("dapo", LossAggregation(_token_mean_loss, "global_tokens"))
 
 
 def aggregate_loss(
@@ -550,7 +490,7 @@ def aggregate_loss(
         ValueError: unknown ``loss_type``, mismatched shapes, ``num_sequences < 1``, or ``dr_grpo`` without
             ``max_completion_length``.
     """
-    aggregate = _lookup(LOSS_AGGREGATORS, loss_type, "loss_type").reduce
+    aggregate = LOSS_AGGREGATORS[loss_type].reduce
     if per_token_loss.dim() != 2 or mask.shape != per_token_loss.shape:
         raise ValueError(
             f"per_token_loss and mask must both be (B, T), got {tuple(per_token_loss.shape)} and {tuple(mask.shape)}"
@@ -574,7 +514,7 @@ def loss_normaliser(loss_type: str) -> LossNormaliser:
     Raises:
         ValueError: unknown ``loss_type``.
     """
-    return _lookup(LOSS_AGGREGATORS, loss_type, "loss_type").normaliser
+    return LOSS_AGGREGATORS[loss_type].normaliser
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -582,110 +522,112 @@ def loss_normaliser(loss_type: str) -> LossNormaliser:
 # --------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BatchTotals:
+    """Counts of the whole batch that a micro-batch's loss and statistics are divided by (None: computed from the
+    tensors given, as if they were the whole batch). Given the whole batch's, micro-batch losses and statistics add
+    up to the whole batch's, and the gradient does not depend on the micro-batch size (:func:`aggregate_loss`).
+
+    Args:
+        num_sequences: sequences in the whole batch (``grpo``, ``dr_grpo``).
+        num_tokens: completion tokens in the whole batch (``bnpo``; for ``dapo`` the global batch's, which the caller
+            reduces across processes).
+        max_completion_length: the generation budget in tokens (``dr_grpo``).
+        stats_num_tokens: divisor of the statistics' token sums (None: ``max(mask.sum(), 1)``, token means).
+    """
+
+    num_sequences: int | None = None
+    num_tokens: float | Tensor | None = None
+    max_completion_length: int | None = None
+    stats_num_tokens: float | Tensor | None = None
+
+
 def grpo_loss(
     logps: Tensor,
     old_logps: Tensor | None,
     advantages: Tensor,
     mask: Tensor,
-    loss_type: str = "grpo",
+    config: LossConfig,
     *,
     ref_logps: Tensor | None = None,
-    beta: float = 0.0,
     entropy: Tensor | None = None,
-    epsilon_low: float = 0.2,
-    epsilon_high: float | None = None,
-    delta: float | None = None,
-    importance_sampling_level: str = "token",
     policy_mask: Tensor | None = None,
     importance_weights: Tensor | None = None,
-    num_sequences: int | None = None,
-    num_tokens: float | Tensor | None = None,
-    max_completion_length: int | None = None,
-    stats_num_tokens: float | Tensor | None = None,
+    totals: BatchTotals = BatchTotals(),  # noqa: B008 (frozen)
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss of a batch or micro-batch, and its token statistics (DeepSeekMath, Shao et al. 2024, eq. 3).
 
-    ``per_token_loss = pg_loss + beta * approx_kl`` (:func:`clipped_surrogate`, :func:`kl_k3`), reduced by
-    :func:`aggregate_loss` with the normaliser of ``loss_type`` (``num_sequences``, ``num_tokens`` and
-    ``max_completion_length`` as there): given the whole batch's, micro-batch losses and statistics add up.
+    ``per_token_loss = pg_loss + beta * approx_kl`` (:func:`clipped_surrogate` with the config's clip ranges,
+    ``delta`` and ``importance_sampling_level``; :func:`kl_k3`), reduced by :func:`aggregate_loss` with the
+    normaliser of ``config.loss_type`` and the counts of ``totals``. The options come as the typed ``LossConfig``,
+    whole: an option of the objective is a field there and its use here.
 
-    What leaves tokens out, and of what:
-
-    * ``mask`` leaves tokens out of everything: the loss, its normaliser and the statistics. Truncated completions
-      left out of the loss (DAPO's overlong filtering, TRL's ``mask_truncated_completions``) are rows of ``mask``
-      set to 0 by the caller (:func:`drop_truncated`): they still count in ``num_sequences`` (``grpo``, ``dr_grpo``)
-      and not in ``num_tokens`` (``bnpo``, ``dapo``), as in TRL, where their loss mask is zero;
-    * ``policy_mask`` leaves tokens out of the policy term only (the top-entropy tokens of :func:`high_entropy_mask`,
-      Wang et al. 2025): the KL term, the normaliser and the statistics still count every token of ``mask``, as
-      TRL's ``top_entropy_quantile`` does.
-
-    ``importance_weights`` multiply each token's policy term (after ``policy_mask``, before the KL term is added and
-    before the aggregation): the truncated importance-sampling correction of a rollout sampled by another engine
-    (:func:`~grpo_lightning.engines.correction.truncated_importance_weights`). This is TRL's
-    ``vllm_importance_sampling_correction`` with ``vllm_importance_sampling_mode="token_truncate"``,
-    ``vllm_importance_sampling_clip_max=C`` and no ``clip_min`` (TRL 1.16, whose default mode is ``sequence_mask``;
-    ``vllm_importance_sampling_cap`` before), which multiplies ``per_token_loss`` (after its entropy mask) by
-    ``importance_sampling_ratio`` and then adds ``beta * per_token_kl``. The KL term, the normaliser and the statistics
-    (clip fractions included) are unweighted.
+    ``mask`` leaves tokens out of everything: the loss, its normaliser and the statistics (truncated completions
+    left out by ``mask_truncated_completions``, :func:`drop_truncated`, still count in ``num_sequences``, not in
+    ``num_tokens``, as in TRL). ``policy_mask`` and ``importance_weights`` act on the policy term only
+    (:func:`_policy_tokens_only`, :func:`_importance_weighted`): the KL term, the normaliser and the statistics count
+    every token of ``mask``, unweighted.
 
     Args:
         logps: (B, T) log-probs of the sampled tokens under the current policy.
         old_logps: (B, T) the same under the policy that sampled them; None: ``logps`` detached (ratio 1).
         advantages: (B,) one advantage per sequence.
         mask: (B, T) 1 for completion tokens that count, 0 for padding (bool, int or float 0/1).
-        loss_type: a registered aggregation (:data:`LOSS_AGGREGATORS`).
-        ref_logps: (B, T) the same under the frozen reference policy; None: no KL term.
-        beta: weight of the KL term.
-        entropy: (B, T) the policy's entropy per token, for the statistics only; None: left out.
-        epsilon_low: lower clip range of the ratio; ``epsilon_high`` the upper one (None: ``epsilon_low``).
-        delta: the two-sided clip's bound on the ratio of negative-advantage tokens (:func:`clipped_surrogate`);
-            None: off.
-        importance_sampling_level: ``"token"``, ``"sequence"`` (GSPO) or ``"sequence_token"`` (GSPO-token), see
-            :func:`clipped_surrogate`; the sequence ratios average over ``mask``.
-        policy_mask: (B, T) tokens whose policy term counts (bool or 0/1); None: every token of ``mask``.
-        importance_weights: (B, T) weights of each token's policy term, used detached (no gradient flows into them);
-            None: 1.
-        stats_num_tokens: divisor of the statistics' token sums; default ``max(mask.sum(), 1)``, token means.
+        config: the objective's options.
+        ref_logps: (B, T) the same under the frozen reference; needed when ``config.beta > 0`` (None: no KL term).
+        entropy: (B, T) the policy's entropy per token, for the statistics only (None: left out).
+        policy_mask, importance_weights: (B, T) (None: every token of ``mask``; weight 1); totals: :class:`BatchTotals`.
 
-    Returns:
-        ``(loss, stats)``: the scalar to backpropagate, and detached scalars ``loss``, ``clip_low`` and ``clip_high``
-        (tokens whose gradient the clip removes), ``clip_delta`` (with ``delta``), ``kl`` (with ``ref_logps``),
-        ``entropy`` (with ``entropy``).
-
-    Raises:
-        ValueError: mismatched shapes, ``beta > 0`` without ``ref_logps``, or what :func:`clipped_surrogate` or
-            :func:`aggregate_loss` refuses.
+    Returns ``(loss, stats)``: the scalar to backpropagate, and detached token means ``clip_low``, ``clip_high`` (and
+    ``clip_delta`` with ``delta``), ``kl`` (with ``ref_logps``), ``entropy`` (with ``entropy``), and ``loss``. Raises
+    ValueError on mismatched shapes, ``beta > 0`` without ``ref_logps``, or what the functions it calls refuse.
     """
-    if beta > 0 and ref_logps is None:
-        raise ValueError(f"beta={beta} weighs a KL term, which needs ref_logps; pass them, or set beta=0")
+    if config.beta > 0 and ref_logps is None:
+        raise ValueError(f"beta={config.beta} weighs a KL term, which needs ref_logps; pass them, or set beta=0")
     old_logps = logps.detach() if old_logps is None else old_logps
     pg_loss, observed = clipped_surrogate(
-        logps, old_logps, advantages, epsilon_low, epsilon_high,
-        delta=delta, importance_sampling_level=importance_sampling_level, mask=mask,
+        logps, old_logps, advantages, config.epsilon_low, config.epsilon_high,
+        delta=config.delta, importance_sampling_level=config.importance_sampling_level, mask=mask,
     )  # fmt: skip
-    if policy_mask is not None:
-        if policy_mask.shape != pg_loss.shape:
-            raise ValueError(
-                f"policy_mask must be (B, T) like the mask, got {tuple(policy_mask.shape)} and {tuple(mask.shape)}"
-            )
-        pg_loss = torch.where(policy_mask != 0, pg_loss, torch.zeros_like(pg_loss))
-    if importance_weights is not None:
-        if importance_weights.shape != pg_loss.shape:
-            raise ValueError(
-                f"importance_weights must be (B, T) like the mask, got {tuple(importance_weights.shape)} and "
-                f"{tuple(mask.shape)}"
-            )
-        pg_loss = pg_loss * importance_weights.detach().to(pg_loss.dtype)
-    per_token_loss = pg_loss
+    per_token_loss = pg_loss = _importance_weighted(_policy_tokens_only(pg_loss, policy_mask), importance_weights)
     if ref_logps is not None:
         observed["kl"] = approx_kl = kl_k3(logps, ref_logps)
-        per_token_loss = pg_loss + beta * approx_kl
+        per_token_loss = pg_loss + config.beta * approx_kl
     if entropy is not None:
         observed["entropy"] = entropy
-    normalisers = {"num_sequences": num_sequences, "num_tokens": num_tokens}
-    loss = aggregate_loss(per_token_loss, mask, loss_type, max_completion_length=max_completion_length, **normalisers)
-    stats = {"loss": loss.detach(), **_token_means(observed, mask, stats_num_tokens, logps.dtype)}
+    loss = aggregate_loss(
+        per_token_loss, mask, config.loss_type, num_sequences=totals.num_sequences, num_tokens=totals.num_tokens,
+        max_completion_length=totals.max_completion_length,
+    )  # fmt: skip
+    stats = {"loss": loss.detach(), **_token_means(observed, mask, totals.stats_num_tokens, logps.dtype)}
     return loss, stats
+
+
+def _policy_tokens_only(pg_loss: Tensor, policy_mask: Tensor | None) -> Tensor:
+    """The policy term on the tokens of ``policy_mask`` only, 0 elsewhere: ``top_entropy_quantile``'s tokens
+    (:func:`high_entropy_mask`, Wang et al. 2025), as TRL's ``top_entropy_quantile`` masks its policy loss."""
+    if policy_mask is None:
+        return pg_loss
+    if policy_mask.shape != pg_loss.shape:
+        raise ValueError(
+            f"policy_mask must be (B, T) like the mask, got {tuple(policy_mask.shape)} and {tuple(pg_loss.shape)}"
+        )
+    return torch.where(policy_mask != 0, pg_loss, torch.zeros_like(pg_loss))
+
+
+def _importance_weighted(pg_loss: Tensor, importance_weights: Tensor | None) -> Tensor:
+    """The policy term times each token's importance weight, used detached: the truncated importance-sampling
+    correction of a rollout another engine sampled (:func:`~grpo_lightning.engines.correction.
+    truncated_importance_weights`), TRL's ``vllm_importance_sampling_mode="token_truncate"``, which weights the policy
+    loss after its entropy mask and then adds ``beta * per_token_kl``."""
+    if importance_weights is None:
+        return pg_loss
+    if importance_weights.shape != pg_loss.shape:
+        raise ValueError(
+            f"importance_weights must be (B, T) like the mask, got {tuple(importance_weights.shape)} and "
+            f"{tuple(pg_loss.shape)}"
+        )
+    return pg_loss * importance_weights.detach().to(pg_loss.dtype)
 
 
 def _token_means(

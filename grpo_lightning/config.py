@@ -3,6 +3,12 @@
 Each group is a typed dataclass; jsonargparse turns a dataclass-typed argument into nested options, so
 ``sampling: SamplingConfig`` is ``--model.sampling.temperature`` on the command line and
 ``model: {sampling: {temperature: 1.0}}`` in YAML. A group checks its own values when it is built.
+
+An option that picks a registered variant (``loss.loss_type``, ``loss.scale_rewards``,
+``loss.importance_sampling_level``, ``rewards.aggregation``, ``evaluation.protocol``; ``rollout_engine`` on the
+module) is a ``str`` checked against its :class:`~grpo_lightning.registry.Registry`: the registry is the one list of
+choices, so a variant registered before the config is read is selectable from YAML, and an unknown name is refused
+with the registered ones.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Literal
 
+from grpo_lightning.algorithms import ADVANTAGE_SCALERS, IMPORTANCE_SAMPLING_LEVELS, LOSS_AGGREGATORS
 from grpo_lightning.errors import ConfigError
+from grpo_lightning.metrics import PROTOCOLS
+from grpo_lightning.rewards import AGGREGATIONS
 
 
 @dataclass(frozen=True)
@@ -35,10 +44,11 @@ class RewardConfig:
     funcs: Sequence[str] = ("format",)
     weights: Sequence[float] | None = None
     kwargs: dict[str, dict[str, Any]] | None = None
-    aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
+    aggregation: str = "sum_then_normalize"
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
+        AGGREGATIONS.check(self.aggregation, "model.rewards.aggregation")
         if self.weights is not None and len(self.weights) != len(self.funcs):
             raise ConfigError(
                 f"rewards.weights has {len(self.weights)} entries for {len(self.funcs)} rewards.funcs; "
@@ -164,18 +174,21 @@ class LossConfig:
     epsilon_low: float = 0.2
     epsilon_high: float | None = None
     num_iterations: int = 1
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    scale_rewards: str = "group"
+    loss_type: str = "grpo"
     micro_batch_size: int = 8
     max_grad_norm: float | None = 1.0
     delta: float | None = None
-    importance_sampling_level: Literal["token", "sequence", "sequence_token"] = "token"
+    importance_sampling_level: str = "token"
     mask_truncated_completions: bool = False
     top_entropy_quantile: float = 1.0
     ref_sync_steps: int = 0
     ref_sync_alpha: float = 0.6
 
     def __post_init__(self) -> None:
+        ADVANTAGE_SCALERS.check(self.scale_rewards, "model.loss.scale_rewards")
+        LOSS_AGGREGATORS.check(self.loss_type, "model.loss.loss_type")
+        IMPORTANCE_SAMPLING_LEVELS.check(self.importance_sampling_level, "model.loss.importance_sampling_level")
         if self.num_iterations < 1 or self.micro_batch_size < 1:
             raise ConfigError(
                 f"loss.num_iterations ({self.num_iterations}) and loss.micro_batch_size ({self.micro_batch_size}) "
@@ -297,9 +310,12 @@ class EvalConfig:
         predictions_file: where ``predict`` writes its predictions JSON (None: ``<log_dir>/predictions.json``).
     """
 
-    protocol: Literal["raw", "normalized"] = "normalized"
+    protocol: str = "normalized"
     metrics: Sequence[str] = ("bleu", "meteor", "rouge", "cider")
     predictions_file: str | None = None
+
+    def __post_init__(self) -> None:
+        PROTOCOLS.check(self.protocol, "model.evaluation.protocol")
 
 
 @dataclass(frozen=True)

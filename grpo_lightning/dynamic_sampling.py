@@ -2,19 +2,23 @@
 
 A group whose G completions all get the same reward has advantage 0 for every completion: it adds no policy
 gradient, only dilutes the batch (and its KL term). Dynamic sampling leaves such groups out and samples further
-prompts until the step has as many groups with a spread as it has prompts. These are the pure decisions; the
-module runs the rounds (``GRPOModule.sample_until_informative``).
+prompts until the step has as many groups with a spread as it has prompts. These are the decisions and the
+warning; the rollout stage runs the rounds (``RolloutStage.sample_until_informative``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from grpo_lightning.algorithms import group_reward_std
 from grpo_lightning.errors import ConfigError
+
+if TYPE_CHECKING:
+    from grpo_lightning.config import SamplingConfig
 
 
 def informative_groups(rewards: Tensor, num_generations: int, min_std: float = 0.0) -> Tensor:
@@ -58,9 +62,6 @@ def choose_groups(informative: Sequence[bool], quota: int) -> tuple[list[int], i
     return sorted(with_spread + without), len(without)
 
 
-__all__ = ["choose_groups", "informative_groups"]
-
-
 def check_validation_schedule(trainer: Any) -> None:
     """Refuse validation at the end of an epoch, which dynamic sampling would silently stop.
 
@@ -84,3 +85,44 @@ def check_validation_schedule(trainer: Any) -> None:
         "epoch would never run; validate every N steps instead: trainer.val_check_interval: N (an integer) with "
         "trainer.check_val_every_n_epoch: null (as the shipped configs do), or set data.val_file: null."
     )
+
+
+class ShortfallWarnings:
+    """Warns, at the 1st, 2nd, 4th, 8th, ... step of a run that came up short, that dynamic sampling had to train
+    groups without a reward spread because its rounds ran out (counted in this process; not saved: a resumed run
+    counts afresh).
+
+    Args:
+        sampling: the sampling options the message names.
+    """
+
+    def __init__(self, sampling: SamplingConfig) -> None:
+        self.sampling = sampling
+        self.count = 0
+
+    def observe(self, step: int, filled: int, trained: int, extra_rounds: int) -> None:
+        """Step ``step`` trained ``trained`` groups (every process), ``filled`` of them without a spread, after
+        ``extra_rounds`` refills."""
+        if filled == 0:
+            return
+        self.count += 1
+        if self.count & (self.count - 1):  # not a power of two
+            return
+        sampling = self.sampling
+        rank_zero_warn(
+            f"Dynamic sampling, step {step}: only {trained - filled} of {trained} groups had rewards with a spread "
+            f"(std above {sampling.min_group_reward_std}) after {extra_rounds} extra rounds of sampling "
+            f"(sampling.max_refill_rounds: {sampling.max_refill_rounds}; fewer when the epoch's prompts ran out); the "
+            f"step trains them and {filled} groups of equal rewards (advantage 0) in place of the missing ones. This "
+            f"is the {_ordinal(self.count)} such step; it is reported again at the 2nd, 4th, 8th, ... Often, it means "
+            "most prompts are too easy or too hard for the model: raise sampling.max_refill_rounds, or look at the "
+            "rewards and the data (logging.rollouts_every_n_steps writes the rollouts for the report)."
+        )
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+__all__ = ["ShortfallWarnings", "check_validation_schedule", "choose_groups", "informative_groups"]

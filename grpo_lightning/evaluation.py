@@ -19,20 +19,21 @@ from grpo_lightning.task import prediction_records
 
 
 class EvaluationMixin:
-    """The evaluation half of the LightningModule; the module provides ``generate_rollout``, ``score``,
-    ``reward_funcs`` (the resolved rewards) and ``evaluation`` (:class:`~grpo_lightning.config.EvalConfig`)."""
+    """The evaluation half of the LightningModule; the module provides ``rollouts`` (its
+    :class:`~grpo_lightning.stages.rollout.RolloutStage`, which samples and scores), ``evaluation``
+    (:class:`~grpo_lightning.config.EvalConfig`) and ``_eval_records`` (the running split's records)."""
 
     def model_step(self, batch: dict[str, list[Any]]) -> tuple[list[dict[str, Any]], Tensor, Tensor]:
         """Greedy completion of each prompt, scored and turned into prediction records (:mod:`grpo_lightning.task`).
 
         Shared by validation, test and predict.
         """
-        rollout = self.generate_rollout(batch, num_generations=1, do_sample=False)
-        rewards, per_func = self.score(rollout, batch)
+        rollout = self.rollouts.generate(batch, num_generations=1, do_sample=False)
+        rewards, per_func = self.rollouts.score(rollout, batch)
         return prediction_records(batch, rollout.completions), rewards, per_func
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_records: list[dict[str, Any]] = []
+        self._eval_records = []
 
     on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
 
@@ -51,7 +52,7 @@ class EvaluationMixin:
         if stage != "predict":
             size = len(rewards)
             self.log(f"{stage}/reward", rewards.mean(), batch_size=size, sync_dist=True, prog_bar=True)
-            for f, (name, _) in enumerate(self.reward_funcs):
+            for f, name in enumerate(self.rollouts.reward_names):
                 column = per_func[:, f]
                 if not torch.isnan(column).all():
                     self.log(f"{stage}/rewards/{name}", torch.nanmean(column).float(), batch_size=size, sync_dist=True)

@@ -45,6 +45,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from grpo_lightning.errors import UserError
+from grpo_lightning.registry import Registry
 from grpo_lightning.task import REQUIRED_RECORD_FIELDS
 from grpo_lightning.text import canonical_answer, normalize_text
 
@@ -115,22 +116,17 @@ def _identity(text: str) -> str:
     return text
 
 
-#: Registered protocols, by name.
-PROTOCOLS: dict[str, Protocol] = {
-    protocol.name: protocol
-    for protocol in (
-        Protocol("raw", answer_key=_raw_answer_key, hypothesis=strip_explanation_prefix, reference=_identity),
-        Protocol(
-            "normalized", answer_key=canonical_answer, hypothesis=_normalized_hypothesis, reference=normalize_text
-        ),
-    )
-}
+#: Registered protocols, by name (``evaluation.protocol``, ``evaluate --protocol``).
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+PROTOCOLS.register("raw", Protocol("raw", _raw_answer_key, hypothesis=strip_explanation_prefix, reference=_identity))
+PROTOCOLS.register(
+    "normalized",
+    Protocol("normalized", answer_key=canonical_answer, hypothesis=_normalized_hypothesis, reference=normalize_text),
+)
 
 
 def get_protocol(name: str) -> Protocol:
     """The registered protocol called ``name``; a ValueError lists the known ones otherwise."""
-    if name not in PROTOCOLS:
-        raise ValueError(f"Unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}.")
     return PROTOCOLS[name]
 
 

@@ -43,14 +43,10 @@ from tqdm.auto import tqdm
 from grpo_lightning.errors import UserError
 from grpo_lightning.images import load_rgb
 from grpo_lightning.metrics import Scores
+from grpo_lightning.rollout_files import ROLLOUT_FILE, ROLLOUTS_DIR
 
 #: The longer side of the embedded thumbnails, in pixels.
 THUMBNAIL_SIDE = 192
-
-#: The folder under a run's log folder that holds its rollout records (:mod:`grpo_lightning.rollout_log`).
-ROLLOUTS_DIR = "rollouts"
-#: The name of a step's rollout file in that folder (``step=N.jsonl``), N captured.
-ROLLOUT_FILE = r"step=(\d+)\.jsonl"
 
 #: The folder beside this module that holds the pages' CSS and JavaScript, shipped as package data.
 ASSETS_DIR = "report_assets"

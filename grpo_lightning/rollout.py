@@ -54,6 +54,23 @@ class ScoredRollout:
     informative: Tensor
 
 
+@dataclass
+class TrainedGroups:
+    """The groups a step trains, out of its rounds of sampling (:func:`~grpo_lightning.dynamic_sampling.choose_groups`).
+
+    Attributes:
+        rollout: their completions, as one rollout (the first round's own object when it is all of them).
+        rewards: (N,) their rewards, as the advantages take them.
+        per_func: (N, F) their scores by reward function (NaN: no opinion).
+        chosen: which groups they are, as (round, prompt) pairs, in the rollout's order.
+    """
+
+    rollout: Rollout
+    rewards: Tensor
+    per_func: Tensor
+    chosen: list[tuple[int, int]]
+
+
 def join_groups(parts: Sequence[tuple[Rollout, Sequence[int]]], num_generations: int, pad_token_id: int) -> Rollout:
     """One rollout of the chosen groups of several rollouts, in the order given.
 

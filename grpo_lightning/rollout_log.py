@@ -1,6 +1,6 @@
 """Rollout records: a training step's prompts, completions, scores and advantages as JSON lines, for the browser.
 
-Every ``logging.rollouts_every_n_steps`` steps, :func:`write_rollouts` writes ``<log_dir>/rollouts/step=N.jsonl``,
+Every ``logging.rollouts_every_n_steps`` steps, the module writes ``<log_dir>/rollouts/step=N.jsonl``,
 N being the number of optimizer steps before the step (TensorBoard's step when ``loss.num_iterations`` is 1), one
 line per group of G completions: every group the step sampled, also those that dynamic sampling left out. Under
 data parallelism the processes' records are gathered and the first process writes them all in one file (each
@@ -26,20 +26,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from grpo_lightning.algorithms import group_reward_std, is_truncated
-from grpo_lightning.report import ROLLOUT_FILE, ROLLOUTS_DIR
 from grpo_lightning.rewards import combine_rewards
 from grpo_lightning.rollout import ScoredRollout
-
-if TYPE_CHECKING:
-    from grpo_lightning.module import GRPOModule
+from grpo_lightning.rollout_files import rollout_file
 
 
 def rollout_records(
@@ -76,25 +72,14 @@ def rollout_records(
     for r, round_ in enumerate(sampled):
         rollout, batch = round_.rollout, round_.batch
         rewards = round_.rewards if reward_weights is None else combine_rewards(round_.per_func, reward_weights)
-        truncated = is_truncated(rollout.completion_ids, eos_token_ids).tolist()
-        lengths = rollout.completion_mask.sum(-1).tolist()
+        completions = _completion_records(round_, rewards, reward_names, eos_token_ids)
         stds = group_reward_std(round_.rewards.float(), num_generations).tolist()
         for p in range(len(rollout.prompts)):
             trained = (r, p) in position
-            rows = range(p * num_generations, (p + 1) * num_generations)
-            completions = []
-            for g, j in enumerate(rows):
+            group = completions[p * num_generations : (p + 1) * num_generations]
+            for g, completion in enumerate(group):
                 advantage = advantages[position[(r, p)] * num_generations + g] if trained else None
-                completions.append(
-                    {
-                        "text": rollout.completions[j],
-                        "reward": _number(rewards[j]),
-                        "scores": {name: _number(round_.per_func[j, f]) for f, name in enumerate(reward_names)},
-                        "advantage": _number(advantage),
-                        "truncated": bool(truncated[j]),
-                        "length": int(lengths[j]),
-                    }
-                )
+                completion["advantage"] = _number(advantage)
             records.append(
                 {
                     "step": step,
@@ -108,73 +93,53 @@ def rollout_records(
                     "reward_std": _number(stds[p]),
                     "filtered": dynamic_sampling and not bool(round_.informative[p]),
                     "trained": trained,
-                    "completions": completions,
+                    "completions": group,
                 }
             )
     return records
 
 
-def write_rollouts(
-    module: GRPOModule, step: int, sampled: list[ScoredRollout], chosen: list[tuple[int, int]], advantages: Tensor
-) -> Path | None:
-    """Write the records of step ``step`` to ``<log_dir>/rollouts/step=N.jsonl``.
+def _completion_records(
+    round_: ScoredRollout, rewards: Tensor, reward_names: list[str], eos_token_ids: int | list[int]
+) -> list[dict[str, Any]]:
+    """One record per completion of a round, in its order (``advantage`` is the caller's to fill)."""
+    rollout = round_.rollout
+    truncated = is_truncated(rollout.completion_ids, eos_token_ids).tolist()
+    lengths = rollout.completion_mask.sum(-1).tolist()
+    return [
+        {
+            "text": rollout.completions[j],
+            "reward": _number(rewards[j]),
+            "scores": {name: _number(round_.per_func[j, f]) for f, name in enumerate(reward_names)},
+            "advantage": None,
+            "truncated": bool(truncated[j]),
+            "length": int(lengths[j]),
+        }
+        for j in range(len(rollout.completions))
+    ]
 
-    Every process must call it (the records are gathered, and the log folder is agreed on); the first process
-    writes. Returns the file there, None elsewhere.
-    """
-    trainer = module.trainer
-    if not trainer.loggers:  # the records belong to the run's log folder; without a logger there is none
-        return None
-    records = rollout_records(
-        sampled,
-        chosen,
-        advantages,
-        [name for name, _ in module.reward_funcs],
-        module.adapter.eos_token_ids(module.model),
-        module.sampling.num_generations,
-        step,
-        trainer.global_rank,
-        module.sampling.dynamic_sampling,
-        module.reward_weights,
-    )
-    log_dir = trainer.log_dir  # a collective call: on every process
-    if log_dir is None:  # a logger without a folder of its own: every process returns alike
-        return None
-    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered: list[Any] = [None] * trainer.world_size
-        torch.distributed.all_gather_object(gathered, records)
-        records = [record for part in gathered for record in part]
-    if not trainer.is_global_zero:
-        return None
-    folder = Path(log_dir, ROLLOUTS_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step={step}.jsonl"
+
+def gathered_records(records: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
+    """Every process's records, in rank order (this process's alone without a process group). A collective: every
+    process calls it."""
+    if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return records
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, records)
+    return [record for part in gathered for record in part]
+
+
+def write_rollouts(records: list[dict[str, Any]], log_dir: str | os.PathLike, step: int) -> Path:
+    """Write the records of step ``step`` to ``<log_dir>/rollouts/step=N.jsonl``, whole or not at all (a reader, or a
+    resumed run's page, never sees half a file). Returns the file."""
+    path = rollout_file(log_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     with open(temp, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(temp, path)  # a reader (or a resumed run's page) never sees half a file
+    os.replace(temp, path)
     return path
-
-
-def drop_rollouts_from(log_dir: str | os.PathLike, step: int) -> list[Path]:
-    """Delete a run's rollout files of step ``step`` and later: a run resumed from the checkpoint of step ``step``
-    writes them again, and until it does, none of the steps a killed run sampled past its checkpoint should remain
-    (the browser would show a branch the resumed run did not take).
-
-    Returns:
-        The files deleted.
-    """
-    folder = Path(log_dir, ROLLOUTS_DIR)
-    if not folder.is_dir():
-        return []
-    dropped = []
-    for path in folder.iterdir():
-        match = re.fullmatch(ROLLOUT_FILE + r"(\.tmp-\d+)?", path.name)  # a write a kill cut short too
-        if match and int(match.group(1)) >= step:
-            path.unlink(missing_ok=True)
-            dropped.append(path)
-    return sorted(dropped)
 
 
 def _number(value: Any) -> float | None:
@@ -189,4 +154,4 @@ def _field(batch: dict[str, list[Any]], key: str, index: int, default: Any) -> A
     return values[index] if values is not None and index < len(values) else default
 
 
-__all__ = ["drop_rollouts_from", "rollout_records", "write_rollouts"]
+__all__ = ["gathered_records", "rollout_records", "write_rollouts"]

@@ -39,13 +39,13 @@ class WeightRecorder(L.Callback):
         torch.save(state, self.out_dir / f"{what}.rank{trainer.global_rank}.step{trainer.global_step}.pt")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._save("reference", _state(pl_module.reference_model), trainer)
+        self._save("reference", _state(pl_module.reference.model), trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._save("policy", _state(pl_module.model), trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._save("reference", _state(pl_module.reference_model), trainer)
+        self._save("reference", _state(pl_module.reference.model), trainer)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import typing
 
 import pytest
 import torch
@@ -12,9 +11,7 @@ from grpo_lightning.algorithms import (
     ADVANTAGE_SCALERS,
     IMPORTANCE_SAMPLING_LEVELS,
     LOSS_AGGREGATORS,
-    ImportanceSamplingLevel,
-    LossType,
-    ScaleRewards,
+    BatchTotals,
     aggregate_loss,
     clipped_surrogate,
     completion_mask,
@@ -30,10 +27,26 @@ from grpo_lightning.algorithms import (
     loss_normaliser,
     selective_log_softmax,
 )
+from grpo_lightning.config import LossConfig
 
 SCALE_MODES = ["group", "batch", "none"]
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
 F64 = {"rtol": 1e-12, "atol": 1e-12}
+
+
+def _grpo_loss(
+    logps, old_logps, advantages, mask, loss_type="grpo", *, ref_logps=None, entropy=None, policy_mask=None,
+    importance_weights=None, num_sequences=None, num_tokens=None, max_completion_length=None, stats_num_tokens=None,
+    beta=0.0, **options,
+):  # fmt: skip
+    """:func:`grpo_loss` with its options given flat: the objective's as a ``LossConfig`` (``beta`` 0 unless given),
+    the batch's counts as ``BatchTotals``."""
+    config = LossConfig(loss_type=loss_type, beta=beta, **options)
+    totals = BatchTotals(num_sequences, num_tokens, max_completion_length, stats_num_tokens)
+    return grpo_loss(
+        logps, old_logps, advantages, mask, config, ref_logps=ref_logps, entropy=entropy, policy_mask=policy_mask,
+        importance_weights=importance_weights, totals=totals,
+    )  # fmt: skip
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -175,20 +188,20 @@ def _ref_completion_mask(ids, eos_ids):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def test_registries_match_the_literal_types():
-    assert set(ADVANTAGE_SCALERS) == set(typing.get_args(ScaleRewards)) == set(SCALE_MODES)
-    assert set(LOSS_AGGREGATORS) == set(typing.get_args(LossType)) == set(LOSS_TYPES)
+def test_registries_hold_the_documented_variants():
+    assert ADVANTAGE_SCALERS.names() == tuple(SCALE_MODES)
+    assert LOSS_AGGREGATORS.names() == tuple(LOSS_TYPES)
 
 
 def test_unknown_scale_rewards_names_the_known_ones():
-    with pytest.raises(ValueError, match=r"scale_rewards 'std'.*'batch', 'group', 'none'"):
+    with pytest.raises(ValueError, match=r"scale_rewards 'std'; known values are: group, batch, none\."):
         compute_group_advantages(torch.zeros(4), 2, scale_rewards="std")
 
 
 def test_unknown_loss_type_names_the_known_ones():
-    with pytest.raises(ValueError, match=r"loss_type 'ppo'.*'bnpo', 'dapo', 'dr_grpo', 'grpo'"):
+    with pytest.raises(ValueError, match=r"loss_type 'ppo'; known values are: grpo, bnpo, dr_grpo, dapo\."):
         aggregate_loss(torch.zeros(2, 3), torch.ones(2, 3), "ppo")
-    with pytest.raises(ValueError, match=r"loss_type 'ppo'.*'bnpo', 'dapo', 'dr_grpo', 'grpo'"):
+    with pytest.raises(ValueError, match=r"loss_type 'ppo'; known values are: grpo, bnpo, dr_grpo, dapo\."):
         loss_normaliser("ppo")
 
 
@@ -632,7 +645,7 @@ def test_grpo_loss_matches_loop_reference(loss_type, with_kl, with_entropy):
     beta = 0.04 if with_kl else 0.0
     ref_logps = ref_logps if with_kl else None
     entropy = entropy if with_entropy else None
-    loss, stats = grpo_loss(
+    loss, stats = _grpo_loss(
         logps, old_logps, advantages, mask, loss_type, ref_logps=ref_logps, beta=beta, entropy=entropy,
         epsilon_low=0.2, epsilon_high=0.28, max_completion_length=9,
     )  # fmt: skip
@@ -652,7 +665,7 @@ def test_grpo_loss_matches_loop_reference(loss_type, with_kl, with_entropy):
 def test_grpo_loss_without_old_logps_is_the_plain_policy_gradient():
     logps, _, _, advantages, mask, _ = _loss_inputs(_gen(73))
     logps.requires_grad_(True)
-    loss, stats = grpo_loss(logps, None, advantages, mask, "bnpo")
+    loss, stats = _grpo_loss(logps, None, advantages, mask, "bnpo")
     assert stats["clip_low"] == 0 and stats["clip_high"] == 0
     # ratio 1: loss = -sum(A * mask) / tokens and d loss / d logp = -A / tokens on every kept token
     (grad,) = torch.autograd.grad(loss, logps)
@@ -696,7 +709,7 @@ def test_grpo_loss_equals_the_previous_composition_bit_for_bit_over_micro_batche
             args = (weights[mb], old_logps[mb], advantages[mb], mask[mb])
             ref = None if ref_logps is None else ref_logps[mb]
             if compose == "grpo_loss":
-                loss, stats = grpo_loss(
+                loss, stats = _grpo_loss(
                     *args, loss_type, ref_logps=ref, beta=beta, entropy=entropy[mb], epsilon_low=0.2,
                     epsilon_high=0.28, stats_num_tokens=tokens, **normalisers,
                 )  # fmt: skip
@@ -715,9 +728,9 @@ def test_grpo_loss_equals_the_previous_composition_bit_for_bit_over_micro_batche
 def test_grpo_loss_statistics_ignore_what_padding_holds():
     logps, old_logps, ref_logps, advantages, mask, entropy = _loss_inputs(_gen(83))
     options = {"ref_logps": ref_logps, "beta": 0.04, "max_completion_length": 9}
-    loss, stats = grpo_loss(logps, old_logps, advantages, mask, "dr_grpo", entropy=entropy, **options)
+    loss, stats = _grpo_loss(logps, old_logps, advantages, mask, "dr_grpo", entropy=entropy, **options)
     poisoned = entropy.masked_fill(mask == 0, float("nan"))
-    poisoned_loss, poisoned_stats = grpo_loss(
+    poisoned_loss, poisoned_stats = _grpo_loss(
         logps, old_logps, advantages, mask, "dr_grpo", entropy=poisoned, **options
     )
     assert torch.equal(loss, poisoned_loss)
@@ -729,12 +742,12 @@ def test_grpo_loss_statistics_ignore_what_padding_holds():
     [
         ({"beta": 0.04}, r"beta=0.04 weighs a KL term, which needs ref_logps"),
         ({"entropy": torch.zeros(2, 4)}, r"entropy must be \(B, T\) like the mask, got \(2, 4\) and \(2, 3\)"),
-        ({"loss_type": "ppo"}, r"Unknown loss_type 'ppo'"),
+        ({"loss_type": "ppo"}, r"Unknown model.loss.loss_type 'ppo'; known values are: grpo, bnpo, dr_grpo, dapo\."),
     ],
 )
 def test_grpo_loss_rejects_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        grpo_loss(torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3), **kwargs)
+        _grpo_loss(torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3), **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -993,7 +1006,7 @@ def test_grpo_loss_options_match_the_loop_reference_in_value_gradient_and_statis
         mask = drop_truncated(mask, torch.tensor([False, False, True, False, False, True, False]))
     policy_mask = _top_entropy(entropy, mask, 0.4) if top_entropy else None
     weights = logps.clone().requires_grad_(True)
-    loss, stats = grpo_loss(
+    loss, stats = _grpo_loss(
         weights, old_logps, advantages, mask, loss_type, ref_logps=ref_logps, beta=0.04, entropy=entropy,
         epsilon_low=0.2, epsilon_high=0.28, delta=delta, importance_sampling_level=level, policy_mask=policy_mask,
         max_completion_length=9,
@@ -1033,7 +1046,7 @@ def test_importance_weights_weigh_the_policy_term_only_as_the_loop_reference(los
 
     def run(beta, importance_weights):
         inputs = logps.clone().requires_grad_(True)
-        loss, stats = grpo_loss(inputs, old_logps, advantages, mask, beta=beta, importance_weights=importance_weights,
+        loss, stats = _grpo_loss(inputs, old_logps, advantages, mask, beta=beta, importance_weights=importance_weights,
                                 **options)  # fmt: skip
         loss.backward()
         return loss.detach(), inputs.grad, stats
@@ -1083,14 +1096,14 @@ def test_micro_batches_with_every_option_sum_to_the_whole_batch_loss_and_gradien
         "stats_num_tokens": mask.sum(),
     }  # fmt: skip
     whole_input = logps.clone().requires_grad_(True)
-    whole, whole_stats = grpo_loss(whole_input, old_logps, advantages, mask, loss_type, policy_mask=policy_mask,
+    whole, whole_stats = _grpo_loss(whole_input, old_logps, advantages, mask, loss_type, policy_mask=policy_mask,
                                    entropy=entropy, importance_weights=weights, **options)  # fmt: skip
     whole.backward()
     micro_input = logps.clone().requires_grad_(True)
     total, totals = torch.zeros(()), {}
     for mb in (slice(0, 3), slice(3, 6), slice(6, 7)):
         old = None if old_logps is None else old_logps[mb]
-        loss, stats = grpo_loss(micro_input[mb], old, advantages[mb], mask[mb], loss_type,
+        loss, stats = _grpo_loss(micro_input[mb], old, advantages[mb], mask[mb], loss_type,
                                 policy_mask=policy_mask[mb], entropy=entropy[mb],
                                 importance_weights=None if weights is None else weights[mb],
                                 **{**options, "ref_logps": ref_logps[mb]})  # fmt: skip
@@ -1113,7 +1126,7 @@ def test_at_ratio_one_every_level_has_the_policy_gradient_unless_tokens_leave_th
 
     def gradient(level, old, keep=None):
         weights = logps.clone().requires_grad_(True)
-        loss, _ = grpo_loss(weights, old, advantages, mask, "grpo", importance_sampling_level=level, policy_mask=keep)
+        loss, _ = _grpo_loss(weights, old, advantages, mask, "grpo", importance_sampling_level=level, policy_mask=keep)
         (grad,) = torch.autograd.grad(loss, weights)
         return grad
 
@@ -1209,14 +1222,14 @@ def test_top_entropy_quantile_one_keeps_every_token_and_zero_the_highest_only():
 
 def test_top_entropy_quantile_one_is_exactly_todays_loss():
     logps, old_logps, ref_logps, advantages, mask, entropy = _signal_inputs(torch.float32)
-    plain, _ = grpo_loss(logps, old_logps, advantages, mask, "dapo", ref_logps=ref_logps, beta=0.04)
-    every, _ = grpo_loss(logps, old_logps, advantages, mask, "dapo", ref_logps=ref_logps, beta=0.04,
+    plain, _ = _grpo_loss(logps, old_logps, advantages, mask, "dapo", ref_logps=ref_logps, beta=0.04)
+    every, _ = _grpo_loss(logps, old_logps, advantages, mask, "dapo", ref_logps=ref_logps, beta=0.04,
                          policy_mask=_top_entropy(entropy, mask, 1.0))  # fmt: skip
     assert torch.equal(plain, every)
 
 
-def test_importance_sampling_levels_match_the_literal_type():
-    assert set(IMPORTANCE_SAMPLING_LEVELS) == set(typing.get_args(ImportanceSamplingLevel)) == set(LEVELS)
+def test_importance_sampling_levels_hold_the_documented_variants():
+    assert IMPORTANCE_SAMPLING_LEVELS.names() == tuple(LEVELS)
 
 
 @pytest.mark.parametrize(
@@ -1239,11 +1252,11 @@ def test_clipped_surrogate_rejects_bad_options(kwargs, message):
         (lambda: entropy_quantile_threshold(torch.zeros(3), 1.5), r"top_quantile must be in \[0, 1\], got 1.5"),
         (lambda: high_entropy_mask(torch.zeros(2, 3), torch.ones(2, 2), 0.0), r"entropy must be \(B, T\) like"),
         (
-            lambda: grpo_loss(torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3), policy_mask=torch.ones(3, 3)),
+            lambda: _grpo_loss(torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3), policy_mask=torch.ones(3, 3)),
             r"policy_mask must be \(B, T\) like the mask",
         ),
         (
-            lambda: grpo_loss(
+            lambda: _grpo_loss(
                 torch.zeros(2, 3), None, torch.zeros(2), torch.ones(2, 3), importance_weights=torch.ones(2, 4)
             ),
             r"importance_weights must be \(B, T\) like the mask, got \(2, 4\) and \(2, 3\)",

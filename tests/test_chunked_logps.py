@@ -183,7 +183,7 @@ def test_completion_logps_equal_whole_logits(assets, data_kwargs, family, settin
     module.model.train()
     batch = first_batch(data_kwargs)
     torch.manual_seed(0)
-    rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    rollout = module.rollouts.generate(batch, num_generations=G, do_sample=True)
     assert len(rollout.completions) == B * G
     # Completions that end early (random weights seldom sample EOS): padding after them, as a rollout has it, and
     # the longest shorter than the completion budget, so that the pass trims the width.
@@ -231,7 +231,7 @@ def test_completion_logps_in_bfloat16_under_autocast_equal_whole_logits(assets, 
     module.model.to(torch.bfloat16).train()
     batch = first_batch(data_kwargs)
     torch.manual_seed(0)
-    rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    rollout = module.rollouts.generate(batch, num_generations=G, do_sample=True)
     mask = rollout.completion_mask.float()
     prompt_index = rollout.prompt_index.tolist()
 

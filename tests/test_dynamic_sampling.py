@@ -170,7 +170,7 @@ def test_a_rollout_joined_from_chosen_groups_equals_the_plain_rollout_of_those_p
     loader = iter(data.train_dataloader())
     batches = [next(loader), next(loader)]
     torch.manual_seed(0)
-    rollouts = [module.generate_rollout(batch, G, do_sample=True) for batch in batches]
+    rollouts = [module.rollouts.generate(batch, G, do_sample=True) for batch in batches]
     chosen = [(0, 2), (1, 0), (1, 2)]
     pad = module.adapter.tokenizer.pad_token_id
     joined = join_groups([(rollouts[0], [2]), (rollouts[1], [0, 2])], G, pad)
@@ -189,8 +189,8 @@ def test_a_rollout_joined_from_chosen_groups_equals_the_plain_rollout_of_those_p
 
     rows = [(r, p * G + g) for r, p in chosen for g in range(G)]
     assert joined.completions == [rollouts[r].completions[j] for r, j in rows]
-    separate = [module.completion_logps(module.model, rollout) for rollout in rollouts]
-    together = module.completion_logps(module.model, joined)
+    separate = [module.update.completion_logps(module.model, rollout) for rollout in rollouts]
+    together = module.update.completion_logps(module.model, joined)
     for i, (r, j) in enumerate(rows):
         width = int(rollouts[r].completion_mask[j].sum())
         assert torch.equal(joined.completion_ids[i, :width], rollouts[r].completion_ids[j, :width])

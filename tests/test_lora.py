@@ -30,7 +30,7 @@ def test_lora_trains_only_the_adapters_of_the_language_model(assets, data_kwargs
         "up_proj",
         "down_proj",
     }
-    assert module.reference_model is None, "with LoRA the reference is the base model, not a second copy"
+    assert module.reference.model is None, "with LoRA the reference is the base model, not a second copy"
     before = snapshot(module)
     fit(module, data_kwargs, tmp_path, steps=3)
     after = snapshot(module)
@@ -61,11 +61,11 @@ def test_the_reference_with_lora_is_the_base_model(assets, data_kwargs):
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     torch.manual_seed(0)
-    rollout = module.generate_rollout(batch, num_generations=2, do_sample=True)
+    rollout = module.rollouts.generate(batch, num_generations=2, do_sample=True)
     reference = module.reference_logps(rollout)
-    policy = module.completion_logps(module.model, rollout)
+    policy = module.update.completion_logps(module.model, rollout)
     base = AutoModelForImageTextToText.from_pretrained(module.model_name_or_path)
-    expected = module.completion_logps(base, rollout)
+    expected = module.update.completion_logps(base, rollout)
     torch.testing.assert_close(reference, expected, rtol=1e-5, atol=1e-5)
     assert (policy - expected).abs().max() > 1e-3, "the adapters changed nothing: the check above proves nothing"
 

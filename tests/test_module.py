@@ -71,13 +71,13 @@ def test_sampled_completions_are_logged_as_text(assets, data_kwargs, tmp_path):
 def test_no_reference_model_when_beta_is_zero(assets):
     module = make_module(assets, loss=dict(beta=0.0))
     module.configure_model()
-    assert module.reference_model is None
+    assert module.reference.model is None
 
 
 def test_reference_model_is_frozen_and_never_checkpointed_or_optimised(assets):
     module = make_module(assets, loss=dict(beta=0.04))
     module.configure_model()
-    reference = module.reference_model
+    reference = module.reference.model
     assert reference is not None and reference is not module.model
     assert not any(p.requires_grad for p in reference.parameters())
     reference_ids = {id(p) for p in reference.parameters()}
@@ -111,10 +111,10 @@ def test_completion_logps_equal_an_unpadded_forward_pass(assets, data_kwargs, fa
     module.model.eval()
     batch = first_prompts(data_kwargs)
     torch.manual_seed(0)
-    rollout = module.generate_rollout(batch, num_generations=2, do_sample=True)
+    rollout = module.rollouts.generate(batch, num_generations=2, do_sample=True)
     if family == "internvl":  # dynamic tiling: 2x2 grids and a 1x2 one, each with its thumbnail
         assert [visual["pixel_values"].shape[0] for visual in rollout.prompts.visual] == [5, 5, 3]
-    logps = module.completion_logps(module.model, rollout)
+    logps = module.update.completion_logps(module.model, rollout)
     adapter = module.adapter
     suppressed = adapter.suppressed_token_ids(module.model)
     for j in range(len(rollout.completions)):
@@ -139,7 +139,7 @@ def test_rollout_masks_everything_after_the_first_eos(assets, data_kwargs):
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     torch.manual_seed(0)
-    rollout = module.generate_rollout(batch, num_generations=4, do_sample=True)
+    rollout = module.rollouts.generate(batch, num_generations=4, do_sample=True)
     eos = set(module.adapter.eos_token_ids(module.model))
     suppressed = set(module.adapter.suppressed_token_ids(module.model))
     for ids, mask in zip(rollout.completion_ids.tolist(), rollout.completion_mask.tolist(), strict=True):
@@ -322,7 +322,7 @@ def test_advantages_under_data_parallelism_equal_one_process_over_the_global_bat
     for rank in (0, 1):
         module = make_module(assets, sampling=dict(num_generations=4), loss=dict(scale_rewards=scale_rewards))
         module._trainer = _TwoProcesses(rank, local)
-        got = module.advantages(local[rank])
+        got = module.update.advantages(local[rank])
         start = len(local[0]) if rank else 0
         torch.testing.assert_close(got, whole[start : start + len(local[rank])], rtol=F32_RTOL, atol=1e-6)
         own = compute_group_advantages(local[rank], num_generations=4, scale_rewards=scale_rewards)

@@ -76,13 +76,13 @@ def test_sampling_writes_in_place_and_draws_the_tokens_of_concatenation(assets, 
     monkeypatch.setattr(GrowingLayer, "update", counting_update)
     for do_sample in (False, True):
         torch.manual_seed(3)
-        fast = module.generate_rollout(batch, num_generations=G, do_sample=do_sample).completion_ids
+        fast = module.rollouts.generate(batch, num_generations=G, do_sample=do_sample).completion_ids
         assert in_place and all(in_place), "every token's keys and values go into the room kept for them"
         in_place.clear()
         with monkeypatch.context() as patch:
             patch.setattr(GrowingLayer, "_in_buffers", lambda self, new_tokens: False)
             torch.manual_seed(3)
-            concatenated = module.generate_rollout(batch, num_generations=G, do_sample=do_sample).completion_ids
+            concatenated = module.rollouts.generate(batch, num_generations=G, do_sample=do_sample).completion_ids
         in_place.clear()
         assert fast.shape[1] > 1
         assert torch.equal(fast, concatenated), do_sample

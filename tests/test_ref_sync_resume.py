@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from grpo_lightning.callbacks import StepCheckpoint
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.module import GRPOModule
+from grpo_lightning.stages.reference import ReferencePolicy
 from scripts.tb_scalars import read_scalars
 from tests.helpers import flat_params, make_module, quiet_trainer
 
@@ -52,7 +53,7 @@ def run(assets, data_kwargs, save_dir: Path, max_steps: int, ckpt_path=None, los
 
 
 def flat_reference(module: GRPOModule) -> torch.Tensor:
-    return torch.cat([p.detach().flatten().clone() for p in module.reference_model.parameters()])
+    return torch.cat([p.detach().flatten().clone() for p in module.reference.model.parameters()])
 
 
 _RUNS: dict[str, dict] = {}
@@ -72,7 +73,7 @@ def runs(assets, data_kwargs, tmp_path_factory) -> dict:
             policy=flat_params(module),
             reference=flat_reference(module),
             base_reference=flat_reference(base),
-            reference_names=set(base.reference_model.state_dict()),
+            reference_names=set(base.reference.model.state_dict()),
             rewards=rewards,
             checkpoints=stopped / "run" / "version_0" / "checkpoints",
         )
@@ -111,7 +112,7 @@ def test_the_resume_check_fails_without_the_restored_reference(
 ):
     """The test above has teeth: resumed without the saved reference, or without step 2's sync, the runs differ."""
     if forget == "reference state":
-        monkeypatch.setattr(GRPOModule, "restore_reference", lambda self: None)
+        monkeypatch.setattr(ReferencePolicy, "restore", lambda self, policy: None)
         checkpoint = "step=3.ckpt"
     else:
         saved = torch.load(runs["checkpoints"] / "step=2.ckpt", weights_only=True)
@@ -139,7 +140,7 @@ def test_a_checkpoint_without_the_reference_says_the_reference_starts_from_the_b
         warnings.simplefilter("error")
         module.on_load_checkpoint({"hyper_parameters": {"loss": {"beta": 0.04, "ref_sync_steps": 0}}})
     assert "The checkpoint holds no reference model (its run did not sync it" in caplog.text
-    assert module._saved_reference is None
+    assert module.reference.saved is None
     # its run synced (a checkpoint without the reference's weights): the resumed run is not exact, a warning says so
     with pytest.warns(UserWarning, match=r"holds no reference model although its run synced it every 2 steps"):
         module.on_load_checkpoint({"hyper_parameters": {"loss": {"beta": 0.04, "ref_sync_steps": 2}}})
@@ -150,7 +151,7 @@ def test_only_a_fit_keeps_the_checkpoints_reference(assets):
     module = make_module(assets, loss=SYNC)
     checkpoint = {"reference_state_dict": {"w": torch.zeros(2)}, "reference_sync_pending": False}
     module.on_load_checkpoint(checkpoint)  # no trainer yet (load_from_checkpoint): kept for the fit
-    assert module._saved_reference == (checkpoint["reference_state_dict"], False)
+    assert module.reference.saved == (checkpoint["reference_state_dict"], False)
     module._trainer = SimpleNamespace(state=SimpleNamespace(fn="validate"))
     module.on_load_checkpoint(checkpoint)
-    assert module._saved_reference is None
+    assert module.reference.saved is None

@@ -160,5 +160,5 @@ def test_the_module_passes_the_timeout_and_its_step(assets):
     start = time.monotonic()
     stopped = r"^Reward 'sleeps_forever' did not return within .* \(0\.5 s\) at global step 0"
     with pytest.raises(RewardError, match=stopped):
-        module.score(rollout, {"prompt": ["p"], "id": ["q-1"]})
+        module.rollouts.score(rollout, {"prompt": ["p"], "id": ["q-1"]})
     assert time.monotonic() - start < TIMEOUT + SLACK

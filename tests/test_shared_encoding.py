@@ -84,7 +84,7 @@ def test_the_vision_encoder_runs_once_per_prompt_in_rollout_reference_and_policy
     module.configure_model()
     calls = count_images(module)
     reference_calls = []
-    with module.reference() as reference:
+    with module.reference(module.model) as reference:
         tower = module.adapter.vision_tower(reference)
         tower.register_forward_pre_hook(
             lambda mod, args, kwargs: reference_calls.append(_images_in(args, kwargs)), with_kwargs=True
@@ -118,7 +118,7 @@ def test_sampling_from_a_shared_prompt_cache_gives_the_unshared_tokens(assets, b
         for name, adapter in adapters.items():
             module.adapter = adapter
             torch.manual_seed(5)
-            rollouts[name] = module.generate_rollout(batch, num_generations=G, do_sample=do_sample)
+            rollouts[name] = module.rollouts.generate(batch, num_generations=G, do_sample=do_sample)
         assert torch.equal(rollouts["shared"].completion_ids, rollouts["unshared"].completion_ids), do_sample
 
 
@@ -143,9 +143,9 @@ def test_qwen2_vl_samples_from_a_shared_cache_at_the_unshared_multimodal_positio
     module.model.model.language_model.register_forward_pre_hook(
         lambda mod, args, kwargs: seen.append(axes(kwargs["position_ids"]).clone()), with_kwargs=True
     )
-    module.generate_rollout(batch, num_generations=G, do_sample=False)
+    module.rollouts.generate(batch, num_generations=G, do_sample=False)
     shared, seen[:] = list(seen), []
-    unshared(module).generate_rollout(batch, num_generations=G, do_sample=False)
+    unshared(module).rollouts.generate(batch, num_generations=G, do_sample=False)
     baseline = seen
     deltas = _rope_state(module.model).rope_deltas.flatten().tolist()  # per sequence, left by the unshared path
     assert len(set(deltas)) == B and 0 not in deltas, deltas  # distinct per prompt and not trivially zero
@@ -166,7 +166,7 @@ def test_shared_image_features_and_prompt_cache_leave_loss_and_gradients_unchang
     module = make_module(assets, family, sampling=dict(num_generations=G), loss=dict(beta=0.0))
     module.configure_model()
     torch.manual_seed(0)
-    rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    rollout = module.rollouts.generate(batch, num_generations=G, do_sample=True)
     if family == "internvl":
         assert tiles_per_prompt(rollout.prompts) == [5, 1]  # a 2x2 grid and its thumbnail, and a single tile
     advantages = torch.linspace(-1, 1, len(rollout.completions))
@@ -201,7 +201,7 @@ def test_the_shared_prefix_under_gradient_checkpointing_gives_the_unshared_loss_
     assert module.model.is_activation_checkpointing
     without_feature_reuse(module)  # LoRA's features once per step: its own test below; here every pass encodes
     torch.manual_seed(0)
-    rollout = module.generate_rollout(batch, num_generations=G, do_sample=True)
+    rollout = module.rollouts.generate(batch, num_generations=G, do_sample=True)
     if family == "internvl":
         assert tiles_per_prompt(rollout.prompts) == [5, 1]
     module.model.train()
@@ -238,7 +238,7 @@ def test_reentrant_gradient_checkpointing_is_refused_where_it_would_cut_the_pref
     module = make_module(assets, "internvl", sampling=dict(num_generations=G))
     module.configure_model()
     module.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
-    rollout = module.generate_rollout(batch, num_generations=G, do_sample=False)
+    rollout = module.rollouts.generate(batch, num_generations=G, do_sample=False)
     module.model.train()
     with pytest.raises(RuntimeError, match=r"reentrant gradient checkpointing.*use_reentrant': False"):
         module.adapter.completion_logps(
@@ -305,7 +305,7 @@ def test_with_every_image_feature_module_frozen_the_policy_encodes_each_image_on
     )
     module.configure_model()
     assert module.adapter.reuses_image_features
-    calls, reference_calls = count_images(module), count_images(module, module.reference_model)
+    calls, reference_calls = count_images(module), count_images(module, module.reference.model)
     fit(module, data_kwargs, tmp_path, steps=1, batch_size=B)
     once = once_each(module, first_batch(data_kwargs))
     assert (sum(calls), sum(reference_calls)) == (once, once), (calls, reference_calls)

@@ -8,6 +8,7 @@ The formulas themselves are checked against float64 loops in ``tests/test_algori
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import lightning as L
@@ -23,6 +24,7 @@ from grpo_lightning.config import LossConfig
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.rollout import Rollout
+from grpo_lightning.stages import update as update_stage
 from scripts.tb_scalars import read_scalars
 from tests.helpers import ROOT, fit, flat_params, make_module, quiet_trainer
 
@@ -105,21 +107,22 @@ def test_a_bad_option_in_a_yaml_file_is_one_error_line(tmp_path, capsys):
 
 
 class _Spy:
-    """Records every call of the module's ``grpo_loss`` and the rollout and rewards of the step."""
+    """Records every call of the update stage's ``grpo_loss`` (the loss options as the fields of its config), and the
+    rollout and rewards of the step."""
 
     def __init__(self, monkeypatch, module):
         self.calls: list[dict] = []
         self.rollouts: list = []
         self.scored: list = []
         self.advantage_inputs: list = []
-        original_loss = module_file.grpo_loss
+        original_loss = update_stage.grpo_loss
 
-        def grpo_loss(logps, old, advantages, mask, **kwargs):
-            self.calls.append({"mask": mask.detach().clone(), "old": old, **kwargs})
-            return original_loss(logps, old, advantages, mask, **kwargs)
+        def grpo_loss(logps, old, advantages, mask, config, **kwargs):
+            self.calls.append({"mask": mask.detach().clone(), "old": old, **dataclasses.asdict(config), **kwargs})
+            return original_loss(logps, old, advantages, mask, config, **kwargs)
 
-        monkeypatch.setattr(module_file, "grpo_loss", grpo_loss)
-        optimize, score, advantages = module.optimize, module.score, module.advantages
+        monkeypatch.setattr(update_stage, "grpo_loss", grpo_loss)
+        optimize, score, advantages = module.update.optimize, module.rollouts.score, module.update.advantages
 
         def spy_optimize(rollout, *args):
             self.rollouts.append(rollout)
@@ -134,9 +137,9 @@ class _Spy:
             self.advantage_inputs.append(rewards.detach().clone())
             return advantages(rewards)
 
-        monkeypatch.setattr(module, "optimize", spy_optimize)
-        monkeypatch.setattr(module, "score", spy_score)
-        monkeypatch.setattr(module, "advantages", spy_advantages)
+        monkeypatch.setattr(module.update, "optimize", spy_optimize)
+        monkeypatch.setattr(module.rollouts, "score", spy_score)
+        monkeypatch.setattr(module.update, "advantages", spy_advantages)
 
 
 def _ref_threshold(values: list[float], rho: float) -> float:
@@ -317,9 +320,9 @@ def test_validation_rewards_stay_the_weighted_sum(assets):
     rollout = Rollout(None, torch.tensor([0, 0, 1, 1]), torch.zeros(4, 3), torch.ones(4, 3), completions)
     batch = {"prompt": ["p", "q"], "id": ["a", "b"]}
     module.train()
-    trained, per_func = module.score(rollout, batch)
+    trained, per_func = module.rollouts.score(rollout, batch)
     module.eval()
-    shown, _ = module.score(rollout, batch)
+    shown, _ = module.rollouts.score(rollout, batch)
     torch.testing.assert_close(shown, per_func.nansum(dim=1).float())
     assert not torch.allclose(trained, shown)
 
@@ -351,17 +354,17 @@ def test_sync_reference_mixes_the_policy_into_the_reference(assets):
         for weight in module.model.parameters():
             weight.add_(0.01 * torch.randn_like(weight))
     policy = {name: w.detach().double().clone() for name, w in module.model.named_parameters()}
-    reference = {name: w.detach().double().clone() for name, w in module.reference_model.named_parameters()}
-    distance = module.reference_distance()
-    module.sync_reference()
+    reference = {name: w.detach().double().clone() for name, w in module.reference.model.named_parameters()}
+    distance = module.reference.distance(module.model)
+    module.reference.sync(module.model)
     squared = 0.0
-    for name, weight in module.reference_model.named_parameters():
+    for name, weight in module.reference.model.named_parameters():
         expected = 0.3 * policy[name] + 0.7 * reference[name]
         torch.testing.assert_close(weight.double(), expected, rtol=1e-6, atol=1e-7, msg=name)
         squared += float(((policy[name] - reference[name]) ** 2).sum())
     assert distance.item() == pytest.approx(math.sqrt(squared), rel=1e-6) and squared > 0  # float32 differences
-    assert module.reference_distance().item() == pytest.approx(0.7 * distance.item(), rel=1e-5)
-    assert not any(w.requires_grad for w in module.reference_model.parameters())
+    assert module.reference.distance(module.model).item() == pytest.approx(0.7 * distance.item(), rel=1e-5)
+    assert not any(w.requires_grad for w in module.reference.model.parameters())
 
 
 class _PolicySnapshots(L.Callback):
@@ -390,7 +393,7 @@ def test_the_reference_follows_the_policy_every_ref_sync_steps(
         rewards=dict(funcs=[TEXT_LENGTH]),
     )
     module.configure_model()
-    expected = {n: w.detach().double().clone() for n, w in module.reference_model.named_parameters()}
+    expected = {n: w.detach().double().clone() for n, w in module.reference.model.named_parameters()}
     snapshots = _PolicySnapshots()
     L.seed_everything(0)
     trainer = quiet_trainer(
@@ -399,7 +402,7 @@ def test_the_reference_follows_the_policy_every_ref_sync_steps(
     trainer.fit(module, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False))
     for step in synced_at:
         expected = {n: alpha * snapshots.by_step[step][n] + (1 - alpha) * expected[n] for n in expected}
-    for name, weight in module.reference_model.named_parameters():
+    for name, weight in module.reference.model.named_parameters():
         torch.testing.assert_close(weight.double(), expected[name], rtol=1e-5, atol=1e-6, msg=name)
     scalars = read_scalars(trainer.logger.log_dir)
     # logged after every batch, at the batch's index: 1 for the batches that synced
@@ -439,6 +442,6 @@ def test_the_entropy_threshold_is_taken_over_every_processs_tokens(assets):
     for rank in (0, 1):
         module = make_module(assets)
         module._trainer = _TwoProcesses(rank, local)
-        gathered, sizes = module.gathered(local[rank])
+        gathered, sizes = module.update.gathered(local[rank])
         assert torch.equal(gathered, everyone) and sizes == [3, 5]
     assert _ref_threshold(everyone.tolist(), 0.5) != _ref_threshold(local[0].tolist(), 0.5)

@@ -122,12 +122,12 @@ def test_bad_engine_options_are_refused_by_name(options, message):
 
 
 def test_the_engine_option_reaches_the_module_and_defaults_to_the_policy(assets):
-    assert isinstance(make_module(assets).rollout_engine, HFEngine)
+    assert isinstance(make_module(assets).rollouts.engine, HFEngine)
     module = make_module(assets, rollout_engine="vllm", vllm=dict(python="/no/such/python"))
-    assert isinstance(module.rollout_engine, VLLMEngine)
-    assert module.rollout_engine.config.python == "/no/such/python"
+    assert isinstance(module.rollouts.engine, VLLMEngine)
+    assert module.rollouts.engine.config.python == "/no/such/python"
     module.configure_model()  # outside a fit nothing starts, and sampling is the policy's
-    assert not module.rollout_engine.running
+    assert not module.rollouts.engine.running
 
 
 def test_a_missing_engine_environment_is_one_message_naming_the_fix(assets):
@@ -173,8 +173,8 @@ def test_the_engine_is_refused_under_sharded_parameters(assets, strategy):
     if strategy is None:
         module._trainer.strategy = FSDPStrategy()
     with pytest.raises(ConfigError, match=r"rollout_engine vllm cannot run under .*sharded.*rollout_engine hf"):
-        module.start_rollout_engine()
-    assert not module.rollout_engine.running
+        module.rollouts.start_engine()
+    assert not module.rollouts.engine.running
 
 
 @pytest.mark.parametrize("sampling", [dict(top_p=0.9), dict(top_k=50)], ids=["top_p", "top_k"])
@@ -183,20 +183,20 @@ def test_the_importance_sampling_cap_is_refused_with_top_p_or_top_k(assets, samp
     options = dict(python="/no/such/python", importance_sampling_cap=2.0)
     module = _in_a_fit(make_module(assets, rollout_engine="vllm", vllm=options, sampling=sampling))
     with pytest.raises(ConfigError, match=r"importance_sampling_cap \(2.0\) needs model.sampling.top_p 1 and .*top_k"):
-        module.start_rollout_engine()
+        module.rollouts.start_engine()
     # without the cap, or without top-p and top-k, the options pass (and the start fails further on, here)
     for module in (
         make_module(assets, rollout_engine="vllm", vllm=dict(python="/no/such/python"), sampling=sampling),
         make_module(assets, rollout_engine="vllm", vllm=options),
     ):
         with pytest.raises(ConfigError, match="model.vllm.python"):
-            _in_a_fit(module).start_rollout_engine()
+            _in_a_fit(module).rollouts.start_engine()
 
 
 def test_options_the_engine_ignores_are_warned_of(assets):
     module = _in_a_fit(make_module(assets, vllm=dict(importance_sampling_cap=2.0)))
     with pytest.warns(UserWarning, match=r"importance_sampling_cap \(2.0\) is ignored with model.rollout_engine hf"):
-        module.start_rollout_engine()
+        module.rollouts.start_engine()
     module = make_module(
         assets, rollout_engine="vllm", vllm=dict(python="/no/such/python"), sampling=dict(generation_batch_size=4)
     )
@@ -204,7 +204,7 @@ def test_options_the_engine_ignores_are_warned_of(assets):
         pytest.warns(UserWarning, match=r"generation_batch_size \(4\) is ignored with model.rollout_engine vllm"),
         pytest.raises(ConfigError, match="model.vllm.python"),
     ):
-        _in_a_fit(module).start_rollout_engine()
+        _in_a_fit(module).rollouts.start_engine()
 
 
 def test_an_engine_owns_its_weight_sync_and_the_module_never_asks_which_engine_it_has():
@@ -232,7 +232,7 @@ def test_an_engine_owns_its_weight_sync_and_the_module_never_asks_which_engine_i
     assert engine.bring_weights_to(model, 1) == {"seconds": 0.5}, "a stopped engine gets the weights again"
     assert HFEngine().bring_weights_to(model, 0) is None  # the policy samples itself: nothing to sync
     assert isinstance(build_engine("vllm", VLLMConfig(python="/x")), VLLMEngine)
-    with pytest.raises(ConfigError, match=r"^model.rollout_engine must be one of hf, vllm, not 'sglang'\.$"):
+    with pytest.raises(ConfigError, match=r"^Unknown model.rollout_engine 'sglang'; known values are: hf, vllm\.$"):
         build_engine("sglang", VLLMConfig())
 
 
@@ -247,8 +247,8 @@ def test_the_engine_starts_on_the_trainers_device_not_the_models(assets):
             self.device = device
 
     module = make_module(assets)
-    module.rollout_engine = engine = RecordingEngine()
-    _in_a_fit(module, SimpleNamespace(root_device=torch.device("cuda", 1))).start_rollout_engine()
+    module.rollouts.engine = engine = RecordingEngine()
+    _in_a_fit(module, SimpleNamespace(root_device=torch.device("cuda", 1))).rollouts.start_engine()
     assert engine.device == torch.device("cuda", 1)
 
 
@@ -497,9 +497,9 @@ def _fit_with(assets, data_kwargs, tmp_path, engine: OffsetEngine, cap: float | 
         vllm=dict(importance_sampling_cap=cap),
     )
     module.configure_model()
-    module.rollout_engine = engine
+    module.rollouts.engine = engine
     seen = {}
-    optimize = module.optimize
+    optimize = module.update.optimize
 
     def recording_optimize(rollout, advantages, ref_logps, old_logps):
         # the policy pass the update makes (same weights, same micro-batch), with its graph
@@ -523,7 +523,7 @@ def _fit_with(assets, data_kwargs, tmp_path, engine: OffsetEngine, cap: float | 
         )
         return optimize(rollout, advantages, ref_logps, old_logps)
 
-    module.optimize = recording_optimize
+    module.update.optimize = recording_optimize
     before = flat_params(module)
     trainer = fit(module, data_kwargs, tmp_path, steps=1, seed=5)
     assert seen["advantages"].abs().max() > 0
@@ -767,7 +767,7 @@ def test_a_demo_fit_with_the_vllm_engine_learns_and_stops_its_engine(assets, dat
 
     class RecordEngine(L.Callback):
         def on_train_start(self, trainer, pl_module):
-            started.append((pl_module.rollout_engine.pid, pl_module.rollout_engine._folder))
+            started.append((pl_module.rollouts.engine.pid, pl_module.rollouts.engine._folder))
 
     trainer.callbacks.append(RecordEngine())
     trainer.fit(module, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=4, shuffle=False))
@@ -781,7 +781,7 @@ def test_a_demo_fit_with_the_vllm_engine_learns_and_stops_its_engine(assets, dat
     assert all(0 < seconds < 30 for _, seconds in scalars["train/time/weight_sync"])
     assert max(gap for _, gap in scalars["train/engine/logp_diff"]) < 1e-4
     ((pid, folder),) = started
-    assert _process_gone(pid) and not module.rollout_engine.running
+    assert _process_gone(pid) and not module.rollouts.engine.running
     assert not folder.exists()
 
 
@@ -792,7 +792,7 @@ def test_a_killed_engine_stops_the_fit_with_a_clear_error_and_a_checkpoint_that_
     class KillEngineAfterTwoSteps(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
             if trainer.global_step == 2:
-                self.pid = pl_module.rollout_engine.pid
+                self.pid = pl_module.rollouts.engine.pid
                 os.kill(self.pid, signal.SIGKILL)
 
     killer = KillEngineAfterTwoSteps()
@@ -806,7 +806,7 @@ def test_a_killed_engine_stops_the_fit_with_a_clear_error_and_a_checkpoint_that_
     assert f"The vLLM engine process (pid {killer.pid}) exited with status -9 while" in text
     assert "Last lines of its log" in text
     assert "saved step=2 checkpoint to" in text and "--ckpt_path" in text
-    assert _process_gone(killer.pid) and not module.rollout_engine.running
+    assert _process_gone(killer.pid) and not module.rollouts.engine.running
     last = Path(trainer.checkpoint_callback.last_model_path)
     assert torch.load(last, weights_only=False)["global_step"] == 2
 
@@ -815,7 +815,7 @@ def test_a_killed_engine_stops_the_fit_with_a_clear_error_and_a_checkpoint_that_
     trainer = _trainer(tmp_path / "resumed", steps=4, callbacks=[StepCheckpoint(every_n_train_steps=10)])
     trainer.fit(resumed, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False), ckpt_path=last)
     assert trainer.global_step == 4
-    assert not resumed.rollout_engine.running
+    assert not resumed.rollouts.engine.running
 
 
 def _processes_in(folder: Path) -> list[int]:

@@ -9,24 +9,26 @@ from grpo_lightning.adapters.checkpoint_layout import check_checkpoint_layout, c
 from grpo_lightning.adapters.internvl import InternVLAdapter
 from grpo_lightning.adapters.qwen2_vl import Qwen2VLAdapter
 from grpo_lightning.errors import ConfigError
+from grpo_lightning.registry import Registry
 
-ADAPTERS: dict[str, type[VLMAdapter]] = {
-    model_type: adapter for adapter in (InternVLAdapter, Qwen2VLAdapter) for model_type in adapter.model_types
-}
+#: The adapter of each checkpoint config ``model_type``.
+ADAPTERS: Registry[type[VLMAdapter]] = Registry("model type")
+for _adapter in (InternVLAdapter, Qwen2VLAdapter):
+    for _model_type in _adapter.model_types:
+        ADAPTERS.register(_model_type, _adapter)
 
 
 def adapter_class_for(model_type: str) -> type[VLMAdapter]:
     """The adapter class for a config ``model_type``; a clear error lists the supported ones."""
-    try:
+    if model_type in ADAPTERS:
         return ADAPTERS[model_type]
-    except KeyError:
-        supported = ", ".join(sorted(ADAPTERS))
-        raise ConfigError(
-            f"Model type {model_type!r} is not supported. Supported model types: {supported}. "
-            "For InternVL checkpoints in the remote-code layout (model_type 'internvl_chat': Vintern-1B-v3.5, the "
-            "original InternVL2.5/3 releases), convert once with `python -m grpo_lightning.convert_internvl SRC DST` "
-            "and train DST, or use a '-hf' checkpoint such as OpenGVLab/InternVL3-1B-hf."
-        ) from None
+    supported = ", ".join(sorted(ADAPTERS))
+    raise ConfigError(
+        f"Model type {model_type!r} is not supported. Supported model types: {supported}. "
+        "For InternVL checkpoints in the remote-code layout (model_type 'internvl_chat': Vintern-1B-v3.5, the "
+        "original InternVL2.5/3 releases), convert once with `python -m grpo_lightning.convert_internvl SRC DST` "
+        "and train DST, or use a '-hf' checkpoint such as OpenGVLab/InternVL3-1B-hf."
+    )
 
 
 def build_adapter(model_type: str, processor: Any) -> VLMAdapter:

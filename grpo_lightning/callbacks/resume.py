@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from grpo_lightning.callbacks.checkpointing import StepCheckpoint
 from grpo_lightning.callbacks.hf_export import HFExportCallback
 from grpo_lightning.checkpoint_files import read_checkpoint
-from grpo_lightning.rollout_log import drop_rollouts_from
+from grpo_lightning.rollout_files import drop_rollouts_from
 
 __all__ = ["continue_logger_version", "forget_logs_past_checkpoint", "resolve_last_checkpoint"]
 

@@ -16,16 +16,20 @@ from grpo_lightning.engines.base import RolloutEngine, SampledCompletions, right
 from grpo_lightning.engines.correction import engine_logp_gap, truncated_importance_weights
 from grpo_lightning.engines.hf import HFEngine
 from grpo_lightning.engines.vllm import EngineError, VLLMEngine
-from grpo_lightning.errors import ConfigError
+from grpo_lightning.registry import Registry
 
 #: ``model.rollout_engine`` values and their engines.
-ENGINES: dict[str, type[RolloutEngine]] = {"hf": HFEngine, "vllm": VLLMEngine}
+ENGINES: Registry[type[RolloutEngine]] = Registry("model.rollout_engine")
+ENGINES.register("hf", HFEngine)
+ENGINES.register("vllm", VLLMEngine)
 
 
 def build_engine(name: str, vllm: VLLMConfig) -> RolloutEngine:
-    """The engine named ``name`` (:data:`ENGINES`) for the module's ``model.vllm`` options, not started."""
-    if name not in ENGINES:
-        raise ConfigError(f"model.rollout_engine must be one of {', '.join(ENGINES)}, not {name!r}.")
+    """The engine named ``name`` (:data:`ENGINES`) for the module's ``model.vllm`` options, not started.
+
+    Raises:
+        ConfigError: an unknown name, with the registered ones.
+    """
     return ENGINES[name].from_options(vllm)
 
 

@@ -51,6 +51,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from grpo_lightning.errors import ConfigError, UserError, user_message
+from grpo_lightning.registry import Registry
 from grpo_lightning.rewards import time_limit
 from grpo_lightning.rewards.accuracy import accuracy_reward
 from grpo_lightning.rewards.explanation import ExplanationReward
@@ -68,17 +69,9 @@ class RewardError(UserError, RuntimeError):
     """A reward function that returned something other than one real number (or None) per completion."""
 
 
-REWARDS: dict[str, RewardFunc] = {}
-
-
-def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
-    def decorator(func: RewardFunc) -> RewardFunc:
-        if name in REWARDS:
-            raise ValueError(f"A reward named {name!r} is already registered ({REWARDS[name].__module__}).")
-        REWARDS[name] = func
-        return func
-
-    return decorator
+#: Rewards by name (``model.rewards.funcs``); ``register_reward(name)`` decorates a reward to add it.
+REWARDS: Registry[RewardFunc] = Registry("reward")
+register_reward = REWARDS.register
 
 
 register_reward("accuracy")(accuracy_reward)
@@ -107,7 +100,7 @@ def get_reward(name: str, **options: Any) -> RewardFunc:
         if not callable(target):
             raise ConfigError(f"Reward {name!r}: module {module_name!r} has no callable {attr!r}.")
     else:
-        known = ", ".join(sorted(REWARDS))
+        known = ", ".join(sorted(REWARDS.names()))
         raise ConfigError(
             f"Unknown reward {name!r}. Registered rewards: {known}; or give a dotted path 'my_pkg.my_module:my_reward'."
         )
@@ -395,8 +388,29 @@ class RewardOpinions:
         )
 
 
-#: How the reward functions' scores become one training reward per completion (``model.rewards.aggregation``).
-AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+# (N, F) scores, num_generations, eps -> (N, F) the scores the weighted sum adds up
+ScorePreparation = Callable[[torch.Tensor, "int | None", float], torch.Tensor]
+
+#: How the reward functions' scores become one training reward per completion (``model.rewards.aggregation``): what
+#: is done to the scores before their weighted sum.
+AGGREGATIONS: Registry[ScorePreparation] = Registry("reward aggregation")
+
+
+@AGGREGATIONS.register("sum_then_normalize")
+def _as_scored(scores: torch.Tensor, num_generations: int | None, eps: float) -> torch.Tensor:
+    """GRPO: the scores as they are; the advantage normalises their weighted sum."""
+    return scores
+
+
+@AGGREGATIONS.register("normalize_then_sum")
+def _normalised_first(scores: torch.Tensor, num_generations: int | None, eps: float) -> torch.Tensor:
+    """GDPO: each function's scores normalised within each group first (:func:`_normalised_within_groups`)."""
+    if not num_generations or scores.shape[0] % num_generations:
+        raise ValueError(
+            f"aggregation 'normalize_then_sum' needs num_generations dividing the {scores.shape[0]} completions, "
+            f"got {num_generations!r}"
+        )
+    return _normalised_within_groups(scores, num_generations, eps)
 
 
 def combine_rewards(
@@ -437,15 +451,7 @@ def combine_rewards(
     Raises:
         ValueError: an unknown ``aggregation``, or ``"normalize_then_sum"`` without a ``num_generations`` dividing N.
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"Unknown reward aggregation {aggregation!r}; known values are: {', '.join(AGGREGATIONS)}.")
-    if aggregation == "normalize_then_sum":
-        if not num_generations or scores.shape[0] % num_generations:
-            raise ValueError(
-                f"aggregation 'normalize_then_sum' needs num_generations dividing the {scores.shape[0]} completions, "
-                f"got {num_generations!r}"
-            )
-        scores = _normalised_within_groups(scores, num_generations, eps)
+    scores = AGGREGATIONS[aggregation](scores, num_generations, eps)
     weighted = scores * torch.as_tensor(weights, dtype=scores.dtype)
     return torch.nansum(weighted, dim=1)
 

@@ -1,0 +1,277 @@
+"""The update stage: advantages, the policy's log-prob and entropy passes, the GRPO loss over micro-batches, the
+backward passes and the optimizer steps.
+
+Loss normalisers are totals over the whole batch (:class:`~grpo_lightning.algorithms.BatchTotals`), so the
+micro-batch losses add up to the whole-batch loss and the gradient does not depend on ``micro_batch_size``. The loss
+options reach :func:`~grpo_lightning.algorithms.grpo_loss` as the typed ``LossConfig``, whole; what an option needs
+prepared from the model or the batch (a mask, a weight) is one small method here, named for the option:
+
+* ``loss.mask_truncated_completions`` (:meth:`PolicyUpdate.loss_mask`): completions without EOS leave the loss mask
+  (their advantages, computed before, still shaped their groups'); statistics are token means over the tokens left;
+* ``loss.top_entropy_quantile`` below 1 (:meth:`PolicyUpdate.high_entropy_tokens`): a no-grad pass first measures
+  every completion token's entropy, so that the threshold is the whole batch's (every micro-batch, every process)
+  before the first micro-batch's loss; it holds (N, C) entropies, not logits, and is measured once per rollout (the
+  sampling policy's), for all ``num_iterations`` (TRL takes a threshold per loss call, from that micro-batch's pass);
+* a rollout with the engine's log-probs (the ``vllm`` engine, :class:`EngineMismatch`): the engines' gap is measured
+  on the first iteration's policy pass (no pass of its own), ``engine_logp_diff``, the mean
+  |logp_policy - logp_engine| over the completion tokens; with ``vllm.importance_sampling_cap`` C each token's policy
+  term is weighted by ``min(exp(logp_old - logp_engine), C)`` (``logp_old``: the old log-probs, or the pass's own
+  detached), TRL's truncated importance sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from grpo_lightning.accumulation import GradientAccumulation, gradient_accumulation
+from grpo_lightning.algorithms import (
+    BatchTotals,
+    compute_group_advantages,
+    drop_truncated,
+    entropy_quantile_threshold,
+    grpo_loss,
+    high_entropy_mask,
+    is_truncated,
+    loss_normaliser,
+)
+from grpo_lightning.engines import engine_logp_gap, truncated_importance_weights
+from grpo_lightning.rollout import Rollout
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from grpo_lightning.config import LossConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class HighEntropyTokens:
+    """The tokens ``loss.top_entropy_quantile`` keeps in the policy term, from the batch's entropies."""
+
+    entropy: Tensor  # (N, C) the entropy of every completion position, under the sampling policy
+    mask: Tensor  # (N, C) the tokens above the batch's threshold
+    stats: dict[str, Tensor]  # entropy_threshold, high_entropy_fraction
+
+
+class EngineMismatch:
+    """The rollout engine's log-probs against the policy's: their gap, and the truncated importance weights.
+
+    Args:
+        engine_logps: (N, C) the engine's log-probs of the sampled tokens.
+        sampled_mask: (N, C) the completion tokens (before any loss mask).
+        cap: ``vllm.importance_sampling_cap`` (None: no weights, the gap only).
+        device: where the gap is summed.
+    """
+
+    def __init__(self, engine_logps: Tensor, sampled_mask: Tensor, cap: float | None, device: torch.device) -> None:
+        self.engine_logps, self.sampled_mask, self.cap = engine_logps, sampled_mask, cap
+        self.gap = torch.zeros((), device=device)
+
+    def weights(self, mb: slice, logps: Tensor, old: Tensor | None, mask: Tensor, measure: bool) -> Tensor | None:
+        """The micro-batch's importance weights (None without a cap); ``measure``: add its share of the gap, over
+        every sampled token (the first iteration's pass)."""
+        if measure:
+            tokens = self.sampled_mask[mb].sum()
+            gap = engine_logp_gap(self.engine_logps[mb], logps.detach(), self.sampled_mask[mb])
+            self.gap += gap.float() * tokens / self.sampled_mask.sum().clamp(min=1)
+        if self.cap is None:
+            return None
+        old_or_detached = old if old is not None else logps.detach()
+        return truncated_importance_weights(old_or_detached, self.engine_logps[mb], mask[mb], self.cap)
+
+
+class PolicyUpdate:
+    """The update of one training step, for ``module`` (a LightningModule with ``model`` and ``adapter``, attached to
+    its trainer when it runs).
+
+    Args:
+        module: the LightningModule (its model, device, collectives, optimizer and manual backward).
+        loss: the objective and the update's options.
+        sampling: the sampling options the passes share (temperature, G, the completion budget).
+        importance_sampling_cap: the cap of the engines' mismatch correction (``vllm.importance_sampling_cap``).
+    """
+
+    def __init__(
+        self,
+        module: L.LightningModule,
+        loss: LossConfig,
+        sampling: SamplingConfig,
+        importance_sampling_cap: float | None,
+    ) -> None:
+        self.module, self.config, self.sampling = module, loss, sampling
+        self.importance_sampling_cap = importance_sampling_cap
+
+    # ------------------------------------------------------------------------------------ advantages
+    def advantages(self, rewards: Tensor) -> Tensor:
+        """Group-relative advantages of this process's rewards (N,), on the module's device.
+
+        Groups are whole on each process, so group means and group stds are the same as on one process. The
+        ``batch`` std is over the global batch: every process's rewards are gathered (padded to the largest process's
+        count, so a short last batch on some process is fine), scaled together, and each process keeps its own rows.
+        """
+        scale, group_size = self.config.scale_rewards, self.sampling.num_generations
+        rewards = rewards.to(self.module.device)
+        if scale != "batch" or self.world_size == 1:
+            return compute_group_advantages(rewards, group_size, scale)
+        everyone, sizes = self.gathered(rewards)
+        advantages = compute_group_advantages(everyone, group_size, scale)
+        start = sum(sizes[: self.module.global_rank])
+        return advantages[start : start + len(rewards)]
+
+    # ------------------------------------------------------------------------------------ passes
+    def micro_batches(self, num_sequences: int) -> list[slice]:
+        size = self.config.micro_batch_size
+        return [slice(i, min(i + size, num_sequences)) for i in range(0, num_sequences, size)]
+
+    def completion_logps(self, model: torch.nn.Module, rollout: Rollout) -> Tensor:
+        """Per-token log-probs (N, C) of the rollout's completions under ``model``, without gradients."""
+        return self._pass_without_grad(model, rollout, entropy=False)
+
+    def old_logps(self, rollout: Rollout) -> Tensor | None:
+        """The sampling policy's log-probs when ``loss.num_iterations`` steps move the policy away from it (None: one
+        step, whose ratio is the pass's own log-probs detached)."""
+        return self.completion_logps(self.module.model, rollout) if self.config.num_iterations > 1 else None
+
+    def token_entropies(self, rollout: Rollout) -> Tensor:
+        """Entropy (N, C) of the policy's distribution at every completion position, without gradients."""
+        return self._pass_without_grad(self.module.model, rollout, entropy=True)
+
+    @torch.no_grad()
+    def _pass_without_grad(self, model: torch.nn.Module, rollout: Rollout, entropy: bool) -> Tensor:
+        """The log-probs (or, with ``entropy``, the entropies) of every completion token, in eval mode, micro-batch by
+        micro-batch."""
+        was_training = model.training
+        model.eval()
+        mbs = self.micro_batches(len(rollout.completions))
+        values = torch.cat([self.logps(model, rollout, mb, with_entropy=entropy)[int(entropy)] for mb in mbs])
+        model.train(was_training)
+        return values
+
+    def logps(self, model, rollout: Rollout, mb: slice, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        """Log-probs (and entropies) of micro-batch ``mb``'s completions under ``model``, with gradients if enabled."""
+        return self.module.adapter.completion_logps(
+            model,
+            rollout.prompts,
+            rollout.prompt_index[mb].tolist(),
+            rollout.completion_ids[mb],
+            rollout.completion_mask[mb],
+            temperature=self.sampling.temperature,
+            with_entropy=with_entropy,
+        )
+
+    # ------------------------------------------------------------------------------ each option's part
+    def loss_mask(self, rollout: Rollout) -> Tensor:
+        """The completion tokens the loss counts: all of them, or with ``loss.mask_truncated_completions`` those of the
+        completions that ended with EOS."""
+        mask = rollout.completion_mask.float()
+        if self.config.mask_truncated_completions:
+            eos = self.module.adapter.eos_token_ids(self.module.model)
+            mask = drop_truncated(mask, is_truncated(rollout.completion_ids, eos))
+        return mask
+
+    def batch_totals(self, mask: Tensor, gradients: GradientAccumulation) -> BatchTotals:
+        """The whole batch's counts; the global batch's token count for a loss that needs it (``dapo``)."""
+        num_tokens = mask.sum()
+        if loss_normaliser(self.config.loss_type) == "global_tokens":
+            num_tokens = gradients.mean_over_processes(num_tokens)
+        return BatchTotals(
+            num_sequences=mask.shape[0],
+            num_tokens=float(num_tokens),
+            max_completion_length=self.sampling.max_completion_length,
+            stats_num_tokens=mask.sum().clamp(min=1),  # the statistics are token means over this batch
+        )
+
+    def high_entropy_tokens(self, rollout: Rollout, mask: Tensor) -> HighEntropyTokens | None:
+        """``loss.top_entropy_quantile`` below 1: the tokens whose entropy is in the batch's top fraction (None: 1)."""
+        quantile = self.config.top_entropy_quantile
+        if quantile >= 1.0:
+            return None
+        entropy = self.token_entropies(rollout)
+        everyone, _ = self.gathered(entropy[mask != 0].float())
+        threshold = entropy_quantile_threshold(everyone, quantile)
+        keep = high_entropy_mask(entropy, mask, threshold)
+        kept = keep.sum() / mask.sum().clamp(min=1)
+        return HighEntropyTokens(entropy, keep, {"entropy_threshold": threshold, "high_entropy_fraction": kept})
+
+    def engine_mismatch(self, rollout: Rollout) -> EngineMismatch | None:
+        """The engine's log-probs of a rollout another engine sampled (None: the policy sampled it)."""
+        if rollout.engine_logps is None:
+            return None
+        cap = self.importance_sampling_cap
+        return EngineMismatch(rollout.engine_logps, rollout.completion_mask, cap, self.module.device)
+
+    # ------------------------------------------------------------------------------------ the update
+    def optimize(
+        self, rollout: Rollout, advantages: Tensor, ref_logps: Tensor | None, old_logps: Tensor | None
+    ) -> dict[str, Tensor]:
+        """Micro-batched GRPO loss, backward and ``num_iterations`` optimizer steps; the step's statistics (the
+        iterations' mean; the entropy is the first iteration's, measured on the sampling policy)."""
+        module, config = self.module, self.config
+        gradients = gradient_accumulation(module)
+        mask = self.loss_mask(rollout)
+        totals = self.batch_totals(mask, gradients)
+        high_entropy = self.high_entropy_tokens(rollout, mask)
+        engine = self.engine_mismatch(rollout)
+        micro_batches = self.micro_batches(mask.shape[0])
+        sums: dict[str, Tensor] = {}
+        for iteration in range(config.num_iterations):
+            first = iteration == 0
+            for index, mb in enumerate(micro_batches):
+                logps, entropy = self.logps(module.model, rollout, mb, with_entropy=first and high_entropy is None)
+                if first and high_entropy is not None:
+                    entropy = high_entropy.entropy[mb]
+                old = _rows(old_logps, mb)
+                loss, stats = grpo_loss(
+                    logps, old, advantages[mb], mask[mb], config, ref_logps=_rows(ref_logps, mb), entropy=entropy,
+                    policy_mask=high_entropy.mask[mb] if high_entropy is not None else None,
+                    importance_weights=engine.weights(mb, logps, old, mask, first) if engine is not None else None,
+                    totals=totals,
+                )  # fmt: skip
+                with gradients.backward_context(last=index == len(micro_batches) - 1):
+                    module.manual_backward(loss)
+                for name, value in stats.items():
+                    sums[name] = sums.get(name, torch.zeros((), device=module.device)) + value
+            self.step(gradients)
+        stats = {name: value / (1 if name == "entropy" else config.num_iterations) for name, value in sums.items()}
+        if high_entropy is not None:
+            stats.update(high_entropy.stats)
+        if engine is not None:
+            stats["engine_logp_diff"] = engine.gap
+        return stats
+
+    def step(self, gradients: GradientAccumulation) -> None:
+        """Clip, step the optimizer and the learning-rate scheduler, and clear the gradients."""
+        optimizer, scheduler = self.module.optimizers(), self.module.lr_schedulers()
+        gradients.clip(optimizer, self.config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+
+    # ------------------------------------------------------------------------------------ collectives
+    @property
+    def world_size(self) -> int:
+        return self.module.trainer.world_size if self.module._trainer is not None else 1
+
+    def gathered(self, values: Tensor) -> tuple[Tensor, list[int]]:
+        """The 1-D ``values`` of every process, rank-major (this process's alone with one process), and each process's
+        count; counts may differ: each process pads to the largest with NaN for the gather, and the padding is dropped.
+        """
+        world_size, module = self.world_size, self.module
+        if world_size == 1:
+            return values, [len(values)]
+        sizes = module.all_gather(torch.tensor(len(values), device=module.device)).reshape(-1).tolist()
+        padded = torch.full((max(sizes),), torch.nan, dtype=values.dtype, device=module.device)
+        padded[: len(values)] = values
+        rows = module.all_gather(padded).reshape(world_size, -1)  # rank-major, each row padded with NaN
+        return torch.cat([rows[rank, :size] for rank, size in enumerate(sizes)]), sizes
+
+
+def _rows(values: Tensor | None, mb: slice) -> Tensor | None:
+    return values[mb] if values is not None else None
+
+
+__all__ = ["EngineMismatch", "HighEntropyTokens", "PolicyUpdate"]
