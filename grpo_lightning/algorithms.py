@@ -1,7 +1,8 @@
 """The GRPO objective as pure tensor functions: advantages, clipped surrogate, KL, loss aggregation, the loss.
 
-Nothing here knows about Lightning, transformers or configs; every function takes tensors and returns tensors,
-so each formula can be checked on CPU against a plain loop (``tests/test_algorithms.py``).
+Nothing here knows about Lightning or transformers; every function takes tensors and returns tensors (``grpo_loss``
+also the typed ``LossConfig``, read for its numbers and names), so each formula can be checked on CPU against a plain
+loop (``tests/test_algorithms.py``).
 
 The objective (GRPO, DeepSeekMath, Shao et al. 2024, eq. 3) for a prompt q with G sampled completions
 o_1..o_G, all sharing the outcome advantage A_i of their sequence, is

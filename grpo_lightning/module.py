@@ -49,7 +49,7 @@ from grpo_lightning.config import (
     plain_hyperparameters,
 )
 from grpo_lightning.dynamic_sampling import check_validation_schedule
-from grpo_lightning.engines import EngineShutdown, build_engine
+from grpo_lightning.engines import EngineShutdown
 from grpo_lightning.evaluation import EvaluationMixin
 from grpo_lightning.prompt_length import PromptLengthCheck
 from grpo_lightning.rewards import mark_unscored, prepare_rewards
@@ -80,9 +80,9 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         image: image resolution of the model family's processor.
         logging: what a training step logs besides its metrics.
         evaluation: how validation and test score, and where predict writes.
-        rollout_engine: the registered engine that samples the training rollouts (:data:`~grpo_lightning.engines.
-            ENGINES`): ``hf``, the policy's own ``generate``, or ``vllm``, vLLM in a process of its own kept in step
-            with the policy's weights (``vllm`` options; set up once with ``make vllm-env``). Log-probs for the loss
+        rollout_engine: the registered engine that samples the training rollouts (``grpo_lightning.engines.ENGINES``):
+            ``hf``, the policy's own ``generate``, or ``vllm``, vLLM in a process of its own kept in step with the
+            policy's weights (``vllm`` options; set up once with ``make vllm-env``). Log-probs for the loss
             always come from the policy. Validation during a fit samples with the engine too; the validate, test and
             predict commands sample with the policy. The engine object is ``rollouts.engine``.
         vllm: the ``vllm`` engine's environment, memory and importance-sampling correction.
@@ -132,7 +132,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.adapter: VLMAdapter | None = None
         # The stages of a training step (each a plain object, outside the module tree).
-        self.rollouts = RolloutStage(self, build_engine(rollout_engine, vllm), sampling, rewards)
+        self.rollouts = RolloutStage(self, sampling, rewards, rollout_engine, vllm)
         self.update = PolicyUpdate(self, loss, sampling, vllm.importance_sampling_cap)
         self.reference = ReferencePolicy(loss, lora, model_name_or_path)
         self._rng_streams_restored = False  # every process's random streams came from a checkpoint
@@ -184,9 +184,8 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         return [EngineShutdown(self.rollouts.engine), PromptLengthCheck()]
 
     def setup(self, stage: str) -> None:
-        prepare_rewards(
-            self.rollouts.reward_funcs
-        )  # their models and data, before the first step: stop here if missing
+        # the rewards' models and data, before the first step: a missing one stops the run here
+        prepare_rewards(self.rollouts.reward_funcs)
         if stage == "fit":
             self.reference.check(self.trainer.strategy if self._trainer is not None else None)
             if self.sampling.dynamic_sampling:

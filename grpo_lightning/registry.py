@@ -1,5 +1,6 @@
 """Named variants of one kind (loss aggregations, reward scalings, importance-sampling levels, reward aggregations,
-rewards, rollout engines): one registry type for all of them, and the source of truth for the config's choices.
+evaluation protocols, rewards, rollout engines, model adapters): one registry type for all of them, and the source
+of truth for the config's choices.
 
 A registry maps names to entries in the order they were registered. A config option that picks a variant is a
 plain ``str`` checked against its registry when the option group is built (:meth:`Registry.check`), so a variant
@@ -51,7 +52,7 @@ class Registry(Generic[Entry]):
 
         def add(value: Entry) -> Entry:
             if name in self._entries:
-                raise ValueError(f"{self.option} {name!r} is already registered ({self._entries[name]!r}).")
+                raise ValueError(f"{self.option} {name!r} is already registered ({_described(self._entries[name])}).")
             self._entries[name] = value
             return value
 
@@ -87,6 +88,12 @@ class Registry(Generic[Entry]):
 
     def __repr__(self) -> str:
         return f"Registry({self.option!r}: {', '.join(self._entries)})"
+
+
+def _described(entry: object) -> str:
+    """A registered function or class by its dotted name; anything else as its repr."""
+    qualname = getattr(entry, "__qualname__", None)
+    return f"{entry.__module__}.{qualname}" if qualname and hasattr(entry, "__module__") else repr(entry)
 
 
 __all__ = ["Registry"]

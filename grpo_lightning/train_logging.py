@@ -60,8 +60,7 @@ def step_metrics(
     lengths = rollout.completion_mask.sum(-1).float()
     # over the completions some reward scored, as the advantages and dynamic sampling see the groups
     zero_std = group_reward_std(mark_unscored(rewards, per_func), num_generations) == 0
-    metrics = {STAT_METRICS.get(name, f"train/{name}"): value for name, value in stats.items()}
-    metrics |= {
+    metrics = {
         "train/reward": shown_rewards.mean(),
         "train/reward_std": shown_rewards.std() if len(shown_rewards) > 1 else torch.zeros(()),
         "train/frac_reward_zero_std": zero_std.float().mean(),
@@ -74,6 +73,11 @@ def step_metrics(
         "train/tokens/trained": trained_tokens(rollout, device).float(),
     }
     metrics.update({f"train/time/{stage}": torch.tensor(value) for stage, value in seconds.items()})
+    for name, value in stats.items():
+        tag = STAT_METRICS.get(name, f"train/{name}")
+        if tag in metrics:
+            raise ValueError(f"the update's statistic {name!r} would be logged as {tag}, which the step logs already")
+        metrics[tag] = value
     for f, name in enumerate(reward_names):
         column = per_func[:, f]
         if not torch.isnan(column).all():

@@ -1,7 +1,7 @@
 """The three stages of a GRPO training step, each a room of its own around :class:`~grpo_lightning.module.GRPOModule`:
 
-* :class:`~grpo_lightning.stages.rollout.RolloutStage`: the rollout engine (start, stop, checks, weight sync), the
-  rounds of sampling (dynamic sampling's refills), the scoring with the rewards;
+* :class:`~grpo_lightning.stages.rollout.RolloutStage`: the rollout engine (built, checked and started for a fit;
+  the module's teardown stops it), the rounds of sampling (dynamic sampling's refills), the scoring with the rewards;
 * :class:`~grpo_lightning.stages.update.PolicyUpdate`: advantages, the log-prob and entropy passes, the loss over
   micro-batches with the typed ``LossConfig``, the backward passes and optimizer steps, and the gathers across
   processes they need;

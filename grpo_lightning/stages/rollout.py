@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from grpo_lightning.algorithms import completion_mask
-from grpo_lightning.config import RewardConfig, SamplingConfig
+from grpo_lightning.config import RewardConfig, SamplingConfig, VLLMConfig
 from grpo_lightning.dynamic_sampling import ShortfallWarnings, choose_groups, informative_groups
-from grpo_lightning.engines import HFEngine, RolloutEngine
+from grpo_lightning.engines import HFEngine, RolloutEngine, build_engine
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.rewards import (
     RewardOpinions,
@@ -41,20 +41,22 @@ class RolloutStage:
 
     Args:
         module: the LightningModule (its model, adapter, device, step and trainer).
-        engine: the engine that samples the training rollouts (not started).
         sampling: how completions are sampled.
         rewards: the reward functions, their weights and options.
+        engine: the registered engine that samples the training rollouts (``model.rollout_engine``).
+        vllm: the options of engines that run beside the policy (``model.vllm``).
     """
 
     def __init__(
-        self, module: L.LightningModule, engine: RolloutEngine, sampling: SamplingConfig, rewards: RewardConfig
+        self, module: L.LightningModule, sampling: SamplingConfig, rewards: RewardConfig, engine: str, vllm: VLLMConfig
     ) -> None:
-        self.module, self.engine, self.sampling, self.rewards = module, engine, sampling, rewards
-        self.policy_sampler = HFEngine()  # what samples without the engine: validation, test and predict
+        self.module, self.sampling, self.rewards = module, sampling, rewards
         options = rewards.kwargs or {}
         self.reward_funcs = [(reward_name(name), get_reward(name, **options.get(name, {}))) for name in rewards.funcs]
         self.reward_names = [name for name, _ in self.reward_funcs]
         self.reward_weights = list(rewards.weights) if rewards.weights is not None else [1.0] * len(rewards.funcs)
+        self.engine: RolloutEngine = build_engine(engine, vllm)  # started per fit (start_engine), stopped at teardown
+        self.policy_sampler = HFEngine()  # what samples without the engine: validation, test and predict
         self.opinions = RewardOpinions(self.reward_names)
         self.shortfalls = ShortfallWarnings(sampling)
 

@@ -233,7 +233,9 @@ class PolicyUpdate:
                 with gradients.backward_context(last=index == len(micro_batches) - 1):
                     module.manual_backward(loss)
                 for name, value in stats.items():
-                    sums[name] = sums.get(name, torch.zeros((), device=module.device)) + value
+                    if name not in sums:
+                        sums[name] = torch.zeros((), device=module.device)
+                    sums[name] = sums[name] + value
             self.step(gradients)
         stats = {name: value / (1 if name == "entropy" else config.num_iterations) for name, value in sums.items()}
         if high_entropy is not None:
