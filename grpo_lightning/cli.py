@@ -11,7 +11,9 @@ What the command line adds to LightningCLI:
   frequencies come from the training split): one path serves both, and ``--print_config`` shows it.
 - With ``--ckpt_path PATH`` (validate, test, predict, fit), the checkpoint's hyperparameters fill in what the
   command line and configs leave unset; what they set wins, except the LoRA structure (:data:`MODEL_IDENTITY`),
-  which always comes from the checkpoint because its weights need it.
+  which always comes from the checkpoint because its weights need it. ``fit`` goes on in the checkpoint's version
+  folder; ``validate``, ``test`` and ``predict`` log inside it, ``<run>/version_N/<subcommand>/version_K``, when the
+  logger's run name is the checkpoint's, so the run name's versions stay training runs.
 - A user error (bad data, config value, reward, path; :class:`~grpo_lightning.errors.UserError`) prints one
   message and exits with status 2; ``GRPO_LIGHTNING_TRACEBACK=1`` shows the traceback too. A parse error
   prints the error first, with the closest option for a misspelt one, instead of the full usage.
@@ -43,6 +45,7 @@ from grpo_lightning.callbacks import (
     check_run_name,
     continue_logger_version,
     forget_logs_past_checkpoint,
+    log_beside_checkpoint,
     resolve_last_checkpoint,
 )
 from grpo_lightning.checkpoint_files import read_checkpoint
@@ -306,12 +309,18 @@ class GRPOCLI(LightningCLI):
         forget_logs_past_checkpoint(self.trainer, ckpt_path, continued)
 
     def before_validate(self) -> None:
-        self.hold_log_folder()
+        self.evaluation_log_folder()
 
     def before_test(self) -> None:
-        self.hold_log_folder()
+        self.evaluation_log_folder()
 
     def before_predict(self) -> None:
+        self.evaluation_log_folder()
+
+    def evaluation_log_folder(self) -> None:
+        """An evaluation of a checkpoint logs inside the checkpoint's run (``<run>/version_N/<subcommand>/``), not as a
+        new training version of the run name; then take its log folder."""
+        log_beside_checkpoint(self.trainer, self.config[self.subcommand].get("ckpt_path"), self.subcommand)
         self.hold_log_folder()
 
     def hold_log_folder(self) -> None:

@@ -19,6 +19,7 @@ from grpo_lightning.callbacks.hf_export import HFExportCallback
 from grpo_lightning.callbacks.resume import (
     continue_logger_version,
     forget_logs_past_checkpoint,
+    log_beside_checkpoint,
     resolve_last_checkpoint,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_run_name",
     "continue_logger_version",
     "forget_logs_past_checkpoint",
+    "log_beside_checkpoint",
     "remove_stale_temp_files",
     "resolve_last_checkpoint",
 ]

@@ -5,7 +5,8 @@
 :func:`resolve_last_checkpoint` names before the run starts. :func:`continue_logger_version` (which the command line
 calls) then makes the resumed run log into that checkpoint's version folder again, so that its curves go on where
 they stopped instead of starting over in a new folder, and :func:`forget_logs_past_checkpoint` drops what the killed
-run logged past its checkpoint. Checked in ``tests/test_checkpoints.py``.
+run logged past its checkpoint. ``validate``, ``test`` and ``predict`` of a checkpoint log inside its run
+(:func:`log_beside_checkpoint`). Checked in ``tests/test_checkpoints.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from grpo_lightning.callbacks.hf_export import HFExportCallback
 from grpo_lightning.checkpoint_files import read_checkpoint
 from grpo_lightning.rollout_files import drop_rollouts_from
 
-__all__ = ["continue_logger_version", "forget_logs_past_checkpoint", "resolve_last_checkpoint"]
+__all__ = [
+    "checkpoint_version_folder",
+    "continue_logger_version",
+    "forget_logs_past_checkpoint",
+    "log_beside_checkpoint",
+    "resolve_last_checkpoint",
+]
 
 
 def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | None) -> list[str]:
@@ -44,13 +51,9 @@ def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | N
     Returns:
         The log folders the loggers now write to because of this call.
     """
-    ckpt_path = resolve_last_checkpoint(trainer, ckpt_path)
-    if ckpt_path is None or not _is_local_file_protocol(str(ckpt_path)):
+    version_folder = checkpoint_version_folder(trainer, ckpt_path)
+    if version_folder is None:
         return []
-    checkpoint_folder = Path(os.path.abspath(ckpt_path)).parent  # abspath: last.ckpt may be a link, keep its folder
-    if checkpoint_folder.name != "checkpoints":
-        return []
-    version_folder = checkpoint_folder.parent
     numbered = re.fullmatch(r"version_(\d+)", version_folder.name)
     version = int(numbered.group(1)) if numbered else version_folder.name
     continued = []
@@ -70,6 +73,40 @@ def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | N
             if isinstance(callback, (StepCheckpoint, HFExportCallback)):
                 callback.continues_run = True
     return continued
+
+
+def checkpoint_version_folder(trainer: L.Trainer, ckpt_path: str | os.PathLike | None) -> Path | None:
+    """The run version folder a local checkpoint was saved in (``<save_dir>/<name>/<version>/checkpoints/``; ``last``
+    resolved as :func:`resolve_last_checkpoint` does), or None for a checkpoint elsewhere."""
+    ckpt_path = resolve_last_checkpoint(trainer, ckpt_path)
+    if ckpt_path is None or not _is_local_file_protocol(str(ckpt_path)):
+        return None
+    checkpoint_folder = Path(os.path.abspath(ckpt_path)).parent  # abspath: last.ckpt may be a link, keep its folder
+    return checkpoint_folder.parent if checkpoint_folder.name == "checkpoints" else None
+
+
+def log_beside_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike | None, stage: str) -> list[str]:
+    """Make ``validate``, ``test`` or ``predict`` of a checkpoint log inside the run that saved it,
+    ``<save_dir>/<name>/<version>/<stage>/version_K``, instead of as a new version of the run name beside the training
+    runs: a logger (TensorBoard, CSV) whose run name is the checkpoint's, its version left to numbering, takes
+    ``<name>/<version>/<stage>`` as its name. Call it before the loggers pick their folders (``trainer.log_dir``).
+
+    Returns:
+        The log folders the loggers now write under because of this call.
+    """
+    version_folder = checkpoint_version_folder(trainer, ckpt_path)
+    if version_folder is None:
+        return []
+    moved = []
+    for logger in trainer.loggers:
+        root_dir = getattr(logger, "root_dir", None)
+        if root_dir is None or not _is_local_file_protocol(root_dir) or not hasattr(logger, "_name"):
+            continue
+        if Path(os.path.abspath(root_dir)) != version_folder.parent or getattr(logger, "_version", 0) is not None:
+            continue
+        logger._name = os.path.join(logger.name, version_folder.name, stage)
+        moved.append(str(version_folder / stage))
+    return moved
 
 
 def forget_logs_past_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike, folders: list[str]) -> None:
