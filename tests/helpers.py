@@ -250,6 +250,14 @@ def fit_args(assets: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [*args, *extra]
 
 
+def recorded_training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Replace ``GRPOModule.training_step`` by one that only records its batch index; the list it fills (empty when
+    a run stops before its first step)."""
+    steps: list[int] = []
+    monkeypatch.setattr(GRPOModule, "training_step", lambda self, batch, batch_idx: steps.append(batch_idx))
+    return steps
+
+
 def run_cli(args: list[str], capsys) -> str:
     """The command line's error message; it must exit with status 2."""
     with pytest.raises(SystemExit) as exited:

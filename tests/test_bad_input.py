@@ -10,7 +10,7 @@ import grpo_demo
 from grpo_lightning.adapters import check_checkpoint_layout
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.module import GRPOModule
-from tests.helpers import fit_args, run_cli
+from tests.helpers import fit_args, recorded_training_steps, run_cli
 
 
 def none_for_everything(completions, solution, **kwargs):
@@ -26,8 +26,7 @@ def bare_none(completions, solution, **kwargs):
 def test_an_empty_training_file_stops_fit_before_any_step(assets, tmp_path, capsys, monkeypatch):
     empty = tmp_path / "train.jsonl"
     empty.write_text("", encoding="utf-8")
-    steps = []
-    monkeypatch.setattr(GRPOModule, "training_step", lambda self, batch, batch_idx: steps.append(batch_idx))
+    steps = recorded_training_steps(monkeypatch)
     err = run_cli(fit_args(assets, tmp_path, "--data.train_file", str(empty)), capsys)
     assert f"error: {empty}: the train split has no samples (the file holds no records); training on it" in err
     assert steps == [] and not (tmp_path / "logs" / "demo" / "version_0" / "hf_export").exists()

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 import grpo_demo
-from grpo_lightning.cli import main as cli_main
 from grpo_lightning.data import (
     DataFileNotFoundError,
     DataValidationError,
@@ -21,10 +20,9 @@ from grpo_lightning.data import (
     read_samples,
 )
 from grpo_lightning.errors import UserError, user_message
-from grpo_lightning.module import GRPOModule
 from grpo_lightning.prepare import main as prepare_main
 from grpo_lightning.task import DEFAULT_PROMPT_TEMPLATE, render_prompt
-from tests.helpers import ROOT, VIVQAX_DIR, vivqax_absent
+from tests.helpers import ROOT, VIVQAX_DIR, recorded_training_steps, run_cli, vivqax_absent
 
 SHARED = VIVQAX_DIR / "vivqax"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=vivqax_absent(SHARED))
@@ -494,12 +492,8 @@ def test_fit_stops_before_the_first_step_on_a_corrupted_copy(assets, jsonl_split
     args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--data.train_file", str(path), "--data.train_image_dir", str(images), "--data.val_file", "null"]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
-    steps = []
-    monkeypatch.setattr(GRPOModule, "training_step", lambda self, batch, batch_idx: steps.append(batch_idx))
-    with pytest.raises(SystemExit) as exited:  # a user error: one message, status 2
-        cli_main(args)
-    assert exited.value.code == 2
-    message = capsys.readouterr().err
+    steps = recorded_training_steps(monkeypatch)
+    message = run_cli(args, capsys)  # a user error: one message, status 2
     assert message.startswith("error: 2 problems in the data:\n")
     assert f"{path}:2: malformed JSON" in message
     assert f"{path}:1: sample {record['id']}: image not found: {images / record['image']}" in message

@@ -16,14 +16,13 @@ from PIL import Image
 
 import grpo_demo
 from grpo_lightning.adapters import load_adapter
-from grpo_lightning.cli import main as cli_main
 from grpo_lightning.config import ImageConfig, SamplingConfig
 from grpo_lightning.data import DataValidationError, ViVQAXDataModule
 from grpo_lightning.export import export_model
 from grpo_lightning.images import loaded_size
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.prompt_length import PromptLengthCheck, check_prompt_lengths
-from tests.helpers import FAMILY_SUBDIRS, ROOT
+from tests.helpers import FAMILY_SUBDIRS, ROOT, recorded_training_steps, run_cli
 
 PROMPTS = [
     "Con mèo đang nằm ở đâu? Trả lời ngắn gọn rồi giải thích vì sao.",
@@ -266,12 +265,9 @@ def test_fit_refuses_an_overlong_prompt_before_the_weights_load(assets, long_spl
     args += ["--data.train_file", str(long_split.path), "--data.val_file", "null"]
     args += ["--data.train_image_dir", str(grpo_demo.image_dir(assets, "train"))]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
-    steps = []
-    monkeypatch.setattr(GRPOModule, "training_step", lambda self, batch, batch_idx: steps.append(batch_idx))
-    with pytest.raises(SystemExit) as exited:  # a user error: one message, status 2
-        cli_main(args)
-    assert exited.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [
+    steps = recorded_training_steps(monkeypatch)
+    err = run_cli(args, capsys)  # a user error: one message, status 2
+    assert err.splitlines() == [
         "error: 1 problem in the data:",
         "  " + overlong(long_split, long_split.tiled, context),
         hint(long_split, context),

@@ -14,9 +14,8 @@ import yaml
 import grpo_demo
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.errors import ConfigError
-from grpo_lightning.module import GRPOModule
 from grpo_lightning.rewards import RewardError, prepare_rewards
-from tests.helpers import fit_args, make_module, quiet_trainer, run_cli
+from tests.helpers import fit_args, make_module, quiet_trainer, recorded_training_steps, run_cli
 
 
 class Prepared:
@@ -147,8 +146,7 @@ def test_a_reward_whose_set_up_fails_stops_the_fit_before_any_step(assets, data_
 def test_the_command_line_shows_a_clip_model_that_cannot_load_as_one_error_before_training(
     assets, tmp_path, capsys, monkeypatch
 ):
-    steps = []
-    monkeypatch.setattr(GRPOModule, "training_step", lambda self, batch, batch_idx: steps.append(batch_idx))
+    steps = recorded_training_steps(monkeypatch)
     overlay = tmp_path / "rewards.yaml"
     rewards = {
         "funcs": ["format", "explanation"],
