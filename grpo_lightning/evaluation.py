@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from grpo_lightning.distributed import every_process
 from grpo_lightning.task import prediction_records
 
 
@@ -94,10 +95,9 @@ class EvaluationMixin:
     def _gathered_records(self) -> list[dict[str, Any]]:
         """Every rank's records, in rank order, without the copies a distributed sampler pads with."""
         records = self._eval_records
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            gathered: list[list[dict[str, Any]]] = [[] for _ in range(self.trainer.world_size)]
-            torch.distributed.all_gather_object(gathered, records)
-            records = [record for part in gathered for record in part]
+        parts = every_process(records, self.trainer.world_size)
+        if len(parts) > 1:
+            records = [record for part in parts for record in part]
             # Lightning's DistributedSampler pads the split with its first samples until every rank has as many, so
             # those come back twice. The data module refuses repeated ids (read_samples), so a repeated id here is
             # such a padding copy, and keeping each id's first record removes exactly them. One process has no

@@ -48,6 +48,7 @@ from grpo_lightning.config import (
     check_option_groups,
     plain_hyperparameters,
 )
+from grpo_lightning.distributed import every_process
 from grpo_lightning.dynamic_sampling import check_validation_schedule
 from grpo_lightning.engines import EngineShutdown
 from grpo_lightning.evaluation import EvaluationMixin
@@ -55,7 +56,7 @@ from grpo_lightning.prompt_length import PromptLengthCheck
 from grpo_lightning.rewards import mark_unscored, prepare_rewards
 from grpo_lightning.rng import collect_process_streams, restore_process_streams, seed_process_streams
 from grpo_lightning.rollout import Rollout, ScoredRollout, TrainedGroups
-from grpo_lightning.rollout_log import gathered_records, rollout_records, write_rollouts
+from grpo_lightning.rollout_log import rollout_records, write_rollouts
 from grpo_lightning.stages.reference import ReferencePolicy
 from grpo_lightning.stages.rollout import RolloutStage
 from grpo_lightning.stages.update import PolicyUpdate
@@ -326,9 +327,9 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         log_dir = trainer.log_dir  # a collective call: on every process
         if log_dir is None:  # a logger without a folder of its own: every process returns alike
             return
-        records = gathered_records(records, trainer.world_size)
+        everyone = [record for part in every_process(records, trainer.world_size) for record in part]
         if trainer.is_global_zero:
-            write_rollouts(records, log_dir, step)
+            write_rollouts(everyone, log_dir, step)
 
 
 __all__ = ["GRPOModule", "PromptBatch"]

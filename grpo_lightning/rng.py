@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
+from grpo_lightning.distributed import every_process
+
 
 def seed_process_streams(seed: int) -> None:
     """Seed torch's (CPU and CUDA), NumPy's and Python's global random streams of this process."""
@@ -23,12 +25,7 @@ def seed_process_streams(seed: int) -> None:
 
 def collect_process_streams(world_size: int) -> list[dict[str, Any]]:
     """Every process's random states, in rank order (a collective under data parallelism: every process calls it)."""
-    states = _rng_states_to_tensors(_collect_rng_states())
-    if world_size > 1 and torch.distributed.is_initialized():
-        gathered: list[Any] = [None] * world_size
-        torch.distributed.all_gather_object(gathered, states)
-        return gathered
-    return [states]
+    return every_process(_rng_states_to_tensors(_collect_rng_states()), world_size)
 
 
 def restore_process_streams(saved: list[dict[str, Any]] | dict[str, Any], world_size: int, rank: int) -> bool:

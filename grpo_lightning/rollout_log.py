@@ -29,7 +29,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from grpo_lightning.algorithms import group_reward_std, is_truncated
@@ -119,16 +118,6 @@ def _completion_records(
     ]
 
 
-def gathered_records(records: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
-    """Every process's records, in rank order (this process's alone without a process group). A collective: every
-    process calls it."""
-    if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return records
-    gathered: list[Any] = [None] * world_size
-    torch.distributed.all_gather_object(gathered, records)
-    return [record for part in gathered for record in part]
-
-
 def write_rollouts(records: list[dict[str, Any]], log_dir: str | os.PathLike, step: int) -> Path:
     """Write the records of step ``step`` to ``<log_dir>/rollouts/step=N.jsonl``, whole or not at all (a reader, or a
     resumed run's page, never sees half a file). Returns the file."""
@@ -154,4 +143,4 @@ def _field(batch: dict[str, list[Any]], key: str, index: int, default: Any) -> A
     return values[index] if values is not None and index < len(values) else default
 
 
-__all__ = ["gathered_records", "rollout_records", "write_rollouts"]
+__all__ = ["rollout_records", "write_rollouts"]
