@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from grpo_lightning.callbacks.checkpointing import StepCheckpoint
@@ -57,12 +57,7 @@ def continue_logger_version(trainer: L.Trainer, ckpt_path: str | os.PathLike | N
     numbered = re.fullmatch(r"version_(\d+)", version_folder.name)
     version = int(numbered.group(1)) if numbered else version_folder.name
     continued = []
-    for logger in trainer.loggers:
-        root_dir = getattr(logger, "root_dir", None)
-        if root_dir is None or not _is_local_file_protocol(root_dir):
-            continue
-        if Path(os.path.abspath(root_dir)) != version_folder.parent:
-            continue
+    for logger in _loggers_of_run(trainer, version_folder):
         if getattr(logger, "_version", 0) is None:
             logger._version = version
         elif logger._version not in (version, version_folder.name):  # a version the user set for another folder
@@ -98,15 +93,23 @@ def log_beside_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike | Non
     if version_folder is None:
         return []
     moved = []
-    for logger in trainer.loggers:
-        root_dir = getattr(logger, "root_dir", None)
-        if root_dir is None or not _is_local_file_protocol(root_dir) or not hasattr(logger, "_name"):
-            continue
-        if Path(os.path.abspath(root_dir)) != version_folder.parent or getattr(logger, "_version", 0) is not None:
+    for logger in _loggers_of_run(trainer, version_folder):
+        if not hasattr(logger, "_name") or getattr(logger, "_version", 0) is not None:
             continue
         logger._name = os.path.join(logger.name, version_folder.name, stage)
         moved.append(str(version_folder / stage))
     return moved
+
+
+def _loggers_of_run(trainer: L.Trainer, version_folder: Path) -> list[Logger]:
+    """The loggers of ``trainer`` that write local folders under the run name ``version_folder`` is a version of."""
+    return [
+        logger
+        for logger in trainer.loggers
+        if (root := getattr(logger, "root_dir", None)) is not None
+        and _is_local_file_protocol(root)
+        and Path(os.path.abspath(root)) == version_folder.parent
+    ]
 
 
 def forget_logs_past_checkpoint(trainer: L.Trainer, ckpt_path: str | os.PathLike, folders: list[str]) -> None:
