@@ -34,6 +34,15 @@ class Rollout:
     engine_logps: Tensor | None = None
 
 
+def decode_completions(tokenizer: Any, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
+    """The text of each completion: its tokens up to and including the first EOS (``completion_mask``), decoded with
+    special tokens skipped. The padding after the EOS is left out rather than decoded, whatever its id: id 0, say, is
+    the ordinary token ``!`` in Qwen2's vocabulary, which a completion zeroed past its EOS would end with."""
+    lengths = completion_mask.sum(-1).tolist()
+    kept = [row[: int(length)] for row, length in zip(completion_ids.tolist(), lengths, strict=True)]
+    return tokenizer.batch_decode(kept, skip_special_tokens=True)
+
+
 @dataclass
 class ScoredRollout:
     """One round of sampling in a step: a batch of prompts, its rollout and the rewards of its completions.

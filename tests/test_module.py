@@ -150,6 +150,37 @@ def test_rollout_masks_everything_after_the_first_eos(assets, data_kwargs):
             assert kept[-1] in eos and sum(mask) == ids.index(next(t for t in ids if t in eos)) + 1
 
 
+@pytest.mark.parametrize(
+    "text, pad_with",
+    [
+        ("<think>hai hình</think><answer>có</answer><explain>vì có hình đỏ</explain>", "pad"),
+        ("<think>hai hình</think><answer>có</answer><explain>vì có hình đỏ</explain>", "zero"),  # id 0 is "!"
+        ("<answer>không</answer>", "eos"),  # the engine may repeat the EOS past the end
+        ("", "zero"),  # the EOS first: an empty completion
+    ],
+)
+def test_completions_decode_to_their_tokens_up_to_the_eos_whatever_pads_them(assets, text, pad_with):
+    from transformers import AutoTokenizer
+
+    from grpo_demo import internvl_path
+    from grpo_lightning.algorithms import completion_mask
+    from grpo_lightning.rollout import decode_completions
+
+    tokenizer = AutoTokenizer.from_pretrained(internvl_path(assets))
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = {"pad": tokenizer.pad_token_id, "zero": 0, "eos": eos}[pad_with]
+    assert tokenizer.decode([0]) == "!"  # an ordinary token, as in Qwen2's vocabulary
+    ids = tokenizer(text)["input_ids"] + [eos]
+    # the second row ran to the generation budget without an EOS and sets the width
+    full = tokenizer(text + " và thêm nhiều chữ nữa ở cuối câu này")["input_ids"]
+    assert len(full) > len(ids)
+    completion_ids = torch.tensor([ids + [pad] * (len(full) - len(ids)), full])
+    mask = completion_mask(completion_ids, [eos])
+    texts = decode_completions(tokenizer, completion_ids, mask)
+    assert texts[0] == text
+    assert texts[1] == text + " và thêm nhiều chữ nữa ở cuối câu này"
+
+
 def test_invalid_settings_are_refused_with_a_clear_message(assets):
     with pytest.raises(ValueError, match="num_generations must be at least 2"):
         make_module(assets, sampling=dict(num_generations=1))

@@ -27,7 +27,7 @@ from grpo_lightning.rewards import (
     reward_name,
     score_completions,
 )
-from grpo_lightning.rollout import Rollout, ScoredRollout, TrainedGroups, join_groups
+from grpo_lightning.rollout import Rollout, ScoredRollout, TrainedGroups, decode_completions, join_groups
 
 if TYPE_CHECKING:
     import lightning as L
@@ -88,7 +88,7 @@ class RolloutStage:
         )
         completion_ids = sampled.completion_ids
         mask = completion_mask(completion_ids, module.adapter.eos_token_ids(module.model))
-        texts = module.adapter.tokenizer.batch_decode(completion_ids * mask, skip_special_tokens=True)
+        texts = decode_completions(module.adapter.tokenizer, completion_ids, mask)
         return Rollout(prompts, prompt_index, completion_ids, mask, texts, sampled.logps)
 
     # ------------------------------------------------------------------------------------------ scoring
