@@ -1,15 +1,18 @@
-"""Loggers other than TensorBoard get what a run logs: W&B offline (``configs/demo_wandb.yaml``), read back from the
-run's own files, with no server and no network."""
+"""Loggers other than TensorBoard get what a run logs: W&B offline (``configs/demo_wandb.yaml``) and MLflow with a
+local file store, each read back from the run's own files, with no server and no network."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import lightning as L
 import pytest
 
 from grpo_lightning.cli import main as cli_main
+from grpo_lightning.data import ViVQAXDataModule
 from scripts.tb_scalars import read_scalars
-from tests.helpers import ROOT, fit_args
+from tests.helpers import ROOT, fit_args, make_module, quiet_trainer
 
 STEPS, NUM_COMPLETIONS = 3, 3
 
@@ -81,3 +84,37 @@ def test_the_wandb_config_logs_scalars_completions_and_hyperparameters_offline(
     scalars = read_scalars(tmp_path / "lightning_logs" / "demo_wandb" / "version_0")
     assert [step for step, _ in scalars["train/reward"]] == list(range(STEPS))
     assert not any(tmp_path.glob("lightning_logs/rollouts")), "a run's files went to the shared W&B folder"
+
+
+def test_mlflow_with_a_local_file_store_gets_scalars_completions_and_hyperparameters(
+    assets, data_kwargs, tmp_path, monkeypatch
+):
+    pytest.importorskip("mlflow", reason="the mlflow extra (pip install -e '.[mlflow]'; the dev extra has it)")
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    store = f"file:{tmp_path / 'mlruns'}"
+    # MLflow 3 keeps its file store only on request; no usage reports either
+    for variable in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+        monkeypatch.setenv(variable, "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    logger = MLFlowLogger(experiment_name="grpo-demo", tracking_uri=store)
+    module = make_module(assets, logging=dict(num_completions=NUM_COMPLETIONS, completions_every_n_steps=1))
+    data = ViVQAXDataModule(**{**data_kwargs, "val_file": None}, batch_size=2, shuffle=False)
+    L.seed_everything(0)
+    quiet_trainer(max_steps=STEPS, logger=logger).fit(module, datamodule=data)
+
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("train/reward", "train/loss", "train/rewards/tag_count", "train/rewards/format"):
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(logger.run_id, key))
+        assert [step for step, _ in logged] == list(range(STEPS)), key
+        assert all(math.isfinite(value) for _, value in logged), (key, logged)
+    assert run.data.params["sampling/num_generations"] == "4" and run.data.params["batch_size"] == "2"
+
+    files = sorted(a.path for a in client.list_artifacts(logger.run_id, "train/completions"))
+    assert files == [f"train/completions/step={step}.md" for step in range(STEPS)]
+    text = Path(client.download_artifacts(logger.run_id, files[0], str(tmp_path))).read_text(encoding="utf-8")
+    assert text.startswith("| prompt | completion | reward | tag_count | format |")
+    assert text.count("\n| ") == NUM_COMPLETIONS
