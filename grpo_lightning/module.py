@@ -60,7 +60,7 @@ from grpo_lightning.rollout_log import rollout_records, write_rollouts
 from grpo_lightning.stages.reference import ReferencePolicy
 from grpo_lightning.stages.rollout import RolloutStage
 from grpo_lightning.stages.update import PolicyUpdate
-from grpo_lightning.train_logging import completions_table, dynamic_sampling_metrics, log_text, step_metrics
+from grpo_lightning.train_logging import completions_table, dynamic_sampling_metrics, log_completions, step_metrics
 
 
 class GRPOModule(EvaluationMixin, L.LightningModule):
@@ -306,7 +306,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
                 trained.rollout, trained.rewards, trained.per_func, self.rollouts.reward_names,
                 self.logging.num_completions,
             )  # fmt: skip
-            log_text(self.loggers, "train/completions", table, step)
+            log_completions(self.loggers, "train/completions", table, step)
         every = self.logging.rollouts_every_n_steps
         if every and step % every == 0:
             self.write_rollouts(step, sampled, trained.chosen, advantages)

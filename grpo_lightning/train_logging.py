@@ -1,12 +1,14 @@
 """What a training step logs: its metrics (``train/*``) and, now and then, a table of sampled completions.
 
-The functions here take the values they log (tensors, numbers, texts) and return the metrics or the text; the
-LightningModule hands them to its loggers.
+The functions here take the values they log (tensors, numbers, texts) and return the metrics or the table; the
+LightningModule hands the metrics to its loggers, and :func:`log_completions` the table to each logger in the way
+that logger shows one (a W&B table, TensorBoard text, an MLflow file): the only place that tells loggers apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -112,34 +114,57 @@ def trained_tokens(rollout: Rollout, device: torch.device) -> Tensor:
     return prompt_lengths.sum() + rollout.completion_mask.sum()
 
 
+@dataclass(frozen=True)
+class CompletionsTable:
+    """Sampled completions with their prompts, rewards and scores, one row each: what a logger shows as a table.
+
+    Attributes:
+        columns: ``prompt``, ``completion``, ``reward``, then one column per reward function.
+        rows: per completion, the end of its prompt, its text, its reward and each function's score (NaN: unscored).
+    """
+
+    columns: list[str]
+    rows: list[list[str | float]]
+
+    def markdown(self) -> str:
+        """The table as Markdown, for a logger that shows text (TensorBoard's text panel, an MLflow text file)."""
+        header = "| " + " | ".join(self.columns) + " |\n|" + "---|" * len(self.columns) + "\n"
+        lines = ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in self.rows]
+        return header + "\n".join(lines)
+
+
 def completions_table(
     rollout: Rollout, rewards: Tensor, per_func: Tensor, reward_names: Sequence[str], count: int
-) -> str:
-    """The first ``count`` sampled completions with their prompts, rewards and scores, as a Markdown table."""
+) -> CompletionsTable:
+    """The first ``count`` sampled completions with their prompts (the last 200 characters), rewards and scores."""
     names = list(reward_names)
-    header = "| prompt | completion | reward | " + " | ".join(names) + " |\n|" + "---|" * (3 + len(names)) + "\n"
-    rows = []
+    rows: list[list[str | float]] = []
     for j in range(min(count, len(rollout.completions))):
         prompt = rollout.prompts.texts[int(rollout.prompt_index[j])]
-        cells = [_md(prompt[-200:]), _md(rollout.completions[j]), f"{float(rewards[j]):.3f}"]
-        cells += [f"{float(per_func[j, f]):.3f}" for f in range(len(names))]
-        rows.append("| " + " | ".join(cells) + " |")
-    return header + "\n".join(rows)
+        scores = [float(per_func[j, f]) for f in range(len(names))]
+        rows.append([prompt[-200:], rollout.completions[j], float(rewards[j]), *scores])
+    return CompletionsTable(columns=["prompt", "completion", "reward", *names], rows=rows)
 
 
-def log_text(loggers: Sequence[Any], key: str, text: str, step: int) -> None:
-    """``text`` in each logger's text panel under ``key`` at ``step`` (loggers without one are left out).
+def log_completions(loggers: Sequence[Any], key: str, table: CompletionsTable, step: int) -> None:
+    """``table`` in each logger under ``key`` at ``step``; the one place where the loggers' ways of showing it differ.
+
+    A logger with tables (W&B: ``log_table``) gets a table of the cells themselves, its rewards as numbers to sort
+    by; TensorBoard (its writer's ``add_text``) the Markdown text in its text panel; MLflow (its client's
+    ``log_text``) the Markdown as the run's file ``<key>/step=N.md``. Other loggers are left out.
 
     A step's completions are logged at the optimizer steps before the step, as its rollout file is numbered. That is
     also the step of the same step's scalars when ``loss.num_iterations`` is 1; with more, Lightning's scalars count
-    training steps, and the text's step is ``num_iterations`` times theirs.
+    training steps, and the table's step is ``num_iterations`` times theirs.
     """
     for logger in loggers:
         experiment = getattr(logger, "experiment", None)
-        if hasattr(logger, "log_text"):
-            logger.log_text(key=key, columns=["markdown"], data=[[text]], step=step)
+        if hasattr(logger, "log_table"):
+            logger.log_table(key=key, columns=table.columns, data=table.rows, step=step)
         elif hasattr(experiment, "add_text"):
-            experiment.add_text(key, text, global_step=step)
+            experiment.add_text(key, table.markdown(), global_step=step)
+        elif hasattr(experiment, "log_text") and getattr(logger, "run_id", None) is not None:
+            experiment.log_text(logger.run_id, table.markdown(), f"{key}/step={step}.md")
 
 
 def _nanstd(values: Tensor) -> Tensor:
@@ -147,15 +172,18 @@ def _nanstd(values: Tensor) -> Tensor:
     return values.std() if values.numel() > 1 else torch.zeros((), dtype=values.dtype)
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "<br>")
+def _md_cell(cell: str | float) -> str:
+    if isinstance(cell, float):
+        return f"{cell:.3f}"
+    return cell.replace("|", "\\|").replace("\n", "<br>")
 
 
 __all__ = [
     "STAT_METRICS",
+    "CompletionsTable",
     "completions_table",
     "dynamic_sampling_metrics",
-    "log_text",
+    "log_completions",
     "step_metrics",
     "trained_tokens",
 ]
