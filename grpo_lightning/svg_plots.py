@@ -119,11 +119,11 @@ def line_chart(
     if not found:
         return _svg(width, height, title, legend + frame.empty(title, x_label, y_label))
     xs, ys = [x for x, _ in found], [y for _, y in found]
-    x_ticks = _integer_ticks(xs) if all(float(x).is_integer() for x in xs) else nice_ticks(min(xs), max(xs))
+    x_range, x_ticks = _x_axis(xs)
     y_low = min(ys) if y_range[0] is None else y_range[0]
     y_high = max(ys) if y_range[1] is None else y_range[1]
     y_ticks = nice_ticks(y_low, y_high)
-    frame.scale(x_ticks, y_ticks, inset=8)
+    frame.scale(x_range, (y_ticks[0], y_ticks[-1]), inset=8)
     parts = [frame.axes(title, x_label, y_label, x_ticks, y_ticks), legend]
     for index, (line, spec) in enumerate(zip(points, series, strict=True)):
         parts.append(_line(frame, line, spec, PALETTE[index % len(PALETTE)], DASHES[index % len(DASHES)]))
@@ -164,7 +164,7 @@ def bar_chart(
     y_low = min(0.0, *values) if y_range[0] is None else y_range[0]
     y_high = max(0.0, *values) if y_range[1] is None else y_range[1]
     y_ticks = nice_ticks(y_low, y_high)
-    frame.scale([0, len(categories)], y_ticks)
+    frame.scale((0, len(categories)), (y_ticks[0], y_ticks[-1]))
     parts = [frame.axes(title, "", y_label, [], y_ticks), legend]
     slot = frame.plot_width / len(categories)
     bar = slot * 0.8 / len(series)
@@ -188,7 +188,8 @@ def histogram(
     height: int = 220,
 ) -> str:
     """How ``values`` spread: counts in ``bins`` equal bins over ``value_range`` (default: the values' own range),
-    and a dashed line at their mean; missing values are counted in the caption, not in a bin.
+    and a dashed line at their mean; the caption counts the values (and the missing ones, which are in no bin) and
+    gives the mean.
 
     Raises:
         ValueError: ``bins`` below 1.
@@ -198,14 +199,16 @@ def histogram(
     finite = [float(v) for v in values if is_value(v)]
     missing = len(values) - len(finite)
     caption = f"{len(finite)} value{'s' * (len(finite) != 1)}" + (f", {missing} missing" if missing else "")
-    frame = _Frame(width, height, 0)
+    frame = _Frame(width, height, 14)  # room for the caption's line under the title
     if not finite:
         return _svg(width, height, title, frame.empty(title, x_label, "count", caption))
+    mean = sum(finite) / len(finite)
+    caption += f", mean {value_label(mean)}"
     edges, counts = histogram_counts(finite, bins, value_range)
-    x_ticks = nice_ticks(edges[0], edges[-1], 4)
+    x_ticks = nice_ticks(edges[0], edges[-1])
     x_ticks = [t for t in x_ticks if edges[0] - 1e-9 <= t <= edges[-1] + 1e-9] or [edges[0], edges[-1]]
-    y_ticks = nice_ticks(0, max(counts), 4)
-    frame.scale([edges[0], edges[-1]], y_ticks)
+    y_ticks = _count_ticks(max(counts))
+    frame.scale((edges[0], edges[-1]), (y_ticks[0], y_ticks[-1]))
     parts = [frame.axes(title, x_label, "count", x_ticks, y_ticks, caption)]
     for low, high, count in zip(edges, edges[1:], counts, strict=False):
         tip = f"{value_label(low)} to {value_label(high)}: {count} of {len(finite)}"
@@ -215,12 +218,10 @@ def histogram(
             f'<rect x="{left:.1f}" y="{top:.1f}" width="{max(right - left - 1, 0.5):.1f}" '
             f'height="{frame.y(0) - top:.1f}" fill="{_e(color)}"><title>{_e(tip)}</title></rect>'
         )
-    mean = sum(finite) / len(finite)
     x = frame.x(min(max(mean, edges[0]), edges[-1]))
     parts.append(
-        f'<line x1="{x:.1f}" y1="{frame.top:.1f}" x2="{x:.1f}" y2="{frame.bottom:.1f}" stroke="{_AXIS}" '
+        f'<line class="mean" x1="{x:.1f}" y1="{frame.top:.1f}" x2="{x:.1f}" y2="{frame.bottom:.1f}" stroke="{_AXIS}" '
         f'stroke-dasharray="4 3"><title>{_e(f"mean {value_label(mean)}")}</title></line>'
-        + _text(x + 3, frame.top + 10, f"mean {value_label(mean)}", size=FONT_SIZE - 1)
     )
     return _svg(width, height, title, "".join(parts))
 
@@ -253,11 +254,10 @@ class _Frame:
         self.x_low, self.x_high, self.y_low, self.y_high = 0.0, 1.0, 0.0, 1.0
         self.inset = 0.0
 
-    def scale(self, x_ticks: Sequence[float], y_ticks: Sequence[float], inset: float = 0.0) -> None:
-        """Map the first and last ticks to the plot area's edges, x ticks ``inset`` pixels inside them (so that a
-        point on the first or last tick clears the axis)."""
-        self.x_low, self.x_high = x_ticks[0], x_ticks[-1]
-        self.y_low, self.y_high = y_ticks[0], y_ticks[-1]
+    def scale(self, x_range: tuple[float, float], y_range: tuple[float, float], inset: float = 0.0) -> None:
+        """Map the ranges to the plot area's edges, x ``inset`` pixels inside them (so that a point at either end
+        clears the axis)."""
+        (self.x_low, self.x_high), (self.y_low, self.y_high) = x_range, y_range
         self.inset = inset
 
     def x(self, value: float) -> float:
@@ -282,7 +282,7 @@ class _Frame:
         parts.append(
             f'<path d="M{self.left} {self.top}V{self.bottom}H{self.right}" fill="none" stroke="{_AXIS}"/>'
             + _text((self.left + self.right) / 2, self.bottom + 32, x_label, anchor="middle")
-            + _text(self.right, self.top - 4, caption, anchor="end", fill="#666")
+            + _text(self.left - 46, 30, caption, fill="#666")
         )
         if y_label:
             middle = (self.top + self.bottom) / 2
@@ -404,13 +404,24 @@ def _fit(text: str, room: float) -> str:
     return text if len(text) <= most else text[: most - 1] + "…"
 
 
-def _integer_ticks(xs: Sequence[float]) -> list[float]:
-    """Ticks for whole-number x values (steps): whole numbers themselves."""
-    ticks = nice_ticks(min(xs), max(xs))
-    if len(ticks) > 1 and ticks[1] - ticks[0] < 1:
-        low, high = math.floor(min(xs)), math.ceil(max(xs))
-        ticks = [float(v) for v in range(low - (low == high), high + 1 + (low == high))]
-    return ticks
+def _x_axis(xs: Sequence[float]) -> tuple[tuple[float, float], list[float]]:
+    """A line chart's x range, from the first x to the last (one x: centred in a range of 2), and its ticks: round
+    values inside it, whole numbers only when every x is one (steps)."""
+    low, high = min(xs), max(xs)
+    if low == high:
+        return (low - 1, high + 1), [low]
+    ticks = [t for t in nice_ticks(low, high) if low - 1e-9 <= t <= high + 1e-9]
+    if all(float(x).is_integer() for x in xs):
+        ticks = [t for t in ticks if float(t).is_integer()] or [low, high]
+    return (low, high), ticks
+
+
+def _count_ticks(most: int) -> list[float]:
+    """Ticks for counts from 0 to at least ``most``: whole numbers in steps of 1, 2 or 5 times a power of ten,
+    about four of them."""
+    most = max(most, 1)
+    step = next(m * 10**k for k in range(20) for m in (1, 2, 5) if m * 10**k * 4 >= most)
+    return [float(step * k) for k in range(math.ceil(most / step) + 1)]
 
 
 def _clean(value: float) -> float:
