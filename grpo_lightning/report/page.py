@@ -86,6 +86,13 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _shown(text: Any) -> str:
+    """``text`` escaped, or "(empty)" (marked as such) when it is empty or only whitespace, so that an answer the
+    model did not give is seen rather than leaving two labels side by side."""
+    text = "" if text is None else str(text)
+    return _e(text) if text.strip() else "<span class='empty'>(empty)</span>"
+
+
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
