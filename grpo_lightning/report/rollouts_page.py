@@ -1,5 +1,8 @@
-"""The rollout browser: one page over a training run's rollout records, paged by step (see the package's docstring
-for its fragment), and its command line."""
+"""The rollout browser: one page over a training run's rollout records, its command line.
+
+At the top, charts of the run over its logged steps (:mod:`~grpo_lightning.report.rollout_trends`), each point a
+link to its step; below, one step at a time, its groups and their completions (see the package's docstring for the
+fragment that chooses the step and the filters)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from PIL import Image
 
 from grpo_lightning.errors import UserError
 from grpo_lightning.report.page import _e, _page, score_key, thumbnail_data_uri
+from grpo_lightning.report.rollout_trends import step_statistics, trends_html
 from grpo_lightning.rollout_files import ROLLOUT_FILE, ROLLOUTS_DIR
 
 
@@ -118,6 +122,7 @@ def render_rollouts(log_dir: Path, images_dir: Path | None = None, title: str | 
         "reward in groups that did not train). A group is <b>trained</b>, <b>filtered</b> (its rewards did not "
         "spread; dynamic sampling left it out), <b>filled</b> (no spread, trained because the step's rounds ran "
         "out) or <b>unused</b> (a spread, beyond the step's batch). ← and → page through the steps.</p>"
+        f"{trends_html(step_statistics(steps, names), names)}<h2 id='step-groups'>Groups of a step</h2>"
         "<div id='controls'><button id='prev' type='button'>← previous</button>"
         f"<select id='step'>{options}</select><button id='next' type='button'>next →</button>"
         f"<label>Reward <select id='component'>{components}</select></label>"
