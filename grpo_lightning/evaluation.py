@@ -7,6 +7,7 @@ metrics, :mod:`grpo_lightning.metrics`), or written as the predictions file.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,9 @@ class EvaluationMixin:
         if not self.trainer.is_global_zero:
             return
         path = Path(self.evaluation.predictions_file or Path(self.trainer.log_dir or ".") / "predictions.json")
-        checkpoint = self.trainer.ckpt_path
         metadata = PredictionsMetadata(
             model_name_or_path=str(self.model_name_or_path),
-            checkpoint=None if checkpoint is None else str(checkpoint),
+            checkpoint=_checkpoint_file(self.trainer.ckpt_path),
             protocol=self.evaluation.protocol,
             created=utc_now(),
             dataset_file=self._predict_dataset_file(),
@@ -123,3 +123,12 @@ class EvaluationMixin:
                 unique.setdefault(record["question_id"], record)
             records = list(unique.values())
         return records
+
+
+def _checkpoint_file(path: str | os.PathLike | None) -> str | None:
+    """The checkpoint file ``path`` names, for the record: a link (``last.ckpt``, which moves on as a run goes on) is
+    written as the file it points to."""
+    if path is None:
+        return None
+    path = Path(path)
+    return str(path.parent / os.readlink(path)) if path.is_symlink() else str(path)

@@ -104,7 +104,10 @@ def test_predict_writes_where_asked_with_the_length_asked(assets, data_kwargs, c
     reading = read_metadata(predictions)
     meta = reading.metadata
     assert reading.status == "found" and reading.path == predictions.with_name("predictions.meta.json")
-    assert meta.model_name_or_path == str(grpo_demo.internvl_path(assets)) and meta.checkpoint == str(checkpoint)
+    assert meta.model_name_or_path == str(grpo_demo.internvl_path(assets))
+    # last.ckpt is a link that moves on with the run: the file it points to is what predicted
+    assert checkpoint.is_symlink() and not Path(meta.checkpoint).is_symlink()
+    assert Path(meta.checkpoint).resolve() == checkpoint.resolve()
     assert meta.protocol == "normalized" and meta.dataset_file == data_kwargs["val_file"]  # no test file: val
     assert meta.grpo_lightning_version == __version__ and meta.num_records == 4
     age = datetime.now(timezone.utc) - datetime.fromisoformat(meta.created)
