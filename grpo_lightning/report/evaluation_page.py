@@ -30,7 +30,7 @@ from grpo_lightning.report.page import (
     score_key,
     thumbnail_data_uri,
 )
-from grpo_lightning.svg_plots import PALETTE, Series, bar_chart, histogram
+from grpo_lightning.svg_plots import PALETTE, Series, bar_chart, histogram, is_value
 
 _PER_SAMPLE_BOOKKEEPING = ("index", "question_id", "correct", "correct_by_protocol")
 
@@ -149,15 +149,17 @@ def _accuracy_chart(scores: Scores) -> str:
 
 
 def _histograms_html(scores: Scores, columns: Sequence[str]) -> str:
-    """A histogram of each per-sample explanation score (fractions over 0-1, CIDEr over its own range)."""
+    """A histogram of each per-sample explanation score."""
     charts = []
     for index, column in enumerate(columns):
-        fraction = column.startswith(_FRACTION_COLUMNS)
+        values = [sample[column] for sample in scores.per_sample]
+        # fractions over 0-1; CIDEr (0-10) from 0 to its largest value, or to 1 when that is smaller
+        high = 1.0 if column.startswith(_FRACTION_COLUMNS) else max([1.0, *(v for v in values if is_value(v))])
         chart = histogram(
-            [sample[column] for sample in scores.per_sample],
+            values,
             title=f"{column} per sample",
             x_label=f"{column} ({scores.protocol})",
-            value_range=(0.0, 1.0) if fraction else None,
+            value_range=(0.0, high),
             color=PALETTE[index % len(PALETTE)],
             width=300,
         )
