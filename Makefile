@@ -6,7 +6,7 @@ ASSETS := assets/demo
 # The vLLM rollout engine's own environment (model.rollout_engine: vllm); the suite tests the engine in it.
 VLLM_VENV := .venv-vllm
 
-.PHONY: demo test lint clean vllm-env
+.PHONY: demo test lint clean vllm-env screenshots
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: $(VENV)/.installed $(VLLM_VENV)/.installed
 	$(PY) -m pytest
 	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider \
 		-k "not bfloat16_under_autocast" $(NUMERIC_TESTS)
+
+# The README's pictures, docs/*.png, of the newest demo run (`make demo` makes one): the rollout browser, an evaluation
+# report of its last checkpoint's predictions, and TensorBoard. Needs Debian's chromium.
+screenshots: $(VENV)/.installed
+	$(PY) scripts/screenshots.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,11 @@
 """Score a predictions file: python -m grpo_lightning.evaluate PRED.json [options]
 
-Prints answer accuracy and the explanation metrics (unfiltered, filtered on correct answers, scaled by
-accuracy) as a table; --out writes them as JSON, --html writes a browsable report. The scoring itself is
-grpo_lightning.metrics.evaluate_predictions, where the protocols and the record format are documented;
-this module only reads the file and writes the outputs.
+Prints answer accuracy under every protocol side by side (raw, the published baselines'; normalized, the one
+training validates with) and the explanation metrics (unfiltered, filtered on correct answers, scaled by accuracy)
+under --protocol, as tables; --out writes them as JSON, --html writes a browsable report whose header names the
+model, checkpoint and date from the metadata file beside the predictions, where there is one
+(grpo_lightning.predictions_file). The scoring itself is grpo_lightning.metrics.evaluate_predictions, where the
+protocols and the record format are documented; this module only reads the files and writes the outputs.
 
 Examples:
   python -m grpo_lightning.evaluate preds.json                         # the published baselines' protocol
@@ -30,6 +32,7 @@ from grpo_lightning.metrics import (
     evaluate_predictions,
     validate_records,
 )
+from grpo_lightning.predictions_file import PredictionsMetadata, read_metadata
 from grpo_lightning.report import write_report
 from grpo_lightning.task import OPTIONAL_RECORD_FIELDS, REQUIRED_RECORD_FIELDS
 
@@ -94,24 +97,46 @@ def coverage(records: list[dict[str, Any]], predictions: Path, reference: Path) 
     )
 
 
+def describe_run(metadata: PredictionsMetadata) -> str:
+    """What made the predictions, in a line: model, checkpoint, data file, date (from the metadata file)."""
+    checkpoint = metadata.checkpoint or "none (the base model's own weights)"
+    return (
+        f"predictions of {metadata.model_name_or_path}, checkpoint {checkpoint}, on {metadata.dataset_file}, "
+        f"written {metadata.created} by grpo_lightning {metadata.grpo_lightning_version}"
+    )
+
+
 def format_table(scores: Scores) -> str:
-    """The scores as a plain-text table: accuracy, then one row per metric (unfiltered, filtered, scaled)."""
-    columns = list(dict.fromkeys([*scores.unfiltered, *scores.filtered]))
-    width = max([len("metric"), *map(len, columns)])
+    """The scores as plain-text tables: answer accuracy under every protocol side by side (overall and by answer
+    type), then one row per explanation metric (unfiltered, filtered, scaled) under ``scores.protocol``."""
     lines = [
         f"protocol {scores.protocol}: accuracy {scores.accuracy:.4f} "
-        f"({scores.num_correct} of {scores.num_samples} answers correct)",
-        f"{'metric':<{width}}  {'unfiltered':>10}  {'filtered':>10}  {'scaled':>10}",
+        f"({scores.num_correct} of {scores.num_samples} answers correct); the explanation metrics below use it",
+        *_accuracy_table(scores),
     ]
+    columns = list(dict.fromkeys([*scores.unfiltered, *scores.filtered]))
+    width = max([len("metric"), *map(len, columns)])
+    lines.append(f"{'metric':<{width}}  {'unfiltered':>10}  {'filtered':>10}  {'scaled':>10}")
     for column in columns:
         values = (scores.unfiltered.get(column), scores.filtered.get(column), scores.scaled.get(column))
         lines.append(f"{column:<{width}}  " + "  ".join("—".rjust(10) if v is None else f"{v:>10.4f}" for v in values))
-    lines += [
-        f"{kind} accuracy {v['accuracy']:.4f} ({v['num_samples']} samples)"
-        for kind, v in scores.accuracy_by_answer_type.items()
-    ]
     lines.append("scores are fractions (0-1, CIDEr 0-10), as the published ViVQA-X baselines write them")
     return "\n".join(lines)
+
+
+def _accuracy_table(scores: Scores) -> list[str]:
+    """Accuracy by protocol (columns) for all answers and each answer type (rows), with each row's sample count."""
+    protocols = scores.accuracy_by_protocol
+    kinds = list(scores.accuracy_by_answer_type)
+    width = max([len("answer type"), *map(len, kinds)])
+    header = f"{'answer type':<{width}}  " + "  ".join(f"{name:>10}" for name in protocols) + f"  {'samples':>7}"
+    rows = [f"{'all':<{width}}  " + "  ".join(f"{a.accuracy:>10.4f}" for a in protocols.values())]
+    rows[0] += f"  {scores.num_samples:>7}"
+    for kind in kinds:
+        values = [a.by_answer_type.get(kind, {}).get("accuracy") for a in protocols.values()]
+        count = int(scores.accuracy_by_answer_type[kind]["num_samples"])
+        rows.append(f"{kind:<{width}}  " + "  ".join(f"{v:>10.4f}" for v in values) + f"  {count:>7}")
+    return [f"answer accuracy by protocol ({', '.join(protocols)}):", header, *rows]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,8 +195,11 @@ def main(argv: list[str] | None = None) -> Scores:
     metrics = list(DEFAULT_METRICS) + ["spice"] * args.spice + ["bertscore"] * args.bertscore
     try:
         records = load_predictions(args.predictions)
-    except PredictionsFormatError as err:
+        described = read_metadata(args.predictions)
+    except UserError as err:
         parser.exit(2, f"error: {err}\n")
+    if described.status == "stale":
+        print(f"note: {described.note}", file=sys.stderr)
     if args.reference is not None:
         try:
             print(f"note: {coverage(records, args.predictions, args.reference)}", file=sys.stderr)
@@ -187,13 +215,17 @@ def main(argv: list[str] | None = None) -> Scores:
     )
     for message in scores.skipped.values():
         print(f"note: {message}", file=sys.stderr)
+    if described.status == "found":
+        print(describe_run(described.metadata))
     print(format_table(scores))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(scores.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         print(f"scores written to {args.out}")
     if args.html is not None:
-        write_report(args.html, records, scores, images_dir=args.images, progress=True)
+        write_report(
+            args.html, records, scores, images_dir=args.images, progress=True, source=args.predictions, run=described
+        )
         print(f"report written to {args.html}")
     return scores
 

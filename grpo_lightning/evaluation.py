@@ -7,7 +7,7 @@ metrics, :mod:`grpo_lightning.metrics`), or written as the predictions file.
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from grpo_lightning import __version__
 from grpo_lightning.distributed import every_process
+from grpo_lightning.predictions_file import PredictionsMetadata, metadata_path, utc_now, write_predictions
 from grpo_lightning.task import prediction_records
 
 
@@ -81,16 +83,29 @@ class EvaluationMixin:
             self.log(name, float(value), prog_bar=name == f"{stage}/accuracy")
 
     def on_predict_epoch_end(self) -> None:
-        """Write the predictions file (public format, scored by ``python -m grpo_lightning.evaluate``)."""
+        """Write the predictions file (public format, scored by ``python -m grpo_lightning.evaluate``) and, beside
+        it, what made it (:mod:`grpo_lightning.predictions_file`)."""
         records = self._gathered_records()
         if not self.trainer.is_global_zero:
             return
         path = Path(self.evaluation.predictions_file or Path(self.trainer.log_dir or ".") / "predictions.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        rank_zero_info(f"Wrote {len(records)} predictions to {path}")
+        metadata = PredictionsMetadata(
+            model_name_or_path=str(self.model_name_or_path),
+            checkpoint=_checkpoint_file(self.trainer.ckpt_path),
+            protocol=self.evaluation.protocol,
+            created=utc_now(),
+            dataset_file=self._predict_dataset_file(),
+            grpo_lightning_version=__version__,
+        )
+        write_predictions(path, records, metadata)
+        rank_zero_info(f"Wrote {len(records)} predictions to {path} (what made them: {metadata_path(path).name})")
+
+    def _predict_dataset_file(self) -> str | None:
+        """The data file ``predict`` read: the data module's test split (its validation split when it has no test
+        file); None when the predictions came from a dataloader without one."""
+        splits = getattr(getattr(self.trainer, "datamodule", None), "splits", None)
+        split = splits.get("test") if isinstance(splits, dict) else None
+        return None if split is None or split.file is None else str(split.file)
 
     def _gathered_records(self) -> list[dict[str, Any]]:
         """Every rank's records, in rank order, without the copies a distributed sampler pads with."""
@@ -108,3 +123,12 @@ class EvaluationMixin:
                 unique.setdefault(record["question_id"], record)
             records = list(unique.values())
         return records
+
+
+def _checkpoint_file(path: str | os.PathLike | None) -> str | None:
+    """The checkpoint file ``path`` names, for the record: a link (``last.ckpt``, which moves on as a run goes on) is
+    written as the file it points to."""
+    if path is None:
+        return None
+    path = Path(path)
+    return str(path.parent / os.readlink(path)) if path.is_symlink() else str(path)

@@ -23,6 +23,11 @@ Two protocols, registered in :data:`PROTOCOLS`:
   hypothesis whose first word is "vì" or "because" loses it. Tokens are then the space-separated words of
   the normalised text: Vietnamese syllables with their diacritics, punctuation gone.
 
+The two protocols can disagree on an answer ("đúng" for "có" is wrong under ``raw``, right under ``normalized``), and
+``evaluate`` defaults to ``raw`` while training validates with ``normalized``; so :func:`evaluate_predictions` gives
+the answer accuracy under every protocol (:attr:`Scores.accuracy_by_protocol`, :func:`answer_accuracy`) beside the
+explanation metrics, which it computes under the protocol asked for alone.
+
 Explanation metrics are registered in :data:`METRICS`: ``bleu`` (BLEU-1..4), ``meteor``, ``rouge``
 (ROUGE-L), ``cider`` by default; ``spice`` and ``bertscore`` on request. A metric whose resources are
 missing (Java for METEOR and SPICE, the Stanford CoreNLP models for SPICE, the ``bert-score`` package and a
@@ -423,6 +428,46 @@ def _check_unique_question_ids(records: list[dict[str, Any]], source: str) -> No
 
 
 @dataclass(frozen=True)
+class AnswerAccuracy:
+    """How many answers are right under one protocol.
+
+    Attributes:
+        protocol: the protocol's name.
+        num_correct: how many answers were correct.
+        accuracy: ``num_correct`` over the number of records (0 for none).
+        by_answer_type: answer type -> ``{"accuracy", "num_samples"}``, for records that have one.
+        correct: per record, in order, whether its answer was correct.
+    """
+
+    protocol: str
+    num_correct: int
+    accuracy: float
+    by_answer_type: dict[str, dict[str, float]]
+    correct: list[bool]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the scores JSON writes it: everything but ``correct``."""
+        return {
+            "accuracy": self.accuracy,
+            "num_correct": self.num_correct,
+            "accuracy_by_answer_type": self.by_answer_type,
+        }
+
+
+def answer_accuracy(records: Sequence[dict[str, Any]], protocol: str) -> AnswerAccuracy:
+    """Exact-match answer accuracy of checked records (:func:`validate_records`) under the protocol ``protocol``."""
+    chosen = get_protocol(protocol)
+    correct = [chosen.answer_key(r["pred_ans"]) == chosen.answer_key(r["gt_ans"]) for r in records]
+    return AnswerAccuracy(
+        protocol=chosen.name,
+        num_correct=sum(correct),
+        accuracy=sum(correct) / len(records) if records else 0.0,
+        by_answer_type=_accuracy_by_answer_type(records, correct),
+        correct=correct,
+    )
+
+
+@dataclass(frozen=True)
 class Scores:
     """The scores of a set of predictions.
 
@@ -436,8 +481,11 @@ class Scores:
         scaled: ``unfiltered`` times ``accuracy``.
         accuracy_by_answer_type: answer type -> ``{"accuracy", "num_samples"}``, for records that have one.
         skipped: metric name -> a message saying why it was left out.
-        per_sample: one dict per record, in order: ``index``, ``question_id``, ``correct`` and the
-            unfiltered per-sample value of each column.
+        per_sample: one dict per record, in order: ``index``, ``question_id``, ``correct``,
+            ``correct_by_protocol`` (protocol name -> bool) and the unfiltered per-sample value of each column.
+        accuracy_by_protocol: the answer accuracy under every registered protocol, by name (``protocol``'s
+            included), so that a reader sees how much the choice of protocol moves it; the explanation scores are
+            ``protocol``'s alone.
     """
 
     protocol: str
@@ -450,6 +498,7 @@ class Scores:
     accuracy_by_answer_type: dict[str, dict[str, float]]
     skipped: dict[str, str]
     per_sample: list[dict[str, Any]]
+    accuracy_by_protocol: dict[str, AnswerAccuracy] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The scores JSON: everything but ``per_sample``, plus the ``scale`` the values are written in."""
@@ -464,6 +513,7 @@ class Scores:
             "scaled": self.scaled,
             "accuracy_by_answer_type": self.accuracy_by_answer_type,
             "skipped": self.skipped,
+            "accuracy_by_protocol": {name: answers.to_dict() for name, answers in self.accuracy_by_protocol.items()},
         }
 
 
@@ -495,7 +545,8 @@ def evaluate_predictions(
     """
     chosen = get_protocol(protocol)
     records = validate_records(records, source)
-    correct = [chosen.answer_key(r["pred_ans"]) == chosen.answer_key(r["gt_ans"]) for r in records]
+    by_protocol = {name: answer_accuracy(records, name) for name in PROTOCOLS}
+    correct = by_protocol[chosen.name].correct
     hypotheses = [chosen.hypothesis(r["pred_explain"]) for r in records]
     references = [[chosen.reference(ref) for ref in r["gt_explain"]] for r in records]
     kwargs = {"metrics": metrics, "bertscore_model": bertscore_model}
@@ -507,7 +558,7 @@ def evaluate_predictions(
         **kwargs,
         progress="filtered (correct answers)" if progress else None,
     )
-    accuracy = len(kept) / len(records) if records else 0.0
+    accuracy = by_protocol[chosen.name].accuracy
     return Scores(
         protocol=chosen.name,
         num_samples=len(records),
@@ -516,21 +567,27 @@ def evaluate_predictions(
         unfiltered=unfiltered.corpus,
         filtered=filtered.corpus,
         scaled={name: value * accuracy for name, value in unfiltered.corpus.items()},
-        accuracy_by_answer_type=_accuracy_by_answer_type(records, correct),
+        accuracy_by_answer_type=by_protocol[chosen.name].by_answer_type,
         skipped=unfiltered.skipped,
-        per_sample=_per_sample_scores(records, correct, unfiltered.per_sample),
+        per_sample=_per_sample_scores(records, chosen.name, by_protocol, unfiltered.per_sample),
+        accuracy_by_protocol=by_protocol,
     )
 
 
 def _per_sample_scores(
-    records: Sequence[dict[str, Any]], correct: Sequence[bool], per_sample: dict[str, list[Any]]
+    records: Sequence[dict[str, Any]],
+    protocol: str,
+    by_protocol: dict[str, AnswerAccuracy],
+    per_sample: dict[str, list[Any]],
 ) -> list[dict[str, Any]]:
-    """One row per record: its index, question id, whether the answer was right, and its explanation scores."""
+    """One row per record: its index, question id, whether the answer was right (under ``protocol``, and under
+    each protocol), and its explanation scores."""
     return [
         {
             "index": i,
             "question_id": r["question_id"],
-            "correct": correct[i],
+            "correct": by_protocol[protocol].correct[i],
+            "correct_by_protocol": {name: answers.correct[i] for name, answers in by_protocol.items()},
             **{name: values[i] for name, values in per_sample.items()},
         }
         for i, r in enumerate(records)

@@ -6,8 +6,10 @@ The fixtures live in ``tests/conftest.py``; the DeepSpeed runs on CPU processes 
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -368,13 +370,52 @@ def chromium(tmp_path: Path, url: str, *args: str) -> str:
     return done.stdout
 
 
-def screenshot_artifact(tmp_path: Path, url: str, name: str, size: tuple[int, int]) -> None:
+#: The test's own page around the page under test: a frame of the window's size, and a script that measures the
+#: charts in it once it has loaded (the page's own Content Security Policy lets no other script run inside it).
+_FRAME_PAGE = """<!DOCTYPE html><html><head><meta charset='utf-8'><style>body {{ margin: 0 }} iframe {{ border: 0;
+display: block }}</style></head><body><iframe id='page' src='{url}' width='{width}' height='{height}'></iframe><script>
+document.getElementById('page').addEventListener('load', function () {{
+  var charts = this.contentDocument.querySelectorAll('svg.chart');
+  var boxes = Array.prototype.map.call(charts, function (chart) {{
+    var box = chart.getBoundingClientRect();
+    return [box.left, box.top, box.width, box.height];
+  }});
+  document.body.setAttribute('data-chart-boxes', JSON.stringify(boxes));
+}});
+</script></body></html>"""
+
+
+def screenshot_artifact(tmp_path: Path, url: str, name: str, size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """A screenshot of ``url`` in a ``size`` window, kept as ``test-artifacts/<name>``: that size, and not a blank
-    page (thumbnails and colours are on it)."""
+    page (thumbnails and colours are on it). Returns the boxes (left, top, width, height, in the screenshot's pixels)
+    of the page's SVG charts (``svg.chart``) as Chromium laid them out, in document order.
+
+    The page is shown in a frame of the window's size in a page of the test's own, whose script measures the charts;
+    a frame may read a page of another file only with ``--allow-file-access-from-files``."""
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / name
     shot.unlink(missing_ok=True)
-    chromium(tmp_path, url, f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}")
+    frame = tmp_path / f"frame-{name}.html"
+    frame.write_text(_FRAME_PAGE.format(url=html.escape(url), width=size[0], height=size[1]), encoding="utf-8")
+    access = "--allow-file-access-from-files"
+    dom = chromium(tmp_path, frame.as_uri(), access, "--dump-dom", f"--window-size={size[0]},{size[1]}")
+    chromium(tmp_path, frame.as_uri(), access, f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}")
     with Image.open(shot) as image:
         assert image.size == size
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+    found = re.search(r'data-chart-boxes="([^"]*)"', dom)
+    assert found, "the page did not load in the frame"
+    return [tuple(round(v) for v in box) for box in json.loads(html.unescape(found.group(1)))]
+
+
+def colour_pixels(image: Image.Image, box: tuple[int, int, int, int], colour: str, tolerance: int = 12) -> int:
+    """How many pixels inside ``box`` (left, top, width, height) of ``image`` are ``colour`` (``#rrggbb``), give or
+    take ``tolerance`` in each channel (antialiasing)."""
+    left, top, width, height = box
+    target = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    region = image.convert("RGB").crop((left, top, left + width, top + height))
+    return sum(
+        count
+        for count, pixel in region.getcolors(maxcolors=1 << 22)
+        if all(abs(channel - want) <= tolerance for channel, want in zip(pixel, target, strict=True))
+    )

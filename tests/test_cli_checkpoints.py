@@ -6,14 +6,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 import torch
 
 import grpo_demo
+from grpo_lightning import __version__, evaluate
 from grpo_lightning.checkpoint_files import CheckpointError
 from grpo_lightning.cli import checkpoint_hyperparameters, main
+from grpo_lightning.predictions_file import read_metadata
 from tests.helpers import ROOT
 
 #: What the checkpoint was trained with, beyond configs/demo.yaml (which sets none of these).
@@ -84,7 +87,7 @@ def test_test_takes_the_command_line_over_the_checkpoint(assets, data_kwargs, ch
     assert "test/unfiltered/CIDEr" not in cli.trainer.callback_metrics
 
 
-def test_predict_writes_where_asked_with_the_length_asked(assets, data_kwargs, checkpoint, tmp_path):
+def test_predict_writes_where_asked_with_the_length_asked(assets, data_kwargs, checkpoint, tmp_path, monkeypatch):
     predictions = tmp_path / "asked" / "predictions.json"
     args = cli_args("predict", assets, data_kwargs, tmp_path / "logs", "--ckpt_path", str(checkpoint))
     args += ["--model.evaluation.predictions_file", str(predictions), "--model.sampling.max_completion_length", "3"]
@@ -96,7 +99,25 @@ def test_predict_writes_where_asked_with_the_length_asked(assets, data_kwargs, c
     tokenizer = cli.model.adapter.processor.tokenizer
     lengths = [len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in records]
     assert max(lengths) <= 3, lengths
-    assert not list((tmp_path / "logs").rglob("predictions.json"))
+    assert not list((tmp_path / "logs").rglob("predictions*.json"))
+    # what made the predictions, beside them; the evaluation report's header names it
+    reading = read_metadata(predictions)
+    meta = reading.metadata
+    assert reading.status == "found" and reading.path == predictions.with_name("predictions.meta.json")
+    assert meta.model_name_or_path == str(grpo_demo.internvl_path(assets))
+    # last.ckpt is a link that moves on with the run: the file it points to is what predicted
+    assert checkpoint.is_symlink() and not Path(meta.checkpoint).is_symlink()
+    assert Path(meta.checkpoint).resolve() == checkpoint.resolve()
+    assert meta.protocol == "normalized" and meta.dataset_file == data_kwargs["val_file"]  # no test file: val
+    assert meta.grpo_lightning_version == __version__ and meta.num_records == 4
+    age = datetime.now(timezone.utc) - datetime.fromisoformat(meta.created)
+    assert 0 <= age.total_seconds() < 600
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Java: METEOR is left out (and the test stays fast)
+    report = tmp_path / "report.html"
+    evaluate.main([str(predictions), "--html", str(report)])
+    page = report.read_text(encoding="utf-8")
+    for value in (meta.model_name_or_path, meta.checkpoint, meta.dataset_file, meta.created):
+        assert f">{value}</dd>" in page
 
 
 def test_resuming_fit_takes_the_command_line_over_the_checkpoint(assets, data_kwargs, checkpoint, tmp_path):

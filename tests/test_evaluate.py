@@ -24,6 +24,7 @@ from grpo_lightning.metrics import (
     score_explanations,
     strip_explanation_prefix,
 )
+from grpo_lightning.predictions_file import PredictionsMetadata, metadata_path, write_predictions
 from tests.helpers import VIVQAX_DIR, vivqax_absent
 
 REFERENCE_PREDICTIONS = VIVQAX_DIR / "reference" / "ViVQA-X_test_Qwen2.5-VL-7B-Instruct_predictions.json"
@@ -226,7 +227,77 @@ def test_scores_json_layout():
         payload
     )
     assert payload["protocol"] == "normalized" and payload["scale"].startswith("fraction")
+    assert payload["accuracy_by_protocol"] == {
+        "raw": {
+            "accuracy": 0.5,
+            "num_correct": 2,
+            "accuracy_by_answer_type": {
+                "number": {"accuracy": 0.0, "num_samples": 1},
+                "other": {"accuracy": 1.0, "num_samples": 1},
+                "yes/no": {"accuracy": 0.5, "num_samples": 2},
+            },
+        },
+        "normalized": {
+            "accuracy": 0.75,
+            "num_correct": 3,
+            "accuracy_by_answer_type": {
+                "number": {"accuracy": 0.0, "num_samples": 1},
+                "other": {"accuracy": 1.0, "num_samples": 1},
+                "yes/no": {"accuracy": 1.0, "num_samples": 2},
+            },
+        },
+    }
     json.dumps(payload)  # plain JSON types only
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_every_protocols_accuracy_whichever_scores_the_explanations(protocol):
+    scores = evaluate_predictions(RECORDS, protocol, FAST_METRICS)
+    assert {name: a.num_correct for name, a in scores.accuracy_by_protocol.items()} == {"raw": 2, "normalized": 3}
+    chosen = scores.accuracy_by_protocol[protocol]
+    assert (scores.accuracy, scores.num_correct) == (chosen.accuracy, chosen.num_correct)
+    assert scores.accuracy_by_answer_type == chosen.by_answer_type
+    assert [s["correct_by_protocol"] for s in scores.per_sample] == [
+        {"raw": True, "normalized": True},
+        {"raw": True, "normalized": True},
+        {"raw": False, "normalized": True},  # "đúng" = "có" only when normalized
+        {"raw": False, "normalized": False},
+    ]
+    assert [s["correct"] for s in scores.per_sample] == chosen.correct
+
+
+@pytest.mark.parametrize(
+    ("protocol", "first_line"),
+    [
+        ("raw", "protocol raw: accuracy 0.5000 (2 of 4 answers correct); the explanation metrics below use it"),
+        (
+            "normalized",
+            "protocol normalized: accuracy 0.7500 (3 of 4 answers correct); the explanation metrics below use it",
+        ),
+    ],
+)
+def test_the_table_shows_both_protocols_accuracy_side_by_side(protocol, first_line):
+    lines = evaluate.format_table(evaluate_predictions(RECORDS, protocol, FAST_METRICS)).splitlines()
+    assert lines[:7] == [
+        first_line,
+        "answer accuracy by protocol (raw, normalized):",
+        "answer type         raw  normalized  samples",
+        "all              0.5000      0.7500        4",
+        "number           0.0000      0.0000        1",
+        "other            1.0000      1.0000        1",
+        "yes/no           0.5000      1.0000        2",
+    ]
+    assert lines[7].split() == ["metric", "unfiltered", "filtered", "scaled"]
+
+
+def test_the_table_without_answer_types_has_the_overall_row_alone():
+    records = [{k: v for k, v in r.items() if k != "answer_type"} for r in RECORDS]
+    lines = evaluate.format_table(evaluate_predictions(records, "raw", FAST_METRICS)).splitlines()
+    assert lines[2:4] == [
+        "answer type         raw  normalized  samples",
+        "all              0.5000      0.7500        4",
+    ]
+    assert lines[4].startswith("metric")
 
 
 def test_no_correct_answer_leaves_filtered_empty():
@@ -378,11 +449,38 @@ def test_cli_prints_table_writes_json_and_report(tmp_path, monkeypatch, capsys):
     assert "note: METEOR left out" in captured.err
     assert "note: SPICE left out" in captured.err and "note: BERTScore left out" in captured.err
     assert "protocol normalized: accuracy 0.7500 (3 of 4 answers correct)" in captured.out
+    assert "all              0.5000      0.7500        4" in captured.out  # raw and normalized, side by side
     assert "BLEU-1" in captured.out and "CIDEr" in captured.out and "METEOR" not in captured.out
     written = json.loads(out.read_text(encoding="utf-8"))
     assert written["accuracy"] == 0.75 and written["num_correct"] == 3 and written["protocol"] == "normalized"
+    assert {name: v["accuracy"] for name, v in written["accuracy_by_protocol"].items()} == {
+        "raw": 0.5,
+        "normalized": 0.75,
+    }
     assert set(written["skipped"]) == {"meteor", "spice", "bertscore"}
     assert html.read_text(encoding="utf-8").count("<tr class='sample") == 4
+
+
+def test_cli_names_what_made_the_predictions_and_reports_a_stale_or_broken_metadata_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Java: METEOR is noted, not fatal (and the test stays fast)
+    metadata = PredictionsMetadata("models/tiny", None, "normalized", "2025-06-01T12:00:00+00:00", "val.json", "0.1.0")
+    predictions = write_predictions(tmp_path / "preds.json", RECORDS, metadata)
+    evaluate.main([str(predictions)])
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "predictions of models/tiny, checkpoint none (the base model's own weights), on val.json, written "
+        "2025-06-01T12:00:00+00:00 by grpo_lightning 0.1.0\nprotocol raw:"
+    )
+    predictions.write_text(json.dumps(RECORDS[:3], ensure_ascii=False), encoding="utf-8")  # another version of it
+    evaluate.main([str(predictions)])
+    captured = capsys.readouterr()
+    assert "note: preds.meta.json describes another version of preds.json" in captured.err
+    assert captured.out.startswith("protocol raw: accuracy 0.6667 (2 of 3 answers correct)")
+    metadata_path(predictions).write_text("{", encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main([str(predictions)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {metadata_path(predictions)}: not a JSON metadata file")
 
 
 def test_cli_images_need_a_report(tmp_path):

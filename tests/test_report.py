@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from grpo_lightning.metrics import evaluate_predictions
+from grpo_lightning.predictions_file import PredictionsMetadata, read_metadata, write_predictions
 from grpo_lightning.report import (
     ASSETS_DIR,
     PAGE_ASSETS,
@@ -28,7 +30,8 @@ from grpo_lightning.report import (
     score_key,
     write_report,
 )
-from tests.helpers import ROOT, XSS_IMG, XSS_SCRIPT, chromium, needs_chromium, screenshot_artifact
+from grpo_lightning.svg_plots import PALETTE
+from tests.helpers import ROOT, XSS_IMG, XSS_SCRIPT, chromium, colour_pixels, needs_chromium, screenshot_artifact
 
 
 def _record(qid, pred_ans, gt_ans, pred_explain, gt_explain, answer_type, **extra) -> dict:
@@ -73,6 +76,23 @@ def scores():
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, images, scores) -> Path:
     return write_report(tmp_path_factory.mktemp("report") / "report.html", RECORDS, scores, images)
+
+
+#: The per-sample scores of ``scores`` (bleu, rouge, cider), each with a histogram.
+COLUMNS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE_L", "CIDEr"]
+METADATA = PredictionsMetadata(
+    model_name_or_path="OpenGVLab/InternVL3-1B-hf",
+    checkpoint="runs/v0/checkpoints/step=50.ckpt",
+    protocol="normalized",
+    created="2025-06-01T12:00:00+00:00",
+    dataset_file="data/ViVQA-X_test.json",
+    grpo_lightning_version="0.1.0",
+)
+
+
+def header_fields(text: str) -> dict[str, str]:
+    """The header's fields, by name, as their HTML."""
+    return dict(re.findall(r"<dd data-field='([a-z ]+)'>(.*?)</dd>", text, flags=re.DOTALL))
 
 
 @pytest.mark.parametrize(
@@ -209,6 +229,140 @@ def test_fragment_filters_by_answer_type_and_sorts_by_score(tmp_path, page, scor
     assert cider == sorted(s["CIDEr"] for s in scores.per_sample)
 
 
+# ------------------------------------------------------------------------------------------ header, protocols, charts
+@pytest.mark.parametrize(
+    ("metadata", "rewrite", "expected", "note"),
+    [
+        (
+            METADATA,
+            False,
+            {
+                "model": "OpenGVLab/InternVL3-1B-hf",
+                "checkpoint": "runs/v0/checkpoints/step=50.ckpt",
+                "data": "data/ViVQA-X_test.json",
+                "predicted": "2025-06-01T12:00:00+00:00",
+                "written by": "grpo_lightning 0.1.0",
+            },
+            None,
+        ),
+        (
+            PredictionsMetadata(**{**METADATA.__dict__, "checkpoint": None}),
+            False,
+            {"checkpoint": "<span class='unknown'>none: the base model's own weights</span>"},
+            None,
+        ),
+        (  # the public baselines' files have no metadata
+            None,
+            False,
+            {name: "<span class='unknown'>unknown</span>" for name in ("model", "checkpoint", "data", "predicted")},
+            "no preds.meta.json beside preds.json: the model, checkpoint and date are unknown.",
+        ),
+        (  # metadata of another version of the file is not shown
+            METADATA,
+            True,
+            {name: "<span class='unknown'>unknown</span>" for name in ("model", "checkpoint", "data", "predicted")},
+            "preds.meta.json describes another version of preds.json (its SHA-256 differs), so it is not shown.",
+        ),
+    ],
+)
+def test_header_says_what_was_evaluated(tmp_path, scores, metadata, rewrite, expected, note):
+    predictions = tmp_path / "preds.json"
+    if metadata is None:
+        predictions.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    else:
+        write_predictions(predictions, RECORDS, metadata)
+    if rewrite:
+        predictions.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    path = write_report(tmp_path / "report.html", RECORDS, scores, source=predictions, run=read_metadata(predictions))
+    text = path.read_text(encoding="utf-8")
+    fields = header_fields(text)
+    assert {name: fields[name] for name in expected} == expected
+    assert fields["predictions"] == f"{predictions} (6 records)"
+    assert "<title>Evaluation of preds.json</title>" in text
+    assert fields["report made"].endswith("by grpo_lightning 0.1.0")
+    assert "<b>normalized</b> (the explanation metrics use it)" in fields["protocols"]
+    assert ("The run validates with <b>normalized</b>." in fields["protocols"]) == (
+        metadata is not None and not rewrite
+    )
+    assert (
+        (f"<p class='notes'>{html.escape(note, quote=True)}</p>" in text) if note else "<p class='notes'>" not in text
+    )
+
+
+def test_a_page_made_without_a_file_says_so(scores):
+    fields = header_fields(render_report(RECORDS, scores, generated="2025-06-02T08:00:00+00:00"))
+    assert fields["predictions"] == "<span class='unknown'>unknown</span> (6 records)"
+    assert fields["model"] == "<span class='unknown'>unknown</span>"
+    assert fields["report made"] == "2025-06-02T08:00:00+00:00 by grpo_lightning 0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [
+        (
+            "pred_ans",
+            "",
+            "<div class='label'>predicted</div><div class='pred'><span class='empty'>(empty)</span></div>",
+        ),
+        ("pred_ans", "  ", "<div class='pred'><span class='empty'>(empty)</span></div><div class='label'>ground"),
+        ("pred_explain", "", "explanation</div><div class='pred'><span class='empty'>(empty)</span></div>"),
+        ("gt_explain", ["", "có"], "<ol class='refs'><li><span class='empty'>(empty)</span></li><li>có</li></ol>"),
+        ("pred_ans", "0", "<div class='pred'>0</div>"),  # a falsy-looking answer is still an answer
+    ],
+)
+def test_empty_text_reads_empty(field, value, shown):
+    records = [{**RECORDS[0], field: value}]
+    text = render_report(records, evaluate_predictions(records, "raw", metrics=("bleu",)))
+    assert shown in text
+    assert "<div class='pred'></div>" not in text
+
+
+def test_both_protocols_accuracy_side_by_side(scores):
+    text = render_report(RECORDS, scores)
+    table = re.search(r"<table class='summary' id='accuracy-by-protocol'>.*?</table>", text, flags=re.DOTALL).group(0)
+    rows = re.findall(r"<tr data-answer-type='([^']+)'>(.*?)</tr>", table)
+    cells = {kind: re.findall(r"<td>([^<]*)</td>", row)[1:] for kind, row in rows}
+    # ✓ ✓ ✗ ✗ ✗ ✗ under both: "không" is no "có", whichever way they are compared
+    assert cells == {
+        "all": ["0.3333", "0.3333", "6"],
+        "number": ["0.0000", "0.0000", "2"],
+        "other": ["0.5000", "0.5000", "2"],
+        "yes/no": ["0.5000", "0.5000", "2"],
+    }
+    assert re.findall(r"<th data-protocol='([^']+)'>", table) == ["raw", "normalized"]
+    assert "use <b>normalized</b>, accuracy <b id='accuracy'>0.3333</b>" in text
+
+
+def test_a_sample_the_protocols_disagree_on_says_so():
+    records = [{**RECORDS[1], "pred_ans": "đúng"}, RECORDS[0]]  # "đúng" = "có" when normalized only
+    text = render_report(records, evaluate_predictions(records, "raw", metrics=("bleu",)))
+    assert text.count("class='label disagree'") == 1
+    assert "raw ✗ · normalized ✓" in text
+    assert "raw: 1 of 2; normalized: 2 of 2" in text
+
+
+def test_the_page_charts_accuracy_and_each_scores_distribution(scores):
+    text = render_report(RECORDS, scores)
+    charts = re.findall(r"<svg .*?</svg>", text, flags=re.DOTALL)
+    assert len(charts) == 1 + len(COLUMNS)
+    bars = charts[0]
+    assert bars.count('<rect class="bar"') == 2 * (1 + 3)  # raw and normalized, over all and 3 answer types
+    assert "Accuracy by answer type and protocol" in bars
+    assert re.findall(r"data-metric='([^']+)'", text) == COLUMNS
+    for chart in charts[1:]:
+        counts = [int(n) for n in re.findall(r"<title>[^<]*: (\d+) of 6</title>", chart)]
+        assert len(counts) == 10 and sum(counts) == len(RECORDS)
+
+
 @needs_chromium
 def test_screenshot_artifact(tmp_path, page):
-    screenshot_artifact(tmp_path, page.as_uri() + "#sort=bleu-1:desc", "report.png", (1400, 1400))
+    boxes = screenshot_artifact(tmp_path, page.as_uri() + "#sort=bleu-1:desc", "report.png", (1400, 1400))
+    assert len(boxes) == 1 + len(COLUMNS)
+    assert all(width > 200 and height > 150 for _, _, width, height in boxes), boxes
+    with Image.open(ROOT / "test-artifacts" / "report.png") as shot:
+        bars, *histograms = boxes
+        assert colour_pixels(shot, bars, PALETTE[0]) > 500 and colour_pixels(shot, bars, PALETTE[1]) > 500
+        shown = [box for box in histograms if box[1] + box[3] <= 1400]
+        assert len(shown) >= 4, "the first row of histograms is in the first screen"
+        for index, box in enumerate(shown):
+            assert colour_pixels(shot, box, PALETTE[index % len(PALETTE)]) > 100

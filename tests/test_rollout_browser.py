@@ -18,15 +18,18 @@ from grpo_lightning.adapters import PromptBatch
 from grpo_lightning.cli import main as cli_main
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.report import main as report_main
-from grpo_lightning.report import render_rollouts, write_rollouts_page
+from grpo_lightning.report import read_rollouts, render_rollouts, write_rollouts_page
+from grpo_lightning.report.rollout_trends import step_statistics
 from grpo_lightning.rollout import Rollout, ScoredRollout
 from grpo_lightning.rollout_log import rollout_records
+from grpo_lightning.svg_plots import PALETTE
 from scripts.tb_scalars import read_scalars
 from tests.helpers import (
     ROOT,
     XSS_IMG,
     XSS_SCRIPT,
     chromium,
+    colour_pixels,
     make_module,
     needs_chromium,
     quiet_trainer,
@@ -228,20 +231,27 @@ def page(run_folder) -> Path:
 
 
 class _Page(HTMLParser):
-    """The groups and completions of a dumped page, in document order, and the body's attributes."""
+    """The groups and completions of a dumped page, in document order, the body's attributes, and the charts' links
+    (their attributes) and points."""
 
     def __init__(self, text: str):
         super().__init__()
         self.body: dict = {}
         self.groups: list[dict] = []
         self.images = 0
+        self.links: list[dict] = []
+        self.charts = 0
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
         attributes = dict(attrs)
         if tag == "body":
             self.body = attributes
-        elif tag == "section":
+        elif tag == "svg" and attributes.get("class") == "chart":
+            self.charts += 1
+        elif tag == "a" and (attributes.get("href") or "").startswith("#step="):
+            self.links.append(attributes)
+        elif tag == "section" and attributes.get("class") == "group":
             self.groups.append({**attributes, "completions": []})
         elif tag == "li" and attributes.get("class") == "completion":
             self.groups[-1]["completions"].append(attributes)
@@ -299,6 +309,105 @@ def test_the_reward_filter_hides_completions_outside_the_range(tmp_path, page):
     assert dom.body.get("data-visible-groups") == "3" and dom.body.get("data-visible-completions") == "6"
 
 
+# ------------------------------------------------------------------------------------------ training over steps
+def stats_group(std, trained=True, filtered=False, rewards=(1.0, 0.0), fmt=(1.0, None), lengths=(10, 20)):
+    completions = [
+        {"reward": r, "scores": {"format": f}, "length": n} for r, f, n in zip(rewards, fmt, lengths, strict=True)
+    ]
+    return {"reward_std": std, "trained": trained, "filtered": filtered, "completions": completions}
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        (  # two trained groups, one without a spread: it teaches nothing
+            [stats_group(0.5), stats_group(0.0, rewards=(2.0, 2.0), fmt=(0.0, 0.0))],
+            dict(trained=2, reward=1.25, format=1 / 3, zero_std_trained=0.5, zero_std_sampled=0.5, filtered=0.0),
+        ),
+        (  # dynamic sampling left one out: counted over the sampled groups, and not in the means
+            [stats_group(0.5), stats_group(0.0, trained=False, filtered=True, rewards=(9.0, 9.0))],
+            dict(trained=1, reward=0.5, format=1.0, zero_std_trained=0.0, zero_std_sampled=0.5, filtered=0.5),
+        ),
+        (  # filled: no spread, trained because the rounds ran out; trained, so not left out
+            [stats_group(0.0, filtered=True)],
+            dict(trained=1, reward=0.5, format=1.0, zero_std_trained=1.0, zero_std_sampled=1.0, filtered=0.0),
+        ),
+        (  # a spread no reward could measure (NaN written as null), rewards and scores with no opinion
+            [stats_group(None, rewards=(None, 1.0), fmt=(None, None))],
+            dict(trained=1, reward=1.0, format=None, zero_std_trained=None, zero_std_sampled=None, filtered=0.0),
+        ),
+        (  # nothing trained: no means
+            [stats_group(0.3, trained=False)],
+            dict(trained=0, reward=None, format=None, zero_std_trained=None, zero_std_sampled=0.0, filtered=0.0),
+        ),
+    ],
+)
+def test_step_statistics(groups, expected):
+    (row,) = step_statistics([{"step": 7, "groups": groups}], ["format"])
+    found = {key: row[key] for key in expected if key != "format"} | {"format": row["scores"]["format"]}
+    assert found == pytest.approx(expected)
+    assert row["step"] == 7 and row["sampled"] == len(groups)
+    trained_lengths = [10, 20] if row["trained"] else []
+    assert row["length"] == (15.0 if trained_lengths else None)
+    assert row["max_length"] == (20 if trained_lengths else None)
+
+
+def test_step_statistics_of_the_run_follow_its_steps(run_folder):
+    rows = step_statistics(read_rollouts(run_folder), NAMES)
+    assert [(r["step"], r["sampled"], r["trained"]) for r in rows] == [(0, 2, 2), (10, 4, 3), (20, 1, 1)]
+    assert [r["reward"] for r in rows] == [2.0, 2.0, 2.0]  # 1, 3, 0, 4 in every group
+    assert [r["scores"] for r in rows] == [{"accuracy": 1.5, "format": 0.5}] * 3
+    assert [r["filtered"] for r in rows] == [0.0, 0.25, 0.0]
+
+
+def charts_of(page_text: str) -> list[str]:
+    return re.findall(r"<svg .*?</svg>", page_text, flags=re.DOTALL)
+
+
+def test_the_page_charts_every_logged_step_each_point_a_link_to_it(page):
+    text = page.read_text(encoding="utf-8")
+    charts = charts_of(text)
+    assert len(charts) == 4 and "Training over steps" in text
+    reward, components, spread, length = charts
+    assert reward.count('<circle class="point"') == 3  # steps 0, 10, 20
+    assert components.count('<circle class="point"') == 3 * len(NAMES)
+    assert spread.count('<circle class="point"') == 3 * 3  # trained, sampled, and left out: step 10 left one out
+    assert "left out (dynamic sampling)" in spread
+    assert length.count('<circle class="point"') == 3 * 2  # mean and longest
+    links = re.findall(r'<a href="([^"]*)">', "".join(charts))
+    assert sorted(set(links)) == ["#step=0", "#step=10", "#step=20"]
+    assert len(links) == 3 * (1 + 2 + 3 + 2)
+
+
+def test_one_logged_step_charts_one_point(tmp_path):
+    (tmp_path / "rollouts").mkdir()
+    line = json.dumps(group(40, 0, tmp_path / "absent.png"), ensure_ascii=False)
+    (tmp_path / "rollouts" / "step=40.jsonl").write_text(line + "\n", encoding="utf-8")
+    charts = charts_of(render_rollouts(tmp_path))
+    assert len(charts) == 4
+    for chart in charts:
+        assert "<polyline" not in chart and "no data" not in chart
+        assert chart.count("<circle") == chart.count('<a href="#step=40">') >= 1
+    assert "left out (dynamic sampling)" not in charts[2]  # nothing was: no line for it
+
+
 @needs_chromium
-def test_rollouts_screenshot_artifact(tmp_path, page):
-    screenshot_artifact(tmp_path, page.as_uri() + "#step=10", "rollouts.png", (1300, 1200))
+def test_the_current_steps_points_are_marked(tmp_path, page):
+    dom = dump(tmp_path, page, "#step=10")
+    assert dom.charts == 4
+    current = {link["href"] for link in dom.links if "current" in (link.get("class") or "").split()}
+    assert current == {"#step=10"}
+    assert sum(link["href"] == "#step=10" for link in dom.links) == 1 + 2 + 3 + 2  # every chart's point of step 10
+
+
+@needs_chromium
+def test_rollouts_screenshot_shows_the_charts(tmp_path, page):
+    boxes = screenshot_artifact(tmp_path, page.as_uri() + "#step=10", "rollouts.png", (1300, 1200))
+    assert len(boxes) == 4 and all(width > 200 and height > 150 for _, _, width, height in boxes)
+    assert all(top + height <= 1200 for _, top, _, height in boxes), "the charts are in the first screen"
+    with Image.open(ROOT / "test-artifacts" / "rollouts.png") as shot:
+        reward, components, spread, length = boxes
+        assert colour_pixels(shot, reward, PALETTE[0]) > 100  # the line and its points
+        for chart in (components, spread, length):  # a second (dashed) series in each
+            assert colour_pixels(shot, chart, PALETTE[0]) > 100 and colour_pixels(shot, chart, PALETTE[1]) > 50
+        assert colour_pixels(shot, spread, PALETTE[2]) > 50  # the groups left out

@@ -1,5 +1,6 @@
-"""The benchmarks and the GPU check run as files (``python benchmarks/bench_vs_trl.py``) from any folder, not only as
-modules from the repository root (``python -m benchmarks.bench_vs_trl``, which the benchmarks' own tests use)."""
+"""The benchmarks, the GPU check and the README's screenshots run as files (``python benchmarks/bench_vs_trl.py``)
+from any folder, not only as modules from the repository root (``python -m benchmarks.bench_vs_trl``, which the
+benchmarks' own tests use)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 
 from tests.helpers import ROOT
 
-SCRIPTS = sorted(ROOT.glob("benchmarks/bench_*.py")) + [ROOT / "scripts" / "gpu_check.py"]
+SCRIPTS = sorted(ROOT.glob("benchmarks/bench_*.py")) + [
+    ROOT / "scripts" / name for name in ("gpu_check.py", "screenshots.py")
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: f"{path.parent.name}/{path.name}")

@@ -8,6 +8,8 @@
   var statusSelect = document.getElementById("status");
   var container = document.getElementById("groups");
   var shown = document.getElementById("shown");
+  var trends = document.getElementById("trends");
+  var stepLinks = trends ? Array.prototype.slice.call(trends.querySelectorAll("a")) : [];
   var index = 0;
 
   function el(tag, className, text) {
@@ -15,6 +17,14 @@
     if (className) node.className = className;
     if (text !== undefined) node.textContent = text;
     return node;
+  }
+  function textOrEmpty(tag, className, text) {
+    // an empty text reads "(empty)", marked as such, rather than leaving an empty box
+    if (text === null || text === undefined || String(text).trim() === "") return el(tag, "empty", "(empty)");
+    return el(tag, className, text);
+  }
+  function stepOf(link) {
+    return new URLSearchParams((link.getAttribute("href") || "").replace(/^#/, "")).get("step");
   }
   function fmt(value) { return value === null || value === undefined ? "\u2013" : Number(value).toFixed(3); }
   function status(group) {
@@ -76,7 +86,7 @@
       side.appendChild(el("div", "label", "prompt " + group.prompt_id + " \u00b7 rank " + group.rank +
         " \u00b7 round " + group.round));
       side.appendChild(el("div", "label", state + " \u00b7 reward std " + fmt(group.reward_std)));
-      side.appendChild(el("div", "question", group.question));
+      side.appendChild(textOrEmpty("div", "question", group.question));
       if (group.answer !== null && group.answer !== undefined) side.appendChild(el("div", "answer",
         "answer: " + group.answer));
       section.appendChild(side);
@@ -112,7 +122,7 @@
         numbers.appendChild(document.createTextNode(parts.join(" \u00b7 ")));
         if (c.truncated) numbers.appendChild(el("span", "truncated", " \u00b7 truncated"));
         item.appendChild(numbers);
-        item.appendChild(el("pre", "", c.text));
+        item.appendChild(textOrEmpty("pre", "", c.text));
         list.appendChild(item);
       });
       section.appendChild(list);
@@ -130,6 +140,7 @@
     document.body.setAttribute("data-visible-completions", String(completionsShown));
     document.getElementById("prev").disabled = index === 0;
     document.getElementById("next").disabled = index === data.steps.length - 1;
+    stepLinks.forEach(function (link) { link.classList.toggle("current", stepOf(link) === String(step.step)); });
   }
   function go(to) { index = Math.max(0, Math.min(data.steps.length - 1, to)); render(); writeFragment(); }
   document.getElementById("prev").addEventListener("click", function () { go(index - 1); });
@@ -137,6 +148,15 @@
   stepSelect.addEventListener("change", function () { go(stepSelect.selectedIndex); });
   [component, minInput, maxInput, statusSelect].forEach(function (control) {
     control.addEventListener("change", function () { render(); writeFragment(); });
+  });
+  if (trends) trends.addEventListener("click", function (event) {
+    var link = event.target.closest("a");
+    if (!link) return;
+    var found = data.steps.findIndex(function (s) { return String(s.step) === stepOf(link); });
+    if (found < 0) return;
+    event.preventDefault();  // the link's fragment names the step alone: going there here keeps the filters
+    go(found);
+    document.getElementById("step-groups").scrollIntoView();
   });
   document.addEventListener("keydown", function (event) {
     if (event.target.tagName === "INPUT") return;
