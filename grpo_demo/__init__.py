@@ -1,8 +1,8 @@
-"""The offline demo: two random-weight vision-language models and a synthetic ViVQA-X dataset, in a package of its
-own beside ``grpo_lightning`` (which never imports it).
+"""The offline demo: two random-weight vision-language models (one of them also after a format-only warm-up) and a
+synthetic ViVQA-X dataset, in a package of its own beside ``grpo_lightning`` (which never imports it).
 
-``python -m grpo_demo --out DIR [--seed 0] [--num-train 64] [--num-val 16] [--force]``
-builds, deterministically (same seed -> byte-identical JSON files and identical weights), in a few seconds on a
+``python -m grpo_demo --out DIR [--seed 0] [--num-train 64] [--num-val 48] [--force]``
+builds, deterministically (same seed -> byte-identical JSON files and identical weights), in about 15 seconds on a
 laptop CPU and without any network access:
 
 ``DIR/models/tiny-internvl/``
@@ -12,6 +12,11 @@ laptop CPU and without any network access:
     after the 0.5 pixel shuffle), saved beside its ``InternVLProcessor`` (``GotOcr2ImageProcessor`` with dynamic
     tiling as InternVL3 does it, up to 4 tiles plus a thumbnail: the demo's 64-128 px pictures get 1, 3 or 5 tiles
     by size and aspect ratio; the tokenizer below; an InternVL3-style ChatML chat template).
+``DIR/models/tiny-internvl-cold-start/``
+    The same InternVL after a short supervised warm-up (:mod:`grpo_demo.cold_start`, about 10 s on 2 cores) on
+    tagged completions whose answers and explanations are drawn at random: it writes the three tags in order and
+    stops, and knows nothing of the pictures. ``configs/demo.yaml`` trains it, so that the format, accuracy and
+    explanation scores have somewhere to rise from in 100 steps.
 ``DIR/models/tiny-qwen2vl/``
     The same for ``Qwen2VLForConditionalGeneration`` (model_type ``qwen2_vl``) with a ``Qwen2VLProcessor`` whose
     ``min_pixels``/``max_pixels`` keep every image at a few dozen patches, and the Qwen2-VL chat template.
@@ -33,24 +38,28 @@ the answer-format prompt, with the real special tokens of each model family, and
 
 Why: the test suite and ``make demo`` must run offline, in seconds, on a CPU, yet exercise exactly the code paths
 (``AutoModelForImageTextToText`` / ``AutoProcessor``, chat templates, image placeholder expansion, ``generate``) of
-the real checkpoints. The models are untrained and produce random text; real users point the configs at hub
-checkpoints (``OpenGVLab/InternVL3-1B-hf``, ``Qwen/Qwen2-VL-2B-Instruct``) and the real ViVQA-X data. The builders
-take keyword size parameters so that a benchmark can build a bigger random model (e.g. 448-pixel tiles, ~50M
-parameters) with the same code; every such shape is in :mod:`grpo_demo.models`.
+the real checkpoints. The random models produce random text, the warmed-up one formatted guesses; real users point
+the configs at hub checkpoints (``OpenGVLab/InternVL3-1B-hf``, ``Qwen/Qwen2-VL-2B-Instruct``) and the real ViVQA-X
+data. The builders take keyword size parameters so that a benchmark can build a bigger random model (e.g.
+448-pixel tiles, ~50M parameters) with the same code; every such shape is in :mod:`grpo_demo.models`.
 
 Modules: ``layout`` (where each file lives), ``scenes`` (pictures, questions, the dataset), ``tokenizer`` (BPE
-training, special tokens, chat templates), ``models`` (builders and shapes), ``build`` (the whole build and its
-command line). The names below are the ones the tests, benchmarks and scripts use.
+training, special tokens, chat templates), ``models`` (builders and shapes), ``cold_start`` (the format-only
+warm-up), ``build`` (the whole build and its command line). The names below are the ones the tests, benchmarks and
+scripts use.
 """
 
-from grpo_demo.build import build_demo_assets, main
+from grpo_demo.build import DEMO_NUM_TRAIN, DEMO_NUM_VAL, build_demo_assets, main
+from grpo_demo.cold_start import ColdStart, cold_start, format_examples
 from grpo_demo.layout import (
     COMPLETE_MARKER,
+    INTERNVL_COLD_START_SUBDIR,
     INTERNVL_SUBDIR,
     QWEN2VL_SUBDIR,
     clip_config_path,
     data_dir,
     image_dir,
+    internvl_cold_start_path,
     internvl_path,
     is_complete,
     qwen2vl_path,
@@ -77,6 +86,9 @@ from grpo_demo.tokenizer import (
 )
 
 __all__ = [
+    "DEMO_NUM_TRAIN",
+    "DEMO_NUM_VAL",
+    "ColdStart",
     "ANSWER_TAGS",
     "COLORS",
     "COMPLETE_MARKER",
@@ -84,6 +96,7 @@ __all__ = [
     "INTERNVL3_1B_SHAPE",
     "INTERNVL_CHAT_TEMPLATE",
     "INTERNVL_SPECIAL_TOKENS",
+    "INTERNVL_COLD_START_SUBDIR",
     "INTERNVL_SUBDIR",
     "QWEN2VL_CHAT_TEMPLATE",
     "QWEN2VL_CPU_SHAPE",
@@ -96,10 +109,13 @@ __all__ = [
     "build_demo_assets",
     "build_tiny_internvl",
     "build_tiny_qwen2vl",
+    "cold_start",
     "clip_config_path",
     "data_dir",
     "default_corpus",
+    "format_examples",
     "image_dir",
+    "internvl_cold_start_path",
     "internvl_path",
     "is_complete",
     "main",

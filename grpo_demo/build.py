@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from grpo_demo.cold_start import cold_start
 from grpo_demo.layout import (
     CLIP_CONFIG_FILE,
     COMPLETE_MARKER,
     DATA_SUBDIR,
+    INTERNVL_COLD_START_SUBDIR,
     INTERNVL_SUBDIR,
     QWEN2VL_SUBDIR,
     image_dir,
@@ -27,10 +29,14 @@ from grpo_demo.scenes import write_dataset
 from grpo_demo.tokenizer import default_corpus
 from grpo_lightning import quiet_deepspeed_without_cuda
 
+#: The demo's dataset: 64 training questions (on 32 pictures) and 48 validation questions (on 24), which
+#: ``configs/demo.yaml`` validates on whole (its ``limit_val_batches`` x ``val_batch_size``).
+DEMO_NUM_TRAIN, DEMO_NUM_VAL = 64, 48
+
 
 def _summary(root: Path, meta: dict[str, Any]) -> str:
     lines = [f"demo assets in {root} (seed {meta['seed']}, built in {meta['build_seconds']:.1f} s)"]
-    for key in ("internvl", "qwen2vl"):
+    for key in ("internvl", "internvl_cold_start", "qwen2vl"):
         m = meta["models"][key]
         lines.append(f"  {root / m['path']}: {m['class']}, {m['parameters']:,} parameters, vocab {m['vocab_size']}")
     d = meta["data"]
@@ -50,9 +56,10 @@ def _build_in_place(root: Path, *, seed: int, num_train: int, num_val: int) -> d
         splits = write_dataset(staging / DATA_SUBDIR, seed=seed, num_train=num_train, num_val=num_val)
         corpus = default_corpus([r for split in ("train", "val") for r in splits[split]])
         build_tiny_internvl(staging / INTERNVL_SUBDIR, seed=seed, corpus=corpus)
+        cold_start(staging / INTERNVL_SUBDIR, staging / INTERNVL_COLD_START_SUBDIR, seed=seed)
         build_tiny_qwen2vl(staging / QWEN2VL_SUBDIR, seed=seed, corpus=corpus)
         write_tiny_clip_config(staging / CLIP_CONFIG_FILE)
-        for sub in (INTERNVL_SUBDIR, QWEN2VL_SUBDIR, CLIP_CONFIG_FILE, DATA_SUBDIR):
+        for sub in (INTERNVL_SUBDIR, INTERNVL_COLD_START_SUBDIR, QWEN2VL_SUBDIR, CLIP_CONFIG_FILE, DATA_SUBDIR):
             target = root / sub
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
@@ -68,7 +75,11 @@ def _marker_content(root: Path, seed: int, splits: dict[str, list[dict[str, Any]
     builds with the same seed are byte-identical, marker included."""
     return {
         "seed": seed,
-        "models": {"internvl": _model_meta(root, INTERNVL_SUBDIR), "qwen2vl": _model_meta(root, QWEN2VL_SUBDIR)},
+        "models": {
+            "internvl": _model_meta(root, INTERNVL_SUBDIR),
+            "internvl_cold_start": _model_meta(root, INTERNVL_COLD_START_SUBDIR),
+            "qwen2vl": _model_meta(root, QWEN2VL_SUBDIR),
+        },
         "data": {
             "train_json": str(split_json_path(root, "train").relative_to(root)),
             "val_json": str(split_json_path(root, "val").relative_to(root)),
@@ -86,8 +97,8 @@ def build_demo_assets(
     out: str | os.PathLike,
     *,
     seed: int = 0,
-    num_train: int = 64,
-    num_val: int = 16,
+    num_train: int = DEMO_NUM_TRAIN,
+    num_val: int = DEMO_NUM_VAL,
     force: bool = False,
 ) -> dict[str, Any]:
     """Build everything under ``out`` (the layout in ``grpo_demo``'s docstring) and return a summary dict.
@@ -147,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="output folder, e.g. assets/demo")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=64, help="number of train samples (questions)")
-    parser.add_argument("--num-val", type=int, default=16, help="number of val samples (questions)")
+    parser.add_argument("--num-train", type=int, default=DEMO_NUM_TRAIN, help="number of train samples (questions)")
+    parser.add_argument("--num-val", type=int, default=DEMO_NUM_VAL, help="number of val samples (questions)")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT/.complete exists")
     args = parser.parse_args(argv)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 COMPLETE_MARKER = ".complete"
 INTERNVL_SUBDIR = "models/tiny-internvl"
+INTERNVL_COLD_START_SUBDIR = "models/tiny-internvl-cold-start"
 QWEN2VL_SUBDIR = "models/tiny-qwen2vl"
 CLIP_CONFIG_FILE = "models/tiny-clip.json"
 
@@ -24,6 +25,12 @@ SPLIT_IMAGE_DIRS = {"train": "train2014", "val": "val2014"}
 def internvl_path(root: str | os.PathLike) -> Path:
     """``root/models/tiny-internvl``: the tiny InternVL checkpoint (model + processor)."""
     return Path(root) / INTERNVL_SUBDIR
+
+
+def internvl_cold_start_path(root: str | os.PathLike) -> Path:
+    """``root/models/tiny-internvl-cold-start``: the tiny InternVL after the format-only warm-up
+    (:mod:`grpo_demo.cold_start`), the model the demo trains."""
+    return Path(root) / INTERNVL_COLD_START_SUBDIR
 
 
 def qwen2vl_path(root: str | os.PathLike) -> Path:

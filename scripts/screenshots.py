@@ -9,8 +9,8 @@ pictures name it as the repository root does. The script writes, in ``--out``:
 - ``evaluation_report.png``: ``python -m grpo_lightning predict`` with the run's ``checkpoints/last.ckpt`` on the
   demo's validation split, then ``python -m grpo_lightning.evaluate --html`` on those predictions;
 - ``tensorboard.png``: TensorBoard's scalars page over the run, the reward, its components, the groups without a
-  spread, the completion length and the validation accuracy (TensorBoard runs on a free local port while the
-  script runs).
+  spread, the completion length and the validation's accuracy, format and CIDEr-D (TensorBoard runs on a free
+  local port while the script runs).
 
 Everything runs offline, on the CPU, with Debian's headless ``chromium`` (``apt-get install -y chromium``) and the
 Python that runs this script (its environment must have the package and TensorBoard: ``.venv``). Run it from any
@@ -41,7 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 300_000
 
 #: The scalars TensorBoard's page shows (a regular expression over the tags).
-TENSORBOARD_TAGS = r"train/(reward$|rewards/|frac_reward_zero_std|completion_length/mean)|val/accuracy"
+TENSORBOARD_TAGS = (
+    r"train/(reward$|rewards/|frac_reward_zero_std|completion_length/mean)"
+    r"|val/(accuracy|rewards/format|unfiltered/CIDEr)$"
+)
 
 #: TensorBoard's colour for a run's lines, by which the script sees that the charts have been drawn.
 TENSORBOARD_LINE = (255, 112, 67)

@@ -37,7 +37,8 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> Path:
-    """Tiny InternVL and Qwen2-VL checkpoints and a synthetic ViVQA-X dataset (the `make demo` layout)."""
+    """Tiny InternVL (random, and after the format-only cold start) and Qwen2-VL checkpoints and a synthetic ViVQA-X
+    dataset: the `make demo` assets."""
     root = tmp_path_factory.mktemp("demo-assets")
     grpo_demo.build_demo_assets(root, seed=0, num_train=64, num_val=16)
     # not part of the demo: the third supported family, for the tests that run every family

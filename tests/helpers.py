@@ -239,16 +239,18 @@ def grpo_run(assets: Path, data_kwargs: dict[str, str], tmp_path_factory: pytest
 
 # ------------------------------------------------------------------------------------------------ command line
 def fit_args(assets: Path, tmp_path: Path, *extra: str) -> list[str]:
-    """``fit`` of ``configs/demo.yaml`` for 4 short steps on the demo's training split, without validation,
-    checkpoints, reference model or callbacks, logged under ``tmp_path / "logs"``; then ``extra``."""
+    """``fit`` of ``configs/demo.yaml`` for 4 short steps of the random model (rewarded by ``tag_count`` and ``format``)
+    on the demo's training split, without validation, checkpoints, reference model or callbacks, logged under
+    ``tmp_path / "logs"``; then ``extra``."""
     args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml")]
     args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--data.train_file", str(grpo_demo.split_json_path(assets, "train"))]
     args += ["--data.train_image_dir", str(grpo_demo.image_dir(assets, "train")), "--data.val_file", "null"]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--trainer.max_steps", "4"]
     args += ["--model.sampling.num_generations", "2", "--model.sampling.max_completion_length", "4"]
-    args += ["--data.batch_size", "2"]
-    args += ["--model.loss.beta", "0", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"]
+    args += ["--data.batch_size", "2", "--model.rewards.funcs", "[tag_count, format]"]
+    args += ["--model.rewards.weights", "null", "--model.rewards.kwargs", "null", "--model.loss.beta", "0"]
+    args += ["--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"]
     return [*args, *extra]
 
 
@@ -290,6 +292,7 @@ def fit_on_two_processes(
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
     args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--model.rewards.funcs", f"[{reward}]", "--model.rewards.weights", "null"]
+    args += ["--model.rewards.kwargs", "null"]
     args += ["--model.sampling.num_generations", str(num_generations), "--model.sampling.max_completion_length", "8"]
     args += ["--data.batch_size", "4", "--data.val_file", "null"]
     for key, value in data_kwargs.items():

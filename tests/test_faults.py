@@ -74,6 +74,7 @@ def demo_args(
     ]
     args += ["--model.model_name_or_path", str(grpo_demo.internvl_path(assets))]
     args += ["--model.rewards.funcs", "[tests.test_faults:faulty_reward]", "--model.rewards.weights", "null"]
+    args += ["--model.rewards.kwargs", "null"]
     args += ["--model.sampling.num_generations", "4", "--model.sampling.max_completion_length", "8"]
     args += ["--data.batch_size", "2", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false"]
     args += ["--trainer.max_steps", str(max_steps), "--trainer.logger.init_args.save_dir", str(save_dir)]

@@ -33,6 +33,7 @@ def fit(assets, data_kwargs, save_dir: Path, overlay: Path, max_steps: int, *ext
         "--model.model_name_or_path": str(grpo_demo.internvl_path(assets)),
         "--model.rewards.funcs": "[tests.helpers:characters_reward]",
         "--model.rewards.weights": "[1.0]",
+        "--model.rewards.kwargs": "null",
         "--model.sampling.num_generations": "4",
         "--model.sampling.max_completion_length": "12",
         "--data.batch_size": "2",
