@@ -4,7 +4,7 @@ Each group is a typed dataclass; jsonargparse turns a dataclass-typed argument i
 ``sampling: SamplingConfig`` is ``--model.sampling.temperature`` on the command line and
 ``model: {sampling: {temperature: 1.0}}`` in YAML. A group checks its own values when it is built.
 
-An option that picks a registered variant (``loss.loss_type``, ``loss.scale_rewards``,
+An option that picks a registered variant (``loss.loss_type``, ``loss.policy_loss``, ``loss.scale_rewards``,
 ``loss.importance_sampling_level``, ``rewards.aggregation``, ``evaluation.protocol``; ``rollout_engine`` on the
 module) is a ``str`` checked against its :class:`~grpo_lightning.registry.Registry`: the registry is the one list of
 choices, so a variant registered before the config is read is selectable from YAML, and an unknown name is refused
