@@ -17,7 +17,9 @@ and the trainer minimises ``pg_loss + beta * approx_kl`` per token, where
   std (GRPO), the batch std, or nothing (Dr. GRPO, Liu et al. 2025);
 * :func:`clipped_surrogate` gives the per-token ``pg_loss`` (PPO clip; eps_high > eps_low is the DAPO
   clip-higher of Yu et al. 2025; ``delta`` the two-sided clip of INTELLECT-2); its ratio is per token (GRPO), per
-  sequence (GSPO, Zheng et al. 2025) or GSPO-token's (:data:`IMPORTANCE_SAMPLING_LEVELS`);
+  sequence (GSPO, Zheng et al. 2025) or GSPO-token's (:data:`IMPORTANCE_SAMPLING_LEVELS`); ``dual_clip`` bounds
+  a negative-advantage token's loss (dual-clip PPO, Ye et al. 2020). It is the ``ppo`` entry of
+  :data:`POLICY_LOSSES` (``loss.policy_loss``), beside CISPO, SAPO and GMPO (:mod:`grpo_lightning.policy_losses`);
 * :func:`kl_k3` gives ``approx_kl``, the k3 estimator of KL(pi_theta || pi_ref) (Schulman 2020,
   "Approximating KL divergence");
 * :func:`aggregate_loss` reduces the (B, T) per-token loss to a scalar. The variants differ only in the
@@ -41,7 +43,7 @@ Simplified, on purpose:
 * outcome rewards only: one scalar reward per completion, its advantage broadcast to every token (no
   process supervision, no value function, no GAE);
 * one KL estimator (k3), added to the loss per token, not to the reward;
-* no dual-clip (the two-sided ``delta`` clip only), no entropy bonus; the importance-sampling correction for a
+* no entropy bonus; the importance-sampling correction for a
   separate generation engine is weights the caller computes (``grpo_loss``'s ``importance_weights``);
 * distributed statistics are the caller's job: ``batch`` reward scaling uses the std of the rewards it is given,
   and a loss whose normaliser is ``"global_tokens"`` (``dapo``) is given the global token count.
@@ -56,6 +58,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
+from grpo_lightning.policy_losses import cispo_loss, gmpo_loss, sapo_loss
 from grpo_lightning.registry import Registry
 
 if TYPE_CHECKING:
@@ -65,6 +68,7 @@ __all__ = [
     "ADVANTAGE_SCALERS",
     "IMPORTANCE_SAMPLING_LEVELS",
     "LOSS_AGGREGATORS",
+    "POLICY_LOSSES",
     "BatchTotals",
     "LossAggregation",
     "LossNormaliser",
@@ -95,6 +99,8 @@ AdvantageScaler = Callable[[Tensor, Tensor, float], Tensor]
 LossAggregator = Callable[[Tensor, Tensor, int, float | Tensor, int | None], Tensor]
 # (logps (B, T), old_logps (B, T), mask (B, T)) -> log importance ratio (B, T)
 ImportanceRatio = Callable[[Tensor, Tensor, Tensor], Tensor]
+# (logps (B, T), old_logps (B, T), advantages (B,), mask (B, T), config) -> (per-token policy loss (B, T), statistics)
+PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, "LossConfig"], tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,9 @@ ADVANTAGE_SCALERS: Registry[AdvantageScaler] = Registry("scale_rewards")
 LOSS_AGGREGATORS: Registry[LossAggregation] = Registry("loss_type")
 #: ``loss.importance_sampling_level``: how :func:`clipped_surrogate` forms the importance ratio.
 IMPORTANCE_SAMPLING_LEVELS: Registry[ImportanceRatio] = Registry("importance_sampling_level")
+#: ``loss.policy_loss``: the per-token policy term that :func:`grpo_loss` aggregates (``ppo``, ``cispo``, ``sapo``,
+#: ``gmpo``).
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy_loss")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -290,6 +299,7 @@ def clipped_surrogate(
     epsilon_high: float | None = None,
     *,
     delta: float | None = None,
+    dual_clip: float | None = None,
     importance_sampling_level: str = "token",
     mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -309,28 +319,35 @@ def clipped_surrogate(
     ``advantages`` are constants of the update (detached here); with one step per rollout pass
     ``old_logps = logps.detach()``: every ratio is 1, the gradient the plain policy gradient at every level.
 
+    ``dual_clip`` is dual-clip PPO's ``c`` (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep
+    Reinforcement Learning", arXiv 1912.09729, eq. 4; verl's ``clip_ratio_c``, default 3.0; EasyR1's
+    ``clip_ratio_dual``): a negative-advantage token's loss is ``min(max(-A * ratio, -A * clip(ratio)), -c * A)``,
+    bounded by ``-c * A``, so a token whose ratio grew past ``c`` stops contributing a gradient (its loss the constant
+    bound). It does the job of ``delta`` in another way; the two are not combined.
+
     Args:
         logps, old_logps: (B, T) log-probs of the sampled tokens under the current policy and the sampling one.
         advantages: (B,) one advantage per sequence, broadcast over its tokens.
         epsilon_low, epsilon_high: the clip range ``[1 - epsilon_low, 1 + epsilon_high]`` (``epsilon_high`` None:
             ``epsilon_low``).
         delta: bound of the unclipped ratio of negative-advantage tokens, above ``1 + epsilon_high``; None: off.
+        dual_clip: dual-clip PPO's bound ``c > 1`` of negative-advantage tokens' loss; None: off.
         mask: (B, T) the tokens a sequence ratio averages over; None: every token.
 
     Returns:
         ``(per_token_loss, clipped)``: the (B, T) loss (unmasked, for :func:`aggregate_loss`) and (B, T) bool masks
         of the tokens whose gradient a clip removes: ``clip_low`` (``ratio < 1 - epsilon_low``, ``A < 0``),
         ``clip_high`` (``ratio > 1 + epsilon_high``, ``A > 0``) and, with ``delta``, ``clip_delta`` (``ratio >
-        delta``, ``A < 0``).
+        delta``, ``A < 0``); with ``dual_clip``, ``clip_ratio/dual`` (the dual bound is active: ``A < 0`` and
+        ``max(-A * ratio, -A * clip(ratio)) > -c * A``).
 
-    Raises ValueError on mismatched shapes, a negative clip range, ``delta <= 1 + epsilon_high``, an unknown level.
+    Raises ValueError on mismatched shapes, a negative clip range, ``delta <= 1 + epsilon_high``, ``dual_clip <= 1``
+    or with ``delta``, an unknown level.
     """
-    log_ratio_of = IMPORTANCE_SAMPLING_LEVELS[importance_sampling_level]
     epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
-    _check_clip_ranges(epsilon_low, epsilon_high, delta)
-    mask = _check_surrogate_shapes(logps, old_logps, advantages, mask)
-    advantages = advantages.detach().unsqueeze(1)
-    ratio = torch.exp(log_ratio_of(logps, old_logps.detach(), mask))
+    _check_clip_ranges(epsilon_low, epsilon_high, delta, dual_clip)
+    log_ratio, advantages = _log_ratio(logps, old_logps, advantages, mask, importance_sampling_level)
+    ratio = torch.exp(log_ratio)
     clipped_ratio = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
     unclipped_ratio = ratio if delta is None else torch.clamp(ratio, max=delta)
     # -min(a, b) == max(-a, -b): the pessimistic (lower) bound of the surrogate objective.
@@ -341,14 +358,75 @@ def clipped_surrogate(
     }
     if delta is not None:
         clipped["clip_delta"] = (ratio > delta) & (advantages < 0)
+    if dual_clip is not None:
+        bound = -dual_clip * advantages
+        negative = advantages < 0
+        clipped["clip_ratio/dual"] = negative & (pg_loss > bound)
+        pg_loss = torch.where(negative, torch.minimum(pg_loss, bound), pg_loss)
     return pg_loss, clipped
 
 
-def _check_clip_ranges(epsilon_low: float, epsilon_high: float, delta: float | None) -> None:
+def _check_clip_ranges(epsilon_low: float, epsilon_high: float, delta: float | None, dual_clip: float | None) -> None:
     if epsilon_low < 0 or epsilon_high < 0:
         raise ValueError(f"clip ranges must be >= 0, got epsilon_low={epsilon_low}, epsilon_high={epsilon_high}")
     if delta is not None and not delta > 1.0 + epsilon_high:
         raise ValueError(f"delta must be above 1 + epsilon_high = {1.0 + epsilon_high}, got {delta}")
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"dual_clip must be above 1 (dual-clip PPO's c), got {dual_clip}")
+    if dual_clip is not None and delta is not None:
+        raise ValueError("dual_clip and delta both bound negative-advantage tokens; give one of them")
+
+
+def _log_ratio(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor | None, importance_sampling_level: str
+) -> tuple[Tensor, Tensor]:
+    """The (B, T) log importance ratio of the registered level and the (B, 1) detached advantages, shapes checked."""
+    log_ratio_of = IMPORTANCE_SAMPLING_LEVELS[importance_sampling_level]
+    mask = _check_surrogate_shapes(logps, old_logps, advantages, mask)
+    return log_ratio_of(logps, old_logps.detach(), mask), advantages.detach().unsqueeze(1)
+
+
+@POLICY_LOSSES.register("ppo")
+def _ppo_policy_loss(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, config: LossConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped surrogate (:func:`clipped_surrogate`), with the config's clip ranges, ``delta``, ``dual_clip``
+    and importance-sampling level."""
+    return clipped_surrogate(
+        logps, old_logps, advantages, config.epsilon_low, config.epsilon_high, delta=config.delta,
+        dual_clip=config.dual_clip, importance_sampling_level=config.importance_sampling_level, mask=mask,
+    )  # fmt: skip
+
+
+@POLICY_LOSSES.register("cispo")
+def _cispo_policy_loss(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, config: LossConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO (:func:`~grpo_lightning.policy_losses.cispo_loss`) on the ratio of the configured level, its weight
+    capped at ``cispo_max_weight``."""
+    log_ratio, advantages = _log_ratio(logps, old_logps, advantages, mask, config.importance_sampling_level)
+    return cispo_loss(logps, log_ratio, advantages, config.cispo_max_weight)
+
+
+@POLICY_LOSSES.register("sapo")
+def _sapo_policy_loss(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, config: LossConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """SAPO (:func:`~grpo_lightning.policy_losses.sapo_loss`) on the ratio of the configured level."""
+    log_ratio, advantages = _log_ratio(logps, old_logps, advantages, mask, config.importance_sampling_level)
+    return sapo_loss(log_ratio, advantages, config.sapo_temperature_pos, config.sapo_temperature_neg)
+
+
+@POLICY_LOSSES.register("gmpo")
+def _gmpo_policy_loss(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, config: LossConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GMPO (:func:`~grpo_lightning.policy_losses.gmpo_loss`) on the token ratios (it forms its own sequence
+    ratio), clipped in log space to ``[-epsilon_low, epsilon_high]``."""
+    epsilon_high = config.epsilon_low if config.epsilon_high is None else config.epsilon_high
+    log_ratio, advantages = _log_ratio(logps, old_logps, advantages, mask, "token")
+    mask = torch.ones_like(logps, dtype=torch.bool) if mask is None else mask
+    return gmpo_loss(log_ratio, advantages, mask, config.epsilon_low, epsilon_high)
 
 
 def _check_surrogate_shapes(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor | None) -> Tensor:
@@ -558,8 +636,9 @@ def grpo_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss of a batch or micro-batch, and its token statistics (DeepSeekMath, Shao et al. 2024, eq. 3).
 
-    ``per_token_loss = pg_loss + beta * approx_kl`` (:func:`clipped_surrogate` with the config's clip ranges,
-    ``delta`` and ``importance_sampling_level``; :func:`kl_k3`), reduced by :func:`aggregate_loss` with the
+    ``per_token_loss = pg_loss + beta * approx_kl`` (``pg_loss`` the registered ``config.policy_loss``,
+    :data:`POLICY_LOSSES`: by default ``ppo``, :func:`clipped_surrogate` with the config's clip ranges, ``delta``,
+    ``dual_clip`` and ``importance_sampling_level``; :func:`kl_k3`), reduced by :func:`aggregate_loss` with the
     normaliser of ``config.loss_type`` and the counts of ``totals``. The options come as the typed ``LossConfig``,
     whole: an option of the objective is a field there and its use here.
 
@@ -579,17 +658,16 @@ def grpo_loss(
         entropy: (B, T) the policy's entropy per token, for the statistics only (None: left out).
         policy_mask, importance_weights: (B, T) (None: every token of ``mask``; weight 1); totals: :class:`BatchTotals`.
 
-    Returns ``(loss, stats)``: the scalar to backpropagate, and detached token means ``clip_low``, ``clip_high`` (and
-    ``clip_delta`` with ``delta``), ``kl`` (with ``ref_logps``), ``entropy`` (with ``entropy``), and ``loss``. Raises
+    Returns ``(loss, stats)``: the scalar to backpropagate, and detached token means of the policy loss's statistics
+    (``ppo``: ``clip_low``, ``clip_high``, ``clip_delta`` with ``delta``, ``clip_ratio/dual`` with ``dual_clip``;
+    ``cispo``: ``clip_ratio/cispo``; ``sapo``: ``sapo/gate``; ``gmpo``: ``clip_ratio/gmpo``), ``kl`` (with
+    ``ref_logps``), ``entropy`` (with ``entropy``), and ``loss``. Raises
     ValueError on mismatched shapes, ``beta > 0`` without ``ref_logps``, or what the functions it calls refuse.
     """
     if config.beta > 0 and ref_logps is None:
         raise ValueError(f"beta={config.beta} weighs a KL term, which needs ref_logps; pass them, or set beta=0")
     old_logps = logps.detach() if old_logps is None else old_logps
-    pg_loss, observed = clipped_surrogate(
-        logps, old_logps, advantages, config.epsilon_low, config.epsilon_high,
-        delta=config.delta, importance_sampling_level=config.importance_sampling_level, mask=mask,
-    )  # fmt: skip
+    pg_loss, observed = POLICY_LOSSES[config.policy_loss](logps, old_logps, advantages, mask, config)
     per_token_loss = pg_loss = _importance_weighted(_policy_tokens_only(pg_loss, policy_mask), importance_weights)
     if ref_logps is not None:
         observed["kl"] = approx_kl = kl_k3(logps, ref_logps)

@@ -4,7 +4,7 @@ Each group is a typed dataclass; jsonargparse turns a dataclass-typed argument i
 ``sampling: SamplingConfig`` is ``--model.sampling.temperature`` on the command line and
 ``model: {sampling: {temperature: 1.0}}`` in YAML. A group checks its own values when it is built.
 
-An option that picks a registered variant (``loss.loss_type``, ``loss.scale_rewards``,
+An option that picks a registered variant (``loss.loss_type``, ``loss.policy_loss``, ``loss.scale_rewards``,
 ``loss.importance_sampling_level``, ``rewards.aggregation``, ``evaluation.protocol``; ``rollout_engine`` on the
 module) is a ``str`` checked against its :class:`~grpo_lightning.registry.Registry`: the registry is the one list of
 choices, so a variant registered before the config is read is selectable from YAML, and an unknown name is refused
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Literal
 
-from grpo_lightning.algorithms import ADVANTAGE_SCALERS, IMPORTANCE_SAMPLING_LEVELS, LOSS_AGGREGATORS
+from grpo_lightning.algorithms import ADVANTAGE_SCALERS, IMPORTANCE_SAMPLING_LEVELS, LOSS_AGGREGATORS, POLICY_LOSSES
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.metrics import PROTOCOLS
 from grpo_lightning.rewards import AGGREGATIONS
@@ -168,6 +168,22 @@ class LossConfig:
             Needs ``beta > 0`` and full fine-tuning (with LoRA the reference is the base model itself). Checkpoints
             then hold the reference's weights too (``reference_state_dict``), and a resumed run continues from them.
         ref_sync_alpha: the policy's share in that mix (1.0: the reference becomes a copy of the policy).
+        policy_loss: the per-token policy term, apart from its aggregation (``loss_type``), so that each choice is one
+            step of the loss and any pair composes: ``ppo`` (the clipped surrogate above), ``cispo`` (MiniMax-M1, arXiv
+            2506.13585, TRL's ``cispo``: REINFORCE with the importance weight capped at ``cispo_max_weight``, stop
+            gradient), ``sapo`` (arXiv 2511.20347, TRL's ``sapo``: a sigmoid gate of temperature
+            ``sapo_temperature_pos``/``sapo_temperature_neg`` instead of the clip) or ``gmpo`` (arXiv 2507.20673,
+            verl's ``geo_mean``: the geometric mean of the sequence's token ratios, each clipped in log space to
+            ``[-epsilon_low, epsilon_high]``, the paper's 0.4 and 0.4; token level and ``loss_type: grpo`` only).
+            ``delta`` and ``dual_clip`` belong to ``ppo``; ``epsilon_*`` are unused by ``cispo`` and ``sapo``.
+        dual_clip: dual-clip PPO's c (Ye et al. 2020, arXiv 1912.09729; verl's ``clip_ratio_c``, EasyR1's
+            ``clip_ratio_dual``, both 3.0): a negative-advantage token's loss is at most ``-c * A``, so it stops pushing
+            once its ratio passes c (None: off; must exceed 1; not with ``delta``). Logged as ``clip_ratio/dual``.
+        cispo_max_weight: ``cispo``'s cap of the importance weight (TRL's ``epsilon_high`` with ``cispo``, ScaleRL's
+            epsilon_max, recommended 5.0). Logged: ``clip_ratio/cispo``, the tokens whose weight was capped.
+        sapo_temperature_pos: ``sapo``'s gate temperature for positive advantages (TRL's default 1.0).
+        sapo_temperature_neg: ``sapo``'s gate temperature for the other advantages (TRL's default 1.05). Logged:
+            ``sapo/gate``, the mean factor the gate scales the policy gradient by (1 on-policy).
     """
 
     beta: float = 0.04
@@ -184,11 +200,17 @@ class LossConfig:
     top_entropy_quantile: float = 1.0
     ref_sync_steps: int = 0
     ref_sync_alpha: float = 0.6
+    policy_loss: str = "ppo"
+    dual_clip: float | None = None
+    cispo_max_weight: float = 5.0
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
 
     def __post_init__(self) -> None:
         ADVANTAGE_SCALERS.check(self.scale_rewards, "model.loss.scale_rewards")
         LOSS_AGGREGATORS.check(self.loss_type, "model.loss.loss_type")
         IMPORTANCE_SAMPLING_LEVELS.check(self.importance_sampling_level, "model.loss.importance_sampling_level")
+        POLICY_LOSSES.check(self.policy_loss, "model.loss.policy_loss")
         if self.num_iterations < 1 or self.micro_batch_size < 1:
             raise ConfigError(
                 f"loss.num_iterations ({self.num_iterations}) and loss.micro_batch_size ({self.micro_batch_size}) "
@@ -218,11 +240,52 @@ class LossConfig:
             raise ConfigError(f"loss.ref_sync_steps must be 0 (never) or a number of steps, not {self.ref_sync_steps}.")
         if not 0.0 < self.ref_sync_alpha <= 1.0:
             raise ConfigError(f"loss.ref_sync_alpha must be in (0, 1], not {self.ref_sync_alpha}.")
+        self._check_policy_loss()
         if self.ref_sync_steps and self.beta == 0:
             raise ConfigError(
                 "loss.ref_sync_steps is set but loss.beta is 0: with no KL term there is no reference model to "
                 "update. Set loss.beta above 0, or loss.ref_sync_steps to 0."
             )
+
+    def _check_policy_loss(self) -> None:
+        """Refuse the policy-loss options out of range, and the pairs that do not compose."""
+        if self.dual_clip is not None and not self.dual_clip > 1.0:
+            raise ConfigError(
+                f"loss.dual_clip ({self.dual_clip}) must be above 1: it bounds a negative-advantage token's loss at "
+                "-dual_clip * A, past the clip range (verl's default is 3.0). Raise it, or remove it."
+            )
+        if self.dual_clip is not None and self.delta is not None:
+            raise ConfigError(
+                "loss.dual_clip and loss.delta both bound the loss of negative-advantage tokens whose ratio has grown; "
+                "set one of them."
+            )
+        for name in ("cispo_max_weight", "sapo_temperature_pos", "sapo_temperature_neg"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"loss.{name} must be above 0, not {getattr(self, name)}.")
+        if self.policy_loss == "ppo":
+            return
+        for name in ("delta", "dual_clip"):
+            if getattr(self, name) is not None:
+                raise ConfigError(
+                    f"loss.{name} is an option of loss.policy_loss: ppo (the clipped surrogate), not of "
+                    f"loss.policy_loss: {self.policy_loss}. Remove loss.{name}, or set loss.policy_loss: ppo."
+                )
+        if self.policy_loss != "gmpo":
+            return
+        refused = {
+            "importance_sampling_level": (self.importance_sampling_level != "token", "token", "GMPO forms its own "
+                                          "sequence ratio, the geometric mean of the clipped token ratios"),
+            "loss_type": (self.loss_type != "grpo", "grpo", "GMPO's objective is a mean over sequences; a token-sum "
+                          "aggregation would weigh each sequence by its length"),
+            "top_entropy_quantile": (self.top_entropy_quantile < 1.0, "1.0", "GMPO's loss is one per sequence, not "
+                                     "one per token that a token selection could keep"),
+        }  # fmt: skip
+        for name, (wrong, needed, why) in refused.items():
+            if wrong:
+                raise ConfigError(
+                    f"loss.policy_loss: gmpo with loss.{name}: {getattr(self, name)}: {why}. Set loss.{name}: "
+                    f"{needed}, or another loss.policy_loss."
+                )
 
 
 @dataclass(frozen=True)
