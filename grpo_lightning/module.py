@@ -116,7 +116,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         lora, image = as_group("lora", lora), as_group("image", image)
         logging, evaluation = as_group("logging", logging), as_group("evaluation", evaluation)
         vllm = as_group("vllm", vllm)
-        check_option_groups(rewards, loss)
+        check_option_groups(rewards, loss, sampling)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Groups as plain dicts: what checkpoints store (loadable with weights_only) and the command line parses.
         self.save_hyperparameters(plain_hyperparameters(self.hparams))
@@ -253,11 +253,13 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         step, seconds = self.global_step, {}  # the optimizer steps before this one
         sampled = self.rollouts.sample_rounds(batch, seconds)
         trained = self.rollouts.trained_groups(sampled)
-        with self.timed("reward", seconds):  # a completion no reward scored has no reward: advantage 0
-            advantages = self.update.advantages(mark_unscored(trained.rewards, trained.per_func))
         with self.timed("reference", seconds):
             ref_logps = self.reference_logps(trained.rollout)
             old_logps = self.update.old_logps(trained.rollout)
+        with self.timed("reward", seconds):  # a completion no reward scored has no reward: advantage 0
+            rewards = mark_unscored(trained.rewards, trained.per_func)
+            rewards = self.update.rewards_with_kl(rewards, trained.rollout, ref_logps, old_logps)
+            advantages = self.update.advantages(rewards)
         with self.timed("update", seconds):
             stats = self.update.optimize(trained.rollout, advantages, ref_logps, old_logps)
         self.log_step(step, sampled, trained, advantages, stats, seconds)
