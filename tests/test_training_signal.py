@@ -41,6 +41,9 @@ OPTIONS = {
     ("loss", "ref_sync_alpha"): 0.9,
     ("rewards", "aggregation"): "normalize_then_sum",
     ("loss", "scale_rewards"): "batch",  # what normalize_then_sum (GDPO) needs
+    ("loss", "kl_estimator"): "k2",
+    ("loss", "kl_in_reward"): True,
+    ("loss", "advantage_estimator"): "rloo",  # RLOO whitened over the batch, as GDPO's batch normalisation
 }
 
 
@@ -51,7 +54,8 @@ def test_fit_help_documents_every_training_signal_option(capsys):
     out = " ".join(capsys.readouterr().out.split())  # help wraps its lines
     for group, name in OPTIONS:
         assert f"--model.{group}.{name} " in out, name
-    for words in ("two-sided clipping", "GSPO-token", "overlong filtering", "Wang et al. 2025", "TR-DPO", "GDPO"):
+    cited = ("two-sided clipping", "GSPO-token", "overlong filtering", "Wang et al. 2025", "TR-DPO", "GDPO", "k3+")
+    for words in cited + ("use_kl_in_reward", "REINFORCE++", "grpo_passk"):
         assert words in out, words
 
 
