@@ -5,9 +5,11 @@ One training step, on B prompts (image + question), reads as :meth:`GRPOModule.t
 1. rollout: sample G = ``num_generations`` completions per prompt with the rollout engine, and score them with the
    reward functions; with dynamic sampling, groups of equal rewards are left out and further prompts sampled until B
    groups have a spread (:class:`~grpo_lightning.stages.rollout.RolloutStage`);
-2. advantage: normalise rewards within each prompt's group (:class:`~grpo_lightning.stages.update.PolicyUpdate`);
-3. reference: the KL reference's log-probs (:class:`~grpo_lightning.stages.reference.ReferencePolicy`), and the
+2. reference: the KL reference's log-probs (:class:`~grpo_lightning.stages.reference.ReferencePolicy`), and the
    sampling policy's when ``num_iterations`` steps move the policy away from it;
+3. advantage: the rewards (less beta times each completion's KL with ``loss.kl_in_reward``) made advantages by
+   ``loss.advantage_estimator``, GRPO's normalisation within each prompt's group by default
+   (:class:`~grpo_lightning.stages.update.PolicyUpdate`);
 4. update: the GRPO loss (:mod:`grpo_lightning.algorithms`) over micro-batches, backward, ``num_iterations``
    optimizer steps (:class:`~grpo_lightning.stages.update.PolicyUpdate`);
 5. logging: the step's metrics, and now and then its completions and rollout records

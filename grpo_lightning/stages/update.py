@@ -6,6 +6,12 @@ micro-batch losses add up to the whole-batch loss and the gradient does not depe
 options reach :func:`~grpo_lightning.algorithms.grpo_loss` as the typed ``LossConfig``, whole; what an option needs
 prepared from the model or the batch (a mask, a weight) is one small method here, named for the option:
 
+* ``loss.advantage_estimator`` (:meth:`PolicyUpdate.advantages`): the registered estimator
+  (:func:`~grpo_lightning.advantages.compute_advantages`), over every process's rewards when it looks at the batch;
+* ``loss.kl_in_reward`` (:meth:`PolicyUpdate.rewards_with_kl`): each reward minus ``beta`` times its completion's KL
+  to the reference, before the advantages (so the reference pass comes first in every step; without the option the
+  order changes nothing, the advantages depending on the rewards alone);
+
 * ``loss.mask_truncated_completions`` (:meth:`PolicyUpdate.loss_mask`): completions without EOS leave the loss mask
   (their advantages, computed before, still shaped their groups'); statistics are token means over the tokens left;
 * ``loss.top_entropy_quantile`` below 1 (:meth:`PolicyUpdate.high_entropy_tokens`): a no-grad pass first measures
