@@ -20,8 +20,10 @@ and the trainer minimises ``pg_loss + beta * approx_kl`` per token, where
   sequence (GSPO, Zheng et al. 2025) or GSPO-token's (:data:`IMPORTANCE_SAMPLING_LEVELS`); ``dual_clip`` bounds
   a negative-advantage token's loss (dual-clip PPO, Ye et al. 2020). It is the ``ppo`` entry of
   :data:`POLICY_LOSSES` (``loss.policy_loss``), beside CISPO, SAPO and GMPO (:mod:`grpo_lightning.policy_losses`);
-* :func:`kl_k3` gives ``approx_kl``, the k3 estimator of KL(pi_theta || pi_ref) (Schulman 2020,
-  "Approximating KL divergence");
+* :func:`kl_estimate` gives ``approx_kl``, by default the k3 estimator of KL(pi_theta || pi_ref) (:func:`kl_k3`,
+  Schulman 2020, "Approximating KL divergence"; the others of :data:`KL_ESTIMATORS` on request);
+  ``loss.kl_in_reward`` takes beta times each completion's summed KL from its reward instead
+  (:func:`sequence_kl_penalty`);
 * :func:`aggregate_loss` reduces the (B, T) per-token loss to a scalar. The variants differ only in the
   normaliser, which each declares when it registers (:data:`LOSS_AGGREGATORS`): ``grpo`` (mean over sequences
   of each sequence's token mean, as in the equation above), ``bnpo`` (token mean over this process's batch),
@@ -42,7 +44,6 @@ Simplified, on purpose:
 
 * outcome rewards only: one scalar reward per completion, its advantage broadcast to every token (no
   process supervision, no value function, no GAE);
-* one KL estimator (k3), added to the loss per token, not to the reward;
 * no entropy bonus; the importance-sampling correction for a
   separate generation engine is weights the caller computes (``grpo_loss``'s ``importance_weights``);
 * distributed statistics are the caller's job: ``batch`` reward scaling uses the std of the rewards it is given,
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADVANTAGE_SCALERS",
     "IMPORTANCE_SAMPLING_LEVELS",
+    "KL_ESTIMATORS",
     "LOSS_AGGREGATORS",
     "POLICY_LOSSES",
     "BatchTotals",
@@ -83,9 +85,11 @@ __all__ = [
     "grpo_loss",
     "high_entropy_mask",
     "is_truncated",
+    "kl_estimate",
     "kl_k3",
     "loss_normaliser",
     "selective_log_softmax",
+    "sequence_kl_penalty",
 ]
 
 #: What a loss variant divides the summed token losses by: the number of sequences after a mean over each one's
@@ -97,6 +101,8 @@ LossNormaliser = Literal["sequences", "process_tokens", "global_tokens", "budget
 AdvantageScaler = Callable[[Tensor, Tensor, float], Tensor]
 # (masked per-token loss (B, T), mask (B, T) bool, num_sequences, num_tokens, max_completion_length) -> scalar
 LossAggregator = Callable[[Tensor, Tensor, int, float | Tensor, int | None], Tensor]
+# (logps (B, T), ref_logps (B, T)) -> per-token KL estimate (B, T)
+KLEstimator = Callable[[Tensor, Tensor], Tensor]
 # (logps (B, T), old_logps (B, T), mask (B, T)) -> log importance ratio (B, T)
 ImportanceRatio = Callable[[Tensor, Tensor, Tensor], Tensor]
 # (logps (B, T), old_logps (B, T), advantages (B,), mask (B, T), config) -> (per-token policy loss (B, T), statistics)
@@ -463,13 +469,91 @@ def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
     Raises:
         ValueError: shapes differ.
     """
+    _check_same_shape(logps, ref_logps)
+    log_ratio = ref_logps - logps
+    # expm1(x) >= x holds after rounding too; exp(x) - x - 1 can round to a small negative number.
+    return (torch.expm1(log_ratio) - log_ratio).clamp_min(0.0)
+
+
+def _check_same_shape(logps: Tensor, ref_logps: Tensor) -> None:
     if logps.shape != ref_logps.shape:
         raise ValueError(
             f"logps and ref_logps must have the same shape, got {tuple(logps.shape)} and {tuple(ref_logps.shape)}"
         )
-    log_ratio = ref_logps - logps
-    # expm1(x) >= x holds after rounding too; exp(x) - x - 1 can round to a small negative number.
-    return (torch.expm1(log_ratio) - log_ratio).clamp_min(0.0)
+
+
+#: ``loss.kl_estimator``: the per-token estimate of KL(pi_theta || pi_ref), ``(logps, ref_logps) -> (B, T)``, as
+#: Schulman's "Approximating KL divergence" (2020) names them and verl's ``kl_penalty`` offers them
+#: (``verl/trainer/ppo/core_algos.py``: ``kl``/``k1``, ``mse``/``k2``, ``low_var_kl``/``k3``, ``abs``, ``k3+``).
+KL_ESTIMATORS: Registry[KLEstimator] = Registry("kl_estimator")
+KL_ESTIMATORS.register("k3", kl_k3)
+
+
+@KL_ESTIMATORS.register("k1")
+def _kl_k1(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """k1 = ``logps - ref_logps`` (Schulman 2020; verl ``kl``): unbiased, high variance, negative on some tokens."""
+    return logps - ref_logps
+
+
+@KL_ESTIMATORS.register("k2")
+def _kl_k2(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """k2 = ``(logps - ref_logps) ** 2 / 2`` (Schulman 2020; verl ``mse``): biased, low variance, non-negative; its
+    gradient ``logps - ref_logps`` is, in expectation, the gradient of KL(pi_theta || pi_ref)."""
+    return 0.5 * (logps - ref_logps).square()
+
+
+@KL_ESTIMATORS.register("abs")
+def _kl_abs(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """``|logps - ref_logps|`` (verl ``abs``): not an estimator of the KL, a penalty on the log-ratio's size."""
+    return (logps - ref_logps).abs()
+
+
+@KL_ESTIMATORS.register("k3+")
+def _kl_k3_straight_through(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """k3's value with k2's gradient (verl ``k3+``: ``k2 - sg[k2] + sg[k3]``, a straight-through estimator): k3 is
+    an unbiased estimate of the KL's value, k2's gradient an unbiased estimate of its gradient."""
+    k2 = _kl_k2(logps, ref_logps)
+    return k2 - k2.detach() + kl_k3(logps, ref_logps).detach()
+
+
+def kl_estimate(logps: Tensor, ref_logps: Tensor, estimator: str = "k3") -> Tensor:
+    """Per-token estimate of KL(pi_theta || pi_ref) by the registered ``estimator`` (:data:`KL_ESTIMATORS`).
+
+    ``k3`` is :func:`kl_k3`, clamped at 0 after ``expm1`` as it always was here; verl also clamps the log-ratio to
+    [-20, 20] and k3 to [-10, 10], which this does not (a token that far from the reference is not clipped away).
+
+    Args:
+        logps: (B, T) log-probs of the sampled tokens under the current policy.
+        ref_logps: (B, T) log-probs of the same tokens under the frozen reference policy.
+        estimator: ``k1``, ``k2``, ``k3``, ``abs`` or ``k3+`` (each function's docstring gives its formula).
+
+    Returns:
+        (B, T) per token (unmasked).
+
+    Raises:
+        ValueError: shapes differ. ConfigError: an unknown estimator.
+    """
+    _check_same_shape(logps, ref_logps)
+    return KL_ESTIMATORS[estimator](logps, ref_logps)
+
+
+def sequence_kl_penalty(logps: Tensor, ref_logps: Tensor, mask: Tensor, estimator: str = "k3") -> Tensor:
+    """Each completion's KL to the reference, the sum of the per-token estimate over its tokens, without gradient:
+    what ``loss.kl_in_reward`` weighs by beta and subtracts from the reward (verl ``use_kl_in_reward``, whose
+    ``apply_kl_penalty`` puts ``beta * kl_penalty`` on every response token and so sums it over the response).
+
+    Args:
+        logps: (B, T) the sampling policy's log-probs of the sampled tokens.
+        ref_logps: (B, T) the reference's.
+        mask: (B, T) the completion tokens.
+        estimator: as :func:`kl_estimate`.
+
+    Returns:
+        (B,) the summed estimate, detached.
+    """
+    with torch.no_grad():
+        per_token = kl_estimate(logps.detach(), ref_logps.detach(), estimator)
+        return torch.where(mask != 0, per_token, torch.zeros_like(per_token)).sum(dim=1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -638,9 +722,10 @@ def grpo_loss(
 
     ``per_token_loss = pg_loss + beta * approx_kl`` (``pg_loss`` the registered ``config.policy_loss``,
     :data:`POLICY_LOSSES`: by default ``ppo``, :func:`clipped_surrogate` with the config's clip ranges, ``delta``,
-    ``dual_clip`` and ``importance_sampling_level``; :func:`kl_k3`), reduced by :func:`aggregate_loss` with the
-    normaliser of ``config.loss_type`` and the counts of ``totals``. The options come as the typed ``LossConfig``,
-    whole: an option of the objective is a field there and its use here.
+    ``dual_clip`` and ``importance_sampling_level``; :func:`kl_estimate` with ``kl_estimator``, ``k3`` by default;
+    with ``kl_in_reward`` the KL is in the advantages instead and ``per_token_loss = pg_loss``), reduced by
+    :func:`aggregate_loss` with the normaliser of ``config.loss_type`` and the counts of ``totals``. The options come
+    as the typed ``LossConfig``, whole: an option of the objective is a field there and its use here.
 
     ``mask`` leaves tokens out of everything: the loss, its normaliser and the statistics (truncated completions
     left out by ``mask_truncated_completions``, :func:`drop_truncated`, still count in ``num_sequences``, not in
@@ -670,8 +755,9 @@ def grpo_loss(
     pg_loss, observed = POLICY_LOSSES[config.policy_loss](logps, old_logps, advantages, mask, config)
     per_token_loss = pg_loss = _importance_weighted(_policy_tokens_only(pg_loss, policy_mask), importance_weights)
     if ref_logps is not None:
-        observed["kl"] = approx_kl = kl_k3(logps, ref_logps)
-        per_token_loss = pg_loss + config.beta * approx_kl
+        observed["kl"] = approx_kl = kl_estimate(logps, ref_logps, config.kl_estimator)
+        if not config.kl_in_reward:  # else beta * KL was taken from the rewards, before the advantages
+            per_token_loss = pg_loss + config.beta * approx_kl
     if entropy is not None:
         observed["entropy"] = entropy
     loss = aggregate_loss(

@@ -17,7 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Literal
 
-from grpo_lightning.algorithms import ADVANTAGE_SCALERS, IMPORTANCE_SAMPLING_LEVELS, LOSS_AGGREGATORS, POLICY_LOSSES
+from grpo_lightning.advantages import ADVANTAGE_ESTIMATORS
+from grpo_lightning.algorithms import (
+    ADVANTAGE_SCALERS,
+    IMPORTANCE_SAMPLING_LEVELS,
+    KL_ESTIMATORS,
+    LOSS_AGGREGATORS,
+    POLICY_LOSSES,
+)
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.metrics import PROTOCOLS
 from grpo_lightning.rewards import AGGREGATIONS
@@ -184,6 +191,19 @@ class LossConfig:
         sapo_temperature_pos: ``sapo``'s gate temperature for positive advantages (TRL's default 1.0).
         sapo_temperature_neg: ``sapo``'s gate temperature for the other advantages (TRL's default 1.05). Logged:
             ``sapo/gate``, the mean factor the gate scales the policy gradient by (1 on-policy).
+        kl_estimator: the per-token estimate of KL(policy || reference) (Schulman 2020, "Approximating KL
+            divergence"; verl's ``kl_penalty``): ``k3`` (``exp(d) - d - 1``, d = ref - policy log-prob; GRPO's),
+            ``k1`` (policy - ref log-prob), ``k2`` (half its square), ``abs`` (its absolute value) or ``k3+`` (k3's
+            value with k2's gradient, verl's straight-through ``k3+``).
+        kl_in_reward: take ``beta`` times each completion's KL (the estimate summed over its tokens, sampling policy
+            against reference, no gradient) from its reward before the advantages, and put no KL term in the loss
+            (verl's ``use_kl_in_reward``). Needs ``beta > 0``. ``train/kl`` is logged either way.
+        advantage_estimator: ``grpo`` (reward minus the group mean, scaled by ``scale_rewards``), ``rloo`` (minus the
+            mean of the group's other rewards, Ahmadian et al. 2024; ``scale_rewards`` none or batch, TRL's
+            ``normalize_advantages``), ``reinforce_pp`` (the rewards whitened over the global batch, REINFORCE++, Hu et
+            al. 2025; ``scale_rewards: batch``), ``reinforce_pp_baseline`` (the group mean subtracted first) or
+            ``grpo_passk`` (only each group's best completion gains, by the best reward minus the second best; verl's
+            ``grpo_passk``; ``scale_rewards`` group or none).
     """
 
     beta: float = 0.04
@@ -205,8 +225,13 @@ class LossConfig:
     cispo_max_weight: float = 5.0
     sapo_temperature_pos: float = 1.0
     sapo_temperature_neg: float = 1.05
+    kl_estimator: str = "k3"
+    kl_in_reward: bool = False
+    advantage_estimator: str = "grpo"
 
     def __post_init__(self) -> None:
+        KL_ESTIMATORS.check(self.kl_estimator, "model.loss.kl_estimator")
+        ADVANTAGE_ESTIMATORS.check(self.advantage_estimator, "model.loss.advantage_estimator")
         ADVANTAGE_SCALERS.check(self.scale_rewards, "model.loss.scale_rewards")
         LOSS_AGGREGATORS.check(self.loss_type, "model.loss.loss_type")
         IMPORTANCE_SAMPLING_LEVELS.check(self.importance_sampling_level, "model.loss.importance_sampling_level")
@@ -245,6 +270,30 @@ class LossConfig:
             raise ConfigError(
                 "loss.ref_sync_steps is set but loss.beta is 0: with no KL term there is no reference model to "
                 "update. Set loss.beta above 0, or loss.ref_sync_steps to 0."
+            )
+        self._check_kl_in_reward()
+        self._check_advantage_estimator()
+
+    def _check_kl_in_reward(self) -> None:
+        if self.kl_in_reward and self.beta == 0:
+            raise ConfigError(
+                "loss.kl_in_reward is set but loss.beta is 0: the penalty taken from the rewards is beta times the KL, "
+                "so nothing would change. Set loss.beta above 0, or loss.kl_in_reward to false."
+            )
+        if self.kl_in_reward and self.kl_estimator == "k3+":
+            raise ConfigError(
+                "loss.kl_estimator k3+ differs from k3 only in its gradient, and with loss.kl_in_reward the KL is a "
+                "reward, with no gradient. Use loss.kl_estimator: k3."
+            )
+
+    def _check_advantage_estimator(self) -> None:
+        accepted = ADVANTAGE_ESTIMATORS[self.advantage_estimator].scalings
+        if self.scale_rewards not in accepted:
+            raise ConfigError(
+                f"model.loss.advantage_estimator {self.advantage_estimator} is defined with model.loss.scale_rewards "
+                f"{' or '.join(accepted)}, not {self.scale_rewards} (rloo: a group std would only rescale GRPO; "
+                "reinforce_pp: it whitens over the batch; grpo_passk: verl scales by the group std or not at all). "
+                f"Set model.loss.scale_rewards: {accepted[0]}."
             )
 
     def _check_policy_loss(self) -> None:
@@ -442,13 +491,17 @@ class VLLMConfig:
             )
 
 
-def check_option_groups(rewards: RewardConfig, loss: LossConfig) -> None:
+def check_option_groups(rewards: RewardConfig, loss: LossConfig, sampling: SamplingConfig | None = None) -> None:
     """Refuse the options of different groups that do not work together (each group checks its own when built).
 
     ``rewards.aggregation: normalize_then_sum`` is GDPO (arXiv 2601.05242) only with ``loss.scale_rewards: batch``:
     GDPO normalises each reward function's scores within the group, sums them, and normalises that sum over the
     batch. With ``group`` the sum would be normalised within each group once more, with ``none`` not scaled at all;
     neither is GDPO, and TRL's ``normalize_then_sum`` always normalises over the batch.
+
+    ``loss.advantage_estimator: reinforce_pp`` gives a group of equal rewards advantages other than 0 (there is no
+    group baseline), so ``sampling.dynamic_sampling``, which leaves such groups out as carrying no signal and makes up
+    shortfalls with them as if their advantages were 0, would be wrong about both.
 
     Raises:
         ConfigError: such a combination, naming both options and the fix.
@@ -460,6 +513,12 @@ def check_option_groups(rewards: RewardConfig, loss: LossConfig) -> None:
             f"{loss.scale_rewards}: GDPO normalises the summed rewards over the whole batch, and with "
             f"{loss.scale_rewards} the sum would be {scaled}. Set model.loss.scale_rewards: batch (or "
             "model.rewards.aggregation: sum_then_normalize for GRPO's own normalisation)."
+        )
+    if sampling is not None and sampling.dynamic_sampling and loss.advantage_estimator == "reinforce_pp":
+        raise ConfigError(
+            "model.sampling.dynamic_sampling leaves out groups of equal rewards as carrying no signal, but "
+            "model.loss.advantage_estimator reinforce_pp has no group baseline and gives them advantages too. Use "
+            "advantage_estimator: reinforce_pp_baseline (group mean first), or turn dynamic_sampling off."
         )
 
 

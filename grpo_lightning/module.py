@@ -5,9 +5,11 @@ One training step, on B prompts (image + question), reads as :meth:`GRPOModule.t
 1. rollout: sample G = ``num_generations`` completions per prompt with the rollout engine, and score them with the
    reward functions; with dynamic sampling, groups of equal rewards are left out and further prompts sampled until B
    groups have a spread (:class:`~grpo_lightning.stages.rollout.RolloutStage`);
-2. advantage: normalise rewards within each prompt's group (:class:`~grpo_lightning.stages.update.PolicyUpdate`);
-3. reference: the KL reference's log-probs (:class:`~grpo_lightning.stages.reference.ReferencePolicy`), and the
+2. reference: the KL reference's log-probs (:class:`~grpo_lightning.stages.reference.ReferencePolicy`), and the
    sampling policy's when ``num_iterations`` steps move the policy away from it;
+3. advantage: the rewards (less beta times each completion's KL with ``loss.kl_in_reward``) made advantages by
+   ``loss.advantage_estimator``, GRPO's normalisation within each prompt's group by default
+   (:class:`~grpo_lightning.stages.update.PolicyUpdate`);
 4. update: the GRPO loss (:mod:`grpo_lightning.algorithms`) over micro-batches, backward, ``num_iterations``
    optimizer steps (:class:`~grpo_lightning.stages.update.PolicyUpdate`);
 5. logging: the step's metrics, and now and then its completions and rollout records
@@ -116,7 +118,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         lora, image = as_group("lora", lora), as_group("image", image)
         logging, evaluation = as_group("logging", logging), as_group("evaluation", evaluation)
         vllm = as_group("vllm", vllm)
-        check_option_groups(rewards, loss)
+        check_option_groups(rewards, loss, sampling)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Groups as plain dicts: what checkpoints store (loadable with weights_only) and the command line parses.
         self.save_hyperparameters(plain_hyperparameters(self.hparams))
@@ -253,11 +255,13 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         step, seconds = self.global_step, {}  # the optimizer steps before this one
         sampled = self.rollouts.sample_rounds(batch, seconds)
         trained = self.rollouts.trained_groups(sampled)
-        with self.timed("reward", seconds):  # a completion no reward scored has no reward: advantage 0
-            advantages = self.update.advantages(mark_unscored(trained.rewards, trained.per_func))
         with self.timed("reference", seconds):
             ref_logps = self.reference_logps(trained.rollout)
             old_logps = self.update.old_logps(trained.rollout)
+        with self.timed("reward", seconds):  # a completion no reward scored has no reward: advantage 0
+            rewards = mark_unscored(trained.rewards, trained.per_func)
+            rewards = self.update.rewards_with_kl(rewards, trained.rollout, ref_logps, old_logps)
+            advantages = self.update.advantages(rewards)
         with self.timed("update", seconds):
             stats = self.update.optimize(trained.rollout, advantages, ref_logps, old_logps)
         self.log_step(step, sampled, trained, advantages, stats, seconds)

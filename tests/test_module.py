@@ -336,27 +336,43 @@ class _TwoProcesses:
         return torch.stack(sent)
 
 
-@pytest.mark.parametrize("scale_rewards", ["batch", "group", "none"])
+ESTIMATOR_SCALINGS = [
+    ("grpo", "batch"),
+    ("grpo", "group"),
+    ("grpo", "none"),
+    ("rloo", "none"),
+    ("rloo", "batch"),
+    ("reinforce_pp", "batch"),
+    ("reinforce_pp_baseline", "batch"),
+    ("grpo_passk", "group"),
+    ("grpo_passk", "none"),
+]
+
+
+@pytest.mark.parametrize(("estimator", "scale_rewards"), ESTIMATOR_SCALINGS)
 @pytest.mark.parametrize("groups", [(2, 2), (2, 1)])
-def test_advantages_under_data_parallelism_equal_one_process_over_the_global_batch(assets, scale_rewards, groups):
-    """Two processes with whole groups (the same number, or one short last batch): every mode gives each process
-    the rows one process would give it for the whole batch; for ``batch`` that needs the gathered rewards (each
-    process's own std differs)."""
-    from grpo_lightning.algorithms import compute_group_advantages
+def test_advantages_under_data_parallelism_equal_one_process_over_the_global_batch(
+    assets, estimator, scale_rewards, groups
+):
+    """Two processes with whole groups (the same number, or one short last batch): every estimator and mode gives
+    each process the rows one process would give it for the whole batch; for ``batch`` that needs the gathered
+    rewards (each process's own std differs)."""
+    from grpo_lightning.advantages import compute_advantages
 
     local = [
         torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]),  # rank 0: rewards of 0/1
         torch.tensor([0.0, 10.0, 5.0, 5.0, 2.0, 3.0, 9.0, 1.0]),  # rank 1: a much wider spread
     ]
     local = [rewards[: 4 * n] for rewards, n in zip(local, groups, strict=True)]
-    whole = compute_group_advantages(torch.cat(local), num_generations=4, scale_rewards=scale_rewards)
+    whole = compute_advantages(torch.cat(local), 4, estimator, scale_rewards)
+    loss = dict(scale_rewards=scale_rewards, advantage_estimator=estimator)
     for rank in (0, 1):
-        module = make_module(assets, sampling=dict(num_generations=4), loss=dict(scale_rewards=scale_rewards))
+        module = make_module(assets, sampling=dict(num_generations=4), loss=loss)
         module._trainer = _TwoProcesses(rank, local)
         got = module.update.advantages(local[rank])
         start = len(local[0]) if rank else 0
         torch.testing.assert_close(got, whole[start : start + len(local[rank])], rtol=F32_RTOL, atol=1e-6)
-        own = compute_group_advantages(local[rank], num_generations=4, scale_rewards=scale_rewards)
+        own = compute_advantages(local[rank], 4, estimator, scale_rewards)
         if scale_rewards == "batch":  # negative control: this process's own batch std is not the global one
             assert not torch.allclose(own, got)
         else:

@@ -41,6 +41,9 @@ OPTIONS = {
     ("loss", "ref_sync_alpha"): 0.9,
     ("rewards", "aggregation"): "normalize_then_sum",
     ("loss", "scale_rewards"): "batch",  # what normalize_then_sum (GDPO) needs
+    ("loss", "kl_estimator"): "k2",
+    ("loss", "kl_in_reward"): True,
+    ("loss", "advantage_estimator"): "rloo",  # RLOO whitened over the batch, as GDPO's batch normalisation
 }
 
 
@@ -51,7 +54,8 @@ def test_fit_help_documents_every_training_signal_option(capsys):
     out = " ".join(capsys.readouterr().out.split())  # help wraps its lines
     for group, name in OPTIONS:
         assert f"--model.{group}.{name} " in out, name
-    for words in ("two-sided clipping", "GSPO-token", "overlong filtering", "Wang et al. 2025", "TR-DPO", "GDPO"):
+    cited = ("two-sided clipping", "GSPO-token", "overlong filtering", "Wang et al. 2025", "TR-DPO", "GDPO", "k3+")
+    for words in cited + ("use_kl_in_reward", "REINFORCE++", "grpo_passk"):
         assert words in out, words
 
 
@@ -445,3 +449,38 @@ def test_the_entropy_threshold_is_taken_over_every_processs_tokens(assets):
         gathered, sizes = module.update.gathered(local[rank])
         assert torch.equal(gathered, everyone) and sizes == [3, 5]
     assert _ref_threshold(everyone.tolist(), 0.5) != _ref_threshold(local[0].tolist(), 0.5)
+
+
+def test_kl_in_the_reward_is_taken_from_the_rewards_before_the_advantages_and_left_out_of_the_loss(
+    assets, data_kwargs, tmp_path, monkeypatch
+):
+    """Two steps (the second's policy has moved from the reference): the advantages start from each reward minus beta
+    times the completion's summed k2 between the sampling policy's and the reference's log-probs, the loss gets the
+    same reference log-probs and adds no KL term, and ``train/kl`` is logged."""
+    loss = dict(beta=0.5, kl_in_reward=True, kl_estimator="k2", advantage_estimator="reinforce_pp_baseline")
+    module = make_module(assets, loss={**loss, "scale_rewards": "batch"})
+    module.configure_model()
+    spy = _Spy(monkeypatch, module)
+    penalties: list[tuple] = []
+    original_penalty = update_stage.sequence_kl_penalty
+
+    def sequence_kl_penalty(logps, ref_logps, mask, estimator):
+        penalty = original_penalty(logps, ref_logps, mask, estimator)
+        penalties.append((logps.clone(), ref_logps.clone(), mask.clone(), estimator, penalty.clone()))
+        return penalty
+
+    monkeypatch.setattr(update_stage, "sequence_kl_penalty", sequence_kl_penalty)
+    trainer = fit(module, data_kwargs, tmp_path, steps=2)
+    assert len(penalties) == 2 and len(spy.advantage_inputs) == 2
+    for step, (logps, ref_logps, mask, estimator, penalty) in enumerate(penalties):
+        assert estimator == "k2"
+        d = logps.double() - ref_logps.double()
+        expected = (0.5 * d.square() * mask).sum(dim=1)
+        torch.testing.assert_close(penalty.double(), expected, rtol=1e-5, atol=1e-7)
+        rewards = spy.scored[step][0]
+        torch.testing.assert_close(spy.advantage_inputs[step].cpu().double(), rewards.double() - 0.5 * expected.cpu())
+        calls = spy.calls[step:]  # one micro-batch a step
+        assert calls[0]["kl_in_reward"] and torch.equal(calls[0]["ref_logps"], ref_logps)
+    assert penalties[1][4].abs().sum() > 0  # the policy has moved: a penalty to take
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert len(scalars["train/kl"]) == 2

@@ -6,6 +6,12 @@ micro-batch losses add up to the whole-batch loss and the gradient does not depe
 options reach :func:`~grpo_lightning.algorithms.grpo_loss` as the typed ``LossConfig``, whole; what an option needs
 prepared from the model or the batch (a mask, a weight) is one small method here, named for the option:
 
+* ``loss.advantage_estimator`` (:meth:`PolicyUpdate.advantages`): the registered estimator
+  (:func:`~grpo_lightning.advantages.compute_advantages`), over every process's rewards when it looks at the batch;
+* ``loss.kl_in_reward`` (:meth:`PolicyUpdate.rewards_with_kl`): each reward minus ``beta`` times its completion's KL
+  to the reference, before the advantages (so the reference pass comes first in every step; without the option the
+  order changes nothing, the advantages depending on the rewards alone);
+
 * ``loss.mask_truncated_completions`` (:meth:`PolicyUpdate.loss_mask`): completions without EOS leave the loss mask
   (their advantages, computed before, still shaped their groups'); statistics are token means over the tokens left;
 * ``loss.top_entropy_quantile`` below 1 (:meth:`PolicyUpdate.high_entropy_tokens`): a no-grad pass first measures
@@ -28,15 +34,16 @@ import torch
 from torch import Tensor
 
 from grpo_lightning.accumulation import GradientAccumulation, gradient_accumulation
+from grpo_lightning.advantages import compute_advantages
 from grpo_lightning.algorithms import (
     BatchTotals,
-    compute_group_advantages,
     drop_truncated,
     entropy_quantile_threshold,
     grpo_loss,
     high_entropy_mask,
     is_truncated,
     loss_normaliser,
+    sequence_kl_penalty,
 )
 from grpo_lightning.engines import engine_logp_gap, truncated_importance_weights
 from grpo_lightning.rollout import Rollout
@@ -106,20 +113,38 @@ class PolicyUpdate:
 
     # ------------------------------------------------------------------------------------ advantages
     def advantages(self, rewards: Tensor) -> Tensor:
-        """Group-relative advantages of this process's rewards (N,), on the module's device.
+        """Advantages of this process's rewards (N,) by ``loss.advantage_estimator``, on the module's device.
 
-        Groups are whole on each process, so group means and group stds are the same as on one process. The
-        ``batch`` std is over the global batch: every process's rewards are gathered (padded to the largest process's
-        count, so a short last batch on some process is fine), scaled together, and each process keeps its own rows.
+        Groups are whole on each process, so group means and group stds are the same as on one process. What is over
+        the batch (``scale_rewards: batch``, which the REINFORCE++ estimators require) is over the global batch: every
+        process's rewards are gathered (padded to the largest process's count, so a short last batch on some process
+        is fine), scaled together, and each process keeps its own rows.
         """
-        scale, group_size = self.config.scale_rewards, self.sampling.num_generations
+        config, group_size = self.config, self.sampling.num_generations
+
+        def estimate(values: Tensor) -> Tensor:
+            return compute_advantages(values, group_size, config.advantage_estimator, config.scale_rewards)
+
         rewards = rewards.to(self.module.device)
-        if scale != "batch" or self.world_size == 1:
-            return compute_group_advantages(rewards, group_size, scale)
+        if config.scale_rewards != "batch" or self.world_size == 1:
+            return estimate(rewards)
         everyone, sizes = self.gathered(rewards)
-        advantages = compute_group_advantages(everyone, group_size, scale)
         start = sum(sizes[: self.module.global_rank])
-        return advantages[start : start + len(rewards)]
+        return estimate(everyone)[start : start + len(rewards)]
+
+    def rewards_with_kl(
+        self, rewards: Tensor, rollout: Rollout, ref_logps: Tensor | None, old_logps: Tensor | None
+    ) -> Tensor:
+        """The rewards the advantages are computed from: ``rewards`` (N,) themselves, or with ``loss.kl_in_reward``
+        minus ``beta`` times each completion's KL to the reference (:func:`~grpo_lightning.algorithms.
+        sequence_kl_penalty`), measured with the sampling policy's log-probs (``old_logps``, or a no-grad pass of the
+        policy when there are none) over every completion token, as verl's ``apply_kl_penalty`` does."""
+        if not self.config.kl_in_reward or ref_logps is None:
+            return rewards
+        sampling_logps = old_logps if old_logps is not None else self.completion_logps(self.module.model, rollout)
+        mask = rollout.completion_mask.to(ref_logps.device)
+        penalty = sequence_kl_penalty(sampling_logps, ref_logps, mask, self.config.kl_estimator)
+        return rewards.to(penalty.device) - self.config.beta * penalty.to(rewards.dtype)
 
     # ------------------------------------------------------------------------------------ passes
     def micro_batches(self, num_sequences: int) -> list[slice]:
