@@ -72,6 +72,8 @@ def test_a_config_yaml_sets_every_training_signal_option(tmp_path, capsys):
     options: dict = {}
     for (group, name), value in OPTIONS.items():
         options.setdefault(group, {})[name] = value
+    # rewards that need no file: the demo's explanation reward reads its CIDEr-D corpus, the demo assets' train split
+    options["rewards"].update(funcs=["format", "accuracy"], weights=None, kwargs=None)
     code, printed = _fit_command(tmp_path, capsys, options, "--print_config")
     assert code == 0, printed.err
     model = yaml.safe_load(printed.out)["model"]
