@@ -33,6 +33,7 @@ from grpo_lightning.callbacks import AtomicCheckpointIO, StepCheckpoint
 from grpo_lightning.config import LossConfig, SamplingConfig, VLLMConfig
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.engines import (
+    IMPORTANCE_SAMPLING_MODES,
     EngineError,
     EngineShutdown,
     HFEngine,
@@ -43,6 +44,7 @@ from grpo_lightning.engines import (
     engine_logp_gap,
     truncated_importance_weights,
 )
+from grpo_lightning.engines.correction import mismatch_metrics, mismatch_sums, off_policy_sequence_mask
 from grpo_lightning.engines.vllm import (
     _names_to_sync,
     check_room,
@@ -105,6 +107,130 @@ def test_engine_logp_gap_is_the_masked_mean_absolute_difference():
                 count += 1
     assert float(engine_logp_gap(engine, policy, mask)) == pytest.approx(total / count, rel=1e-12)
     assert float(engine_logp_gap(engine, policy, torch.zeros(4, 6))) == 0.0
+
+
+def reference_weights(mode: str, log_ratio: list[list[float]], mask: list[list[int]], cap: float, low: float | None):
+    """Each mode's weights as TRL's ``_generate_and_score_completions`` defines them, in float64 Python loops: the ratio
+    of the token (``token_*``) or of the sequence (``sequence_*``, exp of the summed log-ratios), truncated to
+    [low, cap] or set to 0 outside it; 0 on padding."""
+    weights = []
+    for row, row_mask in zip(log_ratio, mask, strict=True):
+        sequence_ratio = math.exp(sum(value for value, keep in zip(row, row_mask, strict=True) if keep))
+        out = []
+        for value, keep in zip(row, row_mask, strict=True):
+            ratio = sequence_ratio if mode.startswith("sequence") else math.exp(value)
+            if not keep:
+                out.append(0.0)
+            elif mode.endswith("truncate"):
+                out.append(min(max(ratio, low if low is not None else -math.inf), cap))
+            else:
+                out.append(ratio if (low is None or ratio >= low) and ratio <= cap else 0.0)
+        weights.append(out)
+    return weights
+
+
+#: Token ratios against the bounds CAP_ 1.5 and LOW 0.8: row 0 per token below, inside and above; row 1 a sequence
+#: whose ratio (1.21) is inside; row 2 one whose ratio (3) is above the cap, row 3 one whose ratio (0.45) is below LOW.
+RATIOS = [[0.5, 0.95, 1.2, 2.0], [1.1, 1.1, 1.0, 1.0], [2.0, 1.5, 1.0, 1.0], [0.5, 0.9, 1.0, 1.0]]
+RATIO_MASK = [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0]]
+CAP_, LOW = 1.5, 0.8
+
+
+@pytest.mark.parametrize("low", [None, LOW], ids=["no-min", "min"])
+@pytest.mark.parametrize("mode", IMPORTANCE_SAMPLING_MODES.names())
+def test_each_correction_mode_matches_trls_definition_in_float64(mode, low):
+    log_ratio = [[math.log(r) for r in row] for row in RATIOS]
+    engine = -torch.rand(4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) - 0.5
+    old = engine + torch.tensor(log_ratio, dtype=torch.float64)
+    engine = engine.masked_fill(torch.tensor(RATIO_MASK) == 0, -torch.inf)  # padding may hold -inf
+    mask = torch.tensor(RATIO_MASK, dtype=torch.float64)
+    weights = IMPORTANCE_SAMPLING_MODES[mode].weights(old, engine, mask, CAP_, low)
+    expected = torch.tensor(reference_weights(mode, log_ratio, RATIO_MASK, CAP_, low), dtype=torch.float64)
+    torch.testing.assert_close(weights, expected, rtol=1e-12, atol=1e-12)
+    in_float32 = IMPORTANCE_SAMPLING_MODES[mode].weights(old.float(), engine.float(), mask.float(), CAP_, low)
+    torch.testing.assert_close(in_float32.double(), expected, rtol=1e-6, atol=1e-6)
+    # the table's cases, by hand
+    masks, sequence = IMPORTANCE_SAMPLING_MODES[mode].masks, mode.startswith("sequence")
+    if not sequence:
+        below = 0.0 if masks and low else (low or 0.5)
+        assert weights[0].tolist() == pytest.approx([below, 0.95, 1.2, 0.0 if masks else CAP_])
+    else:
+        assert weights[1].tolist() == pytest.approx([1.21, 1.21, 0.0, 0.0])
+        assert weights[2].tolist() == pytest.approx([0.0] * 4 if masks else [CAP_] * 3 + [0.0])  # a whole sequence out
+        assert weights[3, :2].tolist() == pytest.approx([0.0 if masks and low else (low or 0.45)] * 2)
+    assert not weights.requires_grad and (weights[mask == 0] == 0).all()
+
+
+def test_the_default_mode_is_the_truncation_it_always_was_bit_for_bit():
+    generator = torch.Generator().manual_seed(4)
+    old = torch.randn(5, 7, generator=generator) - 2
+    engine = old + 0.3 * torch.randn(5, 7, generator=generator)
+    mask = (torch.rand(5, 7, generator=generator) > 0.2).float()
+    cap = 1.1
+    before = torch.clamp((old - engine).masked_fill(~mask.bool(), 0.0).exp(), max=cap) * mask
+    assert torch.equal(IMPORTANCE_SAMPLING_MODES["token_truncate"].weights(old, engine, mask, cap, None), before)
+    assert torch.equal(truncated_importance_weights(old, engine, mask, cap), before)
+
+
+def test_the_off_policy_sequence_mask_matches_deepseek_v3_2_in_float64():
+    """A sequence keeps its policy term when its advantage is >= 0 or its mean logp_engine - logp is <= delta."""
+    threshold = 0.125  # the values are binary fractions, so that the mean on the threshold is exact
+    # mean KL per sequence: 0.375, 0.375, 0.0625, 0.125 (on the threshold), 0.75, and a sequence without tokens
+    differences = [[0.25, 0.5, 0], [0.375] * 3, [0.0625, 0.0625, 0], [0.125] * 3, [0.75, 0, 0], [0, 0, 0]]
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    advantages = torch.tensor([1.0, -1.0, -1.0, -0.5, 0.0, -1.0], dtype=torch.float64)
+    logps = -torch.randint(0, 16, (6, 3), generator=torch.Generator().manual_seed(5)).double() / 8
+    engine = (logps + torch.tensor(differences, dtype=torch.float64)).masked_fill(mask == 0, -torch.inf)
+    keep = off_policy_sequence_mask(advantages, logps.requires_grad_(), engine, mask, threshold)
+    expected = []
+    for i in range(6):
+        tokens = [differences[i][t] for t in range(3) if mask[i, t]]
+        mean_kl = sum(tokens) / max(len(tokens), 1)
+        expected.append(bool(advantages[i] >= 0 or mean_kl <= threshold))
+    assert keep.tolist() == expected == [True, False, True, True, True, True]
+
+
+def _mismatch_reference(policy: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The metrics in float64 Python loops, from their definitions (w = pi_policy / pi_engine per token)."""
+    ratios, log_ratios, per_sequence = [], [], []
+    for i in range(policy.shape[0]):
+        row = [float(policy[i, t] - engine[i, t]) for t in range(policy.shape[1]) if mask[i, t]]
+        log_ratios += row
+        ratios += [math.exp(value) for value in row]
+        if row:  # PPL_policy / PPL_engine = exp(mean(-logp_policy)) / exp(mean(-logp_engine))
+            policy_ppl = math.exp(-sum(float(policy[i, t]) for t in range(policy.shape[1]) if mask[i, t]) / len(row))
+            engine_ppl = math.exp(-sum(float(engine[i, t]) for t in range(policy.shape[1]) if mask[i, t]) / len(row))
+            per_sequence.append(policy_ppl / engine_ppl)
+    n = len(ratios)
+    return {
+        "kl": -sum(log_ratios) / n,
+        "chi2": sum(w * w for w in ratios) / n - 1,
+        "ess": sum(ratios) ** 2 / (n * sum(w * w for w in ratios)),
+        "ppl_ratio": sum(per_sequence) / len(per_sequence),
+    }
+
+
+def test_mismatch_metrics_match_their_definitions_in_float64_and_add_up_over_micro_batches():
+    generator = torch.Generator().manual_seed(6)
+    policy = -torch.rand(5, 6, generator=generator, dtype=torch.float64) * 3
+    engine = policy + 0.4 * torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [1] + [0] * 5, [0] * 6, [1] * 5 + [0]], dtype=torch.float64)
+    engine = engine.masked_fill(mask == 0, -torch.inf)
+    whole = mismatch_sums(policy.float(), engine.float(), mask)
+    split = mismatch_sums(policy[:2], engine[:2], mask[:2]) + mismatch_sums(policy[2:], engine[2:], mask[2:])
+    torch.testing.assert_close(split, mismatch_sums(policy, engine, mask), rtol=1e-12, atol=1e-12)
+    metrics = {name: float(value) for name, value in mismatch_metrics(split).items()}
+    assert metrics == pytest.approx(_mismatch_reference(policy, engine, mask), rel=1e-10)
+    assert {name: float(value) for name, value in mismatch_metrics(whole).items()} == pytest.approx(metrics, rel=1e-5)
+    assert metrics["kl"] != 0 and metrics["chi2"] > 0 and 0 < metrics["ess"] < 1 and metrics["ppl_ratio"] != 1
+
+
+@pytest.mark.parametrize("tokens", ["some", "none"])
+def test_equal_engines_have_kl_0_chi2_0_ess_1_and_ppl_ratio_1(tokens):
+    logps = -torch.rand(3, 4, generator=torch.Generator().manual_seed(7))
+    mask = torch.ones(3, 4) if tokens == "some" else torch.zeros(3, 4)
+    metrics = mismatch_metrics(mismatch_sums(logps, logps.clone(), mask))
+    assert {name: float(value) for name, value in metrics.items()} == {"kl": 0, "chi2": 0, "ess": 1, "ppl_ratio": 1}
 
 
 @pytest.mark.parametrize(

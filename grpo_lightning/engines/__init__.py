@@ -13,7 +13,7 @@ from lightning.pytorch import Callback
 
 from grpo_lightning.config import VLLMConfig
 from grpo_lightning.engines.base import RolloutEngine, SampledCompletions, right_pad
-from grpo_lightning.engines.correction import engine_logp_gap, truncated_importance_weights
+from grpo_lightning.engines.correction import IMPORTANCE_SAMPLING_MODES, engine_logp_gap, truncated_importance_weights
 from grpo_lightning.engines.hf import HFEngine
 from grpo_lightning.engines.vllm import EngineError, VLLMEngine
 from grpo_lightning.registry import Registry
@@ -49,6 +49,7 @@ class EngineShutdown(Callback):
 
 __all__ = [
     "ENGINES",
+    "IMPORTANCE_SAMPLING_MODES",
     "EngineError",
     "EngineShutdown",
     "HFEngine",
