@@ -5,10 +5,10 @@ Each group is a typed dataclass; jsonargparse turns a dataclass-typed argument i
 ``model: {sampling: {temperature: 1.0}}`` in YAML. A group checks its own values when it is built.
 
 An option that picks a registered variant (``loss.loss_type``, ``loss.policy_loss``, ``loss.scale_rewards``,
-``loss.importance_sampling_level``, ``rewards.aggregation``, ``evaluation.protocol``; ``rollout_engine`` on the
-module) is a ``str`` checked against its :class:`~grpo_lightning.registry.Registry`: the registry is the one list of
-choices, so a variant registered before the config is read is selectable from YAML, and an unknown name is refused
-with the registered ones.
+``loss.importance_sampling_level``, ``rewards.aggregation``, ``evaluation.protocol``,
+``vllm.importance_sampling_mode``; ``rollout_engine`` on the module) is a ``str`` checked against its
+:class:`~grpo_lightning.registry.Registry`: the registry is the one list of choices, so a variant registered before
+the config is read is selectable from YAML, and an unknown name is refused with the registered ones.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from grpo_lightning.algorithms import (
     LOSS_AGGREGATORS,
     POLICY_LOSSES,
 )
+from grpo_lightning.engines.correction import IMPORTANCE_SAMPLING_MODES
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.metrics import PROTOCOLS
 from grpo_lightning.rewards import AGGREGATIONS
@@ -453,10 +454,22 @@ class VLLMConfig:
         shm_dir: the folder, in memory, of the engine's socket, model config and weight updates; it needs room for
             the policy's weights in the engine's dtype (``/dev/shm``: a container's is often small, see docker's
             ``--shm-size``).
-        importance_sampling_cap: C of the truncated importance-sampling correction of the engines' mismatch: each
-            completion token's loss weighted by ``min(exp(logp_old - logp_vllm), C)`` (None: off). vLLM's log-probs
-            are those of the distribution it samples from, after top-p and top-k, while the policy's apply the
-            temperature only: the cap needs ``sampling.top_p`` 1 and no ``sampling.top_k``.
+        importance_sampling_cap: C, the upper bound of the importance-sampling correction of the engines' mismatch,
+            which weights each completion token's policy loss by the ratio ``rho = exp(logp_old - logp_vllm)`` bounded
+            as ``importance_sampling_mode`` says (None: no correction). vLLM's log-probs are those of the distribution
+            it samples from, after top-p and top-k, while the policy's apply the temperature only: the correction
+            needs ``sampling.top_p`` 1 and no ``sampling.top_k``.
+        importance_sampling_mode: how the ratio is bounded (TRL's ``vllm_importance_sampling_mode``): ``token_truncate``
+            ``clamp(rho_t, min, C)`` per token; ``token_mask`` ``rho_t``, or 0 (the token's policy term left out)
+            outside ``[min, C]``; ``sequence_truncate`` and ``sequence_mask`` the same with the sequence's ratio
+            ``exp(sum_t log rho_t)`` on each of its tokens. Masked tokens still count in the loss's normaliser and
+            statistics, as in TRL. Needs ``importance_sampling_cap``.
+        importance_sampling_min: the lower bound of the ratio (TRL's ``vllm_importance_sampling_clip_min``; IcePop's
+            two-sided mask with a mask mode), in ``(0, importance_sampling_cap)``: the truncate modes raise a smaller
+            ratio to it, the mask modes drop it (None: no lower bound).
+        off_policy_mask_threshold: delta of DeepSeek-V3.2's off-policy sequence masking (TRL's
+            ``off_policy_mask_threshold``): a completion with a negative advantage whose mean ``logp_vllm - logp`` over
+            its tokens exceeds delta loses its policy term (None: off); independent of the cap.
     """
 
     python: str = ".venv-vllm/bin/python"
@@ -470,6 +483,9 @@ class VLLMConfig:
     request_timeout: float | None = 1800.0
     shm_dir: str = "/dev/shm"
     importance_sampling_cap: float | None = None
+    importance_sampling_mode: str = "token_truncate"
+    importance_sampling_min: float | None = None
+    off_policy_mask_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -488,6 +504,28 @@ class VLLMConfig:
             raise ConfigError(
                 f"vllm.importance_sampling_cap must be positive, not "
                 f"{self.importance_sampling_cap}; or None to turn the correction off."
+            )
+        self._check_mismatch_correction()
+
+    def _check_mismatch_correction(self) -> None:
+        mode, cap, low = self.importance_sampling_mode, self.importance_sampling_cap, self.importance_sampling_min
+        IMPORTANCE_SAMPLING_MODES.check(mode, "model.vllm.importance_sampling_mode")
+        if cap is None and (mode != "token_truncate" or low is not None):
+            chosen = f"importance_sampling_mode {mode}" if low is None else f"importance_sampling_min {low}"
+            raise ConfigError(
+                f"model.vllm.{chosen} has no effect without model.vllm.importance_sampling_cap, which turns the "
+                "correction on: set a cap (TRL's default is 3.0), or leave the mode and the minimum at their defaults."
+            )
+        if low is not None and not 0 < low < cap:
+            raise ConfigError(
+                f"model.vllm.importance_sampling_min ({low}) must be positive and less than "
+                f"model.vllm.importance_sampling_cap ({cap}); or None for no lower bound."
+            )
+        threshold = self.off_policy_mask_threshold
+        if threshold is not None and not threshold >= 0:
+            raise ConfigError(
+                f"model.vllm.off_policy_mask_threshold must be 0 or more (a mean KL), not {threshold}; or None to "
+                "keep every completion's policy term."
             )
 
 

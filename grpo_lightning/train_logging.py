@@ -29,7 +29,13 @@ STAT_METRICS = {
     "kl": "train/kl",  # loss.beta > 0
     "entropy_threshold": "train/top_entropy/threshold",  # loss.top_entropy_quantile: the batch's threshold,
     "high_entropy_fraction": "train/top_entropy/kept_fraction",  # and the share of tokens above it
-    "engine_logp_diff": "train/engine/logp_diff",  # a rollout engine of its own (vllm): its log-probs' gap
+    "engine_logp_diff": "train/engine/logp_diff",  # a rollout engine of its own (vllm): its log-probs' gap,
+    "engine_kl": "train/engine/kl",  # and its mismatch with the policy (engines.correction.mismatch_metrics)
+    "engine_chi2": "train/engine/chi2",
+    "engine_ess": "train/engine/ess",
+    "engine_ppl_ratio": "train/engine/ppl_ratio",
+    "engine_masked_fraction": "train/engine/masked_fraction",  # vllm.importance_sampling_mode *_mask
+    "engine_off_policy_masked_fraction": "train/engine/off_policy_masked_fraction",  # vllm.off_policy_mask_threshold
 }
 
 

@@ -33,6 +33,7 @@ from grpo_lightning.callbacks import AtomicCheckpointIO, StepCheckpoint
 from grpo_lightning.config import LossConfig, SamplingConfig, VLLMConfig
 from grpo_lightning.data import ViVQAXDataModule
 from grpo_lightning.engines import (
+    IMPORTANCE_SAMPLING_MODES,
     EngineError,
     EngineShutdown,
     HFEngine,
@@ -43,6 +44,7 @@ from grpo_lightning.engines import (
     engine_logp_gap,
     truncated_importance_weights,
 )
+from grpo_lightning.engines.correction import mismatch_metrics, mismatch_sums, off_policy_sequence_mask
 from grpo_lightning.engines.vllm import (
     _names_to_sync,
     check_room,
@@ -107,6 +109,132 @@ def test_engine_logp_gap_is_the_masked_mean_absolute_difference():
     assert float(engine_logp_gap(engine, policy, torch.zeros(4, 6))) == 0.0
 
 
+def reference_weights(mode: str, log_ratio: list[list[float]], mask: list[list[int]], cap: float, low: float | None):
+    """Each mode's weights as TRL's ``_generate_and_score_completions`` defines them, in float64 Python loops: the ratio
+    of the token (``token_*``) or of the sequence (``sequence_*``, exp of the summed log-ratios), truncated to
+    [low, cap] or set to 0 outside it; 0 on padding."""
+    weights = []
+    for row, row_mask in zip(log_ratio, mask, strict=True):
+        sequence_ratio = math.exp(sum(value for value, keep in zip(row, row_mask, strict=True) if keep))
+        out = []
+        for value, keep in zip(row, row_mask, strict=True):
+            ratio = sequence_ratio if mode.startswith("sequence") else math.exp(value)
+            if not keep:
+                out.append(0.0)
+            elif mode.endswith("truncate"):
+                out.append(min(max(ratio, low if low is not None else -math.inf), cap))
+            else:
+                out.append(ratio if (low is None or ratio >= low) and ratio <= cap else 0.0)
+        weights.append(out)
+    return weights
+
+
+#: Token ratios against the bounds CAP_ 1.5 and LOW 0.8: row 0 per token below, inside and above; row 1 a sequence
+#: whose ratio (1.21) is inside; row 2 one whose ratio (3) is above the cap, row 3 one whose ratio (0.45) is below LOW.
+RATIOS = [[0.5, 0.95, 1.2, 2.0], [1.1, 1.1, 1.0, 1.0], [2.0, 1.5, 1.0, 1.0], [0.5, 0.9, 1.0, 1.0]]
+RATIO_MASK = [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0]]
+CAP_, LOW = 1.5, 0.8
+
+
+@pytest.mark.parametrize("low", [None, LOW], ids=["no-min", "min"])
+@pytest.mark.parametrize("mode", IMPORTANCE_SAMPLING_MODES.names())
+def test_each_correction_mode_matches_trls_definition_in_float64(mode, low):
+    log_ratio = [[math.log(r) for r in row] for row in RATIOS]
+    engine = -torch.rand(4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) - 0.5
+    old = engine + torch.tensor(log_ratio, dtype=torch.float64)
+    engine = engine.masked_fill(torch.tensor(RATIO_MASK) == 0, -torch.inf)  # padding may hold -inf
+    mask = torch.tensor(RATIO_MASK, dtype=torch.float64)
+    assert VLLMConfig(importance_sampling_cap=CAP_, importance_sampling_mode=mode).importance_sampling_mode == mode
+    weights = IMPORTANCE_SAMPLING_MODES[mode].weights(old, engine, mask, CAP_, low)
+    expected = torch.tensor(reference_weights(mode, log_ratio, RATIO_MASK, CAP_, low), dtype=torch.float64)
+    torch.testing.assert_close(weights, expected, rtol=1e-12, atol=1e-12)
+    in_float32 = IMPORTANCE_SAMPLING_MODES[mode].weights(old.float(), engine.float(), mask.float(), CAP_, low)
+    torch.testing.assert_close(in_float32.double(), expected, rtol=1e-6, atol=1e-6)
+    # the table's cases, by hand
+    masks, sequence = IMPORTANCE_SAMPLING_MODES[mode].masks, mode.startswith("sequence")
+    if not sequence:
+        below = 0.0 if masks and low else (low or 0.5)
+        assert weights[0].tolist() == pytest.approx([below, 0.95, 1.2, 0.0 if masks else CAP_])
+    else:
+        assert weights[1].tolist() == pytest.approx([1.21, 1.21, 0.0, 0.0])
+        assert weights[2].tolist() == pytest.approx([0.0] * 4 if masks else [CAP_] * 3 + [0.0])  # a whole sequence out
+        assert weights[3, :2].tolist() == pytest.approx([0.0 if masks and low else (low or 0.45)] * 2)
+    assert not weights.requires_grad and (weights[mask == 0] == 0).all()
+
+
+def test_the_default_mode_is_the_truncation_it_always_was_bit_for_bit():
+    generator = torch.Generator().manual_seed(4)
+    old = torch.randn(5, 7, generator=generator) - 2
+    engine = old + 0.3 * torch.randn(5, 7, generator=generator)
+    mask = (torch.rand(5, 7, generator=generator) > 0.2).float()
+    cap = 1.1
+    before = torch.clamp((old - engine).masked_fill(~mask.bool(), 0.0).exp(), max=cap) * mask
+    assert VLLMConfig(importance_sampling_cap=cap).importance_sampling_mode == "token_truncate"
+    assert torch.equal(IMPORTANCE_SAMPLING_MODES["token_truncate"].weights(old, engine, mask, cap, None), before)
+    assert torch.equal(truncated_importance_weights(old, engine, mask, cap), before)
+
+
+def test_the_off_policy_sequence_mask_matches_deepseek_v3_2_in_float64():
+    """A sequence keeps its policy term when its advantage is >= 0 or its mean logp_engine - logp is <= delta."""
+    threshold = 0.125  # the values are binary fractions, so that the mean on the threshold is exact
+    # mean KL per sequence: 0.375, 0.375, 0.0625, 0.125 (on the threshold), 0.75, and a sequence without tokens
+    differences = [[0.25, 0.5, 0], [0.375] * 3, [0.0625, 0.0625, 0], [0.125] * 3, [0.75, 0, 0], [0, 0, 0]]
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    advantages = torch.tensor([1.0, -1.0, -1.0, -0.5, 0.0, -1.0], dtype=torch.float64)
+    logps = -torch.randint(0, 16, (6, 3), generator=torch.Generator().manual_seed(5)).double() / 8
+    engine = (logps + torch.tensor(differences, dtype=torch.float64)).masked_fill(mask == 0, -torch.inf)
+    keep = off_policy_sequence_mask(advantages, logps.requires_grad_(), engine, mask, threshold)
+    expected = []
+    for i in range(6):
+        tokens = [differences[i][t] for t in range(3) if mask[i, t]]
+        mean_kl = sum(tokens) / max(len(tokens), 1)
+        expected.append(bool(advantages[i] >= 0 or mean_kl <= threshold))
+    assert keep.tolist() == expected == [True, False, True, True, True, True]
+
+
+def _mismatch_reference(policy: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The metrics in float64 Python loops, from their definitions (w = pi_policy / pi_engine per token)."""
+    ratios, log_ratios, per_sequence = [], [], []
+    for i in range(policy.shape[0]):
+        row = [float(policy[i, t] - engine[i, t]) for t in range(policy.shape[1]) if mask[i, t]]
+        log_ratios += row
+        ratios += [math.exp(value) for value in row]
+        if row:  # PPL_policy / PPL_engine = exp(mean(-logp_policy)) / exp(mean(-logp_engine))
+            policy_ppl = math.exp(-sum(float(policy[i, t]) for t in range(policy.shape[1]) if mask[i, t]) / len(row))
+            engine_ppl = math.exp(-sum(float(engine[i, t]) for t in range(policy.shape[1]) if mask[i, t]) / len(row))
+            per_sequence.append(policy_ppl / engine_ppl)
+    n = len(ratios)
+    return {
+        "kl": -sum(log_ratios) / n,
+        "chi2": sum(w * w for w in ratios) / n - 1,
+        "ess": sum(ratios) ** 2 / (n * sum(w * w for w in ratios)),
+        "ppl_ratio": sum(per_sequence) / len(per_sequence),
+    }
+
+
+def test_mismatch_metrics_match_their_definitions_in_float64_and_add_up_over_micro_batches():
+    generator = torch.Generator().manual_seed(6)
+    policy = -torch.rand(5, 6, generator=generator, dtype=torch.float64) * 3
+    engine = policy + 0.4 * torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [1] + [0] * 5, [0] * 6, [1] * 5 + [0]], dtype=torch.float64)
+    engine = engine.masked_fill(mask == 0, -torch.inf)
+    whole = mismatch_sums(policy.float(), engine.float(), mask)
+    split = mismatch_sums(policy[:2], engine[:2], mask[:2]) + mismatch_sums(policy[2:], engine[2:], mask[2:])
+    torch.testing.assert_close(split, mismatch_sums(policy, engine, mask), rtol=1e-12, atol=1e-12)
+    metrics = {name: float(value) for name, value in mismatch_metrics(split).items()}
+    assert metrics == pytest.approx(_mismatch_reference(policy, engine, mask), rel=1e-10)
+    assert {name: float(value) for name, value in mismatch_metrics(whole).items()} == pytest.approx(metrics, rel=1e-5)
+    assert metrics["kl"] != 0 and metrics["chi2"] > 0 and 0 < metrics["ess"] < 1 and metrics["ppl_ratio"] != 1
+
+
+@pytest.mark.parametrize("tokens", ["some", "none"])
+def test_equal_engines_have_kl_0_chi2_0_ess_1_and_ppl_ratio_1(tokens):
+    logps = -torch.rand(3, 4, generator=torch.Generator().manual_seed(7))
+    mask = torch.ones(3, 4) if tokens == "some" else torch.zeros(3, 4)
+    metrics = mismatch_metrics(mismatch_sums(logps, logps.clone(), mask))
+    assert {name: float(value) for name, value in metrics.items()} == {"kl": 0, "chi2": 0, "ess": 1, "ppl_ratio": 1}
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -114,6 +242,16 @@ def test_engine_logp_gap_is_the_masked_mean_absolute_difference():
         ({"kv_cache_gib": 0}, "kv_cache_gib"),
         ({"importance_sampling_cap": 0.0}, "importance_sampling_cap"),
         ({"request_timeout": 0.0}, "request_timeout"),
+        (
+            {"importance_sampling_cap": 2.0, "importance_sampling_mode": "token_clip"},
+            r"^Unknown model.vllm.importance_sampling_mode 'token_clip'; known values are: token_truncate, "
+            r"token_mask, sequence_truncate, sequence_mask\.$",
+        ),
+        ({"importance_sampling_mode": "token_mask"}, r"importance_sampling_mode token_mask has no effect without"),
+        ({"importance_sampling_min": 0.5}, r"importance_sampling_min 0.5 has no effect without .*_cap"),
+        ({"importance_sampling_cap": 2.0, "importance_sampling_min": 2.0}, r"_min \(2.0\) must be .*less than"),
+        ({"importance_sampling_cap": 2.0, "importance_sampling_min": 0.0}, r"_min \(0.0\) must be positive"),
+        ({"off_policy_mask_threshold": -0.1}, r"off_policy_mask_threshold must be 0 or more .*not -0.1"),
     ],
 )
 def test_bad_engine_options_are_refused_by_name(options, message):
@@ -184,6 +322,10 @@ def test_the_importance_sampling_cap_is_refused_with_top_p_or_top_k(assets, samp
     module = _in_a_fit(make_module(assets, rollout_engine="vllm", vllm=options, sampling=sampling))
     with pytest.raises(ConfigError, match=r"importance_sampling_cap \(2.0\) needs model.sampling.top_p 1 and .*top_k"):
         module.rollouts.start_engine()
+    threshold = dict(python="/no/such/python", off_policy_mask_threshold=0.5)
+    module = _in_a_fit(make_module(assets, rollout_engine="vllm", vllm=threshold, sampling=sampling))
+    with pytest.raises(ConfigError, match=r"off_policy_mask_threshold \(0.5\) needs model.sampling.top_p 1 and"):
+        module.rollouts.start_engine()
     # without the cap, or without top-p and top-k, the options pass (and the start fails further on, here)
     for module in (
         make_module(assets, rollout_engine="vllm", vllm=dict(python="/no/such/python"), sampling=sampling),
@@ -196,6 +338,9 @@ def test_the_importance_sampling_cap_is_refused_with_top_p_or_top_k(assets, samp
 def test_options_the_engine_ignores_are_warned_of(assets):
     module = _in_a_fit(make_module(assets, vllm=dict(importance_sampling_cap=2.0)))
     with pytest.warns(UserWarning, match=r"importance_sampling_cap \(2.0\) is ignored with model.rollout_engine hf"):
+        module.rollouts.start_engine()
+    module = _in_a_fit(make_module(assets, vllm=dict(off_policy_mask_threshold=0.5)))
+    with pytest.warns(UserWarning, match=r"off_policy_mask_threshold \(0.5\) is ignored with model.rollout_engine hf"):
         module.rollouts.start_engine()
     module = make_module(
         assets, rollout_engine="vllm", vllm=dict(python="/no/such/python"), sampling=dict(generation_batch_size=4)
@@ -452,8 +597,8 @@ class OffsetEngine(RolloutEngine):
     name = "offset"
     holds_own_weights = True  # as the vllm engine: synced after each optimizer step
 
-    def __init__(self, with_logps: bool):
-        self.with_logps, self._running, self.offsets = with_logps, False, []
+    def __init__(self, with_logps: bool, pattern: torch.Tensor = OFFSETS):
+        self.with_logps, self.pattern, self._running, self.offsets = with_logps, pattern, False, []
 
     def start(self, model, adapter, weights_dtype, device=None):
         self._running = True
@@ -481,12 +626,22 @@ class OffsetEngine(RolloutEngine):
             )
         model.train(was_training)
         rows, columns = torch.arange(ids.shape[0])[:, None], torch.arange(ids.shape[1])[None, :]
-        offsets = OFFSETS[(rows + columns) % 4]
+        offsets = self.pattern[(rows + columns) % len(self.pattern)]
         self.offsets.append(offsets)
         return SampledCompletions(ids, (policy + offsets.float()) * mask)
 
 
-def _fit_with(assets, data_kwargs, tmp_path, engine: OffsetEngine, cap: float | None):
+def _reference_keep(advantages, logps, engine_logps, mask, threshold: float | None) -> torch.Tensor:
+    """The off-policy sequence mask in float64 loops: keep when A_i >= 0 or mean_t(logp_engine - logp) <= delta."""
+    keep = torch.ones(logps.shape, dtype=torch.float64)
+    for i in range(logps.shape[0]):
+        tokens = [float(engine_logps[i, t] - logps[i, t]) for t in range(logps.shape[1]) if mask[i][t]]
+        if threshold is not None and advantages[i] < 0 and sum(tokens) / max(len(tokens), 1) > threshold:
+            keep[i] = 0.0
+    return keep
+
+
+def _fit_with(assets, data_kwargs, tmp_path, engine: OffsetEngine, cap: float | None, **vllm):
     """One step (SGD, lr 1, no clipping: the weight change is minus the gradient) with ``engine`` sampling; what
     ``optimize`` got, the float64 hand computation of its gradient, and the logged scalars."""
     module = make_module(
@@ -494,10 +649,12 @@ def _fit_with(assets, data_kwargs, tmp_path, engine: OffsetEngine, cap: float | 
         optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
         rewards=dict(funcs=["tests.test_vllm_engine:length_reward"]),
         loss=dict(beta=0.0, loss_type="dapo", max_grad_norm=None),
-        vllm=dict(importance_sampling_cap=cap),
+        vllm=dict(importance_sampling_cap=cap, **vllm),
     )
     module.configure_model()
     module.rollouts.engine = engine
+    mode, low = module.vllm.importance_sampling_mode, module.vllm.importance_sampling_min
+    threshold = module.vllm.off_policy_mask_threshold
     seen = {}
     optimize = module.update.optimize
 
@@ -508,16 +665,17 @@ def _fit_with(assets, data_kwargs, tmp_path, engine: OffsetEngine, cap: float | 
             rollout.completion_mask, temperature=module.sampling.temperature,
         )  # fmt: skip
         mask = rollout.completion_mask.tolist()
-        weights = torch.zeros(logps.shape, dtype=torch.float64)
-        for i in range(logps.shape[0]):
-            for t in range(logps.shape[1]):
-                if mask[i][t]:
-                    weights[i, t] = 1.0 if cap is None else min(math.exp(-float(OFFSETS[(i + t) % 4])), cap)
-        # dapo at ratio 1: d/d theta of sum_it -A_i w_it logp_it / (number of tokens)
-        hand = -(advantages.double()[:, None] * weights * logps.double()).sum() / sum(map(sum, mask))
+        weights = torch.tensor(mask, dtype=torch.float64)
+        if cap is not None:  # the mode's weights of the ratios logp_old - logp_engine (old: this pass, detached)
+            log_ratio = (logps.detach().double() - rollout.engine_logps.double()).tolist()
+            weights = torch.tensor(reference_weights(mode, log_ratio, mask, cap, low), dtype=torch.float64)
+        engine_logps = rollout.engine_logps if rollout.engine_logps is not None else logps.detach()
+        keep = _reference_keep(advantages, logps.detach().double(), engine_logps.double(), mask, threshold)
+        # dapo at ratio 1: d/d theta of sum_it -A_i w_it keep_i logp_it / (number of tokens)
+        hand = -(advantages.double()[:, None] * weights * keep * logps.double()).sum() / sum(map(sum, mask))
         trainable = [p for p in module.model.parameters() if p.requires_grad]
         grads = torch.autograd.grad(hand, trainable, allow_unused=True)
-        seen.update(rollout=rollout, advantages=advantages, logps=logps.detach(), weights=weights)
+        seen.update(rollout=rollout, advantages=advantages, logps=logps.detach(), weights=weights, keep=keep)
         seen["delta"] = -torch.cat(
             [(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(trainable, grads, strict=True)]
         )
@@ -562,6 +720,55 @@ def test_engine_log_probs_give_the_gap_and_with_a_cap_the_importance_weighted_up
     assert (weights == CAP).any() and (weights < 1).any()  # both sides of 1 and the cap
     torch.testing.assert_close(capped, capped_seen["delta"].float(), rtol=1e-4, atol=1e-6)  # (b)
     assert not torch.allclose(capped, plain, rtol=1e-3, atol=1e-5)  # the cap is not ignored
+
+
+#: The mismatch statistics every step with the engine's log-probs logs, by name.
+MISMATCH_METRICS = ("kl", "chi2", "ess", "ppl_ratio")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_mask_mode_leaves_tokens_out_of_the_policy_term_and_the_step_logs_the_mismatch(assets, data_kwargs, tmp_path):
+    """``token_mask`` with a minimum: the tokens whose ratio is outside [0.98, 1.02] (offsets -0.05 and 0.03) lose
+    their policy term, the others keep their ratio as weight; the update is the gradient of that objective (float64
+    hand computation, the masked tokens still in its normaliser); the masked fraction, the KL, chi2, ESS and perplexity
+    ratio logged are those of the step's completion tokens (float64 loops over their log-probs)."""
+    engine = OffsetEngine(True)
+    delta, seen, scalars = _fit_with(
+        assets, data_kwargs, tmp_path, engine, CAP, importance_sampling_mode="token_mask", importance_sampling_min=0.98
+    )
+    rollout, weights = seen["rollout"], seen["weights"]
+    mask = rollout.completion_mask != 0
+    phase = (torch.arange(mask.shape[0])[:, None] + torch.arange(mask.shape[1])[None, :]) % 4
+    assert torch.equal(weights[mask] == 0, (phase[mask] == 0) | (phase[mask] == 3))  # ratios 1.051 and 0.970 out
+    assert ((weights[mask] > 0.99) | (weights[mask] == 0)).all() and (weights[mask] > 1.005).any()
+    torch.testing.assert_close(delta, seen["delta"].float(), rtol=1e-4, atol=1e-6)
+
+    ((step, masked),) = scalars["train/engine/masked_fraction"]
+    assert step == 0 and masked == pytest.approx(float((weights[mask] == 0).double().mean()), rel=1e-6)
+    expected = _mismatch_reference(seen["logps"].double(), rollout.engine_logps.double(), mask)
+    for name in MISMATCH_METRICS:
+        ((_, value),) = scalars[f"train/engine/{name}"]
+        assert value == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
+    assert expected["kl"] == pytest.approx(float(engine.offsets[0][mask].double().mean()), abs=1e-5)
+    assert "train/engine/off_policy_masked_fraction" not in scalars
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_off_policy_mask_leaves_out_negative_advantage_completions_far_from_the_engine(
+    assets, data_kwargs, tmp_path
+):
+    """Every token 0.05 more likely under the engine: each completion's mean KL (0.05) is above the threshold 0.02, so
+    the completions with a negative advantage lose their policy term and the others keep it (the update is the
+    gradient of that objective, float64 hand computation); the fraction of tokens left out is logged."""
+    engine = OffsetEngine(True, pattern=torch.tensor([0.05], dtype=torch.float64))
+    delta, seen, scalars = _fit_with(assets, data_kwargs, tmp_path, engine, None, off_policy_mask_threshold=0.02)
+    advantages, keep, mask = seen["advantages"], seen["keep"], seen["rollout"].completion_mask != 0
+    assert (advantages < 0).any() and (advantages > 0).any()
+    assert torch.equal(keep[:, 0] == 0, advantages.cpu() < 0)
+    torch.testing.assert_close(delta, seen["delta"].float(), rtol=1e-4, atol=1e-6)
+    ((_, masked),) = scalars["train/engine/off_policy_masked_fraction"]
+    assert masked == pytest.approx(float(mask[advantages.cpu() < 0].sum() / mask.sum()), rel=1e-6)
+    assert "train/engine/masked_fraction" not in scalars
 
 
 # ------------------------------------------------------------------------------------- weights to send
@@ -756,9 +963,11 @@ def _trainer(save_dir: Path, steps: int, callbacks=()) -> L.Trainer:
 @pytest.mark.slow
 def test_a_demo_fit_with_the_vllm_engine_learns_and_stops_its_engine(assets, data_kwargs, engine_python, tmp_path):
     """The demo's learning test with the vLLM engine: the reward rises as with the policy's own sampler; every step
-    logs the weight update's time and the engines' log-prob gap (float32 on the CPU: ~1e-6); the engine process is
-    gone after the fit, its shared-memory folder too."""
-    module = _vllm_module(assets, **TAG_LEARNING)
+    logs the weight update's time, the engines' log-prob gap (float32 on the CPU: ~1e-6) and their mismatch (KL, chi2,
+    ESS, perplexity ratio: those of equal engines, to float32), and ``token_mask`` between 0.5 and 2 masks no token;
+    the engine process is gone after the fit, its shared-memory folder too."""
+    correction = dict(importance_sampling_cap=2.0, importance_sampling_mode="token_mask", importance_sampling_min=0.5)
+    module = _vllm_module(assets, vllm=correction, **TAG_LEARNING)
     module.configure_model()
     before = flat_params(module)
     L.seed_everything(0)
@@ -780,6 +989,10 @@ def test_a_demo_fit_with_the_vllm_engine_learns_and_stops_its_engine(assets, dat
     assert len(scalars["train/time/weight_sync"]) == 20
     assert all(0 < seconds < 30 for _, seconds in scalars["train/time/weight_sync"])
     assert max(gap for _, gap in scalars["train/engine/logp_diff"]) < 1e-4
+    equal_engines = {"kl": 0.0, "chi2": 0.0, "ess": 1.0, "ppl_ratio": 1.0, "masked_fraction": 0.0}
+    for name, value in equal_engines.items():
+        logged = [logged for _, logged in scalars[f"train/engine/{name}"]]
+        assert len(logged) == 20 and max(abs(v - value) for v in logged) < 1e-4, (name, logged)
     ((pid, folder),) = started
     assert _process_gone(pid) and not module.rollouts.engine.running
     assert not folder.exists()
@@ -895,6 +1108,8 @@ def test_the_engine_options_are_in_fit_help_and_a_config_sets_them(tmp_path, cap
         assert f"--model.vllm.{name} " in out, name
 
     chosen = {"python": "/opt/engine/bin/python", "kv_cache_gib": 2, "request_timeout": 600.0, "shm_dir": "/tmp"}
+    chosen |= {"importance_sampling_cap": 2.0, "importance_sampling_mode": "sequence_mask"}
+    chosen |= {"importance_sampling_min": 0.5, "off_policy_mask_threshold": 0.25}
     overlay = tmp_path / "engine.yaml"
     overlay.write_text(yaml.safe_dump({"model": {"rollout_engine": "vllm", "vllm": chosen}}), encoding="utf-8")
     with pytest.raises(SystemExit) as exit_info:

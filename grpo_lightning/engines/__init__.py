@@ -7,16 +7,18 @@ come from the policy, on the sampled token ids. ``correction`` holds the math of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import Callback
 
-from grpo_lightning.config import VLLMConfig
 from grpo_lightning.engines.base import RolloutEngine, SampledCompletions, right_pad
-from grpo_lightning.engines.correction import engine_logp_gap, truncated_importance_weights
+from grpo_lightning.engines.correction import IMPORTANCE_SAMPLING_MODES, engine_logp_gap, truncated_importance_weights
 from grpo_lightning.engines.hf import HFEngine
 from grpo_lightning.engines.vllm import EngineError, VLLMEngine
 from grpo_lightning.registry import Registry
+
+if TYPE_CHECKING:  # the config checks its options against this package's registries: no import back at run time
+    from grpo_lightning.config import VLLMConfig
 
 #: ``model.rollout_engine`` values and their engines.
 ENGINES: Registry[type[RolloutEngine]] = Registry("model.rollout_engine")
@@ -49,6 +51,7 @@ class EngineShutdown(Callback):
 
 __all__ = [
     "ENGINES",
+    "IMPORTANCE_SAMPLING_MODES",
     "EngineError",
     "EngineShutdown",
     "HFEngine",

@@ -3,38 +3,44 @@ encoding, KV cache), in eval mode, ``sampling.generation_batch_size`` sequences 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from grpo_lightning.adapters import PromptBatch, VLMAdapter
-from grpo_lightning.config import SamplingConfig, VLLMConfig
 from grpo_lightning.engines.base import RolloutEngine, SampledCompletions, right_pad
+
+if TYPE_CHECKING:  # the config checks its options against the engines' registries: no import back at run time
+    from grpo_lightning.config import SamplingConfig, VLLMConfig
+
+#: The ``model.vllm`` options of the engines' mismatch correction, which mean nothing when the policy samples itself.
+CORRECTION_OPTIONS = ("importance_sampling_cap", "importance_sampling_min", "off_policy_mask_threshold")
 
 
 class HFEngine(RolloutEngine):
     """The policy samples its own rollouts.
 
     Args:
-        ignored_cap: ``model.vllm.importance_sampling_cap`` as configured, which this engine has no use for (warned
-            of when a fit starts).
+        ignored: the ``model.vllm`` correction options that are set (:data:`CORRECTION_OPTIONS`), which this engine
+            has no use for (warned of when a fit starts), by name.
     """
 
     name = "hf"
 
-    def __init__(self, ignored_cap: float | None = None):
-        self.ignored_cap = ignored_cap
+    def __init__(self, ignored: dict[str, float] | None = None):
+        self.ignored = dict(ignored or {})
 
     @classmethod
     def from_options(cls, vllm: VLLMConfig) -> HFEngine:
-        return cls(ignored_cap=vllm.importance_sampling_cap)
+        options = {name: getattr(vllm, name) for name in CORRECTION_OPTIONS}
+        return cls(ignored={name: value for name, value in options.items() if value is not None})
 
     def check_fit(self, strategy: Any, sampling: SamplingConfig) -> None:
-        if self.ignored_cap is not None:
+        for name, value in self.ignored.items():
             rank_zero_warn(
-                f"model.vllm.importance_sampling_cap ({self.ignored_cap}) is ignored with model.rollout_engine hf: the "
-                "policy samples its own rollouts, so there is no engines' mismatch to correct."
+                f"model.vllm.{name} ({value}) is ignored with model.rollout_engine hf: the policy samples its own "
+                "rollouts, so there is no engines' mismatch to correct."
             )
 
     def sample(

@@ -14,7 +14,8 @@ Every request gets a seed drawn from torch's global generator, so a seeded run s
 a resumed one continues its random streams. vLLM's log-probs of the sampled tokens come back with the ids: those of
 the distribution it sampled from (temperature applied, the suppressed tokens masked, and top-p and top-k truncation
 renormalised), so they are the trainer's log-probs, which apply the temperature only, when ``sampling.top_p`` is 1
-and ``sampling.top_k`` is off (the module refuses ``vllm.importance_sampling_cap`` otherwise).
+and ``sampling.top_k`` is off (the module refuses ``vllm.importance_sampling_cap`` and
+``vllm.off_policy_mask_threshold`` otherwise).
 
 Weights: the engine starts from the policy's weights as they are when the fit starts, written once in memory; before
 each rollout whose policy has changed since the engine's last update (the first rollout of a fit, all weights, since
@@ -86,12 +87,12 @@ class VLLMEngine(RolloutEngine):
         return cls(vllm)
 
     def check_fit(self, strategy: Any, sampling: SamplingConfig) -> None:
-        """Refuse a strategy that shards the weights, and importance correction with top-p or top-k; warn that
-        ``generation_batch_size`` does not apply."""
+        """Refuse a strategy that shards the weights, and a correction by the engines' log-prob ratio with top-p or
+        top-k; warn that ``generation_batch_size`` does not apply."""
         from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
         from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-        cap = self.config.importance_sampling_cap
+        cap, threshold = self.config.importance_sampling_cap, self.config.off_policy_mask_threshold
         if getattr(strategy, "zero_stage_3", False) or isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
             raise ConfigError(
                 f"model.rollout_engine vllm cannot run under {type(strategy).__name__}: the weights are sharded "
@@ -99,14 +100,16 @@ class VLLMEngine(RolloutEngine):
                 "model.rollout_engine hf, or a strategy that keeps all weights in every process (ddp, DeepSpeed "
                 "ZeRO stage 1 or 2)."
             )
-        if cap is not None and (sampling.top_p < 1 or sampling.top_k):
-            raise ConfigError(
-                f"model.vllm.importance_sampling_cap ({cap}) needs model.sampling.top_p 1 and model.sampling.top_k "
-                f"null, not top_p {sampling.top_p} and top_k {sampling.top_k}: vLLM's log-probs are those of the "
-                "distribution that top-p and top-k truncate and renormalise, the policy's those of the temperature "
-                "alone, so their ratio is not the engines' mismatch. Sample without top-p and top-k, or turn the "
-                "correction off (importance_sampling_cap null)."
-            )
+        ratio_options = {"importance_sampling_cap": cap, "off_policy_mask_threshold": threshold}
+        for name, value in ratio_options.items():
+            if value is not None and (sampling.top_p < 1 or sampling.top_k):
+                raise ConfigError(
+                    f"model.vllm.{name} ({value}) needs model.sampling.top_p 1 and model.sampling.top_k null, not "
+                    f"top_p {sampling.top_p} and top_k {sampling.top_k}: vLLM's log-probs are those of the "
+                    "distribution that top-p and top-k truncate and renormalise, the policy's those of the "
+                    "temperature alone, so their ratio is not the engines' mismatch. Sample without top-p and top-k, "
+                    f"or turn the option off ({name} null)."
+                )
         if sampling.generation_batch_size is not None:
             rank_zero_warn(
                 f"model.sampling.generation_batch_size ({sampling.generation_batch_size}) is ignored with "

@@ -18,11 +18,18 @@ prepared from the model or the batch (a mask, a weight) is one small method here
   every completion token's entropy, so that the threshold is the whole batch's (every micro-batch, every process)
   before the first micro-batch's loss; it holds (N, C) entropies, not logits, and is measured once per rollout (the
   sampling policy's), for all ``num_iterations`` (TRL takes a threshold per loss call, from that micro-batch's pass);
-* a rollout with the engine's log-probs (the ``vllm`` engine, :class:`EngineMismatch`): the engines' gap is measured
-  on the first iteration's policy pass (no pass of its own), ``engine_logp_diff``, the mean
-  |logp_policy - logp_engine| over the completion tokens; with ``vllm.importance_sampling_cap`` C each token's policy
-  term is weighted by ``min(exp(logp_old - logp_engine), C)`` (``logp_old``: the old log-probs, or the pass's own
-  detached), TRL's truncated importance sampling.
+* a rollout with the engine's log-probs (the ``vllm`` engine, :class:`EngineMismatch`): the engines' mismatch is
+  measured on the first iteration's policy pass (no pass of its own) over every completion token: ``engine_logp_diff``,
+  the mean |logp_policy - logp_engine| (a mean of the processes' means), and the KL, chi2, effective sample size and
+  perplexity ratio of :func:`~grpo_lightning.engines.correction.mismatch_metrics` (over the global batch: their sums
+  are added over the processes). With ``vllm.importance_sampling_cap`` each token's policy term is weighted by the
+  ratio ``exp(logp_old - logp_engine)`` (``logp_old``: the old log-probs, or the pass's own detached) bounded by
+  ``vllm.importance_sampling_mode`` (:data:`~grpo_lightning.engines.correction.IMPORTANCE_SAMPLING_MODES`), TRL's
+  ``vllm_importance_sampling_mode``; with ``vllm.off_policy_mask_threshold`` the policy term of a completion with a
+  negative advantage whose mean ``logp_engine - logp`` exceeds the threshold is left out, at each iteration's pass
+  (DeepSeek-V3.2's off-policy sequence masking, as TRL's). Both act on the policy term only: a masked token keeps its
+  KL term and still counts in the normaliser and the statistics, as in TRL, which multiplies its per-token policy loss
+  by them. The correction's options other than the cap are the module's ``vllm`` group's.
 """
 
 from __future__ import annotations
@@ -45,13 +52,20 @@ from grpo_lightning.algorithms import (
     loss_normaliser,
     sequence_kl_penalty,
 )
-from grpo_lightning.engines import engine_logp_gap, truncated_importance_weights
+from grpo_lightning.engines.correction import (
+    IMPORTANCE_SAMPLING_MODES,
+    MISMATCH_SUMS,
+    engine_logp_gap,
+    mismatch_metrics,
+    mismatch_sums,
+    off_policy_sequence_mask,
+)
 from grpo_lightning.rollout import Rollout
 
 if TYPE_CHECKING:
     import lightning as L
 
-    from grpo_lightning.config import LossConfig, SamplingConfig
+    from grpo_lightning.config import LossConfig, SamplingConfig, VLLMConfig
 
 
 @dataclass(frozen=True)
@@ -64,30 +78,78 @@ class HighEntropyTokens:
 
 
 class EngineMismatch:
-    """The rollout engine's log-probs against the policy's: their gap, and the truncated importance weights.
+    """The rollout engine's log-probs against the policy's: the mismatch statistics, the importance weights and the
+    off-policy sequence mask, for one step.
 
     Args:
         engine_logps: (N, C) the engine's log-probs of the sampled tokens.
         sampled_mask: (N, C) the completion tokens (before any loss mask).
-        cap: ``vllm.importance_sampling_cap`` (None: no weights, the gap only).
-        device: where the gap is summed.
+        cap: ``vllm.importance_sampling_cap`` (None: no weights).
+        device: where the statistics are summed.
+        mode: ``vllm.importance_sampling_mode``.
+        minimum: ``vllm.importance_sampling_min``.
+        threshold: ``vllm.off_policy_mask_threshold`` (None: no off-policy mask).
     """
 
-    def __init__(self, engine_logps: Tensor, sampled_mask: Tensor, cap: float | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        engine_logps: Tensor,
+        sampled_mask: Tensor,
+        cap: float | None,
+        device: torch.device,
+        mode: str = "token_truncate",
+        minimum: float | None = None,
+        threshold: float | None = None,
+    ) -> None:
         self.engine_logps, self.sampled_mask, self.cap = engine_logps, sampled_mask, cap
+        self.mode, self.minimum, self.threshold = IMPORTANCE_SAMPLING_MODES[mode], minimum, threshold
         self.gap = torch.zeros((), device=device)
+        # mismatch_sums over the micro-batches; the tokens of the loss mask that the importance weights and the
+        # off-policy mask left out, and the tokens they saw
+        self.sums = torch.zeros(len(MISMATCH_SUMS), dtype=torch.float64, device=device)
+        self.counts = torch.zeros(4, dtype=torch.float64, device=device)
 
     def weights(self, mb: slice, logps: Tensor, old: Tensor | None, mask: Tensor, measure: bool) -> Tensor | None:
-        """The micro-batch's importance weights (None without a cap); ``measure``: add its share of the gap, over
-        every sampled token (the first iteration's pass)."""
+        """The micro-batch's importance weights (None without a cap); ``measure``: add its share of the gap and of the
+        mismatch sums, over every sampled token (the first iteration's pass)."""
         if measure:
             tokens = self.sampled_mask[mb].sum()
             gap = engine_logp_gap(self.engine_logps[mb], logps.detach(), self.sampled_mask[mb])
             self.gap += gap.float() * tokens / self.sampled_mask.sum().clamp(min=1)
+            self.sums += mismatch_sums(logps, self.engine_logps[mb], self.sampled_mask[mb]).to(self.sums.device)
         if self.cap is None:
             return None
         old_or_detached = old if old is not None else logps.detach()
-        return truncated_importance_weights(old_or_detached, self.engine_logps[mb], mask[mb], self.cap)
+        weights = self.mode.weights(old_or_detached, self.engine_logps[mb], mask[mb], self.cap, self.minimum)
+        if self.mode.masks:
+            counted = mask[mb] != 0
+            self.counts[0] += (counted & (weights == 0)).sum().to(self.counts)
+            self.counts[1] += counted.sum().to(self.counts)
+        return weights
+
+    def policy_mask(self, mb: slice, logps: Tensor, advantages: Tensor, mask: Tensor) -> Tensor | None:
+        """(B, C) the micro-batch's tokens whose sequence keeps its policy term under the off-policy sequence mask,
+        measured against the current pass (None without a threshold)."""
+        if self.threshold is None:
+            return None
+        engine_logps = self.engine_logps[mb].to(logps.device)
+        keep = off_policy_sequence_mask(advantages, logps, engine_logps, mask[mb], self.threshold)
+        counted = mask[mb] != 0
+        self.counts[2] += (counted & ~keep[:, None]).sum().to(self.counts)
+        self.counts[3] += counted.sum().to(self.counts)
+        return keep[:, None].expand_as(counted)
+
+    def stats(self, summed: Tensor) -> dict[str, Tensor]:
+        """The step's statistics, from ``summed``: :attr:`sums` and :attr:`counts` concatenated and summed over the
+        processes."""
+        sums, counts = summed[: len(self.sums)], summed[len(self.sums) :]
+        stats = {"engine_logp_diff": self.gap}
+        stats.update({f"engine_{name}": value.float() for name, value in mismatch_metrics(sums).items()})
+        if self.cap is not None and self.mode.masks:
+            stats["engine_masked_fraction"] = (counts[0] / counts[1].clamp(min=1)).float()
+        if self.threshold is not None:
+            stats["engine_off_policy_masked_fraction"] = (counts[2] / counts[3].clamp(min=1)).float()
+        return stats
 
 
 class PolicyUpdate:
@@ -98,7 +160,8 @@ class PolicyUpdate:
         module: the LightningModule (its model, device, collectives, optimizer and manual backward).
         loss: the objective and the update's options.
         sampling: the sampling options the passes share (temperature, G, the completion budget).
-        importance_sampling_cap: the cap of the engines' mismatch correction (``vllm.importance_sampling_cap``).
+        importance_sampling_cap: the cap of the engines' mismatch correction (``vllm.importance_sampling_cap``); its
+            other options are read from the module's ``vllm`` group (:meth:`engine_mismatch`).
     """
 
     def __init__(
@@ -225,8 +288,14 @@ class PolicyUpdate:
         """The engine's log-probs of a rollout another engine sampled (None: the policy sampled it)."""
         if rollout.engine_logps is None:
             return None
+        vllm: VLLMConfig = self.module.vllm
+        options = dict(
+            mode=vllm.importance_sampling_mode,
+            minimum=vllm.importance_sampling_min,
+            threshold=vllm.off_policy_mask_threshold,
+        )
         cap = self.importance_sampling_cap
-        return EngineMismatch(rollout.engine_logps, rollout.completion_mask, cap, self.module.device)
+        return EngineMismatch(rollout.engine_logps, rollout.completion_mask, cap, self.module.device, **options)
 
     # ------------------------------------------------------------------------------------ the update
     def optimize(
@@ -249,11 +318,14 @@ class PolicyUpdate:
                 if first and high_entropy is not None:
                     entropy = high_entropy.entropy[mb]
                 old = _rows(old_logps, mb)
+                policy_mask = high_entropy.mask[mb] if high_entropy is not None else None
+                weights = None
+                if engine is not None:
+                    weights = engine.weights(mb, logps, old, mask, first)
+                    policy_mask = _both(policy_mask, engine.policy_mask(mb, logps, advantages[mb], mask))
                 loss, stats = grpo_loss(
                     logps, old, advantages[mb], mask[mb], config, ref_logps=_rows(ref_logps, mb), entropy=entropy,
-                    policy_mask=high_entropy.mask[mb] if high_entropy is not None else None,
-                    importance_weights=engine.weights(mb, logps, old, mask, first) if engine is not None else None,
-                    totals=totals,
+                    policy_mask=policy_mask, importance_weights=weights, totals=totals,
                 )  # fmt: skip
                 with gradients.backward_context(last=index == len(micro_batches) - 1):
                     module.manual_backward(loss)
@@ -266,7 +338,7 @@ class PolicyUpdate:
         if high_entropy is not None:
             stats.update(high_entropy.stats)
         if engine is not None:
-            stats["engine_logp_diff"] = engine.gap
+            stats.update(engine.stats(self.summed_over_processes(torch.cat([engine.sums, engine.counts]))))
         return stats
 
     def step(self, gradients: GradientAccumulation) -> None:
@@ -282,6 +354,12 @@ class PolicyUpdate:
     @property
     def world_size(self) -> int:
         return self.module.trainer.world_size if self.module._trainer is not None else 1
+
+    def summed_over_processes(self, values: Tensor) -> Tensor:
+        """``values`` summed over the processes (themselves with one process)."""
+        if self.world_size == 1:
+            return values
+        return self.module.trainer.strategy.reduce(values.clone(), reduce_op="sum")
 
     def gathered(self, values: Tensor) -> tuple[Tensor, list[int]]:
         """The 1-D ``values`` of every process, rank-major (this process's alone with one process), and each process's
@@ -299,6 +377,13 @@ class PolicyUpdate:
 
 def _rows(values: Tensor | None, mb: slice) -> Tensor | None:
     return values[mb] if values is not None else None
+
+
+def _both(first: Tensor | None, second: Tensor | None) -> Tensor | None:
+    """The tokens two policy masks both keep (either alone when the other is None)."""
+    if first is None or second is None:
+        return second if first is None else first
+    return (first != 0) & (second != 0)
 
 
 __all__ = ["EngineMismatch", "HighEntropyTokens", "PolicyUpdate"]
