@@ -136,7 +136,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         self.adapter: VLMAdapter | None = None
         # The stages of a training step (each a plain object, outside the module tree).
         self.rollouts = RolloutStage(self, sampling, rewards, rollout_engine, vllm)
-        self.update = PolicyUpdate(self, loss, sampling, vllm.importance_sampling_cap)
+        self.update = PolicyUpdate(self, loss, sampling, vllm)
         self.reference = ReferencePolicy(loss, lora, model_name_or_path)
         self._rng_streams_restored = False  # every process's random streams came from a checkpoint
         self._eval_records: list[dict[str, Any]] = []  # the running split's prediction records (EvaluationMixin)

@@ -21,7 +21,7 @@ from grpo_lightning.algorithms import (
     sequence_kl_penalty,
 )
 from grpo_lightning.cli import main
-from grpo_lightning.config import LossConfig, RewardConfig, SamplingConfig, check_option_groups
+from grpo_lightning.config import LossConfig, RewardConfig, SamplingConfig, VLLMConfig, check_option_groups
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.stages.update import PolicyUpdate
 from tests.helpers import ROOT
@@ -178,14 +178,14 @@ def test_the_update_takes_beta_times_each_completions_kl_from_its_reward(num_ite
     mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 5 + [0], [1] * 6])
     rewards = torch.tensor([1.0, -2.0, NAN, 0.5], dtype=torch.float64)
     config = LossConfig(beta=0.05, kl_in_reward=True, kl_estimator=name, num_iterations=num_iterations)
-    update = PolicyUpdate(SimpleNamespace(), config, SamplingConfig(num_generations=2), None)
+    update = PolicyUpdate(SimpleNamespace(), config, SamplingConfig(num_generations=2), VLLMConfig())
     got = update.rewards_with_kl(rewards, SimpleNamespace(completion_mask=mask), ref, old)
     expected = [
         reward - 0.05 * sum(_kl_value(name, lp, r) for lp, r, m in zip(*rows, strict=True) if m)
         for reward, *rows in zip(rewards.tolist(), old.tolist(), ref.tolist(), mask.tolist(), strict=True)
     ]
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), equal_nan=True, **F64)
-    off = PolicyUpdate(SimpleNamespace(), LossConfig(), SamplingConfig(num_generations=2), None)
+    off = PolicyUpdate(SimpleNamespace(), LossConfig(), SamplingConfig(num_generations=2), VLLMConfig())
     assert off.rewards_with_kl(rewards, SimpleNamespace(completion_mask=mask), ref, old) is rewards
 
 

@@ -160,8 +160,8 @@ class PolicyUpdate:
         module: the LightningModule (its model, device, collectives, optimizer and manual backward).
         loss: the objective and the update's options.
         sampling: the sampling options the passes share (temperature, G, the completion budget).
-        importance_sampling_cap: the cap of the engines' mismatch correction (``vllm.importance_sampling_cap``); its
-            other options are read from the module's ``vllm`` group (:meth:`engine_mismatch`).
+        vllm: the engines' mismatch correction (``vllm.importance_sampling_*``, ``vllm.off_policy_mask_threshold``;
+            :meth:`engine_mismatch`).
     """
 
     def __init__(
@@ -169,10 +169,9 @@ class PolicyUpdate:
         module: L.LightningModule,
         loss: LossConfig,
         sampling: SamplingConfig,
-        importance_sampling_cap: float | None,
+        vllm: VLLMConfig,
     ) -> None:
-        self.module, self.config, self.sampling = module, loss, sampling
-        self.importance_sampling_cap = importance_sampling_cap
+        self.module, self.config, self.sampling, self.vllm = module, loss, sampling, vllm
 
     # ------------------------------------------------------------------------------------ advantages
     def advantages(self, rewards: Tensor) -> Tensor:
@@ -288,13 +287,13 @@ class PolicyUpdate:
         """The engine's log-probs of a rollout another engine sampled (None: the policy sampled it)."""
         if rollout.engine_logps is None:
             return None
-        vllm: VLLMConfig = self.module.vllm
+        vllm = self.vllm
         options = dict(
             mode=vllm.importance_sampling_mode,
             minimum=vllm.importance_sampling_min,
             threshold=vllm.off_policy_mask_threshold,
         )
-        cap = self.importance_sampling_cap
+        cap = vllm.importance_sampling_cap
         return EngineMismatch(rollout.engine_logps, rollout.completion_mask, cap, self.module.device, **options)
 
     # ------------------------------------------------------------------------------------ the update
