@@ -30,7 +30,9 @@ and the trainer minimises ``pg_loss + beta * approx_kl`` per token, where
   ``dapo`` (token mean over the global batch, DAPO eq. 8) and ``dr_grpo`` (divide by sequences x
   max_completion_length, a constant, so long answers are not down-weighted);
 * :func:`grpo_loss` puts them together: the scalar to backpropagate for one (micro-)batch, and the statistics
-  of the step (KL, clipped-token fractions, entropy) next to the formula they describe.
+  of the step (KL, clipped-token fractions, entropy) next to the formula they describe; with ``loss.entropy_coef``
+  it subtracts an entropy bonus, whose coefficient :func:`adaptive_entropy_coef` and :func:`gated_entropy_coef`
+  adapt with ``loss.adaptive_entropy`` (Skywork-OR1, TRL).
 
 Helpers for the surrounding step: :func:`selective_log_softmax` and :func:`entropy_from_logits` read per-token
 log-probs and entropies off (B, T, V) logits without materialising a (B, T, V) log-softmax at once (the step itself
@@ -44,8 +46,8 @@ Simplified, on purpose:
 
 * outcome rewards only: one scalar reward per completion, its advantage broadcast to every token (no
   process supervision, no value function, no GAE);
-* no entropy bonus; the importance-sampling correction for a
-  separate generation engine is weights the caller computes (``grpo_loss``'s ``importance_weights``);
+* the importance-sampling correction for a separate generation engine is weights the caller computes
+  (``grpo_loss``'s ``importance_weights``), and the entropy bonus's coefficient a number the caller keeps;
 * distributed statistics are the caller's job: ``batch`` reward scaling uses the std of the rewards it is given,
   and a loss whose normaliser is ``"global_tokens"`` (``dapo``) is given the global token count.
 """
@@ -74,6 +76,7 @@ __all__ = [
     "BatchTotals",
     "LossAggregation",
     "LossNormaliser",
+    "adaptive_entropy_coef",
     "aggregate_loss",
     "clipped_surrogate",
     "completion_mask",
@@ -81,6 +84,7 @@ __all__ = [
     "drop_truncated",
     "entropy_from_logits",
     "entropy_quantile_threshold",
+    "gated_entropy_coef",
     "group_reward_std",
     "grpo_loss",
     "high_entropy_mask",
@@ -717,15 +721,22 @@ def grpo_loss(
     policy_mask: Tensor | None = None,
     importance_weights: Tensor | None = None,
     totals: BatchTotals = BatchTotals(),  # noqa: B008 (frozen)
+    entropy_coef: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss of a batch or micro-batch, and its token statistics (DeepSeekMath, Shao et al. 2024, eq. 3).
 
-    ``per_token_loss = pg_loss + beta * approx_kl`` (``pg_loss`` the registered ``config.policy_loss``,
-    :data:`POLICY_LOSSES`: by default ``ppo``, :func:`clipped_surrogate` with the config's clip ranges, ``delta``,
-    ``dual_clip`` and ``importance_sampling_level``; :func:`kl_estimate` with ``kl_estimator``, ``k3`` by default;
-    with ``kl_in_reward`` the KL is in the advantages instead and ``per_token_loss = pg_loss``), reduced by
+    ``per_token_loss = pg_loss + beta * approx_kl - entropy_coef * entropy`` (``pg_loss`` the registered
+    ``config.policy_loss``, :data:`POLICY_LOSSES`: by default ``ppo``, :func:`clipped_surrogate` with the config's clip
+    ranges, ``delta``, ``dual_clip`` and ``importance_sampling_level``; :func:`kl_estimate` with ``kl_estimator``,
+    ``k3`` by default; with ``kl_in_reward`` the KL is in the advantages instead and has no term here), reduced by
     :func:`aggregate_loss` with the normaliser of ``config.loss_type`` and the counts of ``totals``. The options come
     as the typed ``LossConfig``, whole: an option of the objective is a field there and its use here.
+
+    The entropy term is verl's entropy bonus (``verl/workers/actor/dp_actor.py``: ``entropy_agg = agg_loss(entropy,
+    response_mask, loss_agg_mode)``, then ``policy_loss -= entropy_agg * entropy_coeff``): the same aggregation as the
+    policy loss, which, being linear, may take it per token. It counts every token of ``mask``, as verl's
+    ``response_mask``, not only those of ``policy_mask`` (TRL's bonus counts only those, and takes their token mean
+    whatever the ``loss_type``). With ``entropy_coef`` 0 there is no term: the loss is the same to the bit.
 
     ``mask`` leaves tokens out of everything: the loss, its normaliser and the statistics (truncated completions
     left out by ``mask_truncated_completions``, :func:`drop_truncated`, still count in ``num_sequences``, not in
@@ -740,8 +751,10 @@ def grpo_loss(
         mask: (B, T) 1 for completion tokens that count, 0 for padding (bool, int or float 0/1).
         config: the objective's options.
         ref_logps: (B, T) the same under the frozen reference; needed when ``config.beta > 0`` (None: no KL term).
-        entropy: (B, T) the policy's entropy per token, for the statistics only (None: left out).
+        entropy: (B, T) the policy's entropy per token, for the statistics and the entropy term, which needs it with
+            its gradient (None: left out; then ``entropy_coef`` must be 0).
         policy_mask, importance_weights: (B, T) (None: every token of ``mask``; weight 1); totals: :class:`BatchTotals`.
+        entropy_coef: the entropy term's weight (None: ``config.entropy_coef``; an adaptive one is the caller's).
 
     Returns ``(loss, stats)``: the scalar to backpropagate, and detached token means of the policy loss's statistics
     (``ppo``: ``clip_low``, ``clip_high``, ``clip_delta`` with ``delta``, ``clip_ratio/dual`` with ``dual_clip``;
@@ -751,6 +764,9 @@ def grpo_loss(
     """
     if config.beta > 0 and ref_logps is None:
         raise ValueError(f"beta={config.beta} weighs a KL term, which needs ref_logps; pass them, or set beta=0")
+    entropy_coef = config.entropy_coef if entropy_coef is None else entropy_coef
+    if entropy_coef and entropy is None:
+        raise ValueError(f"entropy_coef={entropy_coef} weighs an entropy term, which needs entropy; pass it")
     old_logps = logps.detach() if old_logps is None else old_logps
     pg_loss, observed = POLICY_LOSSES[config.policy_loss](logps, old_logps, advantages, mask, config)
     per_token_loss = pg_loss = _importance_weighted(_policy_tokens_only(pg_loss, policy_mask), importance_weights)
@@ -760,6 +776,8 @@ def grpo_loss(
             per_token_loss = pg_loss + config.beta * approx_kl
     if entropy is not None:
         observed["entropy"] = entropy
+        if entropy_coef:
+            per_token_loss = per_token_loss - entropy_coef * entropy.to(per_token_loss.dtype)
     loss = aggregate_loss(
         per_token_loss, mask, config.loss_type, num_sequences=totals.num_sequences, num_tokens=totals.num_tokens,
         max_completion_length=totals.max_completion_length,
@@ -809,6 +827,33 @@ def _token_means(
         # where(), not value * mask: padding may hold inf/NaN (the product would be NaN).
         means[name] = torch.where(keep, value.detach().to(dtype), 0.0).sum() / num_tokens
     return means
+
+
+def adaptive_entropy_coef(
+    coef: float, entropy: float, target: float, coef_min: float, coef_max: float, delta: float
+) -> float:
+    """The entropy coefficient after an optimizer step of adaptive entropy control (Skywork-OR1, He et al. 2025, arXiv
+    2505.22312, sec. 3.2; TRL's ``use_adaptive_entropy``, ``trl/trainer/grpo_trainer.py``, ``_compute_loss``).
+
+    ``coef + delta`` (at most ``coef_max``) when the step's mean token entropy is at or below ``target``, else
+    ``coef - delta`` (at least ``coef_min``), as TRL: ``entropy <= target`` moves it up.
+
+    Args:
+        coef: the coefficient before the step.
+        entropy: the step's mean entropy per completion token, over every process.
+        target: ``loss.entropy_target``.
+        coef_min, coef_max, delta: ``loss.entropy_coef_min``, ``loss.entropy_coef_max``, ``loss.entropy_coef_delta``.
+    """
+    if entropy <= target:
+        return min(coef + delta, coef_max)
+    return max(coef - delta, coef_min)
+
+
+def gated_entropy_coef(coef: float, last_entropy: float, target: float) -> float:
+    """The coefficient a step applies under adaptive entropy control: ``coef`` while the last step's mean entropy is
+    at or below ``target``, else 0 (Skywork-OR1's ``alpha_k = c_k * 1[e_k <= target]``; TRL applies its coefficient
+    only then, and starts from an entropy of +inf: no bonus before the first measurement)."""
+    return coef if last_entropy <= target else 0.0
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -205,6 +205,18 @@ class LossConfig:
             al. 2025; ``scale_rewards: batch``), ``reinforce_pp_baseline`` (the group mean subtracted first) or
             ``grpo_passk`` (only each group's best completion gains, by the best reward minus the second best; verl's
             ``grpo_passk``; ``scale_rewards`` group or none).
+        entropy_coef: weight of an entropy bonus: the loss less ``entropy_coef`` times the policy's per-token entropy
+            (with gradient), aggregated by ``loss_type`` like the rest (verl's ``actor.entropy_coeff``); 0: off, no
+            extra cost. With ``adaptive_entropy``, the starting coefficient. Logged as ``entropy_coef``.
+        adaptive_entropy: adapt the coefficient after each optimizer step (Skywork-OR1, arXiv 2505.22312; TRL's
+            ``use_adaptive_entropy``): up by ``entropy_coef_delta`` when the step's mean token entropy (every process)
+            is at or below ``entropy_target``, down otherwise, within ``[entropy_coef_min, entropy_coef_max]``; the
+            bonus acts only while the last step's entropy is at or below the target. Saved in checkpoints.
+        entropy_target: the target mean token entropy in nats (TRL's ``entropy_target``); needed by
+            ``adaptive_entropy``.
+        entropy_coef_min: the adaptive coefficient's lower bound (TRL's default 0.0).
+        entropy_coef_max: its upper bound (TRL's default 1.0).
+        entropy_coef_delta: its step per optimizer step (TRL's default 0.005).
     """
 
     beta: float = 0.04
@@ -229,6 +241,12 @@ class LossConfig:
     kl_estimator: str = "k3"
     kl_in_reward: bool = False
     advantage_estimator: str = "grpo"
+    entropy_coef: float = 0.0
+    adaptive_entropy: bool = False
+    entropy_target: float | None = None
+    entropy_coef_min: float = 0.0
+    entropy_coef_max: float = 1.0
+    entropy_coef_delta: float = 0.005
 
     def __post_init__(self) -> None:
         KL_ESTIMATORS.check(self.kl_estimator, "model.loss.kl_estimator")
@@ -274,6 +292,36 @@ class LossConfig:
             )
         self._check_kl_in_reward()
         self._check_advantage_estimator()
+        self._check_entropy_control()
+
+    @property
+    def entropy_bonus(self) -> bool:
+        """Whether the loss has an entropy term: a coefficient above 0, or an adaptive one (which may come back)."""
+        return self.entropy_coef > 0 or self.adaptive_entropy
+
+    def _check_entropy_control(self) -> None:
+        if not self.entropy_coef >= 0:
+            raise ConfigError(
+                f"loss.entropy_coef must be 0 (no entropy bonus) or more, not {self.entropy_coef}: a negative "
+                "coefficient would reward the policy for collapsing its entropy."
+            )
+        if not self.adaptive_entropy:
+            return
+        if self.entropy_target is None or not self.entropy_target >= 0:
+            raise ConfigError(
+                f"loss.adaptive_entropy needs loss.entropy_target, the mean token entropy in nats to hold (0 or more; "
+                f"TRL's default is 0.2), not {self.entropy_target}. Set it, or set loss.adaptive_entropy: false."
+            )
+        if not 0 <= self.entropy_coef_min <= self.entropy_coef_max:
+            raise ConfigError(
+                f"loss.entropy_coef_min ({self.entropy_coef_min}) must be 0 or more and at most loss.entropy_coef_max "
+                f"({self.entropy_coef_max}): they bound the adaptive entropy coefficient."
+            )
+        if not self.entropy_coef_delta > 0:
+            raise ConfigError(
+                f"loss.entropy_coef_delta must be above 0, not {self.entropy_coef_delta}: it is the adaptive "
+                "coefficient's step per optimizer step (TRL's default is 0.005)."
+            )
 
     def _check_kl_in_reward(self) -> None:
         if self.kl_in_reward and self.beta == 0:

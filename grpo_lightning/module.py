@@ -237,12 +237,14 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
             progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
             pending = self.reference.sync_due(self.global_step) and progress.processed > progress.completed
             self.reference.save_state(checkpoint, pending)
+        self.update.save_state(checkpoint)  # the adaptive entropy coefficient
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # another model's weights: one message, before the load fails on them
         check_weights_fit(checkpoint, self, getattr(self._trainer, "ckpt_path", None))
         attached = self._trainer is not None
         self.reference.keep_state(checkpoint, fitting=not attached or self.trainer.state.fn == "fit")
+        self.update.restore(checkpoint)
         saved = checkpoint.get("rng_states")
         if saved is None:
             return

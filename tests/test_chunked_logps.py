@@ -59,6 +59,66 @@ def test_head_logps_match_a_float64_reference_with_gradients(chunk_size, head_tr
     assert entropy is not None and not entropy.requires_grad
 
 
+@pytest.mark.parametrize("chunk_size", [1, 5, 64])
+@pytest.mark.parametrize("head_trains", [True, False])
+def test_the_entropy_with_gradient_matches_a_float64_reference(chunk_size, head_trains, monkeypatch):
+    """``with_entropy="grad"`` (``loss.entropy_coef``): the entropy's gradient, beside the log-probs', through each
+    position's chunk (head frozen: the kept directions; head trained: the logits made again a vocabulary slice at a
+    time), equals autograd's through whole logits, suppressed tokens and the temperature included."""
+    monkeypatch.setattr(chunked_head, "VOCAB_CHUNK_SIZE", 16)
+    torch.manual_seed(1)
+    n, t, h, v = 3, 7, 16, 50
+    head = torch.nn.Linear(h, v, bias=head_trains).double().requires_grad_(head_trains)
+    hidden = torch.randn(n, t, h, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, v - 2, (n, t))
+    suppressed = torch.tensor([v - 2, v - 1])
+    advantages, bonus = torch.randn(n, t, dtype=torch.float64), torch.randn(n, t, dtype=torch.float64)
+
+    logps, entropy = head_logps(
+        head, hidden, tokens, suppressed, TEMPERATURE, with_entropy="grad", chunk_size=chunk_size
+    )
+    assert entropy.requires_grad
+    (logps * advantages + entropy * bonus).sum().backward()
+    grads = [hidden.grad.clone()] + [p.grad.clone() for p in head.parameters() if p.requires_grad]
+    hidden.grad = None
+    head.zero_grad(set_to_none=True)
+
+    # the suppressed tokens (the last two) left out of the softmax, where their probability is 0: the reference's own
+    # gradient has no 0 * -inf in it
+    logps_ref = (head(hidden)[..., : v - 2] / TEMPERATURE).log_softmax(-1)
+    expected = logps_ref.gather(-1, tokens[..., None])[..., 0]
+    expected_entropy = -(logps_ref.exp() * logps_ref).sum(-1)
+    (expected * advantages + expected_entropy * bonus).sum().backward()
+    torch.testing.assert_close(logps, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(entropy, expected_entropy, rtol=0, atol=1e-12)
+    expected_grads = [hidden.grad] + [p.grad for p in head.parameters() if p.requires_grad]
+    assert len(grads) == len(expected_grads) == (3 if head_trains else 1)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("head_trains", [True, False])
+def test_asking_for_the_entropys_gradient_leaves_the_values_and_the_log_prob_gradient_as_they_were(head_trains):
+    """The same forward values to the bit, and with no gradient flowing into the entropy the same gradients."""
+    torch.manual_seed(2)
+    head = torch.nn.Linear(16, 40).requires_grad_(head_trains)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    tokens, suppressed, advantages = torch.randint(0, 39, (2, 9)), torch.tensor([39]), torch.randn(2, 9)
+    results = []
+    for with_entropy in (True, "grad"):
+        logps, entropy = head_logps(head, hidden, tokens, suppressed, TEMPERATURE, with_entropy=with_entropy)
+        (logps * advantages).sum().backward()
+        grads = [hidden.grad.clone()] + [p.grad.clone() for p in head.parameters() if p.requires_grad]
+        hidden.grad = None
+        head.zero_grad(set_to_none=True)
+        results.append((logps.detach(), entropy.detach(), grads))
+    (logps_a, entropy_a, grads_a), (logps_b, entropy_b, grads_b) = results
+    assert torch.equal(logps_a, logps_b) and torch.equal(entropy_a, entropy_b)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=F32_RTOL, atol=1e-7)
+
+
 @pytest.mark.parametrize("backward_under_autocast", [False, True])
 def test_a_trained_head_under_bf16_autocast_backpropagates_through_the_forwards_bf16_logits(
     backward_under_autocast, monkeypatch

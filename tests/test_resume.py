@@ -33,14 +33,15 @@ def run(
     lr_lambda=None,
     callbacks=(),
     limit_train_batches=None,
+    loss=None,
 ):
     """A user's run: StepCheckpoint every 2 steps, an automatically numbered TensorBoard version, and on resume
-    the version folder of the checkpoint again (as the command line does)."""
+    the version folder of the checkpoint again (as the command line does); ``loss`` adds to its loss options."""
     L.seed_everything(7)
     module = make_module(
         assets,
         rewards=dict(funcs=["tests.helpers:characters_reward"]),  # made to fail by `arm`
-        loss=dict(beta=0.04),
+        loss=dict(beta=0.04, **(loss or {})),
         logging=dict(completions_every_n_steps=0),
         # a schedule that changes every step: a resumed run that restarted it would end with other weights
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
@@ -125,6 +126,28 @@ def test_resuming_the_end_of_fit_checkpoint_reproduces_the_straight_run(assets, 
     assert steps == {"last.ckpt": 6, "step=2.ckpt": 2, "step=3.ckpt": 3, "step=4.ckpt": 4, "step=6.ckpt": 6}
     assert os.readlink(folder / "last.ckpt") == "step=6.ckpt"
     assert_one_continued_curve(tmp_path, straight_scalars)
+
+
+@pytest.mark.slow
+def test_the_adaptive_entropy_coefficient_resumes_exactly(assets, data_kwargs, tmp_path):
+    """3 steps, stop, resume to 6 equal 6 straight: the weights, and the coefficient, which the checkpoint holds with
+    the last step's entropy (a resumed run that started from the configured coefficient, and no entropy, would apply
+    no bonus to its first step). The target lies above the tiny model's entropy, so the coefficient rises each step."""
+    loss = dict(entropy_coef=0.02, adaptive_entropy=True, entropy_target=50.0, entropy_coef_delta=0.01)
+    arm(None)
+    _, straight_module = run(assets, data_kwargs, tmp_path / "straight", max_steps=6, loss=loss)
+    first, first_module = run(assets, data_kwargs, tmp_path / "stopped", max_steps=3, loss=loss)
+    saved = torch.load(Path(first.log_dir) / "checkpoints" / "last.ckpt", weights_only=True)["entropy_control"]
+    assert saved == first_module.update.entropy.state_dict()
+    assert saved["entropy_coef"] == pytest.approx(0.05, abs=1e-12) and saved["last_entropy"] < 50.0
+    resumed, resumed_module = run(assets, data_kwargs, tmp_path / "stopped", max_steps=6, ckpt_path="last", loss=loss)
+    assert resumed.global_step == 6
+    assert resumed_module.update.entropy.state_dict() == straight_module.update.entropy.state_dict()
+    assert straight_module.update.entropy.coef == pytest.approx(0.08, abs=1e-12)
+    torch.testing.assert_close(flat_params(resumed_module), flat_params(straight_module), rtol=1e-5, atol=1e-6)
+    scalars = read_scalars(tmp_path / "stopped" / "run" / "version_0")["train/entropy_coef"]
+    straight_scalars = read_scalars(tmp_path / "straight" / "run" / "version_0")["train/entropy_coef"]
+    assert scalars == straight_scalars and [step for step, _ in scalars] == [0, 1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from PIL import Image
@@ -436,7 +436,7 @@ class VLMAdapter:
         completion_mask: Tensor,
         *,
         temperature: float = 1.0,
-        with_entropy: bool = False,
+        with_entropy: bool | Literal["grad"] = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Per-token log-probs (N, C) of the given completion tokens under ``model``, and their entropy.
 
@@ -448,7 +448,8 @@ class VLMAdapter:
 
         Returns:
             logps: (N, C) float32.
-            entropy: (N, C) float32 entropy of each position's distribution (no grad), or None.
+            entropy: (N, C) float32 entropy of each position's distribution, or None; without gradient for
+            ``with_entropy=True``, with it for ``"grad"`` (``head_logps``).
         """
         num_seqs, full_width = completion_ids.shape
         width = max(int(completion_mask.sum(-1).max().item()), 1) if completion_mask.numel() else 1

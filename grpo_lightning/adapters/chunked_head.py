@@ -10,6 +10,7 @@ which hidden states to score, is the adapter's business (``VLMAdapter.completion
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ def head_logps(
     suppressed: Tensor,
     temperature: float = 1.0,
     *,
-    with_entropy: bool = False,
+    with_entropy: bool | Literal["grad"] = False,
     chunk_size: int = LOGITS_CHUNK_SIZE,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs of ``tokens`` under ``log_softmax(head(hidden) / temperature)`` with the ``suppressed`` tokens at
@@ -46,7 +47,9 @@ def head_logps(
         tokens: (N, T) token ids to score.
         suppressed: (S,) token ids that cannot be sampled (their probability is 0).
         temperature: the sampling temperature that divides the logits.
-        with_entropy: also return each position's entropy (no grad).
+        with_entropy: also return each position's entropy: ``True`` without gradient (statistics, masks), ``"grad"``
+            with it (an entropy term in the loss; ``_ChunkedHeadLogps`` keeps what its backward pass needs, still
+            without the logits).
         chunk_size: positions per chunk.
 
     Returns:
@@ -61,7 +64,7 @@ def head_logps(
             flat_hidden, weight, bias, tokens.reshape(-1), suppressed, temperature, with_entropy, chunk_size
         )
     else:
-        logps, entropy, _ = _head_chunks(
+        logps, entropy, _, _ = _head_chunks(
             flat_hidden, weight, bias, tokens.reshape(-1), suppressed, temperature, with_entropy, chunk_size
         )
     return logps.view(tokens.shape), None if entropy is None else entropy.view(tokens.shape)
@@ -74,21 +77,24 @@ def _head_chunks(
     tokens: Tensor,
     suppressed: Tensor,
     temperature: float,
-    with_entropy: bool,
+    with_entropy: bool | Literal["grad"],
     chunk_size: int,
     keep: str | None = None,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """The forward pass of ``head_logps`` over (M, H) hidden states: (M,) log-probs, entropies (or None), and what
     ``keep`` asks for the backward pass: ``"lse"`` each position's log-normaliser (M,) in the scoring dtype (float32
     for half precision), or ``"direction"`` ``(W[token] - sum_v p_v W_v)`` (M, H), the gradient of the log-prob with
-    respect to the hidden state times the temperature.
+    respect to the hidden state times the temperature; with ``keep="direction"`` and ``with_entropy="grad"`` also
+    ``sum_v p_v (log p_v + H) W_v`` (M, H), minus the gradient of the entropy H with respect to the hidden state times
+    the temperature (``dH / dz_v = -p_v (log p_v + H)``); else None.
 
     Each chunk's (chunk_size, V) logits go through one fused log-softmax, written into a buffer kept across chunks;
     the log-probs, the log-normaliser (``max(z) - max(log_softmax(z))``) and the entropy are read from it, and the
     probabilities written over the logits: the passes over the vocabulary are memory-bound, and on the CPU each new
     (chunk_size, V) tensor costs its page faults on top of the arithmetic."""
     out_dtype = torch.promote_types(hidden.dtype, torch.float32)  # half precision is scored in float32
-    logps, entropies, kept = [], [], []
+    logps, entropies, kept, entropy_kept = [], [], [], []
+    entropy_direction = keep == "direction" and with_entropy == "grad"
     buffer = hidden.new_empty(min(chunk_size, tokens.shape[0]), weight.shape[0], dtype=out_dtype)
     for start in range(0, tokens.shape[0], chunk_size):
         chunk_tokens = tokens[start : start + chunk_size, None]
@@ -104,7 +110,12 @@ def _head_chunks(
             probs = torch.exp(chunk_logps, out=logits)  # the logits are not needed again
             if keep == "direction":
                 kept.append(weight[chunk_tokens[:, 0]] - probs.to(weight.dtype) @ weight)
-            if with_entropy:
+            if entropy_direction:
+                log_probs = chunk_logps.clamp_min_(torch.finfo(out_dtype).min)
+                entropy = -(log_probs * probs).sum(dim=-1)
+                entropies.append(entropy)
+                entropy_kept.append(log_probs.add_(entropy[:, None]).mul_(probs).to(weight.dtype) @ weight)
+            elif with_entropy:
                 # p * log p -> 0 as p -> 0; clamping -inf keeps 0 * -inf from becoming NaN.
                 entropies.append(-chunk_logps.clamp_min_(torch.finfo(out_dtype).min).mul_(probs).sum(dim=-1))
     empty = hidden.new_zeros(0, dtype=out_dtype)
@@ -112,6 +123,9 @@ def _head_chunks(
         torch.cat(logps) if logps else empty,
         (torch.cat(entropies) if entropies else empty) if with_entropy else None,
         (torch.cat(kept) if kept else empty) if keep is not None else None,
+        (torch.cat(entropy_kept) if entropy_kept else hidden.new_zeros(0, hidden.shape[-1]))
+        if entropy_direction
+        else None,
     )
 
 
@@ -127,30 +141,44 @@ class _ChunkedHeadLogps(torch.autograd.Function):
     log-normaliser came from: with float32 weights under bf16 autocast the forward's head ran in bf16, while the
     backward pass runs without autocast on CUDA (another thread), where float32 logits against a bf16 log-normaliser
     would give probabilities that do not sum to 1.
+
+    With ``with_entropy="grad"`` the entropy ``H = -sum_v p_v log p_v`` has a gradient too: ``dH / dz_v = -p_v (log p_v
+    + H)``. With the head frozen the forward pass also keeps ``sum_v p_v (log p_v + H) W_v`` per position; with the
+    head training the backward pass reads ``log p_v = z_v - lse`` off the logits it makes again, and the saved H.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, suppressed, temperature, with_entropy, chunk_size):
         head_trains = weight.requires_grad or (bias is not None and bias.requires_grad)
         keep = "lse" if head_trains else "direction"
-        logps, entropy, kept = _head_chunks(
+        logps, entropy, kept, entropy_kept = _head_chunks(
             hidden, weight, bias, tokens, suppressed, temperature, with_entropy, chunk_size, keep=keep
         )
-        ctx.keep, ctx.temperature = keep, temperature
+        ctx.keep, ctx.temperature, ctx.entropy_grad = keep, temperature, with_entropy == "grad"
         device_type = hidden.device.type
         autocast = torch.is_autocast_enabled(device_type)
         ctx.autocast = (device_type, torch.get_autocast_dtype(device_type) if autocast else None)
-        ctx.save_for_backward(hidden, weight, bias, tokens, suppressed, kept)
-        if entropy is not None:
-            ctx.mark_non_differentiable(entropy)
+        if ctx.entropy_grad:
+            ctx.save_for_backward(hidden, weight, bias, tokens, suppressed, kept, entropy, entropy_kept)
+        else:
+            ctx.save_for_backward(hidden, weight, bias, tokens, suppressed, kept)
+            if entropy is not None:
+                ctx.mark_non_differentiable(entropy)
         return logps, entropy
 
     @staticmethod
-    def backward(ctx, grad_logps, _grad_entropy):
-        hidden, weight, bias, tokens, suppressed, kept = ctx.saved_tensors
+    def backward(ctx, grad_logps, grad_entropy):
+        hidden, weight, bias, tokens, suppressed, kept = ctx.saved_tensors[:6]
         scale = grad_logps / ctx.temperature  # (M,) d loss / d logp, through the division by the temperature
+        # (M,) d loss / d H through the temperature (None: the entropy has no gradient)
+        entropy_scale = grad_entropy / ctx.temperature if ctx.entropy_grad and grad_entropy is not None else None
         if ctx.keep == "direction":
-            grad_hidden = (scale[:, None] * kept).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+            grad_hidden = None
+            if ctx.needs_input_grad[0]:
+                grad_hidden = scale[:, None] * kept
+                if entropy_scale is not None:
+                    grad_hidden = grad_hidden - entropy_scale[:, None] * ctx.saved_tensors[7]
+                grad_hidden = grad_hidden.to(hidden.dtype)
             return grad_hidden, None, None, None, None, None, None, None
         grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
@@ -170,8 +198,11 @@ class _ChunkedHeadLogps(torch.autograd.Function):
                 logits.div_(ctx.temperature)
             in_slice = suppressed[(suppressed >= start) & (suppressed < stop)] - start
             logits = logits.index_fill_(-1, in_slice, -torch.inf).to(kept.dtype)
-            # d loss / d logits = scale * (1[v = y] - p_v), written over the logits
-            grad_logits = logits.sub_(kept[:, None]).exp_().mul_(-scale[:, None])
+            if entropy_scale is None:
+                # d loss / d logits = scale * (1[v = y] - p_v), written over the logits
+                grad_logits = logits.sub_(kept[:, None]).exp_().mul_(-scale[:, None])
+            else:
+                grad_logits = _grad_logits_with_entropy(logits, kept, ctx.saved_tensors[6], scale, entropy_scale)
             chosen = (tokens >= start) & (tokens < stop)
             grad_logits[rows[chosen], tokens[chosen] - start] += scale[chosen]
             grad_logits = grad_logits.to(weight.dtype)
@@ -182,3 +213,17 @@ class _ChunkedHeadLogps(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias[start:stop] = grad_logits.sum(0)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _grad_logits_with_entropy(
+    logits: Tensor, lse: Tensor, entropy: Tensor, scale: Tensor, entropy_scale: Tensor
+) -> Tensor:
+    """d loss / d logits of a (M, V') slice, but the chosen token's ``+scale``: ``-p_v (scale + entropy_scale
+    (log p_v + H))``, from the log-prob's ``scale (1[v = y] - p_v)`` and the entropy's ``-entropy_scale p_v (log p_v +
+    H)``; written over ``logits``."""
+    log_probs = logits.sub_(lse[:, None])
+    probs = log_probs.exp()
+    # clamping -inf (a suppressed token, p = 0) keeps 0 * -inf from becoming NaN; p multiplies before any scale could
+    # take the clamped value to -inf
+    entropy_part = log_probs.clamp_min_(torch.finfo(log_probs.dtype).min).add_(entropy[:, None]).mul_(probs)
+    return entropy_part.mul_(entropy_scale[:, None]).add_(probs.mul_(scale[:, None])).neg_()

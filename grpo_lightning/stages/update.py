@@ -29,13 +29,18 @@ prepared from the model or the batch (a mask, a weight) is one small method here
   negative advantage whose mean ``logp_engine - logp`` exceeds the threshold is left out, at each iteration's pass
   (DeepSeek-V3.2's off-policy sequence masking, as TRL's). Both act on the policy term only: a masked token keeps its
   KL term and still counts in the normaliser and the statistics, as in TRL, which multiplies its per-token policy loss
-  by them. The correction's options other than the cap are the module's ``vllm`` group's.
+  by them.
+* ``loss.entropy_coef`` above 0 or ``loss.adaptive_entropy`` (:class:`EntropyControl`): every policy pass also gives
+  the entropy, with its gradient, through the chunked head; the coefficient is state of this stage, adapted after
+  each optimizer step from the step's mean token entropy over every process, and saved in checkpoints
+  (:meth:`PolicyUpdate.save_state`, :meth:`PolicyUpdate.restore`) so that a resumed run goes on with it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -44,8 +49,10 @@ from grpo_lightning.accumulation import GradientAccumulation, gradient_accumulat
 from grpo_lightning.advantages import compute_advantages
 from grpo_lightning.algorithms import (
     BatchTotals,
+    adaptive_entropy_coef,
     drop_truncated,
     entropy_quantile_threshold,
+    gated_entropy_coef,
     grpo_loss,
     high_entropy_mask,
     is_truncated,
@@ -152,6 +159,61 @@ class EngineMismatch:
         return stats
 
 
+#: The checkpoint entry of :class:`EntropyControl`'s state (``loss.adaptive_entropy``).
+ENTROPY_CONTROL_KEY = "entropy_control"
+
+
+class EntropyControl:
+    """The entropy bonus's coefficient: ``loss.entropy_coef``, or with ``loss.adaptive_entropy`` the coefficient that
+    :func:`~grpo_lightning.algorithms.adaptive_entropy_coef` moves after each optimizer step and the last step's
+    entropy that gates it (:func:`~grpo_lightning.algorithms.gated_entropy_coef`), as TRL keeps them.
+
+    The step's entropy is the mean over the completion tokens of the loss mask of every micro-batch and every process
+    (entropy sums and token counts reduced together, so processes with more tokens weigh more), measured on the passes
+    that take the gradient: every process moves the coefficient the same way.
+    """
+
+    def __init__(self, config: LossConfig) -> None:
+        self.config = config
+        self.coef = config.entropy_coef
+        self.last_entropy = math.inf  # TRL's start: no bonus before the first measurement
+        self.window: Tensor | None = None  # [entropy sum, token count] of the optimizer step so far
+
+    def applied(self) -> float:
+        """The coefficient of this optimizer step's loss."""
+        config = self.config
+        if not config.adaptive_entropy:
+            return self.coef
+        return gated_entropy_coef(self.coef, self.last_entropy, config.entropy_target)
+
+    def measure(self, entropy: Tensor, mask: Tensor) -> None:
+        """Add a micro-batch's entropy (N, C) over its loss mask to the step's sums (adaptive only)."""
+        if not self.config.adaptive_entropy:
+            return
+        keep = mask != 0
+        sums = torch.stack([torch.where(keep, entropy.detach().float(), 0.0).sum(), keep.float().sum()])
+        self.window = sums if self.window is None else self.window + sums
+
+    def after_step(self, gradients: GradientAccumulation) -> None:
+        """Move the adaptive coefficient by the step's entropy over every process, and start the next step's sums."""
+        window, self.window = self.window, None
+        if not self.config.adaptive_entropy or window is None:
+            return
+        total = gradients.mean_over_processes(window)  # the same ratio as the sums
+        self.last_entropy = float(total[0] / total[1].clamp(min=1))
+        config = self.config
+        self.coef = adaptive_entropy_coef(
+            self.coef, self.last_entropy, config.entropy_target, config.entropy_coef_min, config.entropy_coef_max,
+            config.entropy_coef_delta,
+        )  # fmt: skip
+
+    def state_dict(self) -> dict[str, float]:
+        return {"entropy_coef": self.coef, "last_entropy": self.last_entropy}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.coef, self.last_entropy = float(state["entropy_coef"]), float(state["last_entropy"])
+
+
 class PolicyUpdate:
     """The update of one training step, for ``module`` (a LightningModule with ``model`` and ``adapter``, attached to
     its trainer when it runs).
@@ -172,6 +234,19 @@ class PolicyUpdate:
         vllm: VLLMConfig,
     ) -> None:
         self.module, self.config, self.sampling, self.vllm = module, loss, sampling, vllm
+        self.entropy = EntropyControl(loss)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_state(self, checkpoint: dict[str, Any]) -> None:
+        """Put the adaptive entropy coefficient in ``checkpoint`` (``loss.adaptive_entropy``; nothing else changes)."""
+        if self.config.adaptive_entropy:
+            checkpoint[ENTROPY_CONTROL_KEY] = self.entropy.state_dict()
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Take the adaptive entropy coefficient back from ``checkpoint`` (one saved without it: the configured one)."""
+        state = checkpoint.get(ENTROPY_CONTROL_KEY)
+        if self.config.adaptive_entropy and state is not None:
+            self.entropy.load_state_dict(state)
 
     # ------------------------------------------------------------------------------------ advantages
     def advantages(self, rewards: Tensor) -> Tensor:
@@ -237,8 +312,11 @@ class PolicyUpdate:
         model.train(was_training)
         return values
 
-    def logps(self, model, rollout: Rollout, mb: slice, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
-        """Log-probs (and entropies) of micro-batch ``mb``'s completions under ``model``, with gradients if enabled."""
+    def logps(
+        self, model, rollout: Rollout, mb: slice, with_entropy: bool | Literal["grad"]
+    ) -> tuple[Tensor, Tensor | None]:
+        """Log-probs (and entropies, with gradient for ``"grad"``) of micro-batch ``mb``'s completions under ``model``,
+        with gradients if enabled."""
         return self.module.adapter.completion_logps(
             model,
             rollout.prompts,
@@ -301,8 +379,9 @@ class PolicyUpdate:
         self, rollout: Rollout, advantages: Tensor, ref_logps: Tensor | None, old_logps: Tensor | None
     ) -> dict[str, Tensor]:
         """Micro-batched GRPO loss, backward and ``num_iterations`` optimizer steps; the step's statistics (the
-        iterations' mean; the entropy is the first iteration's, measured on the sampling policy)."""
-        module, config = self.module, self.config
+        iterations' mean; the entropy is the first iteration's, measured on the sampling policy; with an entropy bonus
+        ``entropy_coef``, the coefficient after the last step)."""
+        module, config, bonus = self.module, self.config, self.config.entropy_bonus
         gradients = gradient_accumulation(module)
         mask = self.loss_mask(rollout)
         totals = self.batch_totals(mask, gradients)
@@ -312,10 +391,14 @@ class PolicyUpdate:
         sums: dict[str, Tensor] = {}
         for iteration in range(config.num_iterations):
             first = iteration == 0
+            entropy_coef = self.entropy.applied() if bonus else None  # one coefficient for the optimizer step
             for index, mb in enumerate(micro_batches):
-                logps, entropy = self.logps(module.model, rollout, mb, with_entropy=first and high_entropy is None)
-                if first and high_entropy is not None:
+                with_entropy = "grad" if bonus else first and high_entropy is None
+                logps, entropy = self.logps(module.model, rollout, mb, with_entropy=with_entropy)
+                if first and high_entropy is not None and not bonus:
                     entropy = high_entropy.entropy[mb]
+                if bonus:
+                    self.entropy.measure(entropy, mask[mb])
                 old = _rows(old_logps, mb)
                 policy_mask = high_entropy.mask[mb] if high_entropy is not None else None
                 weights = None
@@ -325,19 +408,25 @@ class PolicyUpdate:
                 loss, stats = grpo_loss(
                     logps, old, advantages[mb], mask[mb], config, ref_logps=_rows(ref_logps, mb), entropy=entropy,
                     policy_mask=policy_mask, importance_weights=weights, totals=totals,
+                    entropy_coef=entropy_coef,
                 )  # fmt: skip
                 with gradients.backward_context(last=index == len(micro_batches) - 1):
                     module.manual_backward(loss)
                 for name, value in stats.items():
+                    if name == "entropy" and not first:
+                        continue  # the sampling policy's entropy; later iterations give theirs for the bonus only
                     if name not in sums:
                         sums[name] = torch.zeros((), device=module.device)
                     sums[name] = sums[name] + value
             self.step(gradients)
+            self.entropy.after_step(gradients)
         stats = {name: value / (1 if name == "entropy" else config.num_iterations) for name, value in sums.items()}
         if high_entropy is not None:
             stats.update(high_entropy.stats)
         if engine is not None:
             stats.update(engine.stats(self.summed_over_processes(torch.cat([engine.sums, engine.counts]))))
+        if bonus:
+            stats["entropy_coef"] = torch.tensor(self.entropy.coef, device=module.device)
         return stats
 
     def step(self, gradients: GradientAccumulation) -> None:
@@ -385,4 +474,4 @@ def _both(first: Tensor | None, second: Tensor | None) -> Tensor | None:
     return (first != 0) & (second != 0)
 
 
-__all__ = ["EngineMismatch", "HighEntropyTokens", "PolicyUpdate"]
+__all__ = ["ENTROPY_CONTROL_KEY", "EngineMismatch", "EntropyControl", "HighEntropyTokens", "PolicyUpdate"]
