@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
@@ -260,6 +261,18 @@ def recorded_training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     steps: list[int] = []
     monkeypatch.setattr(GRPOModule, "training_step", lambda self, batch, batch_idx: steps.append(batch_idx))
     return steps
+
+
+def demo_model_options(tmp_path: Path, capsys, model_options: dict[str, Any]) -> dict[str, Any]:
+    """The ``model`` section that ``fit --config configs/demo.yaml --config <overlay> --print_config`` prints, the
+    overlay setting ``model_options``; asserts the command line took them."""
+    overlay = tmp_path / "model-options.yaml"
+    overlay.write_text(yaml.safe_dump({"model": model_options}), encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(overlay), "--print_config"])
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 0, printed.err
+    return yaml.safe_load(printed.out)["model"]
 
 
 def run_cli(args: list[str], capsys) -> str:

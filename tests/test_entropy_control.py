@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 
 from grpo_lightning.algorithms import BatchTotals, adaptive_entropy_coef, gated_entropy_coef, grpo_loss
 from grpo_lightning.cli import main
@@ -18,7 +17,7 @@ from grpo_lightning.config import LossConfig, SamplingConfig
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.stages.update import ENTROPY_CONTROL_KEY, EntropyControl, PolicyUpdate
 from scripts.tb_scalars import read_scalars
-from tests.helpers import ROOT, fit, make_module
+from tests.helpers import demo_model_options, fit, make_module
 from tests.tolerances import F32_RTOL
 
 F64 = {"rtol": 1e-12, "atol": 1e-12}
@@ -294,16 +293,9 @@ def test_fit_help_lists_the_entropy_options(capsys):
 
 
 def test_the_entropy_options_are_read_from_yaml(tmp_path, capsys):
-    overlay = tmp_path / "options.yaml"
-    overlay.write_text(
-        "model:\n  loss:\n    entropy_coef: 0.01\n    adaptive_entropy: true\n    entropy_target: 0.3\n"
-        "    entropy_coef_min: 0.001\n    entropy_coef_max: 0.5\n    entropy_coef_delta: 0.002\n"
-    )
-    demo = ROOT / "configs" / "demo.yaml"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(demo), "--config", str(overlay), "--print_config"])
-    assert exit_info.value.code == 0
-    loss = yaml.safe_load(capsys.readouterr().out)["model"]["loss"]
+    options = {"entropy_coef": 0.01, "adaptive_entropy": True, "entropy_target": 0.3}
+    options |= {"entropy_coef_min": 0.001, "entropy_coef_max": 0.5, "entropy_coef_delta": 0.002}
+    loss = demo_model_options(tmp_path, capsys, {"loss": options})["loss"]
     assert {name: loss[name] for name in loss if "entropy" in name and name != "top_entropy_quantile"} == {
         "entropy_coef": 0.01,
         "adaptive_entropy": True,

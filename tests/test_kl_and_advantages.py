@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 
 from grpo_lightning.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from grpo_lightning.algorithms import (
@@ -24,7 +23,7 @@ from grpo_lightning.cli import main
 from grpo_lightning.config import LossConfig, RewardConfig, SamplingConfig, VLLMConfig, check_option_groups
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.stages.update import PolicyUpdate
-from tests.helpers import ROOT
+from tests.helpers import demo_model_options
 from tests.tolerances import F32_RTOL
 
 F64 = {"rtol": 1e-12, "atol": 1e-12}
@@ -396,14 +395,7 @@ def test_fit_help_lists_the_new_loss_options(capsys):
 
 
 def test_the_options_are_read_from_yaml(tmp_path, capsys):
-    overlay = tmp_path / "options.yaml"
-    overlay.write_text(
-        "model:\n  loss:\n    beta: 0.02\n    kl_estimator: k2\n    kl_in_reward: true\n"
-        "    advantage_estimator: rloo\n    scale_rewards: none\n"
-    )
-    demo = ROOT / "configs" / "demo.yaml"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(demo), "--config", str(overlay), "--print_config"])
-    assert exit_info.value.code == 0
-    loss = yaml.safe_load(capsys.readouterr().out)["model"]["loss"]
+    options = {"beta": 0.02, "kl_estimator": "k2", "kl_in_reward": True}
+    options |= {"advantage_estimator": "rloo", "scale_rewards": "none"}
+    loss = demo_model_options(tmp_path, capsys, {"loss": options})["loss"]
     assert (loss["kl_estimator"], loss["kl_in_reward"], loss["advantage_estimator"]) == ("k2", True, "rloo")

@@ -15,7 +15,7 @@ from grpo_lightning.cli import main
 from grpo_lightning.config import LossConfig
 from grpo_lightning.errors import ConfigError
 from scripts.tb_scalars import read_scalars
-from tests.helpers import ROOT, fit, make_module
+from tests.helpers import ROOT, demo_model_options, fit, make_module
 from tests.tolerances import F32_RTOL
 
 F64 = {"rtol": 1e-12, "atol": 1e-12}
@@ -383,13 +383,7 @@ def test_fit_help_documents_the_policy_loss_options(capsys):
     ids=["sapo", "dual_clip", "gmpo"],
 )
 def test_a_config_yaml_sets_the_policy_loss_options(tmp_path, capsys, loss):
-    overlay = tmp_path / "loss.yaml"
-    overlay.write_text(yaml.safe_dump({"model": {"loss": loss}}), encoding="utf-8")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(overlay), "--print_config"])
-    printed = capsys.readouterr()
-    assert exit_info.value.code == 0, printed.err
-    parsed = yaml.safe_load(printed.out)["model"]["loss"]
+    parsed = demo_model_options(tmp_path, capsys, {"loss": loss})["loss"]
     assert {name: parsed[name] for name in loss} == loss
     assert LossConfig(**parsed) == LossConfig(**{**parsed, **loss})
 

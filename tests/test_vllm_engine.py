@@ -57,7 +57,16 @@ from grpo_lightning.errors import ConfigError
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rollout import Rollout, join_groups
 from scripts.tb_scalars import read_scalars
-from tests.helpers import ROOT, TAG_LEARNING, fit, fit_on_two_processes, flat_params, make_module, quiet_trainer
+from tests.helpers import (
+    ROOT,
+    TAG_LEARNING,
+    demo_model_options,
+    fit,
+    fit_on_two_processes,
+    flat_params,
+    make_module,
+    quiet_trainer,
+)
 from tests.tolerances import F32_RTOL
 
 ENGINE_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -1094,8 +1103,6 @@ def test_the_engine_options_are_in_fit_help_and_a_config_sets_them(tmp_path, cap
     (parsed with ``--print_config``: no engine starts)."""
     import dataclasses
 
-    import yaml
-
     from grpo_lightning.cli import main
 
     names = [field.name for field in dataclasses.fields(VLLMConfig)]
@@ -1110,13 +1117,7 @@ def test_the_engine_options_are_in_fit_help_and_a_config_sets_them(tmp_path, cap
     chosen = {"python": "/opt/engine/bin/python", "kv_cache_gib": 2, "request_timeout": 600.0, "shm_dir": "/tmp"}
     chosen |= {"importance_sampling_cap": 2.0, "importance_sampling_mode": "sequence_mask"}
     chosen |= {"importance_sampling_min": 0.5, "off_policy_mask_threshold": 0.25}
-    overlay = tmp_path / "engine.yaml"
-    overlay.write_text(yaml.safe_dump({"model": {"rollout_engine": "vllm", "vllm": chosen}}), encoding="utf-8")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(overlay), "--print_config"])
-    printed = capsys.readouterr()
-    assert exit_info.value.code == 0, printed.err
-    model = yaml.safe_load(printed.out)["model"]
+    model = demo_model_options(tmp_path, capsys, {"rollout_engine": "vllm", "vllm": chosen})
     assert model["rollout_engine"] == "vllm"
     for name, value in chosen.items():
         assert model["vllm"][name] == value, name
