@@ -207,7 +207,10 @@ class LossConfig:
             ``grpo_passk``; ``scale_rewards`` group or none).
         entropy_coef: weight of an entropy bonus: the loss less ``entropy_coef`` times the policy's per-token entropy
             (with gradient), aggregated by ``loss_type`` like the rest (verl's ``actor.entropy_coeff``); 0: off, no
-            extra cost. With ``adaptive_entropy``, the starting coefficient. Logged as ``entropy_coef``.
+            extra cost. With ``adaptive_entropy``, the starting coefficient. Logged as ``entropy_coef``. The bonus
+            counts every completion token, as the KL term does: the top-entropy mask and the engines' correction act
+            on the policy term only. With ``top_entropy_quantile`` below 1 as well, ``train/entropy`` is the
+            training pass's (train mode) instead of the pass before the update.
         adaptive_entropy: adapt the coefficient after each optimizer step (Skywork-OR1, arXiv 2505.22312; TRL's
             ``use_adaptive_entropy``): up by ``entropy_coef_delta`` when the step's mean token entropy (every process)
             is at or below ``entropy_target``, down otherwise, within ``[entropy_coef_min, entropy_coef_max]``; the
@@ -305,7 +308,15 @@ class LossConfig:
                 f"loss.entropy_coef must be 0 (no entropy bonus) or more, not {self.entropy_coef}: a negative "
                 "coefficient would reward the policy for collapsing its entropy."
             )
+        names = ("entropy_target", "entropy_coef_min", "entropy_coef_max", "entropy_coef_delta")
+        adaptive_only = {field.name: field.default for field in fields(self) if field.name in names}
         if not self.adaptive_entropy:
+            changed = [f"loss.{name}" for name, default in adaptive_only.items() if getattr(self, name) != default]
+            if changed:
+                raise ConfigError(
+                    f"{', '.join(changed)} only steer the adaptive entropy coefficient, and loss.adaptive_entropy is "
+                    "false; set loss.adaptive_entropy: true, or leave them out."
+                )
             return
         if self.entropy_target is None or not self.entropy_target >= 0:
             raise ConfigError(
@@ -321,6 +332,11 @@ class LossConfig:
             raise ConfigError(
                 f"loss.entropy_coef_delta must be above 0, not {self.entropy_coef_delta}: it is the adaptive "
                 "coefficient's step per optimizer step (TRL's default is 0.005)."
+            )
+        if not self.entropy_coef_min <= self.entropy_coef <= self.entropy_coef_max:
+            raise ConfigError(
+                f"loss.entropy_coef ({self.entropy_coef}), where the adaptive coefficient starts, must lie within "
+                f"loss.entropy_coef_min ({self.entropy_coef_min}) and loss.entropy_coef_max ({self.entropy_coef_max})."
             )
 
     def _check_kl_in_reward(self) -> None:

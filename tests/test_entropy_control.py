@@ -275,6 +275,15 @@ def test_a_fit_with_the_bonus_logs_the_coefficient_and_trains_other_weights(asse
         ),
         (dict(adaptive_entropy=True, entropy_target=0.2, entropy_coef_delta=0.0), "entropy_coef_delta must be above 0"),
         (dict(adaptive_entropy=True, entropy_target=0.2, entropy_coef_delta=-1), "entropy_coef_delta must be above 0"),
+        (
+            dict(entropy_coef=0.01, entropy_target=0.2, entropy_coef_max=0.5),
+            r"^loss.entropy_target, loss.entropy_coef_max only steer the adaptive entropy coefficient, and "
+            r"loss.adaptive_entropy is false",
+        ),
+        (
+            dict(adaptive_entropy=True, entropy_target=0.2, entropy_coef=0.8, entropy_coef_max=0.5),
+            r"loss.entropy_coef \(0.8\), where the adaptive coefficient starts, must lie within",
+        ),
     ],
 )
 def test_the_config_refuses_meaningless_entropy_options(options, message):
