@@ -88,6 +88,7 @@ __all__ = [
     "group_reward_std",
     "grpo_loss",
     "high_entropy_mask",
+    "importance_ratio",
     "is_truncated",
     "kl_estimate",
     "kl_k3",
@@ -541,6 +542,23 @@ def kl_estimate(logps: Tensor, ref_logps: Tensor, estimator: str = "k3") -> Tens
     return KL_ESTIMATORS[estimator](logps, ref_logps)
 
 
+def importance_ratio(
+    logps: Tensor, old_logps: Tensor, mask: Tensor, importance_sampling_level: str = "token"
+) -> Tensor:
+    """(B, T) the importance ratio ``pi_theta / pi_old`` of each token at the registered level
+    (:data:`IMPORTANCE_SAMPLING_LEVELS`), with its gradient through ``logps`` (``old_logps`` detached): what
+    ``loss.kl_bias_correction`` weighs the KL estimate by.
+
+    The tokens were drawn from the sampling policy pi_old, so a per-token KL estimate k averaged over them estimates
+    the KL of pi_old to the reference; weighed by ``pi_theta / pi_old`` it estimates KL(pi_theta || pi_ref) without
+    that bias (DeepSeek-V3.2, arXiv 2512.02556, "unbiased KL estimate"; TRL's ``use_bias_correction_kl``, which
+    multiplies its k3 by the same ``coef_1``). At one optimizer step per rollout the ratio is 1 in value, but its
+    gradient adds ``k * grad log pi_theta`` to the KL term's.
+    """
+    _check_same_shape(logps, old_logps)
+    return torch.exp(IMPORTANCE_SAMPLING_LEVELS[importance_sampling_level](logps, old_logps.detach(), mask))
+
+
 def sequence_kl_penalty(logps: Tensor, ref_logps: Tensor, mask: Tensor, estimator: str = "k3") -> Tensor:
     """Each completion's KL to the reference, the sum of the per-token estimate over its tokens, without gradient:
     what ``loss.kl_in_reward`` weighs by beta and subtracts from the reward (verl ``use_kl_in_reward``, whose
@@ -728,7 +746,8 @@ def grpo_loss(
     ``per_token_loss = pg_loss + beta * approx_kl - entropy_coef * entropy`` (``pg_loss`` the registered
     ``config.policy_loss``, :data:`POLICY_LOSSES`: by default ``ppo``, :func:`clipped_surrogate` with the config's clip
     ranges, ``delta``, ``dual_clip`` and ``importance_sampling_level``; :func:`kl_estimate` with ``kl_estimator``,
-    ``k3`` by default; with ``kl_in_reward`` the KL is in the advantages instead and has no term here), reduced by
+    ``k3`` by default, times :func:`importance_ratio` with ``kl_bias_correction``; with ``kl_in_reward`` the KL is in
+    the advantages instead and has no term here), reduced by
     :func:`aggregate_loss` with the normaliser of ``config.loss_type`` and the counts of ``totals``. The options come
     as the typed ``LossConfig``, whole: an option of the objective is a field there and its use here.
 
@@ -771,7 +790,10 @@ def grpo_loss(
     pg_loss, observed = POLICY_LOSSES[config.policy_loss](logps, old_logps, advantages, mask, config)
     per_token_loss = pg_loss = _importance_weighted(_policy_tokens_only(pg_loss, policy_mask), importance_weights)
     if ref_logps is not None:
-        observed["kl"] = approx_kl = kl_estimate(logps, ref_logps, config.kl_estimator)
+        approx_kl = kl_estimate(logps, ref_logps, config.kl_estimator)
+        if config.kl_bias_correction:
+            approx_kl = approx_kl * importance_ratio(logps, old_logps, mask, config.importance_sampling_level)
+        observed["kl"] = approx_kl
         if not config.kl_in_reward:  # else beta * KL was taken from the rewards, before the advantages
             per_token_loss = pg_loss + config.beta * approx_kl
     if entropy is not None:

@@ -199,6 +199,11 @@ class LossConfig:
         kl_in_reward: take ``beta`` times each completion's KL (the estimate summed over its tokens, sampling policy
             against reference, no gradient) from its reward before the advantages, and put no KL term in the loss
             (verl's ``use_kl_in_reward``). Needs ``beta > 0``. ``train/kl`` is logged either way.
+        kl_bias_correction: weigh each token's KL estimate by the importance ratio ``pi_theta / pi_old`` of
+            ``importance_sampling_level``, with its gradient, so that the estimate over tokens the sampling policy drew
+            is unbiased for KL(pi_theta || pi_ref) (DeepSeek-V3.2, arXiv 2512.02556; TRL's ``use_bias_correction_kl``).
+            At ``num_iterations: 1`` the ratio is 1 but its gradient is not: the KL term's gradient gains ``k * grad
+            log pi``. ``train/kl`` is then the corrected estimate. Needs ``beta > 0``, not with ``kl_in_reward``.
         advantage_estimator: ``grpo`` (reward minus the group mean, scaled by ``scale_rewards``), ``rloo`` (minus the
             mean of the group's other rewards, Ahmadian et al. 2024; ``scale_rewards`` none or batch, TRL's
             ``normalize_advantages``), ``reinforce_pp`` (the rewards whitened over the global batch, REINFORCE++, Hu et
@@ -243,6 +248,7 @@ class LossConfig:
     sapo_temperature_neg: float = 1.05
     kl_estimator: str = "k3"
     kl_in_reward: bool = False
+    kl_bias_correction: bool = False
     advantage_estimator: str = "grpo"
     entropy_coef: float = 0.0
     adaptive_entropy: bool = False
@@ -345,6 +351,14 @@ class LossConfig:
                 "loss.kl_in_reward is set but loss.beta is 0: the penalty taken from the rewards is beta times the KL, "
                 "so nothing would change. Set loss.beta above 0, or loss.kl_in_reward to false."
             )
+        if self.kl_bias_correction and (self.beta == 0 or self.kl_in_reward):
+            raise ConfigError(
+                "loss.kl_bias_correction weighs the KL term of the loss by the importance ratio, and "
+                + ("loss.beta is 0: there is no KL term. Set loss.beta above 0" if self.beta == 0 else
+                   "with loss.kl_in_reward the KL is a reward of the sampling policy, whose ratio is 1 with no "
+                   "gradient. Set loss.kl_in_reward: false")
+                + ", or loss.kl_bias_correction: false."
+            )  # fmt: skip
         if self.kl_in_reward and self.kl_estimator == "k3+":
             raise ConfigError(
                 "loss.kl_estimator k3+ differs from k3 only in its gradient, and with loss.kl_in_reward the KL is a "

@@ -169,6 +169,66 @@ def test_with_the_kl_in_the_reward_the_loss_has_no_kl_term_and_still_logs_the_kl
     torch.testing.assert_close(stats["kl"], (kl_k3(logps, ref) * mask).sum() / mask.sum(), **F64)
 
 
+def _corrected_kl_loss_float64(logps, old, ref, advantages, mask, beta, level, estimator):
+    """The loss of ``loss.kl_bias_correction``, a loop over the tokens from the definition (DeepSeek-V3.2's unbiased
+    KL: the estimate times pi_theta / pi_old) with the plain policy gradient of ``ppo`` at ratios near 1 left to
+    ``grpo_loss`` with ``beta=0``: the mean over sequences of each one's token mean of ``beta * r * k``, ``r`` the
+    token's ratio (``token``) or the sequence's geometric-mean ratio (``sequence``)."""
+    total = logps.new_zeros(())
+    for i in range(logps.shape[0]):
+        kept = [t for t in range(logps.shape[1]) if mask[i, t]]
+        sequence_log_ratio = sum(logps[i, t] - old[i, t] for t in kept) / len(kept)
+        row = logps.new_zeros(())
+        for t in kept:
+            d = logps[i, t] - ref[i, t]
+            k = {"k3": torch.exp(-d) + d - 1, "k1": d, "k2": 0.5 * d * d}[estimator]
+            ratio = torch.exp(logps[i, t] - old[i, t] if level == "token" else sequence_log_ratio)
+            row = row + beta * ratio * k
+        total = total + row / len(kept)
+    return total / logps.shape[0]
+
+
+@pytest.mark.parametrize("estimator", ["k3", "k1", "k2"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("moved", [False, True], ids=["one_step", "policy_moved"])
+def test_the_bias_corrected_kl_matches_the_float64_definition_in_value_and_gradient(estimator, level, moved):
+    logps, ref, advantages, mask = _loss_inputs(23)
+    gen = torch.Generator().manual_seed(29)
+    old = logps + 0.3 * torch.randn(logps.shape, generator=gen, dtype=torch.float64) if moved else logps.clone()
+    options = dict(beta=0.1, kl_estimator=estimator, importance_sampling_level=level)
+    config = LossConfig(kl_bias_correction=True, **options)
+    policy = logps.clone().requires_grad_(True)
+    loss, stats = grpo_loss(policy, old if moved else None, advantages, mask, config, ref_logps=ref)
+    (grad,) = torch.autograd.grad(loss, policy)
+
+    reference_policy = logps.clone().requires_grad_(True)
+    pg, _ = grpo_loss(reference_policy, old if moved else None, advantages, mask, LossConfig(**options | {"beta": 0}))
+    reference = pg + _corrected_kl_loss_float64(reference_policy, old, ref, advantages, mask, 0.1, level, estimator)
+    (reference_grad,) = torch.autograd.grad(reference, reference_policy)
+    torch.testing.assert_close(loss, reference, **F64)
+    torch.testing.assert_close(grad, reference_grad, **F64)
+    # the logged KL is the corrected estimate, a token mean
+    log_ratio = logps - old if level == "token" else ((logps - old) * mask).sum(1, keepdim=True) / mask.sum(1, True)
+    corrected = torch.exp(log_ratio) * kl_estimate(logps, ref, estimator)
+    torch.testing.assert_close(stats["kl"], (corrected * mask).sum() / mask.sum(), **F64)
+
+
+def test_at_one_step_the_correction_keeps_the_value_and_adds_k_times_grad_log_pi_to_the_gradient():
+    """Ratio 1: the loss is the uncorrected one to the bit; d(r k)/d logp = k + dk/dlogp per token (GRPO's token means)."""
+    logps, ref, advantages, mask = _loss_inputs(31)
+    policy = logps.clone().requires_grad_(True)
+    plain = LossConfig(beta=0.1)
+    corrected, _ = grpo_loss(
+        policy, None, advantages, mask, LossConfig(beta=0.1, kl_bias_correction=True), ref_logps=ref
+    )
+    uncorrected, _ = grpo_loss(policy, None, advantages, mask, plain, ref_logps=ref)
+    assert torch.equal(corrected, uncorrected)
+    (grad,) = torch.autograd.grad(corrected, policy)
+    (plain_grad,) = torch.autograd.grad(uncorrected, policy)
+    weight = mask / mask.sum(1, keepdim=True) / mask.shape[0]  # d loss / d per-token term under loss_type grpo
+    torch.testing.assert_close(grad - plain_grad, 0.1 * weight * kl_k3(logps, ref), **F64)
+
+
 @pytest.mark.parametrize(("num_iterations", "name"), [(2, "k3"), (2, "k1"), (2, "k2")])
 def test_the_update_takes_beta_times_each_completions_kl_from_its_reward(num_iterations, name):
     """With the sampling policy's log-probs at hand (``num_iterations > 1``), the reward minus beta times the summed
@@ -346,6 +406,7 @@ def test_an_estimator_refuses_a_scaling_it_is_not_defined_with():
 def test_the_defaults_are_todays_objective():
     config = LossConfig()
     assert (config.kl_estimator, config.kl_in_reward, config.advantage_estimator) == ("k3", False, "grpo")
+    assert config.kl_bias_correction is False
 
 
 @pytest.mark.parametrize(
@@ -354,6 +415,8 @@ def test_the_defaults_are_todays_objective():
         (dict(kl_in_reward=True, beta=0.0), "loss.kl_in_reward is set but loss.beta is 0"),
         (dict(kl_in_reward=True, kl_estimator="k3+"), "differs from k3 only in its gradient"),
         (dict(kl_estimator="k4"), "Unknown model.loss.kl_estimator 'k4'"),
+        (dict(kl_bias_correction=True, beta=0.0), "loss.beta is 0: there is no KL term"),
+        (dict(kl_bias_correction=True, kl_in_reward=True), "a reward of the sampling policy, whose ratio is 1"),
         (dict(advantage_estimator="gae"), "Unknown model.loss.advantage_estimator 'gae'"),
         (dict(advantage_estimator="rloo"), "rloo is defined with model.loss.scale_rewards none or batch"),
         (dict(advantage_estimator="reinforce_pp"), "Set model.loss.scale_rewards: batch"),
@@ -389,9 +452,9 @@ def test_fit_help_lists_the_new_loss_options(capsys):
         main(["fit", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--model.loss.kl_estimator", "--model.loss.kl_in_reward", "--model.loss.advantage_estimator"):
-        assert option in out
-    assert "straight-through" in out
+    for option in ("kl_estimator", "kl_in_reward", "kl_bias_correction", "advantage_estimator"):
+        assert f"--model.loss.{option}" in out
+    assert "straight-through" in out and "use_bias_correction_kl" in out
 
 
 def test_the_options_are_read_from_yaml(tmp_path, capsys):
@@ -399,3 +462,5 @@ def test_the_options_are_read_from_yaml(tmp_path, capsys):
     options |= {"advantage_estimator": "rloo", "scale_rewards": "none"}
     loss = demo_model_options(tmp_path, capsys, {"loss": options})["loss"]
     assert (loss["kl_estimator"], loss["kl_in_reward"], loss["advantage_estimator"]) == ("k2", True, "rloo")
+    corrected = demo_model_options(tmp_path, capsys, {"loss": {"beta": 0.02, "kl_bias_correction": True}})["loss"]
+    assert corrected["kl_bias_correction"] is True
