@@ -31,6 +31,8 @@ import torch
 
 from grpo_demo.models import _save
 from grpo_demo.scenes import make_dataset, render_scene
+from grpo_lightning.algorithms import gold_nll
+from grpo_lightning.rollout import encode_completions
 from grpo_lightning.task import DEFAULT_PROMPT_TEMPLATE, THINK_TAG, format_solution, render_prompt, tagged
 
 #: The cold start's scenes come from the demo seed plus this, so none of its pictures is in the demo dataset.
@@ -74,18 +76,6 @@ def format_examples(seed: int, num_examples: int) -> list[dict[str, Any]]:
     return examples
 
 
-def _completion_batch(tokenizer, texts: list[str], eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The completions' token ids, each ended by the EOS, right-padded, and their mask."""
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id] for text in texts]
-    width = max(len(row) for row in ids)
-    completion_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(ids), width, dtype=torch.long)
-    for row, tokens in enumerate(ids):
-        completion_ids[row, : len(tokens)] = torch.tensor(tokens)
-        mask[row, : len(tokens)] = 1
-    return completion_ids, mask
-
-
 def cold_start(
     model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int = 0, options: ColdStart | None = None
 ) -> list[float]:
@@ -108,9 +98,9 @@ def cold_start(
     for _ in range(options.steps):
         batch = order.sample(examples, options.batch_size)
         prompts = adapter.prepare_prompts([e["image"] for e in batch], [e["prompt"] for e in batch])
-        completion_ids, mask = _completion_batch(adapter.tokenizer, [e["completion"] for e in batch], eos_id)
+        completion_ids, mask = encode_completions(adapter.tokenizer, [e["completion"] for e in batch], eos_id)
         logps, _ = adapter.completion_logps(model, prompts, list(range(len(batch))), completion_ids, mask)
-        loss = -(logps * mask).sum() / mask.sum()
+        loss = gold_nll(logps, mask)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -85,6 +85,7 @@ __all__ = [
     "entropy_from_logits",
     "entropy_quantile_threshold",
     "gated_entropy_coef",
+    "gold_nll",
     "group_reward_std",
     "grpo_loss",
     "high_entropy_mask",
@@ -95,6 +96,7 @@ __all__ = [
     "loss_normaliser",
     "selective_log_softmax",
     "sequence_kl_penalty",
+    "sft_coef_at",
 ]
 
 #: What a loss variant divides the summed token losses by: the number of sequences after a mean over each one's
@@ -876,6 +878,35 @@ def gated_entropy_coef(coef: float, last_entropy: float, target: float) -> float
     at or below ``target``, else 0 (Skywork-OR1's ``alpha_k = c_k * 1[e_k <= target]``; TRL applies its coefficient
     only then, and starts from an entropy of +inf: no bonus before the first measurement)."""
     return coef if last_entropy <= target else 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Supervision from the gold solution
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sft_coef_at(coef: float, decay_steps: int | None, step: int) -> float:
+    """The gold-supervision weight at optimizer step ``step`` (0-based): ``coef``, or with ``decay_steps`` its linear
+    decay to 0, ``coef * max(0, 1 - step / decay_steps)`` (0 from step ``decay_steps`` on)."""
+    if decay_steps is None:
+        return coef
+    return coef * max(0.0, 1.0 - step / decay_steps)
+
+
+def gold_nll(logps: Tensor, mask: Tensor, num_tokens: float | Tensor | None = None) -> Tensor:
+    """The negative log-likelihood of gold completions, a token mean: ``-sum(logps over mask) / num_tokens``.
+
+    Args:
+        logps: (B, T) the policy's log-probs of the gold tokens.
+        mask: (B, T) the gold tokens (EOS included), 0 on padding.
+        num_tokens: the divisor (None: ``max(mask.sum(), 1)``); given the whole batch's count, the micro-batches'
+            values add up to the whole batch's.
+    """
+    _check_same_shape(logps, mask)
+    keep = mask != 0
+    if num_tokens is None:
+        num_tokens = keep.sum().clamp_min(1).to(logps.dtype)
+    return -torch.where(keep, logps, torch.zeros_like(logps)).sum() / num_tokens
 
 
 # --------------------------------------------------------------------------------------------------------------

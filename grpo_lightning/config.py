@@ -225,6 +225,18 @@ class LossConfig:
         entropy_coef_min: the adaptive coefficient's lower bound (TRL's default 0.0).
         entropy_coef_max: its upper bound (TRL's default 1.0).
         entropy_coef_delta: its step per optimizer step (TRL's default 0.005).
+        sft_coef: weight of supervision from the gold solution: the loss plus ``sft_coef`` times the token-mean
+            negative log-likelihood, under the policy at temperature 1, of each prompt's gold completion (the sample's
+            answer and first reference explanation as :func:`~grpo_lightning.task.format_solution` writes them, then
+            EOS), over this process's batch; the supervised term that ms-swift's CHORD and verl mix into RL. The gold
+            completions join the policy pass of the micro-batch that holds their prompt's first completion: they
+            continue from the same prefilled prompt (no second image or prompt encoding) through the chunked head.
+            The gold has no ``<think>`` part, which the strict ``format`` reward asks for: the two pull apart, and a
+            decay (``sft_decay_steps``) leaves the end of the run to the rewards. 0: off, no extra rows. Logged:
+            ``sft/nll`` (the first iteration's, before the step's updates; measured also once the decay has reached 0)
+            and ``sft_coef`` (the step's first optimizer step's).
+        sft_decay_steps: decay ``sft_coef`` linearly to 0 over this many optimizer steps, ``sft_coef * (1 - step /
+            sft_decay_steps)`` at optimizer step ``step`` (0-based); None: constant.
     """
 
     beta: float = 0.04
@@ -256,6 +268,8 @@ class LossConfig:
     entropy_coef_min: float = 0.0
     entropy_coef_max: float = 1.0
     entropy_coef_delta: float = 0.005
+    sft_coef: float = 0.0
+    sft_decay_steps: int | None = None
 
     def __post_init__(self) -> None:
         KL_ESTIMATORS.check(self.kl_estimator, "model.loss.kl_estimator")
@@ -302,6 +316,20 @@ class LossConfig:
         self._check_kl_in_reward()
         self._check_advantage_estimator()
         self._check_entropy_control()
+        self._check_gold_supervision()
+
+    def _check_gold_supervision(self) -> None:
+        if not self.sft_coef >= 0:
+            raise ConfigError(
+                f"loss.sft_coef must be 0 (no gold supervision) or more, not {self.sft_coef}: it weighs the gold "
+                "solution's negative log-likelihood, which a negative weight would push down."
+            )
+        if self.sft_decay_steps is not None and (self.sft_coef == 0 or self.sft_decay_steps < 1):
+            raise ConfigError(
+                f"loss.sft_decay_steps ({self.sft_decay_steps}) is the number of optimizer steps over which "
+                f"loss.sft_coef ({self.sft_coef}) decays to 0: it must be at least 1, with loss.sft_coef above 0. "
+                "Set both, or leave loss.sft_decay_steps out (null)."
+            )
 
     @property
     def entropy_bonus(self) -> bool:

@@ -265,7 +265,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
             rewards = self.update.rewards_with_kl(rewards, trained.rollout, ref_logps, old_logps)
             advantages = self.update.advantages(rewards)
         with self.timed("update", seconds):
-            stats = self.update.optimize(trained.rollout, advantages, ref_logps, old_logps)
+            stats = self.update.optimize(trained.rollout, advantages, ref_logps, old_logps, trained.solutions)
         self.log_step(step, sampled, trained, advantages, stats, seconds)
         return stats["loss"]
 

@@ -43,6 +43,19 @@ def decode_completions(tokenizer: Any, completion_ids: Tensor, completion_mask: 
     return tokenizer.batch_decode(kept, skip_special_tokens=True)
 
 
+def encode_completions(tokenizer: Any, texts: Sequence[str], eos_token_id: int) -> tuple[Tensor, Tensor]:
+    """The inverse of :func:`decode_completions`: each text's tokens (no special tokens added) and the EOS, right-padded
+    with the tokenizer's pad id, and their mask, as a rollout holds its completions: (N, C) ids and (N, C) mask."""
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_token_id] for text in texts]
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for index, tokens in enumerate(rows):
+        ids[index, : len(tokens)] = torch.tensor(tokens)
+        mask[index, : len(tokens)] = 1
+    return ids, mask
+
+
 @dataclass
 class ScoredRollout:
     """One round of sampling in a step: a batch of prompts, its rollout and the rewards of its completions.
@@ -72,12 +85,16 @@ class TrainedGroups:
         rewards: (N,) their rewards, as the advantages take them.
         per_func: (N, F) their scores by reward function (NaN: no opinion).
         chosen: which groups they are, as (round, prompt) pairs, in the rollout's order.
+        solutions: the gold solution of each of their prompts (the batch's ``solution``: the answer and the first
+            reference explanation, :func:`~grpo_lightning.task.format_solution`), in the rollout's prompt order; None
+            when the batches have none.
     """
 
     rollout: Rollout
     rewards: Tensor
     per_func: Tensor
     chosen: list[tuple[int, int]]
+    solutions: list[str] | None = None
 
 
 def join_groups(parts: Sequence[tuple[Rollout, Sequence[int]]], num_generations: int, pad_token_id: int) -> Rollout:

@@ -36,6 +36,8 @@ STAT_METRICS = {
     "engine_ppl_ratio": "train/engine/ppl_ratio",
     "engine_masked_fraction": "train/engine/masked_fraction",  # vllm.importance_sampling_mode *_mask
     "engine_off_policy_masked_fraction": "train/engine/off_policy_masked_fraction",  # vllm.off_policy_mask_threshold
+    "sft/nll": "train/sft/nll",  # loss.sft_coef: the gold completions' token-mean NLL,
+    "sft_coef": "train/sft_coef",  # and the coefficient of the step's first optimizer step
 }
 
 

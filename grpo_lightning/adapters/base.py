@@ -435,13 +435,15 @@ class VLMAdapter:
         completion_ids: Tensor,
         completion_mask: Tensor,
         *,
-        temperature: float = 1.0,
+        temperature: float | Sequence[float] = 1.0,
         with_entropy: bool | Literal["grad"] = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Per-token log-probs (N, C) of the given completion tokens under ``model``, and their entropy.
 
         Logits are divided by the sampling temperature, so the log-probs are those of the distribution
-        the completions were drawn from. Padding is trimmed to the longest prompt and completion of these
+        the completions were drawn from; a sequence of N temperatures gives each row its own (the gold completions
+        of ``loss.sft_coef`` are scored at 1.0 in the same pass as the sampled ones, whose prompts they share; the
+        head runs once per run of equal temperatures). Padding is trimmed to the longest prompt and completion of these
         sequences. The model returns its last hidden states, and the language-model head runs on the completion
         positions a chunk at a time (``head_logps``), so no (N, C, V) logits ever exist, in the forward pass or
         the backward. Positions past the trimmed width come back as 0.
@@ -461,15 +463,22 @@ class VLMAdapter:
         # The hidden state at position t predicts token t + 1: the `width` before the last one score the completions.
         hidden = hidden[:, -(width + 1) : -1, :]
         suppressed = torch.tensor(self.suppressed_token_ids(model), device=hidden.device)
-        token_logps, token_entropy = head_logps(
-            output_head(model),
-            hidden,
-            completion_ids[:, :width],
-            suppressed,
-            temperature,
-            with_entropy=with_entropy,
-            chunk_size=chunked_head.LOGITS_CHUNK_SIZE,  # read at each call: the tests patch it there
-        )
+        parts = [
+            head_logps(
+                output_head(model),
+                hidden[start:stop],
+                completion_ids[start:stop, :width],
+                suppressed,
+                value,
+                with_entropy=with_entropy,
+                chunk_size=chunked_head.LOGITS_CHUNK_SIZE,  # read at each call: the tests patch it there
+            )
+            for start, stop, value in _equal_runs(temperature, num_seqs)
+        ]
+        token_logps = parts[0][0] if len(parts) == 1 else torch.cat([logps for logps, _ in parts])
+        token_entropy = parts[0][1] if len(parts) == 1 else None
+        if len(parts) > 1 and with_entropy:
+            token_entropy = torch.cat([entropy for _, entropy in parts])
         logps = torch.zeros(num_seqs, full_width, dtype=torch.float32, device=hidden.device)
         # Positions after the first EOS hold padding, which may be a suppressed (-inf) token: zero them
         # here so that no -inf ever meets a 0 mask downstream (that product is NaN).
@@ -517,6 +526,17 @@ class VLMAdapter:
             **prompts.visual_for(prompt_index, self.vision_dtype(model)),
             use_cache=False,
         ).last_hidden_state
+
+
+def _equal_runs(values: float | Sequence[float], length: int) -> list[tuple[int, int, float]]:
+    """``(start, stop, value)`` of each run of equal values in a sequence of ``length`` (one value: one run)."""
+    if isinstance(values, (int, float)):
+        return [(0, length, float(values))]
+    values = [float(value) for value in values]
+    if len(values) != length:
+        raise ValueError(f"{len(values)} temperatures for {length} sequences; give one per sequence, or one for all")
+    starts = [i for i in range(length) if i == 0 or values[i] != values[i - 1]]
+    return [(start, stop, values[start]) for start, stop in zip(starts, [*starts[1:], length], strict=True)]
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:

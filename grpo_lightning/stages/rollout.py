@@ -197,14 +197,17 @@ class RolloutStage:
         where = [(r, p) for r, round_ in enumerate(sampled) for p in range(len(round_.informative))]
         indices, _ = choose_groups([bool(flag) for round_ in sampled for flag in round_.informative], quota)
         chosen = [where[i] for i in indices]
+        solutions = None
+        if all("solution" in round_.batch for round_ in sampled):
+            solutions = [sampled[r].batch["solution"][p] for r, p in chosen]
         if chosen == where[:quota]:  # the step's own batch, as it is
-            return TrainedGroups(sampled[0].rollout, sampled[0].rewards, sampled[0].per_func, chosen)
+            return TrainedGroups(sampled[0].rollout, sampled[0].rewards, sampled[0].per_func, chosen, solutions)
         parts = [(round_.rollout, [p for k, p in chosen if k == r]) for r, round_ in enumerate(sampled)]
         rollout = join_groups(parts, group_size, self.module.adapter.tokenizer.pad_token_id)
         rows = [torch.arange(p * group_size, (p + 1) * group_size) for _, p in chosen]
         rewards = torch.cat([sampled[r].rewards[row] for (r, _), row in zip(chosen, rows, strict=True)])
         per_func = torch.cat([sampled[r].per_func[row] for (r, _), row in zip(chosen, rows, strict=True)])
-        return TrainedGroups(rollout, rewards, per_func, chosen)
+        return TrainedGroups(rollout, rewards, per_func, chosen, solutions)
 
     def warn_of_shortfall(self, step: int, sampled: list[ScoredRollout], chosen: list[tuple[int, int]]) -> None:
         """Dynamic sampling: warn (at the 1st, 2nd, 4th, ... such step) when the step had to train groups without a

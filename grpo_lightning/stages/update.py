@@ -30,6 +30,10 @@ prepared from the model or the batch (a mask, a weight) is one small method here
   (DeepSeek-V3.2's off-policy sequence masking, as TRL's). Both act on the policy term only: a masked token keeps its
   KL term and still counts in the normaliser and the statistics, as in TRL, which multiplies its per-token policy loss
   by them.
+* ``loss.sft_coef`` above 0 (:class:`~grpo_lightning.stages.supervision.GoldSupervision`): each prompt's gold
+  completion joins the policy pass of the micro-batch holding its first sampled completion, scored at temperature 1,
+  and the micro-batch's loss gains its share of ``sft_coef`` (decayed by the optimizer step) times the batch's gold
+  token-mean NLL, at every iteration (still measured once the decay reached 0, so that its curve goes on);
 * ``loss.entropy_coef`` above 0 or ``loss.adaptive_entropy`` (:class:`EntropyControl`): every policy pass also gives
   the entropy, with its gradient, through the chunked head; the coefficient is state of this stage, adapted after
   each optimizer step from the step's mean token entropy over every process, and saved in checkpoints
@@ -68,6 +72,7 @@ from grpo_lightning.engines.correction import (
     off_policy_sequence_mask,
 )
 from grpo_lightning.rollout import Rollout
+from grpo_lightning.stages.supervision import GoldRows, GoldSupervision, with_gold_rows
 
 if TYPE_CHECKING:
     import lightning as L
@@ -317,15 +322,28 @@ class PolicyUpdate:
     ) -> tuple[Tensor, Tensor | None]:
         """Log-probs (and entropies, with gradient for ``"grad"``) of micro-batch ``mb``'s completions under ``model``,
         with gradients if enabled."""
-        return self.module.adapter.completion_logps(
-            model,
-            rollout.prompts,
-            rollout.prompt_index[mb].tolist(),
-            rollout.completion_ids[mb],
-            rollout.completion_mask[mb],
-            temperature=self.sampling.temperature,
-            with_entropy=with_entropy,
+        logps, entropy, _ = self.logps_with_gold(model, rollout, mb, with_entropy, None)
+        return logps, entropy
+
+    def logps_with_gold(
+        self, model, rollout: Rollout, mb: slice, with_entropy: bool | Literal["grad"], gold: GoldRows | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """:meth:`logps`, and in the same pass the log-probs of ``gold``'s completions at temperature 1 (None: no
+        gold rows), which continue from prompts of the micro-batch."""
+        ids, mask = rollout.completion_ids[mb], rollout.completion_mask[mb]
+        index, temperature = rollout.prompt_index[mb].tolist(), self.sampling.temperature
+        rows, width = ids.shape
+        if gold is not None:
+            pad = self.module.adapter.tokenizer.pad_token_id
+            ids, mask, index = with_gold_rows(ids, mask, index, gold, pad)
+            temperature = [temperature] * rows + [1.0] * len(gold.prompt_index)
+        logps, entropy = self.module.adapter.completion_logps(
+            model, rollout.prompts, index, ids, mask, temperature=temperature, with_entropy=with_entropy
         )
+        if gold is None:
+            return logps, entropy, None
+        gold_logps = logps[rows:, : gold.ids.shape[1]]
+        return logps[:rows, :width], None if entropy is None else entropy[:rows, :width], gold_logps
 
     # ------------------------------------------------------------------------------ each option's part
     def loss_mask(self, rollout: Rollout) -> Tensor:
@@ -375,12 +393,26 @@ class PolicyUpdate:
         return EngineMismatch(rollout.engine_logps, rollout.completion_mask, cap, self.module.device, **options)
 
     # ------------------------------------------------------------------------------------ the update
+    def gold_supervision(
+        self, rollout: Rollout, solutions: list[str] | None, micro_batches: list[slice]
+    ) -> GoldSupervision | None:
+        """``loss.sft_coef`` above 0: the step's gold completions (None: off)."""
+        adapter = self.module.adapter
+        eos = adapter.eos_token_ids(self.module.model)[0]
+        return GoldSupervision.of(self.config, adapter.tokenizer, eos, rollout, solutions, micro_batches)
+
     def optimize(
-        self, rollout: Rollout, advantages: Tensor, ref_logps: Tensor | None, old_logps: Tensor | None
+        self,
+        rollout: Rollout,
+        advantages: Tensor,
+        ref_logps: Tensor | None,
+        old_logps: Tensor | None,
+        solutions: list[str] | None = None,
     ) -> dict[str, Tensor]:
         """Micro-batched GRPO loss, backward and ``num_iterations`` optimizer steps; the step's statistics (the
-        iterations' mean; the entropy is the first iteration's, measured on the sampling policy; with an entropy bonus
-        ``entropy_coef``, the coefficient after the last step)."""
+        iterations' mean; the entropy and the gold NLL are the first iteration's, measured on the sampling policy;
+        with an entropy bonus ``entropy_coef``, the coefficient after the last step). ``solutions``: each prompt's
+        gold solution, for ``loss.sft_coef``."""
         module, config, bonus = self.module, self.config, self.config.entropy_bonus
         gradients = gradient_accumulation(module)
         mask = self.loss_mask(rollout)
@@ -388,13 +420,18 @@ class PolicyUpdate:
         high_entropy = self.high_entropy_tokens(rollout, mask)
         engine = self.engine_mismatch(rollout)
         micro_batches = self.micro_batches(mask.shape[0])
+        gold = self.gold_supervision(rollout, solutions, micro_batches)
         sums: dict[str, Tensor] = {}
         for iteration in range(config.num_iterations):
             first = iteration == 0
             entropy_coef = self.entropy.applied() if bonus else None  # one coefficient for the optimizer step
+            sft_coef = gold.coef(config, module.global_step) if gold is not None else 0.0
+            if first and gold is not None:
+                sums["sft_coef"] = torch.tensor(sft_coef, device=module.device)
             for index, mb in enumerate(micro_batches):
                 with_entropy = "grad" if bonus else first and high_entropy is None
-                logps, entropy = self.logps(module.model, rollout, mb, with_entropy=with_entropy)
+                gold_rows = gold.rows(index) if gold is not None else None
+                logps, entropy, gold_logps = self.logps_with_gold(module.model, rollout, mb, with_entropy, gold_rows)
                 if first and high_entropy is not None and not bonus:
                     entropy = high_entropy.entropy[mb]
                 if bonus:
@@ -410,17 +447,24 @@ class PolicyUpdate:
                     policy_mask=policy_mask, importance_weights=weights, totals=totals,
                     entropy_coef=entropy_coef,
                 )  # fmt: skip
+                if gold_rows is not None:
+                    term, stats["sft/nll"] = gold.term(gold_logps, gold_rows, sft_coef)
+                    loss = loss + term
+                    stats["loss"] = loss.detach()
                 with gradients.backward_context(last=index == len(micro_batches) - 1):
                     module.manual_backward(loss)
                 for name, value in stats.items():
-                    if name == "entropy" and not first:
-                        continue  # the sampling policy's entropy; later iterations give theirs for the bonus only
+                    if name in _FIRST_ITERATION_STATS and not first:
+                        continue  # the sampling policy's; later iterations measure theirs for their terms only
                     if name not in sums:
                         sums[name] = torch.zeros((), device=module.device)
                     sums[name] = sums[name] + value
             self.step(gradients)
             self.entropy.after_step(gradients)
-        stats = {name: value / (1 if name == "entropy" else config.num_iterations) for name, value in sums.items()}
+        stats = {
+            name: value / (1 if name in _FIRST_ITERATION_STATS else config.num_iterations)
+            for name, value in sums.items()
+        }
         if high_entropy is not None:
             stats.update(high_entropy.stats)
         if engine is not None:
@@ -461,6 +505,11 @@ class PolicyUpdate:
         padded[: len(values)] = values
         rows = module.all_gather(padded).reshape(world_size, -1)  # rank-major, each row padded with NaN
         return torch.cat([rows[rank, :size] for rank, size in enumerate(sizes)]), sizes
+
+
+#: The statistics measured on the first iteration's passes only: the sampling policy's entropy and gold NLL, and the
+#: gold term's coefficient at the step's first optimizer step.
+_FIRST_ITERATION_STATS = frozenset({"entropy", "sft/nll", "sft_coef"})
 
 
 def _rows(values: Tensor | None, mb: slice) -> Tensor | None:
