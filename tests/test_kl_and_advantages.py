@@ -214,7 +214,7 @@ def test_the_bias_corrected_kl_matches_the_float64_definition_in_value_and_gradi
 
 
 def test_at_one_step_the_correction_keeps_the_value_and_adds_k_times_grad_log_pi_to_the_gradient():
-    """Ratio 1: the loss is the uncorrected one to the bit; d(r k)/d logp = k + dk/dlogp per token (GRPO's token means)."""
+    """Ratio 1: the loss is the uncorrected one to the bit; d(r k)/d logp = k + dk/dlogp per token (token means)."""
     logps, ref, advantages, mask = _loss_inputs(31)
     policy = logps.clone().requires_grad_(True)
     plain = LossConfig(beta=0.1)
