@@ -203,6 +203,15 @@ def test_without_the_option_no_gold_row_is_scored(assets, data_kwargs, tmp_path,
     assert not calls and "train/sft/nll" not in read_scalars(trainer.logger.log_dir)
 
 
+def test_batches_without_solutions_are_refused_with_what_to_do(assets, data_kwargs):
+    module = make_module(assets, loss=dict(sft_coef=0.1))
+    module.configure_model()
+    batch = first_batch(data_kwargs)
+    rollout = module.rollouts.generate(batch, num_generations=G, do_sample=True)
+    with pytest.raises(ConfigError, match="carry no 'solution' field.*or set loss.sft_coef: 0"):
+        module.update.gold_supervision(rollout, None, [slice(0, B * G)])
+
+
 # --------------------------------------------------------------------------------------------------- the config
 @pytest.mark.parametrize(
     ("options", "message"),

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from grpo_lightning.algorithms import gold_nll, sft_coef_at
+from grpo_lightning.errors import ConfigError
 from grpo_lightning.rollout import Rollout, encode_completions
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class GoldSupervision:
         if not config.sft_coef:
             return None
         if solutions is None or len(solutions) != len(rollout.prompts):
-            raise ValueError(
+            raise ConfigError(
                 "loss.sft_coef trains on each prompt's gold solution, and the training batches carry no 'solution' "
                 "field: read the data with grpo_lightning.data.ViVQAXDataModule, or set loss.sft_coef: 0."
             )
