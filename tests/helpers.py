@@ -1,6 +1,7 @@
 """What the test files share: the repository's paths and the real ViVQA-X data's folder, the model families, a
-GRPOModule and a quiet CPU Trainer as the tests build them, short fits, the command line under test, runs on two
-processes, rewards that runs name by dotted path (``tests.helpers:<name>``), and Chromium for the HTML pages.
+GRPOModule and a quiet CPU Trainer as the tests build them, short fits, combinations of the loss options, the command
+line under test, runs on two processes, rewards that runs name by dotted path (``tests.helpers:<name>``), and
+Chromium for the HTML pages.
 
 The fixtures live in ``tests/conftest.py``; the DeepSpeed runs on CPU processes in ``tests/deepspeed_cpu.py``."""
 
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -126,6 +128,79 @@ def fit(module, data_kwargs, tmp_path, steps: int, batch_size: int = 2, seed: in
 
 def flat_params(module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in module.model.parameters()])
+
+
+# ---------------------------------------------------------------------------------------- composed loss options
+@dataclass(frozen=True)
+class LossCombination:
+    """Loss options that compose, and the metrics that show they acted (each must be logged at every step).
+
+    Attributes:
+        options: ``loss`` fields, added to :data:`COMPOSED_UPDATE`'s.
+        metrics: ``train/*`` metrics that only these options log; each is above 0 at some step of the resume test.
+    """
+
+    options: dict[str, Any]
+    metrics: tuple[str, ...] = ()
+
+
+#: The update under every :data:`LOSS_COMBINATIONS` entry: 2 optimizer steps per rollout (old log-probs, ratios away
+#: from 1) and micro-batches of 3 sequences, smaller than a process's batch and not dividing it.
+COMPOSED_UPDATE = {"num_iterations": 2, "micro_batch_size": 3}
+
+#: The adaptive entropy coefficient of the tests: the target lies far above the tiny model's entropy, so the
+#: coefficient rises by ``entropy_coef_delta`` each optimizer step.
+ADAPTIVE_ENTROPY = {"entropy_coef": 0.02, "adaptive_entropy": True, "entropy_target": 50.0, "entropy_coef_delta": 0.01}
+
+#: Combinations of the loss options that between them take every value of ``policy_loss``, ``kl_estimator`` and
+#: ``advantage_estimator``, and turn on ``dual_clip``, ``kl_in_reward``, ``entropy_coef`` and ``adaptive_entropy``:
+#: tests/test_resume.py resumes each, tests/test_distributed.py runs two on 2 processes. A new loss option joins as an
+#: entry (or a field of one). The caps (``cispo_max_weight``, ``dual_clip``) are tight, so that they act within the
+#: first steps of the tiny model.
+LOSS_COMBINATIONS = {
+    "sapo-k2-rloo-entropy": LossCombination(
+        dict(
+            policy_loss="sapo", kl_estimator="k2", advantage_estimator="rloo", scale_rewards="none", entropy_coef=0.01
+        ),
+        ("train/sapo/gate", "train/entropy_coef"),
+    ),
+    "cispo-k1-kl_in_reward-reinforce_pp_baseline": LossCombination(
+        dict(
+            policy_loss="cispo",
+            cispo_max_weight=1.2,
+            kl_estimator="k1",
+            kl_in_reward=True,
+            advantage_estimator="reinforce_pp_baseline",
+            scale_rewards="batch",
+        ),
+        ("train/clip_ratio/cispo",),
+    ),
+    "gmpo-k3+-grpo_passk": LossCombination(
+        dict(policy_loss="gmpo", kl_estimator="k3+", advantage_estimator="grpo_passk"),
+        ("train/clip_ratio/gmpo",),
+    ),
+    "ppo-dual_clip-abs-reinforce_pp-adaptive_entropy": LossCombination(
+        dict(
+            policy_loss="ppo",
+            dual_clip=1.1,
+            kl_estimator="abs",
+            advantage_estimator="reinforce_pp",
+            scale_rewards="batch",
+            **ADAPTIVE_ENTROPY,
+        ),
+        ("train/clip_ratio/dual", "train/entropy_coef"),
+    ),
+}
+
+
+class SaveFinalWeights(L.Callback):
+    """Saves, at the end of fit, each process's weights (:func:`flat_params`) and adaptive entropy state to
+    ``$GRPO_TEST_WEIGHTS.rank<R>`` (``torch.save`` of ``{"params": ..., "entropy": ...}``), for runs on several
+    processes through the command line."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = {"params": flat_params(pl_module), "entropy": pl_module.update.entropy.state_dict()}
+        torch.save(state, f"{os.environ['GRPO_TEST_WEIGHTS']}.rank{trainer.global_rank}")
 
 
 # ------------------------------------------------------------------------------------------- shared encoding

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from grpo_lightning.advantages import compute_advantages
 from scripts.tb_scalars import read_scalars
-from tests.helpers import fit_on_two_processes
+from tests.helpers import COMPOSED_UPDATE, LOSS_COMBINATIONS, fit_on_two_processes
 
 
 @pytest.mark.slow
@@ -50,6 +51,85 @@ def test_the_demo_runs_on_two_processes_with_whole_groups_reduced_metrics_and_on
     checkpoints = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "logs").rglob("*.ckpt"))
     assert checkpoints == ["logs/demo/version_0/checkpoints/last.ckpt", "logs/demo/version_0/checkpoints/step=2.ckpt"]
     assert len(list((tmp_path / "logs").rglob("events.out.tfevents.*"))) == 1
+
+
+def rank_major_rollouts(log_dir: Path) -> list[list[dict]]:
+    """Each step's rollout records (``<log_dir>/rollouts/step=N.jsonl``, in step order), rank 0's first."""
+    files = sorted((log_dir / "rollouts").glob("step=*.jsonl"), key=lambda path: int(path.stem.split("=")[1]))
+    steps = [[json.loads(line) for line in path.read_text().splitlines()] for path in files]
+    return [sorted(records, key=lambda record: (record["rank"], record["group"])) for records in steps]
+
+
+def fit_with_loss_options(
+    assets, data_kwargs, tmp_path: Path, combination: str, reward: str
+) -> tuple[list[dict], Path]:
+    """2 rollouts (4 optimizer steps) of :data:`LOSS_COMBINATIONS` entry ``combination`` with :data:`COMPOSED_UPDATE`
+    on 2 processes, 2 prompts of G=4 each, rewarded by ``reward``, their rollouts written each step; returns each
+    rank's final state (:class:`~tests.helpers.SaveFinalWeights`) and the log folder. Asserts the entry's metrics
+    were logged at both steps."""
+    entry = LOSS_COMBINATIONS[combination]
+    overlay = {
+        "trainer": {"callbacks": [{"class_path": "tests.helpers.SaveFinalWeights"}], "enable_checkpointing": False},
+        "model": {"loss": {**COMPOSED_UPDATE, **entry.options}, "logging": {"rollouts_every_n_steps": 1}},
+    }
+    options_file = tmp_path / "loss-options.yaml"
+    options_file.write_text(json.dumps(overlay), encoding="utf-8")
+    saved = tmp_path / "weights"
+    env = {"GRPO_TEST_G": "4", "GRPO_TEST_IDS": str(tmp_path / "ids"), "GRPO_TEST_WEIGHTS": str(saved)}
+    fit_on_two_processes(
+        assets, data_kwargs, tmp_path, reward=reward, num_generations=4, max_steps=4,
+        options=("--config", str(options_file)), env=env,
+    )  # fmt: skip
+    log_dir = tmp_path / "logs" / "demo" / "version_0"
+    scalars = read_scalars(log_dir)
+    for tag in entry.metrics:
+        assert [step for step, _ in scalars[tag]] == [0, 1], tag
+    return [torch.load(f"{saved}.rank{rank}", weights_only=True) for rank in (0, 1)], log_dir
+
+
+@pytest.mark.slow
+def test_ppo_dual_clip_reinforce_pp_and_adaptive_entropy_on_two_processes_agree_across_them(
+    assets, data_kwargs, tmp_path
+):
+    """The ppo, dual-clip, abs-KL, REINFORCE++ and adaptive-entropy combination, 2 optimizer steps a rollout in
+    micro-batches, on 2 processes: both end with the same weights and the same adaptive coefficient and last entropy
+    (the mean over every process's tokens; each process's own differ), and REINFORCE++ whitened the global batch:
+    rank 0 scores 0.0 and rank 1 scores 1.0, so each process alone would have whitened its rewards to 0."""
+    (rank0, rank1), log_dir = fit_with_loss_options(
+        assets, data_kwargs, tmp_path, "ppo-dual_clip-abs-reinforce_pp-adaptive_entropy", "tests.helpers:rank_reward"
+    )
+    assert torch.equal(rank0["params"], rank1["params"])
+    assert rank0["entropy"] == rank1["entropy"]
+    assert rank0["entropy"]["entropy_coef"] == pytest.approx(0.02 + 4 * 0.01, abs=1e-12)
+    assert 0.0 < rank0["entropy"]["last_entropy"] < 50.0
+    steps = rank_major_rollouts(log_dir)
+    assert len(steps) == 2
+    for records in steps:
+        assert [record["rank"] for record in records] == [0, 0, 1, 1]
+        rewards = torch.tensor([c["reward"] for record in records for c in record["completions"]])
+        assert rewards.tolist() == [0.0] * 8 + [1.0] * 8
+        advantages = [c["advantage"] for record in records for c in record["completions"]]
+        expected = compute_advantages(rewards, 4, "reinforce_pp", "batch")
+        assert advantages == pytest.approx(expected.tolist(), rel=1e-5) and expected[0] < 0 < expected[-1]
+
+
+@pytest.mark.slow
+def test_cispo_kl_in_reward_and_reinforce_pp_baseline_on_two_processes_agree_across_them(assets, data_kwargs, tmp_path):
+    """The cispo, k1-KL-in-reward and REINFORCE++-baseline combination on 2 processes, rewarded by length: both end
+    with the same weights, and each step's advantages are whitened over both processes together (mean 0, std 1 over
+    the 16 completions), not each process's alone (rank 0's 8 have another std)."""
+    (rank0, rank1), log_dir = fit_with_loss_options(
+        assets, data_kwargs, tmp_path, "cispo-k1-kl_in_reward-reinforce_pp_baseline", "tests.helpers:characters_reward"
+    )
+    assert torch.equal(rank0["params"], rank1["params"])
+    steps = rank_major_rollouts(log_dir)
+    assert len(steps) == 2
+    for records in steps:
+        advantages = torch.tensor([c["advantage"] for record in records for c in record["completions"]])
+        assert len(advantages) == 16
+        assert advantages.mean().item() == pytest.approx(0.0, abs=1e-5)
+        assert advantages.std().item() == pytest.approx(1.0, rel=1e-2)
+        assert abs(advantages[:8].std().item() - 1.0) > 1e-2, advantages.tolist()
 
 
 def sigterm_reward(completions, solution, **kwargs):

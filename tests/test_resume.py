@@ -18,7 +18,7 @@ from grpo_lightning.callbacks import StepCheckpoint, continue_logger_version
 from grpo_lightning.data import ResumableDataLoader, ResumableSampler, ViVQAXDataModule, read_samples
 from grpo_lightning.module import GRPOModule
 from scripts.tb_scalars import read_scalars
-from tests.helpers import arm, flat_params, make_module, quiet_trainer
+from tests.helpers import COMPOSED_UPDATE, LOSS_COMBINATIONS, arm, flat_params, make_module, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -148,6 +148,50 @@ def test_the_adaptive_entropy_coefficient_resumes_exactly(assets, data_kwargs, t
     scalars = read_scalars(tmp_path / "stopped" / "run" / "version_0")["train/entropy_coef"]
     straight_scalars = read_scalars(tmp_path / "straight" / "run" / "version_0")["train/entropy_coef"]
     assert scalars == straight_scalars and [step for step, _ in scalars] == [0, 1, 2, 3, 4, 5]
+
+
+_DEFAULT_OBJECTIVE: dict[str, torch.Tensor] = {}
+
+
+def default_objective_weights(assets, data_kwargs, tmp_path_factory) -> torch.Tensor:
+    """The weights after 6 optimizer steps of :data:`COMPOSED_UPDATE` with the default objective (ppo, k3, grpo, no
+    entropy bonus), shared by the composed options' tests."""
+    key = str(assets)
+    if key not in _DEFAULT_OBJECTIVE:
+        arm(None)
+        _, module = run(assets, data_kwargs, tmp_path_factory.mktemp("default"), max_steps=6, loss=COMPOSED_UPDATE)
+        _DEFAULT_OBJECTIVE[key] = flat_params(module)
+    return _DEFAULT_OBJECTIVE[key]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combination", list(LOSS_COMBINATIONS))
+def test_each_combination_of_loss_options_resumes_exactly(assets, data_kwargs, tmp_path, tmp_path_factory, combination):
+    """6 optimizer steps straight (3 rollouts of 2 steps each, num_iterations 2, in micro-batches) equal 4 steps,
+    stop, and a resume to 6, with each combination of the loss options; the options' own metrics are logged at every
+    step, the same after the resume, and the combination trains other weights than the default objective does."""
+    entry = LOSS_COMBINATIONS[combination]
+    loss = {**COMPOSED_UPDATE, **entry.options}
+    arm(None)
+    _, straight_module = run(assets, data_kwargs, tmp_path / "straight", max_steps=6, loss=loss)
+    first, _ = run(assets, data_kwargs, tmp_path / "stopped", max_steps=4, loss=loss)
+    assert first.global_step == 4
+    resumed, resumed_module = run(assets, data_kwargs, tmp_path / "stopped", max_steps=6, ckpt_path="last", loss=loss)
+    assert resumed.global_step == 6
+    straight_params = flat_params(straight_module)
+    torch.testing.assert_close(flat_params(resumed_module), straight_params, rtol=1e-5, atol=1e-6)
+    assert resumed_module.update.entropy.state_dict() == straight_module.update.entropy.state_dict()
+    straight_scalars = read_scalars(tmp_path / "straight" / "run" / "version_0")
+    resumed_scalars = read_scalars(tmp_path / "stopped" / "run" / "version_0")
+    steps = [step for step, _ in straight_scalars["train/reward"]]
+    assert [step for step, _ in resumed_scalars["train/reward"]] == steps == [0, 1, 2]  # one per rollout
+    for tag in entry.metrics:
+        assert [step for step, _ in straight_scalars[tag]] == steps, tag
+        assert any(value != 0 for _, value in straight_scalars[tag]), f"{tag} stayed 0: the option never acted"
+        resumed_values = [value for _, value in resumed_scalars[tag]]
+        assert resumed_values == pytest.approx([value for _, value in straight_scalars[tag]], rel=1e-5, abs=1e-6), tag
+    default = default_objective_weights(assets, data_kwargs, tmp_path_factory)
+    assert not torch.allclose(straight_params, default, rtol=1e-5, atol=1e-6), "the options changed nothing"
 
 
 @pytest.mark.slow
