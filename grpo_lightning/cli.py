@@ -80,7 +80,8 @@ def shipped_config(name: str) -> Path | None:
     if Path(name).name != name:
         return None
     path = shipped_configs_dir() / name
-    return path if path.is_file() else None
+    # os.path.isfile, not Path.is_file: an inline YAML value longer than a file name may be raises ENAMETOOLONG there
+    return path if os.path.isfile(path) else None
 
 
 def check_yaml_syntax(path: str | os.PathLike) -> None:

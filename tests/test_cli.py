@@ -257,6 +257,21 @@ def test_the_shipped_configs_are_package_data():
     assert '[tool.setuptools.package-data]\ngrpo_lightning = ["configs/*.yaml"]' in pyproject
 
 
+def test_inline_yaml_longer_than_a_file_name_goes_to_the_parser(capsys):
+    """An inline ``--config`` of over 255 characters without a slash is no file name (ENAMETOOLONG), not an error."""
+    from grpo_lightning.cli import main
+
+    template = "{question} " + "Hãy trả lời bằng tiếng Việt. " * 12
+    inline = "{model: {loss: {epsilon_low: 0.029}}, data: {prompt_template: '" + template + "'}}"
+    assert len(inline.encode()) > 255 and "/" not in inline
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", inline, "--print_config"])
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 0, printed.err
+    config = yaml.safe_load(printed.out)
+    assert config["model"]["loss"]["epsilon_low"] == 0.029 and config["data"]["prompt_template"] == template
+
+
 def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
