@@ -153,14 +153,20 @@ COMPOSED_UPDATE = {"num_iterations": 2, "micro_batch_size": 3}
 ADAPTIVE_ENTROPY = {"entropy_coef": 0.02, "adaptive_entropy": True, "entropy_target": 50.0, "entropy_coef_delta": 0.01}
 
 #: Combinations of the loss options that between them take every value of ``policy_loss``, ``kl_estimator`` and
-#: ``advantage_estimator``, and turn on ``dual_clip``, ``kl_in_reward``, ``entropy_coef`` and ``adaptive_entropy``:
+#: ``advantage_estimator``, and turn on ``dual_clip``, ``kl_in_reward``, ``kl_bias_correction``, ``entropy_coef``,
+#: ``adaptive_entropy`` and ``sft_coef`` with its decay (which reaches 0 within the runs):
 #: tests/test_resume.py resumes each, tests/test_distributed.py runs two on 2 processes. A new loss option joins as an
 #: entry (or a field of one). The caps (``cispo_max_weight``, ``dual_clip``) are tight, so that they act within the
 #: first steps of the tiny model.
 LOSS_COMBINATIONS = {
     "sapo-k2-rloo-entropy": LossCombination(
         dict(
-            policy_loss="sapo", kl_estimator="k2", advantage_estimator="rloo", scale_rewards="none", entropy_coef=0.01
+            policy_loss="sapo",
+            kl_estimator="k2",
+            kl_bias_correction=True,
+            advantage_estimator="rloo",
+            scale_rewards="none",
+            entropy_coef=0.01,
         ),
         ("train/sapo/gate", "train/entropy_coef"),
     ),
@@ -186,9 +192,12 @@ LOSS_COMBINATIONS = {
             kl_estimator="abs",
             advantage_estimator="reinforce_pp",
             scale_rewards="batch",
+            kl_bias_correction=True,
+            sft_coef=0.2,
+            sft_decay_steps=3,
             **ADAPTIVE_ENTROPY,
         ),
-        ("train/clip_ratio/dual", "train/entropy_coef"),
+        ("train/clip_ratio/dual", "train/entropy_coef", "train/sft/nll", "train/sft_coef"),
     ),
 }
 
