@@ -68,7 +68,8 @@ COMMON = {"loss": {"num_iterations": 2}}
 #: 0.65 and 1.09 until rollout 30, then falls to 0.45 by the end. A target of 0.7 lies within that range: the bonus
 #: acts now and then in the first 30 rollouts and on every step after, so the run shows whether holding the entropy
 #: up changes the reward. A target below 0.43 (the run's lowest) would never switch the bonus on; one above 1.09 (its
-#: highest) would never switch it off.
+#: highest) would never switch it off. With it (seed 0) the coefficient rose to 0.1 and the entropy of the last 10
+#: rollouts was 0.53 to 0.91 (rising), against 0.43 to 0.56 without.
 ENTROPY_TARGET = 0.7
 
 #: Each objective's ``model`` settings on top of configs/demo.yaml and :data:`COMMON`.
