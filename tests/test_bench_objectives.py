@@ -11,6 +11,7 @@ import pytest
 from benchmarks import bench_objectives as bench
 from tests.helpers import demo_model_options
 
+
 @pytest.mark.parametrize("name", list(bench.OBJECTIVES))
 def test_each_objective_is_a_configuration_the_demo_accepts(name, tmp_path, capsys):
     assert not bench.unknown_options(name)
