@@ -552,10 +552,13 @@ def importance_ratio(
     ``loss.kl_bias_correction`` weighs the KL estimate by.
 
     The tokens were drawn from the sampling policy pi_old, so a per-token KL estimate k averaged over them estimates
-    the KL of pi_old to the reference; weighed by ``pi_theta / pi_old`` it estimates KL(pi_theta || pi_ref) without
-    that bias (DeepSeek-V3.2, arXiv 2512.02556, "unbiased KL estimate"; TRL's ``use_bias_correction_kl``, which
-    multiplies its k3 by the same ``coef_1``). At one optimizer step per rollout the ratio is 1 in value, but its
-    gradient adds ``k * grad log pi_theta`` to the KL term's.
+    the KL of pi_old to the reference; at the ``token`` level, weighed by ``pi_theta / pi_old`` it estimates
+    KL(pi_theta || pi_ref) without that bias (DeepSeek-V3.2, arXiv 2512.02556, "unbiased KL estimate"; TRL's
+    ``use_bias_correction_kl``, which multiplies its k3 by the same ``coef_1``, at its importance-sampling level).
+    The ``sequence`` levels weigh every token by the sequence's geometric-mean ratio instead, as TRL does: not an
+    importance weight of the token, so not unbiased. At one optimizer step per rollout the ratio is 1 in value, but
+    its gradient is not 0: at the token level each token's KL term gains ``k * grad log pi_theta``; at a sequence
+    level each token's k multiplies the gradient of its sequence's mean log-prob.
     """
     _check_same_shape(logps, old_logps)
     return torch.exp(IMPORTANCE_SAMPLING_LEVELS[importance_sampling_level](logps, old_logps.detach(), mask))

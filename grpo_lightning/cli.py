@@ -80,7 +80,7 @@ def shipped_config(name: str) -> Path | None:
     if Path(name).name != name:
         return None
     path = shipped_configs_dir() / name
-    # os.path.isfile, not Path.is_file: an inline YAML value longer than a file name may be raises ENAMETOOLONG there
+    # os.path.isfile, not Path.is_file, which raises ENAMETOOLONG for inline YAML longer than a file name can be
     return path if os.path.isfile(path) else None
 
 

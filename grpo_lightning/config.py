@@ -201,9 +201,11 @@ class LossConfig:
             (verl's ``use_kl_in_reward``). Needs ``beta > 0``. ``train/kl`` is logged either way.
         kl_bias_correction: weigh each token's KL estimate by the importance ratio ``pi_theta / pi_old`` of
             ``importance_sampling_level``, with its gradient, so that the estimate over tokens the sampling policy drew
-            is unbiased for KL(pi_theta || pi_ref) (DeepSeek-V3.2, arXiv 2512.02556; TRL's ``use_bias_correction_kl``).
-            At ``num_iterations: 1`` the ratio is 1 but its gradient is not: the KL term's gradient gains ``k * grad
-            log pi``. ``train/kl`` is then the corrected estimate. Needs ``beta > 0``, not with ``kl_in_reward``.
+            is unbiased for KL(pi_theta || pi_ref) (at the ``token`` level; the sequence levels weigh each token by its
+            sequence's ratio, as TRL does; DeepSeek-V3.2, arXiv 2512.02556; TRL's ``use_bias_correction_kl``). At
+            ``num_iterations: 1`` the ratio is 1 but its gradient is not: at the token level the KL term's gradient
+            gains ``k * grad log pi``. ``train/kl`` is then the corrected estimate. Needs ``beta > 0``, not with
+            ``kl_in_reward``.
         advantage_estimator: ``grpo`` (reward minus the group mean, scaled by ``scale_rewards``), ``rloo`` (minus the
             mean of the group's other rewards, Ahmadian et al. 2024; ``scale_rewards`` none or batch, TRL's
             ``normalize_advantages``), ``reinforce_pp`` (the rewards whitened over the global batch, REINFORCE++, Hu et

@@ -259,7 +259,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         trained = self.rollouts.trained_groups(sampled)
         with self.timed("reference", seconds):
             ref_logps = self.reference_logps(trained.rollout)
-            old_logps = self.update.old_logps(trained.rollout)
+            old_logps = self.update.old_logps(trained.rollout, trained.solutions)
         with self.timed("reward", seconds):  # a completion no reward scored has no reward: advantage 0
             rewards = mark_unscored(trained.rewards, trained.per_func)
             rewards = self.update.rewards_with_kl(rewards, trained.rollout, ref_logps, old_logps)

@@ -154,7 +154,7 @@ ADAPTIVE_ENTROPY = {"entropy_coef": 0.02, "adaptive_entropy": True, "entropy_tar
 
 #: Combinations of the loss options that between them take every value of ``policy_loss``, ``kl_estimator`` and
 #: ``advantage_estimator``, and turn on ``dual_clip``, ``kl_in_reward``, ``kl_bias_correction``, ``entropy_coef``,
-#: ``adaptive_entropy`` and ``sft_coef`` with its decay (which reaches 0 within the runs):
+#: ``adaptive_entropy`` and ``sft_coef`` with its decay (still above 0 where a run resumes, 0 by its end):
 #: tests/test_resume.py resumes each, tests/test_distributed.py runs two on 2 processes. A new loss option joins as an
 #: entry (or a field of one). The caps (``cispo_max_weight``, ``dual_clip``) are tight, so that they act within the
 #: first steps of the tiny model.
@@ -194,7 +194,7 @@ LOSS_COMBINATIONS = {
             scale_rewards="batch",
             kl_bias_correction=True,
             sft_coef=0.2,
-            sft_decay_steps=3,
+            sft_decay_steps=5,
             **ADAPTIVE_ENTROPY,
         ),
         ("train/clip_ratio/dual", "train/entropy_coef", "train/sft/nll", "train/sft_coef"),

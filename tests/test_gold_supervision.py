@@ -165,9 +165,9 @@ def test_the_steps_gradient_is_the_coefficient_times_the_gradient_of_the_batchs_
     seen = {}
     original = GoldSupervision.of.__func__
 
-    def recording(cls, config, tokenizer, eos, rollout, solutions, micro_batches):
+    def recording(cls, config, tokenizer, eos, rollout, solutions, *args):
         seen.update(prompts=rollout.prompts, solutions=list(solutions))
-        return original(cls, config, tokenizer, eos, rollout, solutions, micro_batches)
+        return original(cls, config, tokenizer, eos, rollout, solutions, *args)
 
     monkeypatch.setattr(GoldSupervision, "of", classmethod(recording))
     before = flat_params(module)
@@ -192,8 +192,7 @@ def test_a_fit_logs_the_gold_nll_and_the_decaying_coefficient(assets, data_kwarg
     scalars = read_scalars(trainer.logger.log_dir)
     assert [value for _, value in scalars["train/sft_coef"]] == pytest.approx([0.3, 0.15, 0.0])
     nll = [value for _, value in scalars["train/sft/nll"]]
-    assert len(nll) == 3 and all(value > 0 for value in nll)
-    assert nll[1] < nll[0], "a step on the gold completions makes them likelier"
+    assert len(nll) == 3 and all(value > 0 for value in nll)  # still measured once the coefficient is 0
 
 
 def test_without_the_option_no_gold_row_is_scored(assets, data_kwargs, tmp_path, monkeypatch):
@@ -201,6 +200,41 @@ def test_without_the_option_no_gold_row_is_scored(assets, data_kwargs, tmp_path,
     monkeypatch.setattr(GoldSupervision, "rows", lambda self, index: calls.append(index))
     trainer = fit(make_module(assets), data_kwargs, tmp_path, steps=1)
     assert not calls and "train/sft/nll" not in read_scalars(trainer.logger.log_dir)
+
+
+def test_the_old_log_probs_come_from_passes_with_the_gold_rows_as_the_first_iterations_do(assets, data_kwargs):
+    """With mu > 1, the sampling policy's log-probs are those of no-grad passes holding the same gold rows as the
+    update's, so the first iteration's ratio is that of passes of the same shape."""
+    module = make_module(assets, loss=dict(sft_coef=0.5, num_iterations=2, micro_batch_size=3))
+    module.configure_model()
+    batch = first_batch(data_kwargs)
+    torch.manual_seed(0)
+    rollout = module.rollouts.generate(batch, num_generations=G, do_sample=True)
+    update = module.update
+    old = update.old_logps(rollout, batch["solution"])
+    mbs = update.micro_batches(B * G)
+    gold = update.gold_supervision(rollout, batch["solution"], mbs)
+    assert [gold.prompts_of[i] for i in range(len(mbs))] == [[0], [1], []]
+    module.model.eval()
+    with torch.no_grad():
+        expected = torch.cat(
+            [update.logps_with_gold(module.model, rollout, mb, False, gold.rows(i))[0] for i, mb in enumerate(mbs)]
+        )
+    assert torch.equal(old, expected)
+    with torch.no_grad():
+        assert old.shape == update.completion_logps(module.model, rollout).shape
+
+
+def test_a_gold_solution_with_a_token_the_policy_never_writes_is_refused(assets, data_kwargs):
+    module = make_module(assets, loss=dict(sft_coef=0.1))
+    module.configure_model()
+    batch = first_batch(data_kwargs)
+    rollout = module.rollouts.generate(batch, num_generations=G, do_sample=True)
+    adapter = module.adapter
+    special = adapter.tokenizer.convert_ids_to_tokens(adapter.suppressed_token_ids(module.model)[0])
+    solutions = [batch["solution"][0], format_solution("có", f"vì {special} ở đây")]
+    with pytest.raises(ConfigError, match="contains a special token the policy never writes"):
+        module.update.gold_supervision(rollout, solutions, [slice(0, B * G)])
 
 
 def test_batches_without_solutions_are_refused_with_what_to_do(assets, data_kwargs):

@@ -462,23 +462,7 @@ class VLMAdapter:
         hidden = forward(model, prompts, prompt_index, inputs, prompt_width)
         # The hidden state at position t predicts token t + 1: the `width` before the last one score the completions.
         hidden = hidden[:, -(width + 1) : -1, :]
-        suppressed = torch.tensor(self.suppressed_token_ids(model), device=hidden.device)
-        parts = [
-            head_logps(
-                output_head(model),
-                hidden[start:stop],
-                completion_ids[start:stop, :width],
-                suppressed,
-                value,
-                with_entropy=with_entropy,
-                chunk_size=chunked_head.LOGITS_CHUNK_SIZE,  # read at each call: the tests patch it there
-            )
-            for start, stop, value in _equal_runs(temperature, num_seqs)
-        ]
-        token_logps = parts[0][0] if len(parts) == 1 else torch.cat([logps for logps, _ in parts])
-        token_entropy = parts[0][1] if len(parts) == 1 else None
-        if len(parts) > 1 and with_entropy:
-            token_entropy = torch.cat([entropy for _, entropy in parts])
+        token_logps, token_entropy = self._head(model, hidden, completion_ids[:, :width], temperature, with_entropy)
         logps = torch.zeros(num_seqs, full_width, dtype=torch.float32, device=hidden.device)
         # Positions after the first EOS hold padding, which may be a suppressed (-inf) token: zero them
         # here so that no -inf ever meets a 0 mask downstream (that product is NaN).
@@ -488,6 +472,33 @@ class VLMAdapter:
             entropy = torch.zeros_like(logps)
             entropy[:, :width] = token_entropy
         return logps, entropy
+
+    def _head(
+        self,
+        model: torch.nn.Module,
+        hidden: Tensor,
+        tokens: Tensor,
+        temperature: float | Sequence[float],
+        with_entropy: bool | Literal["grad"],
+    ) -> tuple[Tensor, Tensor | None]:
+        """``head_logps`` of ``tokens`` from ``hidden``, once per run of rows of equal temperature."""
+        suppressed = torch.tensor(self.suppressed_token_ids(model), device=hidden.device)
+        parts = [
+            head_logps(
+                output_head(model),
+                hidden[start:stop],
+                tokens[start:stop],
+                suppressed,
+                value,
+                with_entropy=with_entropy,
+                chunk_size=chunked_head.LOGITS_CHUNK_SIZE,  # read at each call: the tests patch it there
+            )
+            for start, stop, value in _equal_runs(temperature, len(tokens))
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        entropies = [entropy for _, entropy in parts]
+        return torch.cat([logps for logps, _ in parts]), None if entropies[0] is None else torch.cat(entropies)
 
     def _forward_from_shared_prompts(
         self,

@@ -3,10 +3,11 @@ step's prompts, which ride along in the policy passes of the micro-batches that 
 
 A prompt's gold completion is scored in the pass of the micro-batch holding the prompt's first sampled completion,
 as one more row that continues from the prompt: the shared-prompt pass prefills each distinct prompt of its rows
-once, so the gold row costs its own tokens and no image or prompt encoding (:meth:`GoldSupervision.rows`). Its
-log-probs are at temperature 1 (the model's own distribution, whatever ``sampling.temperature`` the rollout was drawn
-at) and its term is :func:`~grpo_lightning.algorithms.gold_nll` over the whole batch's gold tokens, so that the
-micro-batches' terms add up to the batch's token mean.
+once, so the gold row needs no image or prompt encoding of its own (:meth:`GoldSupervision.rows`); it costs its
+tokens, and a gold longer than the micro-batch's sampled completions widens the pass to its length. Its log-probs are
+at temperature 1 (the model's own distribution, whatever ``sampling.temperature`` the rollout was drawn at) and its
+term is :func:`~grpo_lightning.algorithms.gold_nll` over the whole batch's gold tokens, so that the micro-batches'
+terms add up to the batch's token mean.
 """
 
 from __future__ import annotations
@@ -67,16 +68,28 @@ class GoldSupervision:
         rollout: Rollout,
         solutions: Sequence[str] | None,
         micro_batches: Sequence[slice],
+        suppressed_ids: Sequence[int] = (),
     ) -> GoldSupervision | None:
-        """The step's gold supervision (None with ``loss.sft_coef`` 0)."""
+        """The step's gold supervision (None with ``loss.sft_coef`` 0); ``suppressed_ids``: the tokens the policy's
+        log-probs give -inf (the adapter's ``suppressed_token_ids``), refused in a gold completion."""
         if not config.sft_coef:
             return None
-        if solutions is None or len(solutions) != len(rollout.prompts):
+        if solutions is None:
             raise ConfigError(
                 "loss.sft_coef trains on each prompt's gold solution, and the training batches carry no 'solution' "
                 "field: read the data with grpo_lightning.data.ViVQAXDataModule, or set loss.sft_coef: 0."
             )
+        if len(solutions) != len(rollout.prompts):
+            raise ValueError(f"{len(solutions)} gold solutions for a rollout of {len(rollout.prompts)} prompts")
         ids, mask = encode_completions(tokenizer, solutions, eos_token_id)
+        suppressed = torch.isin(ids, torch.tensor(list(suppressed_ids), dtype=ids.dtype)) & (mask != 0)
+        bad = [text for text, row in zip(solutions, suppressed.any(-1).tolist(), strict=True) if row]
+        if bad:
+            raise ConfigError(
+                f"loss.sft_coef: the gold solution {bad[0]!r} contains a special token the policy never writes (an "
+                "image placeholder, say), whose log-prob is -inf: remove it from the sample's answer or explanation, "
+                "or set loss.sft_coef: 0."
+            )
         device = rollout.completion_ids.device
         return cls(ids.to(device), mask.to(device), micro_batches, rollout.prompt_index)
 

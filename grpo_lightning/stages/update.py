@@ -219,6 +219,22 @@ class EntropyControl:
         self.coef, self.last_entropy = float(state["entropy_coef"]), float(state["last_entropy"])
 
 
+@dataclass(frozen=True)
+class _UpdateInputs:
+    """What every micro-batch of a step's update reads: the rollout, its advantages, the reference's and the sampling
+    policy's log-probs, the loss mask and the batch's counts, and each option's part (None: off)."""
+
+    rollout: Rollout
+    advantages: Tensor
+    ref_logps: Tensor | None
+    old_logps: Tensor | None
+    mask: Tensor
+    totals: BatchTotals
+    high_entropy: HighEntropyTokens | None
+    engine: EngineMismatch | None
+    gold: GoldSupervision | None
+
+
 class PolicyUpdate:
     """The update of one training step, for ``module`` (a LightningModule with ``model`` and ``adapter``, attached to
     its trainer when it runs).
@@ -297,25 +313,35 @@ class PolicyUpdate:
         """Per-token log-probs (N, C) of the rollout's completions under ``model``, without gradients."""
         return self._pass_without_grad(model, rollout, entropy=False)
 
-    def old_logps(self, rollout: Rollout) -> Tensor | None:
+    def old_logps(self, rollout: Rollout, solutions: list[str] | None = None) -> Tensor | None:
         """The sampling policy's log-probs when ``loss.num_iterations`` steps move the policy away from it (None: one
-        step, whose ratio is the pass's own log-probs detached)."""
-        return self.completion_logps(self.module.model, rollout) if self.config.num_iterations > 1 else None
+        step, whose ratio is the pass's own log-probs detached). With ``loss.sft_coef`` the gold completions of
+        ``solutions`` ride along as in the update's passes, so that the sampled rows' log-probs come from passes of the
+        same rows and width as the first iteration's: its ratio stays 1 to the rounding of the passes without them."""
+        if self.config.num_iterations == 1:
+            return None
+        gold = self.gold_supervision(rollout, solutions, self.micro_batches(len(rollout.completions)))
+        return self._pass_without_grad(self.module.model, rollout, entropy=False, gold=gold)
 
     def token_entropies(self, rollout: Rollout) -> Tensor:
         """Entropy (N, C) of the policy's distribution at every completion position, without gradients."""
         return self._pass_without_grad(self.module.model, rollout, entropy=True)
 
     @torch.no_grad()
-    def _pass_without_grad(self, model: torch.nn.Module, rollout: Rollout, entropy: bool) -> Tensor:
+    def _pass_without_grad(
+        self, model: torch.nn.Module, rollout: Rollout, entropy: bool, gold: GoldSupervision | None = None
+    ) -> Tensor:
         """The log-probs (or, with ``entropy``, the entropies) of every completion token, in eval mode, micro-batch by
-        micro-batch."""
+        micro-batch (with ``gold``'s rows in the passes, their own values left out)."""
         was_training = model.training
         model.eval()
         mbs = self.micro_batches(len(rollout.completions))
-        values = torch.cat([self.logps(model, rollout, mb, with_entropy=entropy)[int(entropy)] for mb in mbs])
+        values = []
+        for index, mb in enumerate(mbs):
+            rows = gold.rows(index) if gold is not None else None
+            values.append(self.logps_with_gold(model, rollout, mb, entropy, rows)[int(entropy)])
         model.train(was_training)
-        return values
+        return torch.cat(values)
 
     def logps(
         self, model, rollout: Rollout, mb: slice, with_entropy: bool | Literal["grad"]
@@ -397,9 +423,9 @@ class PolicyUpdate:
         self, rollout: Rollout, solutions: list[str] | None, micro_batches: list[slice]
     ) -> GoldSupervision | None:
         """``loss.sft_coef`` above 0: the step's gold completions (None: off)."""
-        adapter = self.module.adapter
-        eos = adapter.eos_token_ids(self.module.model)[0]
-        return GoldSupervision.of(self.config, adapter.tokenizer, eos, rollout, solutions, micro_batches)
+        adapter, model = self.module.adapter, self.module.model
+        eos, suppressed = adapter.eos_token_ids(model)[0], adapter.suppressed_token_ids(model)
+        return GoldSupervision.of(self.config, adapter.tokenizer, eos, rollout, solutions, micro_batches, suppressed)
 
     def optimize(
         self,
@@ -416,62 +442,71 @@ class PolicyUpdate:
         module, config, bonus = self.module, self.config, self.config.entropy_bonus
         gradients = gradient_accumulation(module)
         mask = self.loss_mask(rollout)
-        totals = self.batch_totals(mask, gradients)
-        high_entropy = self.high_entropy_tokens(rollout, mask)
-        engine = self.engine_mismatch(rollout)
         micro_batches = self.micro_batches(mask.shape[0])
-        gold = self.gold_supervision(rollout, solutions, micro_batches)
+        step = _UpdateInputs(
+            rollout, advantages, ref_logps, old_logps, mask, self.batch_totals(mask, gradients),
+            self.high_entropy_tokens(rollout, mask), self.engine_mismatch(rollout),
+            self.gold_supervision(rollout, solutions, micro_batches),
+        )  # fmt: skip
         sums: dict[str, Tensor] = {}
         for iteration in range(config.num_iterations):
             first = iteration == 0
             entropy_coef = self.entropy.applied() if bonus else None  # one coefficient for the optimizer step
-            sft_coef = gold.coef(config, module.global_step) if gold is not None else 0.0
-            if first and gold is not None:
+            sft_coef = step.gold.coef(config, module.global_step) if step.gold is not None else 0.0
+            if first and step.gold is not None:
                 sums["sft_coef"] = torch.tensor(sft_coef, device=module.device)
             for index, mb in enumerate(micro_batches):
-                with_entropy = "grad" if bonus else first and high_entropy is None
-                gold_rows = gold.rows(index) if gold is not None else None
-                logps, entropy, gold_logps = self.logps_with_gold(module.model, rollout, mb, with_entropy, gold_rows)
-                if first and high_entropy is not None and not bonus:
-                    entropy = high_entropy.entropy[mb]
-                if bonus:
-                    self.entropy.measure(entropy, mask[mb])
-                old = _rows(old_logps, mb)
-                policy_mask = high_entropy.mask[mb] if high_entropy is not None else None
-                weights = None
-                if engine is not None:
-                    weights = engine.weights(mb, logps, old, mask, first)
-                    policy_mask = _both(policy_mask, engine.policy_mask(mb, logps, advantages[mb], mask))
-                loss, stats = grpo_loss(
-                    logps, old, advantages[mb], mask[mb], config, ref_logps=_rows(ref_logps, mb), entropy=entropy,
-                    policy_mask=policy_mask, importance_weights=weights, totals=totals,
-                    entropy_coef=entropy_coef,
-                )  # fmt: skip
-                if gold_rows is not None:
-                    term, stats["sft/nll"] = gold.term(gold_logps, gold_rows, sft_coef)
-                    loss = loss + term
-                    stats["loss"] = loss.detach()
+                loss, stats = self.micro_batch_loss(step, index, mb, first, entropy_coef, sft_coef)
                 with gradients.backward_context(last=index == len(micro_batches) - 1):
                     module.manual_backward(loss)
                 for name, value in stats.items():
                     if name in _FIRST_ITERATION_STATS and not first:
                         continue  # the sampling policy's; later iterations measure theirs for their terms only
-                    if name not in sums:
-                        sums[name] = torch.zeros((), device=module.device)
-                    sums[name] = sums[name] + value
+                    sums[name] = sums.get(name, torch.zeros((), device=module.device)) + value
             self.step(gradients)
             self.entropy.after_step(gradients)
         stats = {
             name: value / (1 if name in _FIRST_ITERATION_STATS else config.num_iterations)
             for name, value in sums.items()
         }
-        if high_entropy is not None:
-            stats.update(high_entropy.stats)
-        if engine is not None:
-            stats.update(engine.stats(self.summed_over_processes(torch.cat([engine.sums, engine.counts]))))
+        if step.high_entropy is not None:
+            stats.update(step.high_entropy.stats)
+        if step.engine is not None:
+            stats.update(
+                step.engine.stats(self.summed_over_processes(torch.cat([step.engine.sums, step.engine.counts])))
+            )
         if bonus:
             stats["entropy_coef"] = torch.tensor(self.entropy.coef, device=module.device)
         return stats
+
+    def micro_batch_loss(
+        self, step: _UpdateInputs, index: int, mb: slice, first: bool, entropy_coef: float | None, sft_coef: float
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Micro-batch ``index``'s loss (its share of the batch's) and statistics, from a pass of the policy with
+        gradients; ``first``: the step's first iteration (which measures the engines' mismatch)."""
+        config, bonus, mask, engine = self.config, self.config.entropy_bonus, step.mask, step.engine
+        with_entropy = "grad" if bonus else first and step.high_entropy is None
+        gold_rows = step.gold.rows(index) if step.gold is not None else None
+        logps, entropy, gold_logps = self.logps_with_gold(self.module.model, step.rollout, mb, with_entropy, gold_rows)
+        if first and step.high_entropy is not None and not bonus:
+            entropy = step.high_entropy.entropy[mb]
+        if bonus:
+            self.entropy.measure(entropy, mask[mb])
+        old = _rows(step.old_logps, mb)
+        policy_mask = step.high_entropy.mask[mb] if step.high_entropy is not None else None
+        weights = None
+        if engine is not None:
+            weights = engine.weights(mb, logps, old, mask, first)
+            policy_mask = _both(policy_mask, engine.policy_mask(mb, logps, step.advantages[mb], mask))
+        loss, stats = grpo_loss(
+            logps, old, step.advantages[mb], mask[mb], config, ref_logps=_rows(step.ref_logps, mb), entropy=entropy,
+            policy_mask=policy_mask, importance_weights=weights, totals=step.totals, entropy_coef=entropy_coef,
+        )  # fmt: skip
+        if gold_rows is not None:
+            term, stats["sft/nll"] = step.gold.term(gold_logps, gold_rows, sft_coef)
+            loss = loss + term
+            stats["loss"] = loss.detach()
+        return loss, stats
 
     def step(self, gradients: GradientAccumulation) -> None:
         """Clip, step the optimizer and the learning-rate scheduler, and clear the gradients."""
