@@ -667,7 +667,7 @@ def _fit_with(assets, data_kwargs, tmp_path, engine: OffsetEngine, cap: float | 
     seen = {}
     optimize = module.update.optimize
 
-    def recording_optimize(rollout, advantages, ref_logps, old_logps):
+    def recording_optimize(rollout, advantages, ref_logps, old_logps, *rest):
         # the policy pass the update makes (same weights, same micro-batch), with its graph
         logps, _ = module.adapter.completion_logps(
             module.model, rollout.prompts, rollout.prompt_index.tolist(), rollout.completion_ids,
@@ -688,7 +688,7 @@ def _fit_with(assets, data_kwargs, tmp_path, engine: OffsetEngine, cap: float | 
         seen["delta"] = -torch.cat(
             [(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(trainable, grads, strict=True)]
         )
-        return optimize(rollout, advantages, ref_logps, old_logps)
+        return optimize(rollout, advantages, ref_logps, old_logps, *rest)
 
     module.update.optimize = recording_optimize
     before = flat_params(module)
