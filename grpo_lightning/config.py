@@ -578,6 +578,11 @@ class VLLMConfig:
         off_policy_mask_threshold: delta of DeepSeek-V3.2's off-policy sequence masking (TRL's
             ``off_policy_mask_threshold``): a completion with a negative advantage whose mean ``logp_vllm - logp`` over
             its tokens exceeds delta loses its policy term (None: off); independent of the cap.
+        lora_sync: with LoRA (``model.lora.r > 0``), what a weight update sends the engine: ``merged`` (the adapted
+            layers with their LoRA merged in, the whole of each module vLLM packs) or ``adapter`` (the adapters alone,
+            which the engine applies as a vLLM LoRA: megabytes instead of the adapted layers; the base weights go once,
+            at the first update). ``adapter`` needs every adapter in the language model (vLLM 0.32 serves
+            transformers-format InternVL without vision-tower LoRA) and nothing but the adapters training.
     """
 
     python: str = ".venv-vllm/bin/python"
@@ -594,6 +599,7 @@ class VLLMConfig:
     importance_sampling_mode: str = "token_truncate"
     importance_sampling_min: float | None = None
     off_policy_mask_threshold: float | None = None
+    lora_sync: Literal["merged", "adapter"] = "merged"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

@@ -47,6 +47,7 @@ from grpo_lightning.engines import (
 from grpo_lightning.engines.correction import mismatch_metrics, mismatch_sums, off_policy_sequence_mask
 from grpo_lightning.engines.vllm import (
     _names_to_sync,
+    adapter_sync_rank,
     check_room,
     checkpoint_tensors,
     engine_dtype,
@@ -823,6 +824,31 @@ def test_lora_weights_are_sent_merged_and_only_the_adapted_modules(assets, tmp_p
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= projections
 
 
+@pytest.mark.parametrize(("r", "engine_rank"), [(1, 1), (4, 8), (16, 16), (17, 32)])
+def test_adapter_sync_asks_the_engine_for_the_smallest_lora_rank_vllm_takes(assets, r, engine_rank):
+    module = make_module(assets, lora=dict(r=r, alpha=8.0, dropout=0.0), loss=dict(beta=0.0))
+    module.configure_model()
+    assert adapter_sync_rank(module.model, module.adapter) == engine_rank
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({}, r"the policy has none: set model.lora.r above 0"),
+        (
+            {"lora": dict(r=4, target_modules=r".*(vision_tower|language_model).*\.(q_proj|fc1)")},
+            r"adapts model\.vision_tower\S* in the vision tower or projector",
+        ),
+    ],
+    ids=["no-lora", "vision-tower-lora"],
+)
+def test_adapter_sync_refuses_what_an_adapter_update_would_leave_out(assets, overrides, message):
+    module = make_module(assets, loss=dict(beta=0.0), **overrides)
+    module.configure_model()
+    with pytest.raises(ConfigError, match=message):
+        adapter_sync_rank(module.model, module.adapter)
+
+
 def test_frozen_vision_leaves_the_vision_tower_out_of_updates(assets):
     module = make_module(assets, freeze_vision_modules=True, loss=dict(beta=0.0))
     module.configure_model()
@@ -916,18 +942,20 @@ def test_vllm_samples_what_the_policy_samples_and_follows_its_optimizer_steps(as
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "overrides",
+    ("overrides", "lora_sync"),
     [
-        {"lora": dict(r=4, alpha=16.0, dropout=0.0)},
-        {"freeze_vision_modules": True},
+        ({"lora": dict(r=4, alpha=16.0, dropout=0.0)}, "merged"),
+        ({"lora": dict(r=4, alpha=16.0, dropout=0.0)}, "adapter"),
+        ({"freeze_vision_modules": True}, "merged"),
     ],
-    ids=["lora", "frozen-vision"],
+    ids=["lora", "lora-adapter", "frozen-vision"],
 )
-def test_partial_weight_updates_keep_the_engine_equal_to_the_policy(assets, engine_python, overrides):
-    """Updates after the first send only what trains (LoRA merged into its layers; no frozen vision tower), and
-    the engine keeps sampling exactly what the policy samples, step after step."""
+def test_partial_weight_updates_keep_the_engine_equal_to_the_policy(assets, engine_python, overrides, lora_sync):
+    """Updates after the first send only what trains (LoRA merged into its layers, or with ``lora_sync: adapter``
+    the adapters alone, which the engine applies as a vLLM LoRA; no frozen vision tower), and the engine keeps
+    sampling exactly what the policy samples, step after step."""
     module, images, prompts = _policy(assets, "internvl", **overrides)
-    engine = VLLMEngine(VLLMConfig(**ENGINE_OPTIONS))
+    engine = VLLMEngine(VLLMConfig(**ENGINE_OPTIONS, lora_sync=lora_sync))
     engine.start(module.model, module.adapter, "float32")
     try:
         greedy = SamplingConfig(num_generations=2, max_completion_length=12)
@@ -938,6 +966,9 @@ def test_partial_weight_updates_keep_the_engine_equal_to_the_policy(assets, engi
             _train_a_step(module, prompts, index, sampled.completion_ids, lr=0.2)
             partial = engine.sync_weights(module.model)["megabytes"]
             assert partial < full
+            if lora_sync == "adapter":  # the adapters alone: a fraction of what the merged update writes
+                merged = checkpoint_tensors(module.model, _names_to_sync(module.model), torch.float32)
+                assert partial < 0.5 * sum(t.numel() * t.element_size() for t in merged.values()) / 2**20
             ours, theirs = _both(engine, module, prompts, images, index, greedy, do_sample=False)
             assert torch.equal(theirs.completion_ids, ours.completion_ids), step
             logps, mask = _policy_logps(module, prompts, index, theirs.completion_ids)
@@ -970,6 +1001,28 @@ def _trainer(save_dir: Path, steps: int, callbacks=()) -> L.Trainer:
 
 
 @pytest.mark.slow
+def test_a_lora_fit_with_adapter_sync_samples_as_the_policy_and_writes_a_fraction_of_the_merged_updates(
+    assets, data_kwargs, engine_python, tmp_path
+):
+    """3 LoRA steps with each ``lora_sync``: the engine's log-probs stay those of the policy (gap below 1e-4 at every
+    step) and, after the first update (which holds every weight in both), each adapter update writes under half the
+    merged one's megabytes (a quarter on this model, whose 64-wide layers make r = 8 a large share of them)."""
+    megabytes = {}
+    for lora_sync in ("merged", "adapter"):
+        module = _vllm_module(
+            assets, vllm=dict(lora_sync=lora_sync), lora=dict(r=8, alpha=16.0, dropout=0.0), loss=dict(beta=0.0)
+        )
+        L.seed_everything(0)
+        trainer = _trainer(tmp_path / lora_sync, steps=3)
+        trainer.fit(module, datamodule=ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False))
+        scalars = read_scalars(trainer.logger.log_dir)
+        assert max(gap for _, gap in scalars["train/engine/logp_diff"]) < 1e-4, lora_sync
+        megabytes[lora_sync] = [value for _, value in scalars["train/engine/sync_megabytes"]]
+    assert len(megabytes["adapter"]) == len(megabytes["merged"]) == 3
+    assert all(a < 0.5 * m for a, m in zip(megabytes["adapter"][1:], megabytes["merged"][1:], strict=True)), megabytes
+
+
+@pytest.mark.slow
 def test_a_demo_fit_with_the_vllm_engine_learns_and_stops_its_engine(assets, data_kwargs, engine_python, tmp_path):
     """The demo's learning test with the vLLM engine: the reward rises as with the policy's own sampler; every step
     logs the weight update's time, the engines' log-prob gap (float32 on the CPU: ~1e-6) and their mismatch (KL, chi2,
@@ -997,6 +1050,8 @@ def test_a_demo_fit_with_the_vllm_engine_learns_and_stops_its_engine(assets, dat
     assert not torch.equal(before, flat_params(module))
     assert len(scalars["train/time/weight_sync"]) == 20
     assert all(0 < seconds < 30 for _, seconds in scalars["train/time/weight_sync"])
+    assert len(scalars["train/engine/sync_megabytes"]) == 20
+    assert all(megabytes > 0 for _, megabytes in scalars["train/engine/sync_megabytes"])
     assert max(gap for _, gap in scalars["train/engine/logp_diff"]) < 1e-4
     equal_engines = {"kl": 0.0, "chi2": 0.0, "ess": 1.0, "ppl_ratio": 1.0, "masked_fraction": 0.0}
     for name, value in equal_engines.items():

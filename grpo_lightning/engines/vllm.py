@@ -126,6 +126,8 @@ class VLLMEngine(RolloutEngine):
         self._log_path: Path | None = None
         self._failed = False
         self._sync_names: list[str] | None = None  # state-dict names of the weights a partial update sends
+        self._lora_rank: int | None = None  # vllm.lora_sync adapter: the engine's max_lora_rank
+        self._adapters_sent = 0  # the engine's LoRA ids so far (vllm.lora_sync adapter)
         self._synced_once = False
         self._dtype = torch.float32
         self._finalizer: weakref.finalize | None = None
@@ -158,11 +160,12 @@ class VLLMEngine(RolloutEngine):
         _check_cpu_attention(base.config)
         self._dtype = engine_dtype(self.config, weights_dtype)
         self._sync_names = _names_to_sync(model)
+        self._lora_rank = adapter_sync_rank(model, adapter) if self.config.lora_sync == "adapter" else None
         self._synced_once = self._failed = False
         shm = Path(self.config.shm_dir)
         if not shm.is_dir():
             raise ConfigError(f"model.vllm.shm_dir {str(shm)!r} is not a folder; give a folder in memory (/dev/shm).")
-        tensors = checkpoint_tensors(model, None, self._dtype)
+        tensors = checkpoint_tensors(model, None, self._dtype, merge=self._lora_rank is None)
         check_room(shm, tensors)
         if device is None:
             device = next(model.parameters()).device
@@ -198,6 +201,8 @@ class VLLMEngine(RolloutEngine):
         address = str(self._folder / "engine.sock")
         authkey = secrets.token_bytes(32)
         settings, variables = launch_settings(self.config, model_dir, self._dtype, self.seed, device)
+        if self._lora_rank is not None:
+            settings["engine_kwargs"] = {"enable_lora": True, "max_lora_rank": self._lora_rank, "max_loras": 1}
         env = {
             **os.environ,
             **variables,
@@ -280,18 +285,45 @@ class VLLMEngine(RolloutEngine):
         """
         self._require_running()
         start = time.perf_counter()
+        if self._lora_rank is not None:
+            return self._sync_adapter(model, start)
         tensors = checkpoint_tensors(model, None if not self._synced_once else self._sync_names, self._dtype)
+        size, engine_seconds = self._send_weights(tensors)
+        self._synced_once = True
+        return {"seconds": time.perf_counter() - start, "engine_seconds": engine_seconds, "megabytes": size / 2**20}
+
+    def _send_weights(self, tensors: dict[str, torch.Tensor]) -> tuple[int, float]:
+        """Write ``tensors`` to shared memory and have the engine load them; the bytes written and its seconds."""
         check_room(self._folder, tensors)
         path = self._folder / "weights.safetensors"
         _save_tensors(tensors, path)
-        del tensors
+        tensors.clear()
         size = path.stat().st_size
         try:
             reply = self._request({"op": "load_weights", "path": str(path)}, "updating its weights")
         finally:
             path.unlink(missing_ok=True)
-        self._synced_once = True
-        return {"seconds": time.perf_counter() - start, "engine_seconds": reply["seconds"], "megabytes": size / 2**20}
+        return size, reply["seconds"]
+
+    def _sync_adapter(self, model: torch.nn.Module, start: float) -> dict[str, float]:
+        """``vllm.lora_sync: adapter``: the base weights once (without LoRA), then the adapters alone, which the engine
+        loads as a new LoRA that every later request uses (the previous one removed)."""
+        size, engine_seconds = (0, 0.0)
+        if not self._synced_once:
+            size, engine_seconds = self._send_weights(checkpoint_tensors(model, None, self._dtype, merge=False))
+            self._synced_once = True
+        self._adapters_sent += 1
+        folder = self._folder / f"lora-{self._adapters_sent}"
+        model.save_pretrained(str(folder), safe_serialization=True)
+        size += sum(path.stat().st_size for path in folder.iterdir())
+        try:
+            reply = self._request(
+                {"op": "load_lora", "path": str(folder), "id": self._adapters_sent}, "loading the LoRA adapters"
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        engine_seconds += reply["seconds"]
+        return {"seconds": time.perf_counter() - start, "engine_seconds": engine_seconds, "megabytes": size / 2**20}
 
     # ----------------------------------------------------------------------------------------- sampling
     def sample(
@@ -448,9 +480,10 @@ def _is_lora_layer(module: torch.nn.Module) -> bool:
     return hasattr(module, "base_layer") and hasattr(module, "lora_A") and hasattr(module, "get_delta_weight")
 
 
-def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The policy's weights by the transformers model's own names, LoRA merged in (``W + B A * scale``), without
-    changing the model; tensors that share storage (a tied output layer) appear once, under their first name."""
+def merged_state_dict(model: torch.nn.Module, merge: bool = True) -> dict[str, torch.Tensor]:
+    """The policy's weights by the transformers model's own names, LoRA merged in (``W + B A * scale``; with ``merge``
+    False, the base weights without it), without changing the model; tensors that share storage (a tied output
+    layer) appear once, under their first name."""
     base = _unwrapped(model)
     state: dict[str, torch.Tensor] = {}
     lora_prefixes = []
@@ -458,7 +491,7 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         if _is_lora_layer(module):
             lora_prefixes.append(name + ".")
             weight = module.base_layer.weight.detach()
-            for adapter in module.active_adapters:
+            for adapter in module.active_adapters if merge else ():
                 if adapter in module.lora_A:
                     weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
             state[name + ".weight"] = weight
@@ -474,6 +507,38 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         seen.add(pointer)
         state[name] = tensor.detach()
     return state
+
+
+#: The LoRA ranks vLLM 0.32 accepts as ``max_lora_rank``.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def adapter_sync_rank(model: torch.nn.Module, adapter: VLMAdapter) -> int:
+    """The engine's ``max_lora_rank`` for ``vllm.lora_sync: adapter`` (the smallest vLLM takes that holds the policy's
+    rank); refuses a policy without LoRA, with an adapter outside the language model, or with other weights training.
+    """
+    base = _unwrapped(model)
+    layers = {name: module for name, module in base.named_modules() if _is_lora_layer(module)}
+    if not layers:
+        raise ConfigError(
+            "model.vllm.lora_sync: adapter sends the LoRA adapters, and the policy has none: set model.lora.r above 0, "
+            "or model.vllm.lora_sync: merged."
+        )
+    visual = {id(sub) for module in adapter.image_feature_modules(base) for sub in module.modules()}
+    outside = [name for name, module in layers.items() if id(module) in visual]
+    trained = [name for name, p in base.named_parameters() if p.requires_grad and ".lora_" not in name]
+    if outside or trained:
+        what = f"adapts {outside[0]} in the vision tower or projector" if outside else f"trains {trained[0]}"
+        raise ConfigError(
+            f"model.vllm.lora_sync: adapter sends the language model's LoRA adapters alone, and the policy {what}, "
+            "which an adapter update would leave out of the engine (vLLM 0.32 serves transformers-format InternVL "
+            "without vision-tower LoRA). Keep model.lora.target_modules in the language model, or set "
+            "model.vllm.lora_sync: merged."
+        )
+    rank = max(int(module.r[name]) for module in layers.values() for name in module.lora_A)
+    if rank > VLLM_LORA_RANKS[-1]:
+        raise ConfigError(f"model.lora.r {rank} is above vLLM's largest LoRA rank, {VLLM_LORA_RANKS[-1]}.")
+    return next(allowed for allowed in VLLM_LORA_RANKS if allowed >= rank)
 
 
 def _names_to_sync(model: torch.nn.Module) -> list[str]:
@@ -494,12 +559,14 @@ def _names_to_sync(model: torch.nn.Module) -> list[str]:
     return [name for name in names if name in changing or any(name.startswith(group + ".") for group in groups)]
 
 
-def checkpoint_tensors(model: torch.nn.Module, names: list[str] | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def checkpoint_tensors(
+    model: torch.nn.Module, names: list[str] | None, dtype: torch.dtype, merge: bool = True
+) -> dict[str, torch.Tensor]:
     """The weights named (None: all) as contiguous CPU tensors of ``dtype`` under their checkpoint names (the names
-    ``save_pretrained`` writes, which vLLM loads)."""
+    ``save_pretrained`` writes, which vLLM loads); LoRA merged in, or with ``merge`` False left out."""
     from transformers.core_model_loading import revert_weight_conversion
 
-    state = merged_state_dict(model)
+    state = merged_state_dict(model, merge)
     if names is not None:
         state = {name: state[name] for name in names}
     state = revert_weight_conversion(_unwrapped(model), state)

@@ -132,13 +132,26 @@ class Server:
             worker_extension_cls=WORKER_EXTENSION,
             **settings.get("engine_kwargs", {}),
         )
+        self.lora = None  # the policy's LoRA adapters (vllm.lora_sync adapter), applied to every request
+
+    def load_lora(self, path: str, lora_id: int) -> dict[str, Any]:
+        """Load the adapters at ``path`` as LoRA ``lora_id``, which later requests use; the previous one goes."""
+        from vllm.lora.request import LoRARequest
+
+        start = time.perf_counter()
+        request = LoRARequest(f"policy-{lora_id}", lora_id, path)
+        self.llm.llm_engine.add_lora(request)  # read now: the trainer removes the folder after this reply
+        if self.lora is not None:
+            self.llm.llm_engine.remove_lora(self.lora.lora_int_id)
+        self.lora = request
+        return {"seconds": time.perf_counter() - start}
 
     def generate(self, requests: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
         from vllm import SamplingParams
 
         prompts = [{"prompt": r["prompt"], "multi_modal_data": {"image": _image(r["image"])}} for r in requests]
         sampling = [SamplingParams(n=r["n"], seed=r["seed"], logprobs=0, detokenize=False, **params) for r in requests]
-        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False, lora_request=self.lora)
         return {
             "outputs": [
                 {
@@ -194,6 +207,8 @@ def main() -> None:
                 reply = server.generate(message["requests"], message["params"])
             elif op == "load_weights":
                 reply = server.load_weights(message["path"])
+            elif op == "load_lora":
+                reply = server.load_lora(message["path"], message["id"])
             else:
                 reply = {"error": f"unknown request {op!r}"}
         except Exception as exception:

@@ -83,6 +83,8 @@ class RolloutStage:
         sync = engine.bring_weights_to(module.model, module.global_step)  # None: nothing to sync
         if sync is not None and module.training:
             module.log("train/time/weight_sync", sync["seconds"], on_step=True, on_epoch=False, batch_size=1)
+            if "megabytes" in sync:  # what the update wrote for the engine (vllm.lora_sync: adapter sends less)
+                module.log("train/engine/sync_megabytes", sync["megabytes"], on_step=True, on_epoch=False, batch_size=1)
         sampled = engine.sample(
             module.model, module.adapter, prompts, batch["image"], prompt_index.tolist(), self.sampling, do_sample
         )
