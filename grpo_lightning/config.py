@@ -581,8 +581,9 @@ class VLLMConfig:
         lora_sync: with LoRA (``model.lora.r > 0``), what a weight update sends the engine: ``merged`` (the adapted
             layers with their LoRA merged in, the whole of each module vLLM packs) or ``adapter`` (the adapters alone,
             which the engine applies as a vLLM LoRA: megabytes instead of the adapted layers; the base weights go once,
-            at the first update). ``adapter`` needs every adapter in the language model (vLLM 0.32 serves
-            transformers-format InternVL without vision-tower LoRA) and nothing but the adapters training.
+            at the first update). ``adapter`` needs every adapter in the language model's decoder layers (vLLM 0.32
+            serves transformers-format InternVL without vision-tower LoRA; no embedding or output-head adapters) and
+            nothing but the adapters training.
     """
 
     python: str = ".venv-vllm/bin/python"

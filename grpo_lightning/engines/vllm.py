@@ -202,7 +202,8 @@ class VLLMEngine(RolloutEngine):
         authkey = secrets.token_bytes(32)
         settings, variables = launch_settings(self.config, model_dir, self._dtype, self.seed, device)
         if self._lora_rank is not None:
-            settings["engine_kwargs"] = {"enable_lora": True, "max_lora_rank": self._lora_rank, "max_loras": 1}
+            lora = {"enable_lora": True, "max_lora_rank": self._lora_rank, "max_loras": 1}
+            settings.setdefault("engine_kwargs", {}).update(lora)
         env = {
             **os.environ,
             **variables,
@@ -314,8 +315,7 @@ class VLLMEngine(RolloutEngine):
             self._synced_once = True
         self._adapters_sent += 1
         folder = self._folder / f"lora-{self._adapters_sent}"
-        model.save_pretrained(str(folder), safe_serialization=True)
-        size += sum(path.stat().st_size for path in folder.iterdir())
+        size += self._write_adapters(model, folder)
         try:
             reply = self._request(
                 {"op": "load_lora", "path": str(folder), "id": self._adapters_sent}, "loading the LoRA adapters"
@@ -324,6 +324,22 @@ class VLLMEngine(RolloutEngine):
             shutil.rmtree(folder, ignore_errors=True)
         engine_seconds += reply["seconds"]
         return {"seconds": time.perf_counter() - start, "engine_seconds": engine_seconds, "megabytes": size / 2**20}
+
+    def _write_adapters(self, model: torch.nn.Module, folder: Path) -> int:
+        """The active LoRA adapters in PEFT's format (``adapter_config.json``, ``adapter_model.safetensors``) in the
+        engine's dtype, in ``folder``; the bytes written. Written here rather than with ``save_pretrained``, which
+        also writes a model card and may look the base model up on the Hub."""
+        from peft import get_peft_model_state_dict
+
+        tensors = get_peft_model_state_dict(model, adapter_name=model.active_adapter, save_embedding_layers=False)
+        tensors = {
+            name: tensor.detach().to(device="cpu", dtype=self._dtype).contiguous() for name, tensor in tensors.items()
+        }
+        check_room(self._folder, tensors)
+        folder.mkdir()
+        model.peft_config[model.active_adapter].save_pretrained(str(folder))
+        _save_tensors(tensors, folder / "adapter_model.safetensors")
+        return sum(path.stat().st_size for path in folder.iterdir())
 
     # ----------------------------------------------------------------------------------------- sampling
     def sample(
@@ -525,15 +541,20 @@ def adapter_sync_rank(model: torch.nn.Module, adapter: VLMAdapter) -> int:
             "or model.vllm.lora_sync: merged."
         )
     visual = {id(sub) for module in adapter.image_feature_modules(base) for sub in module.modules()}
-    outside = [name for name, module in layers.items() if id(module) in visual]
+    head = base.get_output_embeddings()
+    outside = [
+        name
+        for name, module in layers.items()
+        if id(module) in visual or module.base_layer is head or isinstance(module.base_layer, torch.nn.Embedding)
+    ]
     trained = [name for name, p in base.named_parameters() if p.requires_grad and ".lora_" not in name]
     if outside or trained:
-        what = f"adapts {outside[0]} in the vision tower or projector" if outside else f"trains {trained[0]}"
+        what = f"adapts {outside[0]}, outside the decoder layers," if outside else f"trains {trained[0]},"
         raise ConfigError(
-            f"model.vllm.lora_sync: adapter sends the language model's LoRA adapters alone, and the policy {what}, "
-            "which an adapter update would leave out of the engine (vLLM 0.32 serves transformers-format InternVL "
-            "without vision-tower LoRA). Keep model.lora.target_modules in the language model, or set "
-            "model.vllm.lora_sync: merged."
+            f"model.vllm.lora_sync: adapter sends the LoRA adapters of the language model's decoder layers alone, and "
+            f"the policy {what} which an adapter update would leave out of the engine (vLLM 0.32 serves "
+            "transformers-format InternVL without vision-tower LoRA). Keep model.lora.target_modules in the language "
+            "model's layers, or set model.vllm.lora_sync: merged."
         )
     rank = max(int(module.r[name]) for module in layers.values() for name in module.lora_A)
     if rank > VLLM_LORA_RANKS[-1]:

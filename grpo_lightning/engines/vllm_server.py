@@ -16,7 +16,10 @@ environments' pickles never carry a tensor:
   ``seed``) and ``params`` (vLLM ``SamplingParams`` keywords); answers ``outputs``, per request its
   ``prompt_token_ids``, and per sample ``token_ids`` and ``logprobs`` (the sampled tokens' log-probs).
 * ``load_weights``: ``path`` of a safetensors file of checkpoint-named tensors (a subset of the model's: the
-  weights that changed); answers ``seconds``.
+  weights that changed; with LoRA adapters loaded, vLLM's reload drops them); answers ``seconds``.
+* ``load_lora``: ``path`` of a folder of LoRA adapters in PEFT's format and a new ``id``: added as that vLLM LoRA,
+  which every later ``generate`` applies (the previous one removed; its prefix-cache entries, keyed by the LoRA, are
+  not reused); answers ``seconds``.
 * ``shutdown``: answers, then the process exits.
 
 The server exits when the trainer's connection closes, and (Linux) when the trainer process dies; ended by SIGTERM
