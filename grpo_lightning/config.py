@@ -94,6 +94,12 @@ class SamplingConfig:
         max_refill_rounds: the most extra rounds (one batch of prompts each) a step samples; when they do not find
             B groups with a spread, the step trains those it found and makes up the rest with groups of equal
             rewards (advantage 0), as without dynamic sampling, and a warning names the step.
+        async_rollouts: the ``vllm`` engine samples the rollouts of the next ``max_staleness`` steps (the next
+            batches of the training stream) while the trainer scores, takes log-probs and updates on this one
+            (:mod:`grpo_lightning.stages.async_rollouts`). A rollout sampled with the weights of an earlier optimizer
+            step is off-policy by that many steps, its staleness: the ratio's old log-probs are the trainer's under
+            the weights that sampled it. Off: sample, then update, one after the other.
+        max_staleness: K, how many steps ahead the engine samples (0: no step ahead, which is the synchronous step).
     """
 
     num_generations: int = 8
@@ -106,6 +112,8 @@ class SamplingConfig:
     dynamic_sampling: bool = False
     min_group_reward_std: float = 0.0
     max_refill_rounds: int = 4
+    async_rollouts: bool = False
+    max_staleness: int = 1
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -141,6 +149,11 @@ class SamplingConfig:
             raise ConfigError(
                 f"sampling.min_group_reward_std ({self.min_group_reward_std}) and sampling.max_refill_rounds "
                 f"({self.max_refill_rounds}) must be 0 or more."
+            )
+        if self.max_staleness < 0:
+            raise ConfigError(
+                f"sampling.max_staleness must be 0 or more, not {self.max_staleness}: the steps the engine samples "
+                "ahead of the trainer (0: none, the synchronous step)."
             )
 
 

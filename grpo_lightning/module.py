@@ -238,6 +238,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
             pending = self.reference.sync_due(self.global_step) and progress.processed > progress.completed
             self.reference.save_state(checkpoint, pending)
         self.update.save_state(checkpoint)  # the adaptive entropy coefficient
+        self.rollouts.save_state(checkpoint)  # asynchronous rollouts: those on their way, and their weights
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # another model's weights: one message, before the load fails on them
@@ -245,6 +246,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         attached = self._trainer is not None
         self.reference.keep_state(checkpoint, fitting=not attached or self.trainer.state.fn == "fit")
         self.update.restore(checkpoint)
+        self.rollouts.restore(checkpoint)
         saved = checkpoint.get("rng_states")
         if saved is None:
             return
@@ -259,13 +261,15 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         trained = self.rollouts.trained_groups(sampled)
         with self.timed("reference", seconds):
             ref_logps = self.reference_logps(trained.rollout)
-            old_logps = self.update.old_logps(trained.rollout, trained.solutions)
+            old_logps = self.update.old_logps(trained.rollout, trained.solutions, self.rollouts.weights_versions)
         with self.timed("reward", seconds):  # a completion no reward scored has no reward: advantage 0
             rewards = mark_unscored(trained.rewards, trained.per_func)
             rewards = self.update.rewards_with_kl(rewards, trained.rollout, ref_logps, old_logps)
             advantages = self.update.advantages(rewards)
         with self.timed("update", seconds):
             stats = self.update.optimize(trained.rollout, advantages, ref_logps, old_logps, trained.solutions)
+        self.rollouts.trained()
+        stats.update(self.rollouts.async_stats(trained.rollout, step))
         self.log_step(step, sampled, trained, advantages, stats, seconds)
         return stats["loss"]
 

@@ -24,6 +24,8 @@ class Rollout:
         completions: N decoded completion texts (special tokens skipped).
         engine_logps: (N, C) log-probs of the sampled tokens under the engine that sampled them (0 on padding), or
             None when the policy sampled them itself (the ``hf`` engine).
+        versions: (N,) the optimizer step whose weights sampled each completion (``sampling.async_rollouts``; None:
+            the weights of the step that trains them).
     """
 
     prompts: PromptBatch
@@ -32,6 +34,7 @@ class Rollout:
     completion_mask: Tensor
     completions: list[str]
     engine_logps: Tensor | None = None
+    versions: Tensor | None = None
 
 
 def decode_completions(tokenizer: Any, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
@@ -108,11 +111,11 @@ def join_groups(parts: Sequence[tuple[Rollout, Sequence[int]]], num_generations:
     Returns:
         A rollout of the taken prompts, prompt-major like every rollout. Prompt tokens, visual inputs and
         completions are the originals' (padding aside, which the masks leave out), and so are the engine's
-        log-probs (``engine_logps``, right-padded with 0; None when the parts have none); image features an earlier
-        pass kept (``PromptBatch.feature_memo``) stay with their prompt.
+        log-probs (``engine_logps``, right-padded with 0; None when the parts have none) and the weights versions;
+        image features an earlier pass kept (``PromptBatch.feature_memo``) stay with their prompt.
 
     Raises:
-        ValueError: some parts have engine log-probs and others not.
+        ValueError: some parts have engine log-probs (or weights versions) and others not.
     """
     prompt_ids, prompt_masks, visual, texts, rows = [], [], [], [], []
     aligned: dict[str, list[Tensor]] = {}
@@ -152,7 +155,11 @@ def join_groups(parts: Sequence[tuple[Rollout, Sequence[int]]], num_generations:
     )
     prompt_index = torch.arange(len(visual), device=completion_ids.device).repeat_interleave(num_generations)
     completions = [r.completions[j] for r, j in rows]
-    return Rollout(prompts, prompt_index, completion_ids, completion_mask, completions, engine_logps)
+    with_versions = {rollout.versions is not None for rollout, _ in parts}
+    if len(with_versions) > 1:
+        raise ValueError("cannot join rollouts with weights versions and rollouts without them")
+    versions = torch.stack([r.versions[j] for r, j in rows]) if with_versions == {True} and rows else None
+    return Rollout(prompts, prompt_index, completion_ids, completion_mask, completions, engine_logps, versions)
 
 
 def _right(row: Tensor, width: int, value: int) -> Tensor:

@@ -7,6 +7,7 @@ opened, converted to RGB and downscaled inside the dataloader workers (:class:`V
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,9 @@ class ResumableDataLoader(DataLoader):
     (``sampler.set_epoch``). The position counts the batches handed out: the sampler and the worker processes run
     ahead of it. The sampler must be a :class:`ResumableSampler`.
 
+    A training step may look at the batches ahead of it with :meth:`upcoming` without taking them (asynchronous
+    rollouts sample them early); they count in the position once handed out, as any batch.
+
     A training step may take further batches of the same epoch with :meth:`next_batch` (dynamic sampling refills a
     step whose groups carried no learning signal); they count in the position like the loop's own, so the loop's
     next batch is the one after them, and a resumed run neither repeats nor skips them. Such a step can use up the
@@ -132,6 +136,8 @@ class ResumableDataLoader(DataLoader):
         self._resume_at = 0
         self._resume_epoch: int | None = None  # the epoch of a saved position that had used its epoch up
         self._epoch_batches: Iterator[Any] | None = None  # the batches of the epoch being iterated
+        self._source: Iterator[Any] | None = None  # the DataLoader's own iterator of that epoch
+        self._lookahead: collections.deque[Any] = collections.deque()  # its batches taken by upcoming(), not handed out
         # Batches the training loop takes from one epoch: len(self), or fewer with the Trainer's
         # limit_train_batches (the data module passes that count).
         self.epoch_length = epoch_length or (lambda: len(self))
@@ -152,9 +158,9 @@ class ResumableDataLoader(DataLoader):
             resume_at = 0  # saved after the epoch's last batch: the next epoch starts afresh
         self.batches_done = resume_at
         self.sampler.skip = resume_at * self.batch_size
-        batches = super().__iter__()
+        self._source, self._lookahead = super().__iter__(), collections.deque()
         while self.batches_done < self.epoch_length():  # refills may have taken the batches the loop counts on
-            batch = next(batches, _END)
+            batch = self._lookahead.popleft() if self._lookahead else next(self._source, _END)
             if batch is _END:
                 return
             self.batches_done += 1
@@ -169,6 +175,25 @@ class ResumableDataLoader(DataLoader):
         if self._epoch_batches is None:
             raise RuntimeError("ResumableDataLoader.next_batch() is for a training step, while an epoch is iterated.")
         return next(self._epoch_batches, None)
+
+    def upcoming(self, count: int) -> list[Any]:
+        """The next ``count`` batches of the epoch being iterated (fewer near its end), without taking them: they do
+        not count in the position, and the loop's and :meth:`next_batch`'s next batches are these, in order.
+        Asynchronous rollouts sample them ahead of their steps."""
+        if self._epoch_batches is None or self._source is None:
+            return []
+        while len(self._lookahead) < count and self.batches_done + len(self._lookahead) < self.epoch_length():
+            batch = next(self._source, _END)
+            if batch is _END:
+                break
+            self._lookahead.append(batch)
+        return list(self._lookahead)[:count]
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(epoch, batches of it handed out): the position of the next batch; :meth:`upcoming`'s k-th batch is at
+        ``batches + k``."""
+        return int(self.sampler.epoch), self.batches_done
 
     def state_dict(self) -> dict[str, int]:
         state = {"batches_done": self.batches_done}

@@ -28,10 +28,12 @@ class SampledCompletions:
         completion_ids: (N, C) token ids, right-padded with the tokenizer's pad id after the first EOS.
         logps: (N, C) float32 log-probs of the sampled tokens under the engine's own distribution (0 on padding), or
             None when the engine is the policy itself.
+        engine_seconds: how long the engine took to sample them (None: the engine is the policy itself).
     """
 
     completion_ids: Tensor
     logps: Tensor | None = None
+    engine_seconds: float | None = None
 
 
 class RolloutEngine:
@@ -59,8 +61,10 @@ class RolloutEngine:
         """Refuse (``ConfigError``) what this engine cannot do under ``strategy`` with ``sampling``; warn of the
         options it ignores. Called before :meth:`start`."""
 
-    def bring_weights_to(self, model: torch.nn.Module, step: int) -> dict[str, float] | None:
-        """Make the engine sample with ``model``'s weights of optimizer step ``step``: synced once per step.
+    def bring_weights_to(self, model: torch.nn.Module, step: int, wait: bool = True) -> dict[str, float] | None:
+        """Make the engine sample with ``model``'s weights of optimizer step ``step``: synced once per step. ``wait``
+        False: the requests sent from now on sample with them, and the trainer does not wait for the engine to load
+        them (:meth:`post_weights`).
 
         Returns:
             What the sync measured (``seconds``), or None when nothing was synced (the weights were the step's
@@ -68,7 +72,7 @@ class RolloutEngine:
         """
         if not self.holds_own_weights or self._weights_step == step:
             return None
-        measured = self.sync_weights(model)
+        measured = self.sync_weights(model) if wait else self.post_weights(model)
         self._weights_step = step
         return measured
 
@@ -90,6 +94,14 @@ class RolloutEngine:
         """Bring the engine's weights to ``model``'s; returns what it measured (empty when nothing is copied)."""
         return {}
 
+    def post_weights(self, model: torch.nn.Module) -> dict[str, float]:
+        """:meth:`sync_weights`, for the requests sent from now on, without waiting for the engine to load them."""
+        return self.sync_weights(model)
+
+    def idle_seconds(self) -> float:
+        """Seconds the engine waited for requests since the last call (0 for an engine that is the policy)."""
+        return 0.0
+
     def sample(
         self,
         model: torch.nn.Module,
@@ -102,6 +114,30 @@ class RolloutEngine:
     ) -> SampledCompletions:
         """One completion per entry of ``prompt_index`` (an index into ``prompts`` and ``images``)."""
         raise NotImplementedError
+
+    #: Whether :meth:`submit` returns before the completions are sampled (the engine samples while the trainer works:
+    #: ``sampling.async_rollouts``); False: it samples them then and there.
+    samples_in_background: bool = False
+
+    def submit(
+        self,
+        model: torch.nn.Module,
+        adapter: VLMAdapter,
+        prompts: PromptBatch,
+        images: list[Any],
+        prompt_index: list[int],
+        sampling: SamplingConfig,
+        do_sample: bool,
+        seeds: list[int] | None = None,
+    ) -> Any:
+        """Ask for :meth:`sample`'s completions; :meth:`collect` gives them. ``seeds``: one per distinct prompt, in
+        order of first appearance (None: drawn from torch's global generator now), for engines that seed requests.
+        This engine samples them now."""
+        return self.sample(model, adapter, prompts, images, prompt_index, sampling, do_sample)
+
+    def collect(self, pending: Any) -> SampledCompletions:
+        """The completions :meth:`submit` asked for (waiting for them)."""
+        return pending
 
 
 def right_pad(pieces: list[Tensor], pad_id: int) -> Tensor:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import dataclasses
 import json
 import os
 import secrets
@@ -69,6 +70,28 @@ HEADER_BYTES_PER_TENSOR = 512
 
 class EngineError(RuntimeError):
     """The engine process failed or died; the message says when, its exit status, and the end of its log."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    """A request sent to the engine: what it asks (for messages), what to do once answered, and its answer."""
+
+    doing: str
+    done: Any = None
+    reply: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class _PendingSample:
+    """A sampling request on its way: what :meth:`VLLMEngine.collect` needs to lay its answer out."""
+
+    request: _Request
+    prompts: Any
+    prompt_index: list[int]
+    order: list[int]
+    counts: collections.Counter
+    greedy: bool
+    seeds: list[int]
 
 
 class VLLMEngine(RolloutEngine):
@@ -131,6 +154,9 @@ class VLLMEngine(RolloutEngine):
         self._synced_once = False
         self._dtype = torch.float32
         self._finalizer: weakref.finalize | None = None
+        self._unanswered: collections.deque[_Request] = collections.deque()  # sent, in order, not yet answered
+        self._files_sent = 0  # weight files written (each has a name of its own: the engine may still be reading one)
+        self._idle = 0.0  # seconds the engine waited for requests, since idle_seconds() last read them
 
     # ------------------------------------------------------------------------------------- lifecycle
     @property
@@ -255,6 +281,7 @@ class VLLMEngine(RolloutEngine):
         self._process = self._connection = None
         self._synced_once = False  # a started engine gets all weights first
         self._weights_step = None
+        self._unanswered.clear()  # their files go with the engine's folder below; waiting for them raises
         if process is not None:
             if connection is not None and process.poll() is None and grace > 0:
                 try:
@@ -284,46 +311,64 @@ class VLLMEngine(RolloutEngine):
             ``seconds`` (the whole update: gathering, writing, the engine's load and cache resets), ``engine_seconds``
             (the engine's part) and ``megabytes`` written.
         """
+        return self._sync(model, wait=True)
+
+    def post_weights(self, model: torch.nn.Module) -> dict[str, float]:
+        """:meth:`sync_weights` without waiting for the engine's load: the weights are written now (later requests
+        sample with them), and the engine loads them once it has answered the requests sent before (asynchronous
+        rollouts: an engine still sampling does not hold the trainer up). Returns the trainer's ``seconds`` and the
+        ``megabytes`` written."""
+        return self._sync(model, wait=False)
+
+    def _sync(self, model: torch.nn.Module, wait: bool) -> dict[str, float]:
         self._require_running()
         start = time.perf_counter()
-        if self._lora_rank is not None:
-            return self._sync_adapter(model, start)
-        tensors = checkpoint_tensors(model, None if not self._synced_once else self._sync_names, self._dtype)
-        size, engine_seconds = self._send_weights(tensors)
+        if self._lora_rank is None:
+            tensors = checkpoint_tensors(model, None if not self._synced_once else self._sync_names, self._dtype)
+            requests = [self._send_weights(tensors)]
+        else:  # vllm.lora_sync adapter: the base weights once (without LoRA), then the adapters alone
+            requests = []
+            if not self._synced_once:
+                requests.append(self._send_weights(checkpoint_tensors(model, None, self._dtype, merge=False)))
+            requests.append(self._send_adapters(model))
         self._synced_once = True
-        return {"seconds": time.perf_counter() - start, "engine_seconds": engine_seconds, "megabytes": size / 2**20}
+        measured = {"megabytes": sum(size for size, _ in requests) / 2**20}
+        if wait:
+            measured["engine_seconds"] = sum(self._wait(request)["seconds"] for _, request in requests)
+        measured["seconds"] = time.perf_counter() - start
+        return measured
 
-    def _send_weights(self, tensors: dict[str, torch.Tensor]) -> tuple[int, float]:
-        """Write ``tensors`` to shared memory and have the engine load them; the bytes written and its seconds."""
+    def _send_weights(self, tensors: dict[str, torch.Tensor]) -> tuple[int, _Request]:
+        """Write ``tensors`` to a file of their own in shared memory and ask the engine to load them (the file goes
+        once it has); the bytes written and the request."""
         check_room(self._folder, tensors)
-        path = self._folder / "weights.safetensors"
+        self._files_sent += 1
+        path = self._folder / f"weights-{self._files_sent}.safetensors"
         _save_tensors(tensors, path)
         tensors.clear()
         size = path.stat().st_size
         try:
-            reply = self._request({"op": "load_weights", "path": str(path)}, "updating its weights")
-        finally:
+            request = self._post(
+                {"op": "load_weights", "path": str(path)}, "updating its weights", lambda: path.unlink(missing_ok=True)
+            )
+        except BaseException:
             path.unlink(missing_ok=True)
-        return size, reply["seconds"]
+            raise
+        return size, request
 
-    def _sync_adapter(self, model: torch.nn.Module, start: float) -> dict[str, float]:
-        """``vllm.lora_sync: adapter``: the base weights once (without LoRA), then the adapters alone, which the engine
-        loads as a new LoRA that every later request uses (the previous one removed)."""
-        size, engine_seconds = (0, 0.0)
-        if not self._synced_once:
-            size, engine_seconds = self._send_weights(checkpoint_tensors(model, None, self._dtype, merge=False))
-            self._synced_once = True
+    def _send_adapters(self, model: torch.nn.Module) -> tuple[int, _Request]:
+        """The adapters, which the engine loads as a new LoRA that every later request uses (the previous one
+        removed); the bytes written and the request."""
         self._adapters_sent += 1
         folder = self._folder / f"lora-{self._adapters_sent}"
-        size += self._write_adapters(model, folder)
+        size = self._write_adapters(model, folder)
+        message = {"op": "load_lora", "path": str(folder), "id": self._adapters_sent}
         try:
-            reply = self._request(
-                {"op": "load_lora", "path": str(folder), "id": self._adapters_sent}, "loading the LoRA adapters"
-            )
-        finally:
+            request = self._post(message, "loading the LoRA adapters", lambda: shutil.rmtree(folder, True))
+        except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
-        engine_seconds += reply["seconds"]
-        return {"seconds": time.perf_counter() - start, "engine_seconds": engine_seconds, "megabytes": size / 2**20}
+            raise
+        return size, request
 
     def _write_adapters(self, model: torch.nn.Module, folder: Path) -> int:
         """The active LoRA adapters in PEFT's format (``adapter_config.json``, ``adapter_model.safetensors``) in the
@@ -342,6 +387,8 @@ class VLLMEngine(RolloutEngine):
         return sum(path.stat().st_size for path in folder.iterdir())
 
     # ----------------------------------------------------------------------------------------- sampling
+    samples_in_background = True
+
     def sample(
         self,
         model: torch.nn.Module,
@@ -352,18 +399,37 @@ class VLLMEngine(RolloutEngine):
         sampling: SamplingConfig,
         do_sample: bool,
     ) -> SampledCompletions:
+        return self.collect(self.submit(model, adapter, prompts, images, prompt_index, sampling, do_sample))
+
+    def submit(
+        self,
+        model: torch.nn.Module,
+        adapter: VLMAdapter,
+        prompts: PromptBatch,
+        images: list[Any],
+        prompt_index: list[int],
+        sampling: SamplingConfig,
+        do_sample: bool,
+        seeds: list[int] | None = None,
+    ) -> _PendingSample:
+        """Send the sampling request and return at once; the engine samples while the trainer goes on (its requests
+        are answered in the order they were sent)."""
         self._require_running()
         counts = collections.Counter(prompt_index)
         order = list(counts)  # distinct prompts, in order of first appearance
+        if seeds is None:
+            seeds = [int(torch.randint(0, 2**31 - 1, ()).item()) for _ in order]
+        if len(seeds) != len(order):
+            raise ValueError(f"{len(seeds)} seeds for {len(order)} distinct prompts")
         greedy = not do_sample or sampling.temperature == 0
         requests = [
             {
                 "prompt": prompts.texts[p],
                 "image": _raw_image(images[p]),
                 "n": 1 if greedy else counts[p],  # greedy samples are all the same: one, copied
-                "seed": int(torch.randint(0, 2**31 - 1, ()).item()),
+                "seed": seed,
             }
-            for p in order
+            for p, seed in zip(order, seeds, strict=True)
         ]
         params = {
             "temperature": 0.0 if greedy else sampling.temperature,
@@ -374,9 +440,14 @@ class VLLMEngine(RolloutEngine):
             "stop_token_ids": self._eos_ids,
             "allowed_token_ids": self._allowed,
         }
-        reply = self._request({"op": "generate", "requests": requests, "params": params}, "sampling")
+        request = self._post({"op": "generate", "requests": requests, "params": params}, "sampling")
+        return _PendingSample(request, prompts, list(prompt_index), order, counts, greedy, seeds)
+
+    def collect(self, pending: _PendingSample) -> SampledCompletions:
+        reply = self._wait(pending.request)
+        prompts, counts, greedy = pending.prompts, pending.counts, pending.greedy
         samples: dict[int, list[dict[str, Any]]] = {}
-        for p, output in zip(order, reply["outputs"], strict=True):
+        for p, output in zip(pending.order, reply["outputs"], strict=True):
             expected = prompts.input_ids[p][prompts.attention_mask[p].bool()].tolist()
             if output["prompt_token_ids"] != expected:
                 raise EngineError(
@@ -387,7 +458,7 @@ class VLLMEngine(RolloutEngine):
             samples[p] = output["samples"] * (counts[p] if greedy else 1)
         taken = collections.Counter()
         rows = []
-        for p in prompt_index:
+        for p in pending.prompt_index:
             rows.append(samples[p][taken[p]])
             taken[p] += 1
         width = max((len(row["token_ids"]) for row in rows), default=0)
@@ -397,7 +468,12 @@ class VLLMEngine(RolloutEngine):
             ids[i, : len(row["token_ids"])] = torch.tensor(row["token_ids"], dtype=torch.long)
             logps[i, : len(row["logprobs"])] = torch.tensor(row["logprobs"], dtype=torch.float32)
         device = prompts.input_ids.device
-        return SampledCompletions(ids.to(device), logps.to(device))
+        return SampledCompletions(ids.to(device), logps.to(device), reply.get("busy_s"))
+
+    def idle_seconds(self) -> float:
+        """Seconds the engine has waited for requests since the last call (the answered requests' waits)."""
+        idle, self._idle = self._idle, 0.0
+        return idle
 
     # ------------------------------------------------------------------------------------- the channel
     def _require_running(self) -> None:
@@ -405,14 +481,39 @@ class VLLMEngine(RolloutEngine):
             raise EngineError("The vLLM engine is not running: it was stopped, or never started.")
 
     def _request(self, message: dict[str, Any], doing: str) -> dict[str, Any]:
+        return self._wait(self._post(message, doing))
+
+    def _post(self, message: dict[str, Any], doing: str, done: Any = None) -> _Request:
+        """Send a request without waiting for its answer; ``done`` (no arguments) runs once it is answered."""
+        self._require_running()
+        request = _Request(doing, done)
         try:
             self._connection.send(message)
         except (OSError, EOFError):
             self._fail(doing, "the connection to the engine broke", exiting=True)
-        reply = self._receive(doing, self.config.request_timeout, "model.vllm.request_timeout")
-        if "error" in reply:
-            self._fail(doing, reply["error"])
-        return reply
+        self._unanswered.append(request)
+        return request
+
+    def _wait(self, request: _Request) -> dict[str, Any]:
+        """The answer to ``request``, reading those of the requests sent before it first (the engine answers in
+        order); an answer with an error stops the engine and raises."""
+        while request.reply is None:
+            self._require_running()
+            head = self._unanswered[0]
+            reply = self._receive(head.doing, self.config.request_timeout, "model.vllm.request_timeout")
+            self._unanswered.popleft()
+            head.reply = reply
+            self._idle += float(reply.get("idle_s", 0.0))
+            if head.done is not None:
+                head.done()
+            if "error" in reply:
+                self._fail(head.doing, reply["error"])
+        return request.reply
+
+    def settle(self) -> None:
+        """Wait for every request sent so far (their answers are kept for their own waits)."""
+        if self._unanswered:
+            self._wait(self._unanswered[-1])
 
     def _receive(self, doing: str, timeout: float | None, option: str) -> dict[str, Any]:
         """The engine's next reply; an EngineError as soon as its process is gone, or after ``timeout`` seconds (the

@@ -22,6 +22,10 @@ environments' pickles never carry a tensor:
   not reused); answers ``seconds``.
 * ``shutdown``: answers, then the process exits.
 
+Every answer also holds ``idle_s``, how long the server waited for the request after its previous answer, and
+``busy_s``, how long it worked on it. Requests are answered in the order they came: the trainer may send several
+(asynchronous rollouts: a weight update and the next sampling while one is sampled) and read the answers later.
+
 The server exits when the trainer's connection closes, and (Linux) when the trainer process dies; ended by SIGTERM
 (the trainer stopping it, or the trainer's death), it first removes its own folder, which the trainer would have.
 """
@@ -196,11 +200,13 @@ def main() -> None:
         sys.exit(1)
     connection.send({"ready": True, "pid": os.getpid()})
     while True:
+        waiting = time.perf_counter()
         try:
             message = connection.recv()
         except EOFError:  # the trainer closed the connection or died
             _remove_own_folder()
             return
+        started = time.perf_counter()
         op = message.get("op")
         if op == "shutdown":
             connection.send({"stopped": True})
@@ -216,6 +222,7 @@ def main() -> None:
                 reply = {"error": f"unknown request {op!r}"}
         except Exception as exception:
             reply = _error(exception)
+        reply.update(idle_s=started - waiting, busy_s=time.perf_counter() - started)
         connection.send(reply)
 
 

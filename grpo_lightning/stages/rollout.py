@@ -28,6 +28,7 @@ from grpo_lightning.rewards import (
     score_completions,
 )
 from grpo_lightning.rollout import Rollout, ScoredRollout, TrainedGroups, decode_completions, join_groups
+from grpo_lightning.stages.async_rollouts import ASYNC_STATE_KEY, AsyncRollouts, WeightVersions
 
 if TYPE_CHECKING:
     import lightning as L
@@ -59,6 +60,15 @@ class RolloutStage:
         self.policy_sampler = HFEngine()  # what samples without the engine: validation, test and predict
         self.opinions = RewardOpinions(self.reward_names)
         self.shortfalls = ShortfallWarnings(sampling)
+        self.pipeline: AsyncRollouts | None = None  # sampling.async_rollouts: the rollouts on their way
+        if sampling.async_rollouts:
+            if not self.engine.samples_in_background:
+                raise ConfigError(
+                    f"model.sampling.async_rollouts needs an engine that samples while the trainer updates "
+                    f"(model.rollout_engine vllm); model.rollout_engine {engine} samples with the policy itself. Set "
+                    "model.rollout_engine: vllm, or model.sampling.async_rollouts: false."
+                )
+            self.pipeline = AsyncRollouts(self, sampling.max_staleness)
 
     # ------------------------------------------------------------------------------------------ engine
     def start_engine(self) -> None:
@@ -77,21 +87,66 @@ class RolloutStage:
         engine while a fit runs it (its weights first brought to the policy's when an optimizer step changed them),
         else with the policy itself. The engine's log-probs of the sampled tokens (vllm) go on the rollout."""
         module = self.module
-        prompts = module.adapter.prepare_prompts(batch["image"], batch["prompt"]).to(module.device)
-        prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)
+        if self.pipeline is not None and module.training and do_sample:  # a training round: taken from the pipeline
+            taken = self.pipeline.take(batch, num_generations)
+            prompts, prompt_index, sampled = taken.prompts, taken.prompt_index, taken.sampled
+            versions = torch.full((len(prompt_index),), taken.version, dtype=torch.long)
+        else:
+            prompts = module.adapter.prepare_prompts(batch["image"], batch["prompt"]).to(module.device)
+            prompt_index = torch.arange(len(prompts)).repeat_interleave(num_generations)
+            self.bring_engine_weights()
+            engine = self.engine if self.engine.running else self.policy_sampler
+            sampled = engine.sample(
+                module.model, module.adapter, prompts, batch["image"], prompt_index.tolist(), self.sampling, do_sample
+            )
+            versions = None
+        completion_ids = sampled.completion_ids
+        mask = completion_mask(completion_ids, module.adapter.eos_token_ids(module.model))
+        texts = decode_completions(module.adapter.tokenizer, completion_ids, mask)
+        return Rollout(prompts, prompt_index, completion_ids, mask, texts, sampled.logps, versions)
+
+    def bring_engine_weights(self, wait: bool = True, step: int | None = None) -> None:
+        """Bring the running engine's weights to the policy's, those of optimizer step ``step`` (None: the module's
+        step), once per step; in training, log the update's seconds and megabytes. ``wait``: until the engine has
+        loaded them (False: the engine loads them after the requests sent before, while the trainer goes on)."""
+        module = self.module
         engine = self.engine if self.engine.running else self.policy_sampler
-        sync = engine.bring_weights_to(module.model, module.global_step)  # None: nothing to sync
+        step = module.global_step if step is None else step
+        sync = engine.bring_weights_to(module.model, step, wait=wait)  # None: nothing to sync
         if sync is not None and module.training:
             module.log("train/time/weight_sync", sync["seconds"], on_step=True, on_epoch=False, batch_size=1)
             if "megabytes" in sync:  # what the update wrote for the engine (vllm.lora_sync: adapter sends less)
                 module.log("train/engine/sync_megabytes", sync["megabytes"], on_step=True, on_epoch=False, batch_size=1)
-        sampled = engine.sample(
-            module.model, module.adapter, prompts, batch["image"], prompt_index.tolist(), self.sampling, do_sample
-        )
-        completion_ids = sampled.completion_ids
-        mask = completion_mask(completion_ids, module.adapter.eos_token_ids(module.model))
-        texts = decode_completions(module.adapter.tokenizer, completion_ids, mask)
-        return Rollout(prompts, prompt_index, completion_ids, mask, texts, sampled.logps)
+
+    # ------------------------------------------------------------------------------------------ async rollouts
+    @property
+    def weights_versions(self) -> WeightVersions | None:
+        """The copies of the weights that sampled the rollouts not trained yet (None: rollouts are synchronous)."""
+        return None if self.pipeline is None else self.pipeline.versions
+
+    def trained(self) -> None:
+        """The step's rollouts are trained: the weights that sampled them alone are let go."""
+        if self.pipeline is not None:
+            self.pipeline.trained()
+
+    def save_state(self, checkpoint: dict[str, Any]) -> None:
+        """Asynchronous rollouts: put those on their way at the step's end, and their weights, in ``checkpoint``."""
+        if self.pipeline is not None:
+            checkpoint[ASYNC_STATE_KEY] = self.pipeline.state(self.module.global_step)
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Take back a checkpoint's rollouts on their way; the first step sends them again (none saved: none)."""
+        state = checkpoint.get(ASYNC_STATE_KEY)
+        if self.pipeline is not None and state is not None:
+            self.pipeline.load(state)
+
+    def async_stats(self, rollout: Rollout, step: int) -> dict[str, Tensor]:
+        """With ``sampling.async_rollouts``, the ``async/*`` statistics (:meth:`AsyncRollouts.stats`) of the step that
+        began at optimizer step ``step``, for the completions it trained; nothing without."""
+        if self.pipeline is None or rollout.versions is None:
+            return {}
+        stats = self.pipeline.stats(rollout.versions, step, self.engine.idle_seconds())
+        return {name: value.to(self.module.device) for name, value in stats.items()}
 
     # ------------------------------------------------------------------------------------------ scoring
     def score(self, rollout: Rollout, batch: dict[str, list[Any]]) -> tuple[Tensor, Tensor]:

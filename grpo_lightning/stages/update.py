@@ -75,6 +75,9 @@ from grpo_lightning.rollout import Rollout
 from grpo_lightning.stages.supervision import GoldRows, GoldSupervision, with_gold_rows
 
 if TYPE_CHECKING:
+    from grpo_lightning.stages.async_rollouts import WeightVersions
+
+if TYPE_CHECKING:
     import lightning as L
 
     from grpo_lightning.config import LossConfig, SamplingConfig, VLLMConfig
@@ -101,6 +104,8 @@ class EngineMismatch:
         mode: ``vllm.importance_sampling_mode``.
         minimum: ``vllm.importance_sampling_min``.
         threshold: ``vllm.off_policy_mask_threshold`` (None: no off-policy mask).
+        sampling_logps: (N, C) the policy's log-probs under the weights that sampled the rollout, which the mismatch
+            statistics compare the engine's with (None: those of the first iteration's pass).
     """
 
     def __init__(
@@ -112,8 +117,10 @@ class EngineMismatch:
         mode: str = "token_truncate",
         minimum: float | None = None,
         threshold: float | None = None,
+        sampling_logps: Tensor | None = None,
     ) -> None:
         self.engine_logps, self.sampled_mask, self.cap = engine_logps, sampled_mask, cap
+        self.sampling_logps = sampling_logps
         self.mode, self.minimum, self.threshold = IMPORTANCE_SAMPLING_MODES[mode], minimum, threshold
         self.gap = torch.zeros((), device=device)
         # mismatch_sums over the micro-batches; the tokens of the loss mask that the importance weights and the
@@ -125,10 +132,11 @@ class EngineMismatch:
         """The micro-batch's importance weights (None without a cap); ``measure``: add its share of the gap and of the
         mismatch sums, over every sampled token (the first iteration's pass)."""
         if measure:
+            policy = logps.detach() if self.sampling_logps is None else self.sampling_logps[mb]
             tokens = self.sampled_mask[mb].sum()
-            gap = engine_logp_gap(self.engine_logps[mb], logps.detach(), self.sampled_mask[mb])
+            gap = engine_logp_gap(self.engine_logps[mb], policy, self.sampled_mask[mb])
             self.gap += gap.float() * tokens / self.sampled_mask.sum().clamp(min=1)
-            self.sums += mismatch_sums(logps, self.engine_logps[mb], self.sampled_mask[mb]).to(self.sums.device)
+            self.sums += mismatch_sums(policy, self.engine_logps[mb], self.sampled_mask[mb]).to(self.sums.device)
         if self.cap is None:
             return None
         old_or_detached = old if old is not None else logps.detach()
@@ -313,15 +321,39 @@ class PolicyUpdate:
         """Per-token log-probs (N, C) of the rollout's completions under ``model``, without gradients."""
         return self._pass_without_grad(model, rollout, entropy=False)
 
-    def old_logps(self, rollout: Rollout, solutions: list[str] | None = None) -> Tensor | None:
-        """The sampling policy's log-probs when ``loss.num_iterations`` steps move the policy away from it (None: one
-        step, whose ratio is the pass's own log-probs detached). With ``loss.sft_coef`` the gold completions of
-        ``solutions`` ride along as in the update's passes, so that the sampled rows' log-probs come from passes of the
-        same rows and width as the first iteration's: its ratio stays 1 to the rounding of the passes without them."""
-        if self.config.num_iterations == 1:
+    def old_logps(
+        self, rollout: Rollout, solutions: list[str] | None = None, versions: WeightVersions | None = None
+    ) -> Tensor | None:
+        """The sampling policy's log-probs when ``loss.num_iterations`` steps move the policy away from it, or when
+        weights of earlier optimizer steps sampled the rollout (``sampling.async_rollouts``: each completion's from a
+        pass under the weights of its ``rollout.versions``, kept in ``versions``); None: one step on a rollout of
+        this step's weights, whose ratio is the pass's own log-probs detached. With ``loss.sft_coef`` the gold
+        completions of ``solutions`` ride along as in the update's passes, so that the sampled rows' log-probs come
+        from passes of the same rows and width as the first iteration's: its ratio stays 1 to the rounding of the
+        passes without them."""
+        stale = self.stale_versions(rollout)
+        if self.config.num_iterations == 1 and not stale:
             return None
+        model = self.module.model
         gold = self.gold_supervision(rollout, solutions, self.micro_batches(len(rollout.completions)))
-        return self._pass_without_grad(self.module.model, rollout, entropy=False, gold=gold)
+        if not stale:
+            return self._pass_without_grad(model, rollout, entropy=False, gold=gold)
+        current = rollout.versions == self.module.global_step
+        old = None
+        if current.any():
+            old = self._pass_without_grad(model, rollout, entropy=False, gold=gold)
+        for version in stale:
+            with versions.applied(version, model):
+                values = self._pass_without_grad(model, rollout, entropy=False, gold=gold)
+            rows = (rollout.versions == version).to(values.device)
+            old = values if old is None else torch.where(rows[:, None], values, old)
+        return old
+
+    def stale_versions(self, rollout: Rollout) -> list[int]:
+        """The earlier optimizer steps whose weights sampled completions of ``rollout`` (asynchronous rollouts)."""
+        if rollout.versions is None:
+            return []
+        return sorted({int(v) for v in rollout.versions.tolist() if v != self.module.global_step})
 
     def token_entropies(self, rollout: Rollout) -> Tensor:
         """Entropy (N, C) of the policy's distribution at every completion position, without gradients."""
@@ -405,8 +437,10 @@ class PolicyUpdate:
         kept = keep.sum() / mask.sum().clamp(min=1)
         return HighEntropyTokens(entropy, keep, {"entropy_threshold": threshold, "high_entropy_fraction": kept})
 
-    def engine_mismatch(self, rollout: Rollout) -> EngineMismatch | None:
-        """The engine's log-probs of a rollout another engine sampled (None: the policy sampled it)."""
+    def engine_mismatch(self, rollout: Rollout, old_logps: Tensor | None = None) -> EngineMismatch | None:
+        """The engine's log-probs of a rollout another engine sampled (None: the policy sampled it). The mismatch
+        statistics compare them with the policy's first pass, or for a rollout that earlier weights sampled with
+        ``old_logps``, the policy's under those weights (the first pass would hold how far the policy moved since)."""
         if rollout.engine_logps is None:
             return None
         vllm = self.vllm
@@ -414,6 +448,7 @@ class PolicyUpdate:
             mode=vllm.importance_sampling_mode,
             minimum=vllm.importance_sampling_min,
             threshold=vllm.off_policy_mask_threshold,
+            sampling_logps=old_logps if self.stale_versions(rollout) else None,
         )
         cap = vllm.importance_sampling_cap
         return EngineMismatch(rollout.engine_logps, rollout.completion_mask, cap, self.module.device, **options)
@@ -445,7 +480,7 @@ class PolicyUpdate:
         micro_batches = self.micro_batches(mask.shape[0])
         step = _UpdateInputs(
             rollout, advantages, ref_logps, old_logps, mask, self.batch_totals(mask, gradients),
-            self.high_entropy_tokens(rollout, mask), self.engine_mismatch(rollout),
+            self.high_entropy_tokens(rollout, mask), self.engine_mismatch(rollout, old_logps),
             self.gold_supervision(rollout, solutions, micro_batches),
         )  # fmt: skip
         sums: dict[str, Tensor] = {}
