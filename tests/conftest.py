@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 pytest.register_assert_rewrite("tests.helpers")
 
 import grpo_demo  # noqa: E402
-from tests.helpers import QWEN2_5_VL_SUBDIR  # noqa: E402
+from tests.helpers import ENGINE_PYTHON, QWEN2_5_VL_SUBDIR  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,15 @@ def data_kwargs(assets) -> dict[str, str]:
         "train_image_dir": str(grpo_demo.image_dir(assets, "train")),
         "val_image_dir": str(grpo_demo.image_dir(assets, "val")),
     }
+
+
+@pytest.fixture(scope="module")
+def engine_python() -> Path:
+    """The vLLM engine environment's python; without it a test is skipped, or fails under CI (whose ``make test``
+    creates it)."""
+    if not ENGINE_PYTHON.is_file():
+        message = f"no vLLM engine environment at {ENGINE_PYTHON.parent.parent}: run `make vllm-env`"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI's `make test` creates it)")
+        pytest.skip(message)
+    return ENGINE_PYTHON

@@ -57,6 +57,10 @@ def vivqax_absent(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------- model families
 #: Where the ``assets`` fixture puts a tiny Qwen2.5-VL beside the demo's InternVL and Qwen2-VL.
 QWEN2_5_VL_SUBDIR = "models/tiny-qwen2_5vl"
+#: The vLLM engine's environment (``make vllm-env``); the ``engine_python`` fixture stops a test that needs it.
+ENGINE_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+#: The engine's settings in the tests: a small CPU KV cache (each engine process holds it).
+ENGINE_OPTIONS = {"python": str(ENGINE_PYTHON), "kv_cache_gib": 1, "max_model_len": 2048, "max_num_seqs": 64}
 
 #: The model families the adapters support, each with its checkpoint under the ``assets`` fixture.
 FAMILY_SUBDIRS = {

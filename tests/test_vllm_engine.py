@@ -59,7 +59,7 @@ from grpo_lightning.module import GRPOModule
 from grpo_lightning.rollout import Rollout, join_groups
 from scripts.tb_scalars import read_scalars
 from tests.helpers import (
-    ROOT,
+    ENGINE_OPTIONS,
     TAG_LEARNING,
     demo_model_options,
     fit,
@@ -70,9 +70,6 @@ from tests.helpers import (
 )
 from tests.tolerances import F32_RTOL
 
-ENGINE_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-#: The engine's settings in the tests: a small CPU KV cache (each engine process holds it).
-ENGINE_OPTIONS = {"python": str(ENGINE_PYTHON), "kv_cache_gib": 1, "max_model_len": 2048, "max_num_seqs": 64}
 ENGINE_FAMILIES = ("internvl", "qwen2_vl")
 
 
@@ -866,16 +863,6 @@ def test_frozen_vision_leaves_the_vision_tower_out_of_updates(assets):
 
 
 # ------------------------------------------------------------------------------------------ the engine
-@pytest.fixture(scope="module")
-def engine_python() -> Path:
-    if not ENGINE_PYTHON.is_file():
-        message = f"no vLLM engine environment at {ENGINE_PYTHON.parent.parent}: run `make vllm-env`"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI's `make test` creates it)")
-        pytest.skip(message)
-    return ENGINE_PYTHON
-
-
 def _pictures() -> list[Image.Image]:
     return [Image.new("RGB", (96, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
 

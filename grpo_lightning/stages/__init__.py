@@ -2,6 +2,8 @@
 
 * :class:`~grpo_lightning.stages.rollout.RolloutStage`: the rollout engine (built, checked and started for a fit;
   the module's teardown stops it), the rounds of sampling (dynamic sampling's refills), the scoring with the rewards;
+  with ``sampling.async_rollouts``, its :class:`~grpo_lightning.stages.async_rollouts.AsyncRollouts`: the rollouts
+  sampled ahead of their steps, the weights that sampled them and their part of checkpoints;
 * :class:`~grpo_lightning.stages.update.PolicyUpdate`: advantages, the log-prob and entropy passes, the loss over
   micro-batches with the typed ``LossConfig``, the backward passes and optimizer steps, and the gathers across
   processes they need;

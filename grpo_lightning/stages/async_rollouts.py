@@ -150,6 +150,7 @@ class AsyncRollouts:
         entry = None
         if self.on_the_way and self.on_the_way[0].position == position:
             entry = self.on_the_way.popleft()
+            self.taken.append(entry)  # the step's from now on: the checkpoint of a step that fails here keeps it
             _check_ids(entry.ids, entry.position, batch)
         elif self.on_the_way:
             raise RuntimeError(
@@ -160,6 +161,7 @@ class AsyncRollouts:
         stage.bring_engine_weights(wait=False)
         if entry is None:  # none was sent for it: sampled now, with the step's weights
             entry = self._send(batch, position, step, num_generations)
+            self.taken.append(entry)
         ahead = loader.upcoming(self.k)
         for index, upcoming in enumerate(ahead[len(self.on_the_way) :], start=done + len(self.on_the_way)):
             upcoming = module.trainer.strategy.batch_to_device(upcoming)
@@ -167,7 +169,6 @@ class AsyncRollouts:
         start = time.perf_counter()
         sampled = stage.engine.collect(entry.pending)
         waited = time.perf_counter() - start
-        self.taken.append(entry)
         self._keep_needed_versions()
         taken = TakenRollout(sampled, entry.prompts, entry.prompt_index, entry.version, waited)
         self.step_stats.append(taken)
@@ -190,10 +191,9 @@ class AsyncRollouts:
         self, loader: Any, batch: dict[str, list[Any]], position: tuple[int, int], num_generations: int
     ) -> None:
         """A resumed run's first step: the checkpoint's rollouts on their way, sent again as they were sent."""
-        records, self.restored = self.restored, []
         module = self.stage.module
-        ahead = [batch, *loader.upcoming(len(records) - 1)]
-        for offset, (record, upcoming) in enumerate(zip(records, ahead, strict=False)):
+        ahead = [batch, *loader.upcoming(len(self.restored) - 1)]
+        for offset, (record, upcoming) in enumerate(zip(list(self.restored), ahead, strict=False)):
             expected = (position[0], position[1] + offset)
             if tuple(record["position"]) != expected:
                 raise RuntimeError(
@@ -206,6 +206,7 @@ class AsyncRollouts:
                 entry = self._send(upcoming, expected, record["version"], num_generations, record["seeds"])
             _check_ids(record["ids"], expected, upcoming)
             self.on_the_way.append(entry)
+            self.restored.pop(0)  # sent again: a checkpoint saved from now on has it on its way
 
     def _keep_needed_versions(self) -> None:
         self.versions.keep_only({e.version for e in (*self.taken, *self.on_the_way)})

@@ -458,6 +458,8 @@ class PolicyUpdate:
         self, rollout: Rollout, solutions: list[str] | None, micro_batches: list[slice]
     ) -> GoldSupervision | None:
         """``loss.sft_coef`` above 0: the step's gold completions (None: off)."""
+        if not self.config.sft_coef:
+            return None
         adapter, model = self.module.adapter, self.module.model
         eos, suppressed = adapter.eos_token_ids(model)[0], adapter.suppressed_token_ids(model)
         return GoldSupervision.of(self.config, adapter.tokenizer, eos, rollout, solutions, micro_batches, suppressed)
