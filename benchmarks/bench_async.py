@@ -20,12 +20,12 @@ each mode's figures (mean and min..max over rounds), each round's ratio of a mod
 round, and the final-quarter reward of every seed side by side. ``--png`` draws the reward curves: per mode the mean
 over seeds of a 10-step moving mean, with a band from the lowest to the highest seed.
 
-Threads (``--pin MODE=ENGINE/TRAINER``): on a CPU the engine and the trainer share the cores. ENGINE is vLLM's
-``VLLM_CPU_OMP_THREADS_BIND`` (the cores its OpenMP threads are bound to, one thread each; ``auto``: vLLM's own
-choice, which on a 2-core machine binds one core and leaves the other to its scheduler), TRAINER the cores the
-trainer process may run on (``sched_setaffinity``), with as many torch threads (``all``: every core). A mode without
-``--pin`` gets :data:`DEFAULT_PINNING`; every run prints its pinning. ``--device cuda`` trains on the GPU, with the
-engine on the same GPU, and ignores the pinning.
+Threads (``--pin MODE=ENGINE/TRAINER``): on a CPU the engine and the trainer share the cores. ENGINE is
+``model.vllm.cpu_cores``, the cores the engine process runs on, a thread each (``auto``: unset, so the engine runs on
+the trainer's cores with vLLM's own thread count, one), TRAINER the cores the trainer process runs on (set as
+``taskset -c`` would), with as many torch threads (``all``: every core). A mode without ``--pin`` gets
+:data:`DEFAULT_PINNING`; every run prints its pinning. ``--device cuda`` trains on the GPU, with the engine on the
+same GPU, and ignores the pinning.
 
 ``--lora-steps N`` (0: skip) adds two K = 1 runs of N steps on the first seed with LoRA (r = 16 on every projection
 of the language model), one per ``vllm.lora_sync`` mode: the megabytes a weight update writes, the trainer's seconds
@@ -72,9 +72,12 @@ from benchmarks.common import (
 #: Each mode's ``max_staleness`` (None: synchronous).
 MODES: dict[str, int | None] = {"sync": None, "k0": 0, "k1": 1, "k2": 2}
 #: Each mode's (engine cores, trainer cores) on a CPU when ``--pin`` does not name it; see the module's docstring.
+#: Synchronous steps take turns, so the engine and the trainer each get every core (on 2 cores this was the fastest
+#: synchronous pinning measured, ahead of vLLM's own one thread and of one core each); asynchronous ones sample and
+#: update at once, so each gets cores of its own (sharing them is several times slower).
 DEFAULT_PINNING: dict[str, tuple[str, str]] = {
-    "sync": ("auto", "all"),
-    "k0": ("auto", "all"),
+    "sync": ("0-1", "all"),
+    "k0": ("0-1", "all"),
     "k1": ("0", "1"),
     "k2": ("0", "1"),
 }
@@ -111,6 +114,9 @@ def overlay(mode: str, args: argparse.Namespace, lora: str | None = None) -> dic
     k = MODES[mode]
     sampling = {"async_rollouts": k is not None, **({"max_staleness": k} if k is not None else {})}
     vllm: dict[str, Any] = {"python": args.vllm_python, "kv_cache_gib": 1, "max_model_len": 2048}
+    engine_cores = pinning(mode, args)[0]
+    if args.device == "cpu" and engine_cores != "auto":
+        vllm["cpu_cores"] = engine_cores
     model: dict[str, Any] = {"rollout_engine": "vllm", "vllm": vllm, "sampling": sampling}
     if lora is not None:
         model["lora"] = {"r": 16, "alpha": 32.0, "dropout": 0.0}
@@ -154,7 +160,7 @@ def run_one(
     if args.device == "cpu":
         affinity = parse_cores(trainer_cores)
         threads = str(len(affinity))
-        env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "VLLM_CPU_OMP_THREADS_BIND": engine_cores}
+        env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     busy, own, start = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     with log_path.open("w", encoding="utf-8") as log:
         done = subprocess.run(

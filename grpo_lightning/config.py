@@ -27,6 +27,7 @@ from grpo_lightning.algorithms import (
 )
 from grpo_lightning.engines.correction import IMPORTANCE_SAMPLING_MODES
 from grpo_lightning.errors import ConfigError
+from grpo_lightning.hardware import core_list
 from grpo_lightning.metrics import PROTOCOLS
 from grpo_lightning.rewards import AGGREGATIONS
 
@@ -597,6 +598,10 @@ class VLLMConfig:
             at the first update). ``adapter`` needs every adapter in the language model's decoder layers (vLLM 0.32
             serves transformers-format InternVL without vision-tower LoRA; no embedding or output-head adapters) and
             nothing but the adapters training.
+        cpu_cores: the CPU cores the engine process runs on, as a list such as ``0`` or ``0-3,8`` (its CPU affinity,
+            with as many torch threads); None: the trainer's cores, and vLLM's own thread count. On a CPU with
+            ``sampling.async_rollouts`` the engine samples while the trainer updates: give each cores of its own (the
+            trainer's with ``taskset -c``, say), or they take turns on the same ones.
     """
 
     python: str = ".venv-vllm/bin/python"
@@ -614,8 +619,11 @@ class VLLMConfig:
     importance_sampling_min: float | None = None
     off_policy_mask_threshold: float | None = None
     lora_sync: Literal["merged", "adapter"] = "merged"
+    cpu_cores: str | None = None
 
     def __post_init__(self) -> None:
+        if self.cpu_cores is not None:
+            core_list(self.cpu_cores)  # refused here, before anything starts
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"vllm.gpu_memory_utilization must be in (0, 1], not {self.gpu_memory_utilization}.")
         if self.kv_cache_gib <= 0 or self.startup_timeout <= 0 or self.max_num_seqs < 1:

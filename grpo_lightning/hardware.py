@@ -12,6 +12,7 @@ combination in one message that names the options to change.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -111,4 +112,31 @@ def _shown(strategy: Any) -> str:
     return path.rpartition(".")[2] if path else str(strategy)
 
 
-__all__ = ["CPU_TRY", "check_hardware"]
+def core_list(text: str) -> list[int]:
+    """The cores of a list such as ``0-3,8`` (``vllm.cpu_cores``), in order, each once.
+
+    Raises:
+        ConfigError: not such a list, or a core this machine does not have.
+    """
+    cores: list[int] = []
+    try:
+        for part in str(text).split(","):
+            low, dash, high = part.strip().partition("-")
+            first, last = int(low), int(high) if dash else int(low)
+            if first < 0 or last < first:
+                raise ValueError
+            cores.extend(core for core in range(first, last + 1) if core not in cores)
+    except ValueError:
+        raise ConfigError(
+            f"model.vllm.cpu_cores {text!r} is not a list of CPU cores: write core numbers and ranges separated by "
+            "commas, such as 0 or 0-3,8."
+        ) from None
+    count = os.cpu_count() or 1
+    if max(cores) >= count:
+        raise ConfigError(
+            f"model.vllm.cpu_cores {text!r} names core {max(cores)}, and this machine has cores 0 to {count - 1}."
+        )
+    return cores
+
+
+__all__ = ["CPU_TRY", "check_hardware", "core_list"]

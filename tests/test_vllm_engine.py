@@ -53,8 +53,10 @@ from grpo_lightning.engines.vllm import (
     engine_dtype,
     launch_settings,
     merged_state_dict,
+    shared_cores_warning,
 )
 from grpo_lightning.errors import ConfigError
+from grpo_lightning.hardware import core_list
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rollout import Rollout, join_groups
 from scripts.tb_scalars import read_scalars
@@ -259,6 +261,10 @@ def test_equal_engines_have_kl_0_chi2_0_ess_1_and_ppl_ratio_1(tokens):
         ({"importance_sampling_cap": 2.0, "importance_sampling_min": 2.0}, r"_min \(2.0\) must be .*less than"),
         ({"importance_sampling_cap": 2.0, "importance_sampling_min": 0.0}, r"_min \(0.0\) must be positive"),
         ({"off_policy_mask_threshold": -0.1}, r"off_policy_mask_threshold must be 0 or more .*not -0.1"),
+        ({"cpu_cores": "0-"}, r"^model.vllm.cpu_cores '0-' is not a list of CPU cores: .* such as 0 or 0-3,8\.$"),
+        ({"cpu_cores": "2-1"}, r"cpu_cores '2-1' is not a list of CPU cores"),
+        ({"cpu_cores": "a"}, r"cpu_cores 'a' is not a list of CPU cores"),
+        ({"cpu_cores": "0,4096"}, r"cpu_cores '0,4096' names core 4096, and this machine has cores 0 to \d+\.$"),
     ],
 )
 def test_bad_engine_options_are_refused_by_name(options, message):
@@ -423,6 +429,29 @@ def test_every_engine_option_reaches_the_engine_process():
     assert variables["VLLM_CPU_KVCACHE_SPACE"] == "3"
     assert engine_dtype(VLLMConfig(), "bfloat16") == torch.bfloat16
     assert engine_dtype(VLLMConfig(dtype="float16"), "float32") == torch.float16
+    assert "OMP_NUM_THREADS" not in variables  # vLLM's own thread count
+    _, variables = launch_settings(VLLMConfig(cpu_cores="0"), folder, torch.float32, 7, cpu)
+    assert variables["OMP_NUM_THREADS"] == "1" and variables["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+
+
+@pytest.mark.parametrize(
+    "text, cores", [("0", [0]), ("0-1", [0, 1]), ("1,0", [1, 0]), (" 1 , 0-1 ", [1, 0]), ("0-0", [0])]
+)
+def test_core_lists_read_as_taskset_writes_them(text, cores):
+    assert core_list(text) == cores
+
+
+@pytest.mark.parametrize(
+    "engine, trainer, shared",
+    [(None, {0, 1}, "cores 0,1"), ("0", {0, 1}, "core 0"), ("0-1", {1}, "core 1"), ("0", {1}, None)],
+)
+def test_async_rollouts_on_shared_cores_are_warned_of_with_what_to_do(engine, trainer, shared):
+    warning = shared_cores_warning(engine, trainer)
+    if shared is None:
+        assert warning is None
+    else:
+        assert f"would both run on {shared}, and" in warning
+        assert "model.vllm.cpu_cores for the engine" in warning and "taskset -c" in warning
 
 
 def test_a_gpu_engine_sees_the_trainers_device_only(monkeypatch):

@@ -53,6 +53,7 @@ import torch
 
 from grpo_lightning.engines.base import RolloutEngine, SampledCompletions
 from grpo_lightning.errors import ConfigError
+from grpo_lightning.hardware import core_list
 
 if TYPE_CHECKING:
     from grpo_lightning.adapters import PromptBatch, VLMAdapter
@@ -139,6 +140,10 @@ class VLLMEngine(RolloutEngine):
                 "model.rollout_engine vllm: the engine samples a rollout's sequences together, "
                 "model.vllm.max_num_seqs at a time."
             )
+        if sampling.async_rollouts and strategy.root_device.type == "cpu":
+            warning = shared_cores_warning(self.config.cpu_cores, os.sched_getaffinity(0))
+            if warning:
+                rank_zero_warn(warning)
 
     def __init__(self, config: VLLMConfig, seed: int = 0):
         self.config = config
@@ -257,6 +262,10 @@ class VLLMEngine(RolloutEngine):
             finally:
                 os.close(log_fd)
             self._finalizer = weakref.finalize(self, _kill, self._process, self._folder)
+            if self.config.cpu_cores is not None:
+                # at once, while the engine has one thread: the threads it starts later inherit its cores (vLLM's
+                # own binding does not act on an engine that runs in the server's process)
+                os.sched_setaffinity(self._process.pid, core_list(self.config.cpu_cores))
             atexit.register(self.stop)
             try:
                 self._connection = listener.accept(self._process, timeout=60.0, log=self._log_path)
@@ -557,6 +566,25 @@ def engine_dtype(config: VLLMConfig, weights_dtype: str) -> torch.dtype:
     return getattr(torch, weights_dtype if config.dtype == "auto" else config.dtype)
 
 
+def shared_cores_warning(engine_cores: str | None, trainer_cores: set[int]) -> str | None:
+    """What to do when, with asynchronous rollouts on a CPU, the engine would run on the trainer's cores (None: it
+    has cores of its own). Both keep every thread they have busy while the other works, so on shared cores each
+    waits for the other's threads, and a step can take several times longer than without asynchronous rollouts."""
+    if engine_cores is None:
+        shared = sorted(trainer_cores)
+    else:
+        shared = sorted(set(core_list(engine_cores)) & trainer_cores)
+        if not shared:
+            return None
+    cores = f"core{'s' if len(shared) > 1 else ''} {','.join(map(str, shared))}"
+    return (
+        f"model.sampling.async_rollouts on a CPU: the vLLM engine and the trainer would both run on {cores}, and "
+        "while one samples and the other updates they slow each other down, often below the synchronous step's speed. "
+        "Give each cores of its own: model.vllm.cpu_cores for the engine (say 0) and the rest for the trainer (say "
+        "taskset -c 1 python -m grpo_lightning fit ...)."
+    )
+
+
 def launch_settings(
     config: VLLMConfig, model_dir: Path, dtype: torch.dtype, seed: int, device: torch.device
 ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -581,6 +609,9 @@ def launch_settings(
         "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
         "TOKENIZERS_PARALLELISM": "false",
     }
+    if config.cpu_cores is not None:  # a thread per core (vLLM keeps an OMP_NUM_THREADS it is given)
+        cores = core_list(config.cpu_cores)
+        variables |= {"OMP_NUM_THREADS": str(len(cores)), "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
     if on_gpu:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -184,7 +184,8 @@ class AsyncRollouts:
         pending = stage.engine.submit(
             module.model, module.adapter, prompts, batch["image"], prompt_index.tolist(), stage.sampling, True, seeds
         )
-        self.versions.keep(version, module.model)
+        if self.k:  # with K = 0 every rollout trains in the step that sends it, under the weights that sampled it
+            self.versions.keep(version, module.model)
         return InFlight(position, batch.get("id"), version, list(pending.seeds), prompts, prompt_index, pending)
 
     def _send_restored(
