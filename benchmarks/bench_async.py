@@ -24,7 +24,7 @@ Threads (``--pin MODE=ENGINE/TRAINER``): on a CPU the engine and the trainer sha
 ``model.vllm.cpu_cores``, the cores the engine process runs on, a thread each (``auto``: unset, so the engine runs on
 the trainer's cores with vLLM's own thread count, one), TRAINER the cores the trainer process runs on (set as
 ``taskset -c`` would), with as many torch threads (``all``: every core). A mode without ``--pin`` gets
-:data:`DEFAULT_PINNING`; every run prints its pinning. ``--device cuda`` trains on the GPU, with the engine on the
+:func:`default_pinning`; every run prints its pinning. ``--device cuda`` trains on the GPU, with the engine on the
 same GPU, and ignores the pinning.
 
 ``--lora-steps N`` (0: skip) adds two K = 1 runs of N steps on the first seed with LoRA (r = 16 on every projection
@@ -72,15 +72,21 @@ from benchmarks.common import (
 #: Each mode's ``max_staleness`` (None: synchronous).
 MODES: dict[str, int | None] = {"sync": None, "k0": 0, "k1": 1, "k2": 2}
 #: Each mode's (engine cores, trainer cores) on a CPU when ``--pin`` does not name it; see the module's docstring.
-#: Synchronous steps take turns, so the engine and the trainer each get every core (on 2 cores this was the fastest
-#: synchronous pinning measured, ahead of vLLM's own one thread and of one core each); asynchronous ones sample and
-#: update at once, so each gets cores of its own (sharing them is several times slower).
-DEFAULT_PINNING: dict[str, tuple[str, str]] = {
-    "sync": ("0-1", "all"),
-    "k0": ("0-1", "all"),
-    "k1": ("0", "1"),
-    "k2": ("0", "1"),
-}
+
+
+def default_pinning(mode: str) -> tuple[str, str]:
+    """(engine cores, trainer cores) of ``mode`` without ``--pin``. Synchronous steps take turns, so the engine and
+    the trainer each get every core (on 2 cores this was the fastest synchronous pinning measured, ahead of vLLM's
+    own one thread and of one core each); asynchronous ones sample and update at once, so each gets cores of its own,
+    the first half of them to the engine (sharing them is several times slower)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not MODES[mode]:
+        return ",".join(map(str, cores)), "all"
+    half = max(len(cores) // 2, 1)
+    engine, trainer = cores[:half], cores[half:] or cores
+    return ",".join(map(str, engine)), ",".join(map(str, trainer))
+
+
 REWARD, STEP_TIME, ROLLOUT = "train/reward", "train/step_time", "train/time/rollout"
 WAIT, OVERLAP, STALENESS = "train/async/trainer_wait", "train/async/overlap_fraction", "train/async/staleness"
 SYNC_MB, SYNC_S = "train/engine/sync_megabytes", "train/time/weight_sync"
@@ -185,13 +191,13 @@ def run_one(
 
 
 def pinning(mode: str, args: argparse.Namespace) -> tuple[str, str]:
-    """(engine cores, trainer cores) of ``mode``: ``--pin``'s, else :data:`DEFAULT_PINNING`'s."""
+    """(engine cores, trainer cores) of ``mode``: ``--pin``'s, else :func:`default_pinning`'s."""
     for item in args.pin:
         name, _, cores = item.partition("=")
         if name == mode:
             engine, _, trainer = cores.partition("/")
             return engine, trainer or "all"
-    return DEFAULT_PINNING[mode]
+    return default_pinning(mode)
 
 
 def read_run(folder: Path) -> tuple[dict[str, Points], dict[int, float]]:

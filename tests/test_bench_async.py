@@ -43,7 +43,7 @@ def test_pinning_per_mode():
     args = _args("--pin", "k1=1/0", "sync=0-1/all")
     assert bench.pinning("k1", args) == ("1", "0")
     assert bench.pinning("sync", args) == ("0-1", "all")
-    assert bench.pinning("k2", args) == bench.DEFAULT_PINNING["k2"]
+    assert bench.pinning("k2", args) == bench.default_pinning("k2")
     assert bench.parse_cores("0-2,5") == {0, 1, 2, 5}
     assert bench.parse_cores("all") == set(os.sched_getaffinity(0))
 
@@ -60,6 +60,14 @@ def test_bad_options_stop_with_what_to_do(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
         _args(*argv)
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_by_default_synchronous_runs_share_every_core_and_asynchronous_ones_split_them(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert bench.default_pinning("sync") == bench.default_pinning("k0") == ("0,1,2,3", "all")
+    assert bench.default_pinning("k1") == bench.default_pinning("k2") == ("0,1", "2,3")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1})
+    assert bench.default_pinning("k1") == ("1", "1")
 
 
 def test_figures_of_one_run():
