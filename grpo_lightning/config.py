@@ -100,7 +100,8 @@ class SamplingConfig:
             (:mod:`grpo_lightning.stages.async_rollouts`). A rollout sampled with the weights of an earlier optimizer
             step is off-policy by that many steps, its staleness: the ratio's old log-probs are the trainer's under
             the weights that sampled it. Off: sample, then update, one after the other.
-        max_staleness: K, how many steps ahead the engine samples (0: no step ahead, which is the synchronous step).
+        max_staleness: K, how many training steps ahead the engine samples (0: no step ahead, which is the
+            synchronous step). A rollout's staleness counts optimizer steps: at most K x ``loss.num_iterations``.
     """
 
     num_generations: int = 8

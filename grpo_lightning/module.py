@@ -197,7 +197,7 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         gradient_accumulation(self).configure(self.loss.max_grad_norm)
 
     def teardown(self, stage: str) -> None:
-        self.rollouts.engine.stop()
+        self.rollouts.stop()
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(p for p in self.model.parameters() if p.requires_grad)

@@ -6,6 +6,7 @@ their way. The math without an engine is in ``tests/test_async_rollouts.py``."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -58,9 +59,9 @@ def test_k1_samples_the_next_step_with_this_steps_weights_while_it_updates(
     """K = 1: from the second step on, every rollout was sampled with the weights of the step before (staleness 1)
     while that step updated; the trainer waited less than the engine sampled. The old log-probs are the trainer's
     under the weights that sampled (kept copies): the engine's log-probs stay within float32 rounding of them
-    although the policy has moved one step since (``train/engine/logp_diff``), and the copies of the weights are let
-    go once their rollouts are trained. The engine runs on the core ``vllm.cpu_cores`` names, and the trainer, which
-    may run there too, is warned of it."""
+    although the policy has moved one step since (``train/engine/logp_diff``); at the fit's end the rollout sampled
+    for a step past the last is dropped with its weights. The engine runs on the core ``vllm.cpu_cores`` names, and
+    the trainer, which may run there too, is warned of it."""
 
     class EngineCores(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
@@ -75,12 +76,11 @@ def test_k1_samples_the_next_step_with_this_steps_weights_while_it_updates(
     assert cores.cores == {0}
     assert [value for _, value in scalars["train/async/staleness"]] == [0.0, 1.0, 1.0, 1.0, 1.0]
     overlap = [value for _, value in scalars["train/async/overlap_fraction"]]
-    assert overlap[0] < 0.25 and all(value > 0.5 for value in overlap[1:]), overlap  # the first: sampled and waited
+    assert overlap[0] < 0.25 and all(value > 0.3 for value in overlap[1:]), overlap  # the first: sampled and waited
     assert len(scalars["train/async/trainer_wait"]) == len(scalars["train/async/engine_wait"]) == 5
     assert max(gap for _, gap in scalars["train/engine/logp_diff"]) < 1e-4
-    pipeline = module.rollouts.pipeline
-    assert len(pipeline.on_the_way) == 1 and not pipeline.taken  # the step after the last, sampled for nothing
-    assert list(pipeline.versions.saved) == [4]
+    pipeline = module.rollouts.pipeline  # the rollout sampled for a sixth step is dropped at the end, with its weights
+    assert not pipeline.on_the_way and not pipeline.taken and not pipeline.versions.saved
     assert not module.rollouts.engine.running
 
 
@@ -131,21 +131,27 @@ def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["plain", "dynamic-sampling"])
 def test_a_run_killed_with_a_rollout_on_its_way_resumes_exactly(assets, data_kwargs, engine_python, tmp_path, dynamic):
-    """K = 1: 6 steps straight equal 3 steps, kill -9 in step 5 (the checkpoint of step 3 holds the rollout sampled
-    for step 4 with step 3's weights: its prompts, seeds and weights), then resumed to 6: the same prompts in the
-    same order, the same completions and rewards at every step, the same weights (to the bit). With dynamic sampling
-    the refill rounds take the rollouts on their way."""
+    """K = 1: 6 steps straight equal 3 steps and a stop, a resume killed with kill -9 after step 4, and a resume
+    from step 3 again to 6 (the checkpoint of step 3 holds the rollout sampled for step 4 with step 3's weights: its
+    prompts, seeds and weights): the same prompts in the same order, the same completions and rewards at every
+    step, the same weights (to the bit). With dynamic sampling (killed in its first run) the refill rounds take the
+    rollouts on their way."""
     extra = ("--model.sampling.dynamic_sampling", "true") if dynamic else ()
     straight = _run(_cli_args(assets, data_kwargs, tmp_path / "straight", 6, 3, extra))
     assert straight.returncode == 0, straight.stderr[-4000:]
+    resume = ()
+    if not dynamic:  # 3 steps, stopped there: its last checkpoint holds the rollout sampled for step 4
+        first = _run(_cli_args(assets, data_kwargs, tmp_path / "killed", 3, 3, extra))
+        assert first.returncode == 0, first.stderr[-4000:]
+        resume = ("--ckpt_path", "last")
     kill = "{class_path: tests.test_faults.KillAfter, init_args: {step: 4}}"
-    killed_args = _cli_args(assets, data_kwargs, tmp_path / "killed", 6, 3, extra)
+    killed_args = _cli_args(assets, data_kwargs, tmp_path / "killed", 6, 3, (*extra, *resume))
     killed_args[4] = killed_args[4].replace("callbacks: [", f"callbacks: [{kill}, ")
     killed = _run(killed_args)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
     run = tmp_path / "killed" / "demo" / "version_0"
     saved = torch.load(run / "checkpoints" / "step=3.ckpt", weights_only=False)["async_rollouts"]
-    assert [record["version"] for record in saved["in_flight"]] == [2]  # sampled in step 3 with its weights
+    assert [record["version"] for record in saved["in_flight"][0]] == [2]  # sampled in step 3 with its weights
     assert list(saved["versions"]) == [2]
     resumed = _run(_cli_args(assets, data_kwargs, tmp_path / "killed", 6, 3, (*extra, "--ckpt_path", "last")))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -161,34 +167,58 @@ def test_a_run_killed_with_a_rollout_on_its_way_resumes_exactly(assets, data_kwa
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
-def test_under_ddp_each_process_samples_ahead_on_its_own_prompts(assets, data_kwargs, engine_python, tmp_path):
+def test_under_ddp_each_process_samples_ahead_on_its_own_prompts_and_resumes_them(
+    assets, data_kwargs, engine_python, tmp_path
+):
     """2 DDP processes, K = 1: each process's engine samples its own next batch; the processes agree on the weights
-    versions (staleness 1 from the second step on, reduced over both) and each trains its own prompts."""
-    shm = tmp_path / "shm"
-    shm.mkdir()
-    ids_file = tmp_path / "ids"
-    fit_on_two_processes(
-        assets,
-        data_kwargs,
-        tmp_path,
-        reward="tests.helpers:rank_reward",
-        num_generations=4,
-        max_steps=3,
-        options=(
-            *("--model.rollout_engine", "vllm", "--model.vllm.python", str(engine_python)),
-            *("--model.vllm.kv_cache_gib", "1", "--model.vllm.max_model_len", "2048", "--model.vllm.shm_dir", str(shm)),
-            *("--model.sampling.async_rollouts", "true", "--model.sampling.max_staleness", "1"),
-        ),
-        env={"GRPO_TEST_G": "4", "GRPO_TEST_IDS": str(ids_file)},
-        timeout=900,
-    )
-    prompts = [[json.loads(line) for line in Path(f"{ids_file}.rank{r}").read_text().splitlines()] for r in (0, 1)]
-    assert [len(steps) for steps in prompts] == [3, 3]
+    versions (staleness 1 from the second step on, reduced over both) and each trains its own prompts. 4 steps
+    straight equal 2 steps and a resume to 4: the checkpoint holds each process's rollout on its way (its prompts
+    and seeds), and each process sends its own again, so both sample what they sampled straight."""
+    callback = "{class_path: grpo_lightning.callbacks.StepCheckpoint, init_args: {every_n_train_steps: 2}}"
+
+    def fit(run: str, steps: int, *extra: str) -> Path:
+        shm = tmp_path / run / "shm"
+        shm.mkdir(parents=True, exist_ok=True)
+        fit_on_two_processes(
+            assets,
+            data_kwargs,
+            tmp_path / run,
+            reward="tests.helpers:rank_reward",
+            num_generations=4,
+            max_steps=steps,
+            options=(
+                *("--config", f"{{trainer: {{callbacks: [{callback}]}}}}"),
+                *("--model.rollout_engine", "vllm", "--model.vllm.python", str(engine_python)),
+                *("--model.vllm.kv_cache_gib", "1", "--model.vllm.max_model_len", "2048"),
+                *("--model.vllm.shm_dir", str(shm)),
+                *("--model.sampling.async_rollouts", "true", "--model.sampling.max_staleness", "1", *extra),
+            ),
+            env={"GRPO_TEST_G": "4", "GRPO_TEST_IDS": str(tmp_path / run / "ids")},
+            timeout=900,
+        )
+        assert list(shm.iterdir()) == [] and _processes_in(shm) == []
+        return tmp_path / run / "ids"
+
+    def seen(ids_file: Path, rank: int, what: str) -> list:
+        return [json.loads(line) for line in Path(f"{ids_file}.{what}{rank}").read_text().splitlines()]
+
+    straight = fit("straight", 4)
+    prompts = [seen(straight, r, "rank") for r in (0, 1)]
+    assert [len(steps) for steps in prompts] == [4, 4]
     assert all(not set(a) & set(b) for a, b in zip(*prompts, strict=True))  # each its own prompts
-    scalars = read_scalars(tmp_path / "logs")
-    assert [value for _, value in scalars["train/async/staleness"]] == [0.0, 1.0, 1.0]
+    scalars = read_scalars(tmp_path / "straight" / "logs")
+    assert [value for _, value in scalars["train/async/staleness"]] == [0.0, 1.0, 1.0, 1.0]
     assert max(gap for _, gap in scalars["train/engine/logp_diff"]) < 1e-4
-    assert list(shm.iterdir()) == [] and _processes_in(shm) == []
+
+    fit("resumed", 2)
+    checkpoint = next((tmp_path / "resumed" / "logs").rglob("step=2.ckpt"))
+    saved = torch.load(checkpoint, weights_only=False)["async_rollouts"]["in_flight"]
+    assert [[record["version"] for record in records] for records in saved] == [[1], [1]]  # one per process
+    assert saved[0][0]["ids"] != saved[1][0]["ids"] and saved[0][0]["seeds"] != saved[1][0]["seeds"]
+    resumed = fit("resumed", 4, "--ckpt_path", "last")
+    for rank in (0, 1):
+        assert seen(resumed, rank, "rank") == seen(straight, rank, "rank")
+        assert seen(resumed, rank, "completions") == seen(straight, rank, "completions")
 
 
 # ------------------------------------------------------------------------------------------ faults
@@ -203,13 +233,15 @@ def test_an_engine_that_fails_with_a_rollout_on_its_way_stops_the_run_with_a_che
     class FailEngineAfterTwoSteps(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
             if trainer.global_step == 2:
-                self.pid = pl_module.rollouts.engine.pid
+                engine = pl_module.rollouts.engine
+                self.pid = engine.pid
+                # the hung engine's requests time out after 20 s from now on (the steps before take their time)
+                engine.config = dataclasses.replace(engine.config, request_timeout=20.0)
                 os.kill(self.pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
 
     failing = FailEngineAfterTwoSteps()
-    options = dict(request_timeout=20.0) if fault == "hung" else {}
     sampling = dict(SAMPLING, async_rollouts=True, max_staleness=1)
-    module = _vllm_module(assets, loss=dict(beta=0.0), sampling=sampling, vllm=options)
+    module = _vllm_module(assets, loss=dict(beta=0.0), sampling=sampling)
     L.seed_everything(0)
     trainer = _trainer(tmp_path, steps=4, callbacks=[StepCheckpoint(every_n_train_steps=10), failing])
     data = ViVQAXDataModule(**data_kwargs, batch_size=2, shuffle=False)
@@ -226,7 +258,7 @@ def test_an_engine_that_fails_with_a_rollout_on_its_way_stops_the_run_with_a_che
     # waits in the connection, and step 3 trains on it)
     step = checkpoint["global_step"]
     assert step in (2, 3) and f"saved step={step} checkpoint to" in text and "--ckpt_path" in text
-    assert [record["version"] for record in checkpoint["async_rollouts"]["in_flight"]] == [step - 1]
+    assert [record["version"] for record in checkpoint["async_rollouts"]["in_flight"][0]] == [step - 1]
 
     resumed = _vllm_module(assets, loss=dict(beta=0.0), sampling=sampling)
     trainer = _trainer(tmp_path / "resumed", steps=4, callbacks=[StepCheckpoint(every_n_train_steps=10)])

@@ -2,7 +2,7 @@
 log-probs of stale completions and the off-policy loss against float64 references, and the options' refusals.
 
 The runs with the vLLM engine (the synchronous step at K = 0, exact resume with rollouts on their way, DDP, faults)
-are in ``tests/test_vllm_engine.py``."""
+are in ``tests/test_async_engine.py``."""
 
 from __future__ import annotations
 

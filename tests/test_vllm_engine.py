@@ -583,6 +583,45 @@ def test_the_server_removes_its_own_folder_when_ended():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_the_server_reads_requests_while_it_answers_so_neither_side_waits_on_the_other():
+    """The trainer sends a request (a rollout's images) while the server sends an answer (a rollout), each larger
+    than the socket's buffer: the server's reading thread takes the request, so both complete. Were the server to
+    read only between answers, each side would wait for the other to read, for ever."""
+    import importlib.util
+    import multiprocessing
+    import threading
+
+    from grpo_lightning.engines.vllm import SERVER_SCRIPT
+
+    spec = importlib.util.spec_from_file_location("grpo_vllm_server_under_test", SERVER_SCRIPT)
+    server = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(server)
+    trainer_end, server_end = multiprocessing.Pipe()
+    payload = b"x" * (8 * 2**20)
+
+    def serve() -> None:
+        requests = server._read_requests(server_end)
+        for _ in range(2):
+            message = requests.get()
+            server_end.send({"got": len(message["payload"]), "payload": payload})
+
+    def trainer() -> None:
+        for _ in range(2):  # both sent before any answer is read, as a weight update and the next rollout are
+            trainer_end.send({"payload": payload})
+        replies.extend(trainer_end.recv() for _ in range(2))
+
+    replies: list[dict] = []
+    threads = [threading.Thread(target=serve, daemon=True), threading.Thread(target=trainer, daemon=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "the trainer and the server wait on each other"
+    assert [reply["got"] for reply in replies] == [len(payload)] * 2
+    trainer_end.close()
+    server_end.close()
+
+
 # ------------------------------------------------------------------- the engine's log-probs in the update
 def _toy_rollout(widths: list[int], engine: bool, seed: int) -> Rollout:
     """A rollout of 2 prompts x G=2 completions of the given widths (no images), with engine log-probs or not."""

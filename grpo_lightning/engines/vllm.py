@@ -519,11 +519,6 @@ class VLLMEngine(RolloutEngine):
                 self._fail(head.doing, reply["error"])
         return request.reply
 
-    def settle(self) -> None:
-        """Wait for every request sent so far (their answers are kept for their own waits)."""
-        if self._unanswered:
-            self._wait(self._unanswered[-1])
-
     def _receive(self, doing: str, timeout: float | None, option: str) -> dict[str, Any]:
         """The engine's next reply; an EngineError as soon as its process is gone, or after ``timeout`` seconds (the
         value of ``option``; None: no limit)."""

@@ -24,7 +24,8 @@ environments' pickles never carry a tensor:
 
 Every answer also holds ``idle_s``, how long the server waited for the request after its previous answer, and
 ``busy_s``, how long it worked on it. Requests are answered in the order they came: the trainer may send several
-(asynchronous rollouts: a weight update and the next sampling while one is sampled) and read the answers later.
+(asynchronous rollouts: a weight update and the next sampling while one is sampled) and read the answers later;
+a thread reads them as they come, so that the trainer never waits to send. A weights file is removed once loaded.
 
 The server exits when the trainer's connection closes, and (Linux) when the trainer process dies; ended by SIGTERM
 (the trainer stopping it, or the trainer's death), it first removes its own folder, which the trainer would have.
@@ -32,14 +33,17 @@ The server exits when the trainer's connection closes, and (Linux) when the trai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
-from multiprocessing.connection import Client
+from multiprocessing.connection import Client, Connection
 from typing import Any
 
 #: The name the server's copy has in the engine's folder, the first entry of its sys.path.
@@ -180,12 +184,34 @@ class Server:
 
     def load_weights(self, path: str) -> dict[str, Any]:
         start = time.perf_counter()
-        counts = self.llm.collective_rpc("load_weights_file", args=(path,))
+        try:
+            counts = self.llm.collective_rpc("load_weights_file", args=(path,))
+        finally:  # read: its room in shared memory goes now, not when the trainer reads this answer
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         # Whatever was computed with the old weights goes: cached prompt prefixes, image encodings, processed inputs.
         self.llm.reset_prefix_cache()
         self.llm.reset_mm_cache()
         self.llm.llm_engine.reset_encoder_cache()
         return {"seconds": time.perf_counter() - start, "tensors": counts[0]}
+
+
+def _read_requests(connection: Connection) -> queue.Queue:
+    """The trainer's requests, read as they come by a thread of their own (None once the connection closes): the
+    trainer may send a request while the server sends an answer, and with both waiting to write, each larger than
+    the socket's buffer, neither would ever read."""
+    requests: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        while True:
+            try:
+                requests.put(connection.recv())
+            except (EOFError, OSError):
+                requests.put(None)
+                return
+
+    threading.Thread(target=read, name="grpo-requests", daemon=True).start()
+    return requests
 
 
 def main() -> None:
@@ -199,11 +225,11 @@ def main() -> None:
         connection.send(_error(exception))
         sys.exit(1)
     connection.send({"ready": True, "pid": os.getpid()})
+    requests = _read_requests(connection)
     while True:
         waiting = time.perf_counter()
-        try:
-            message = connection.recv()
-        except EOFError:  # the trainer closed the connection or died
+        message = requests.get()
+        if message is None:  # the trainer closed the connection or died
             _remove_own_folder()
             return
         started = time.perf_counter()

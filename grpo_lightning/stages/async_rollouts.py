@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
+from grpo_lightning.distributed import every_process
 from grpo_lightning.engines.base import SampledCompletions
 from grpo_lightning.errors import ConfigError
 
@@ -197,15 +199,17 @@ class AsyncRollouts:
         for offset, (record, upcoming) in enumerate(zip(list(self.restored), ahead, strict=False)):
             expected = (position[0], position[1] + offset)
             if tuple(record["position"]) != expected:
-                raise RuntimeError(
-                    f"the checkpoint's rollouts on their way start at batch {record['position']} of the training "
-                    f"stream, and the resumed run is at batch {list(expected)}"
+                raise ConfigError(
+                    f"the checkpoint's rollouts on their way are for batch {record['position']} (epoch, batch) of the "
+                    f"training stream on, and the resumed run is at batch {list(expected)}: the data, the batch size "
+                    "or the number of processes changed since the checkpoint was saved. Resume with the settings the "
+                    "run was started with."
                 )
+            _check_ids(record["ids"], expected, upcoming)
             upcoming = module.trainer.strategy.batch_to_device(upcoming)
             with self.versions.applied(record["version"], module.model):
                 self.stage.bring_engine_weights(wait=False, step=record["version"])
                 entry = self._send(upcoming, expected, record["version"], num_generations, record["seeds"])
-            _check_ids(record["ids"], expected, upcoming)
             self.on_the_way.append(entry)
             self.restored.pop(0)  # sent again: a checkpoint saved from now on has it on its way
 
@@ -235,26 +239,42 @@ class AsyncRollouts:
         }
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def state(self, step: int) -> dict[str, Any]:
+    def state(self, step: int, world_size: int) -> dict[str, Any]:
         """The rollouts on their way at the end of optimizer step ``step`` (those sent before it, not trained: a
-        checkpoint saved while a step fails is of the step before), and the weights that sample them."""
-        records = [e for e in (*self.taken, *self.on_the_way) if e.version < step]
-        records.extend(_restored_entry(record) for record in self.restored)
-        versions = {e.version for e in records}
+        checkpoint saved while a step fails is of the step before), every process's in rank order (a collective
+        under data parallelism), and the weights that sample them (the same in every process)."""
+        entries = [e for e in (*self.taken, *self.on_the_way) if e.version < step]
+        records = [e.record() for e in entries] + [dict(record) for record in self.restored]
+        versions = {record["version"] for record in records}
         return {
-            "in_flight": [e.record() for e in records],
+            "in_flight": every_process(records, world_size),
             "versions": {v: dict(self.versions.saved[v]) for v in sorted(versions)},
         }
 
-    def load(self, state: dict[str, Any]) -> None:
-        self.restored = [dict(record) for record in state["in_flight"]]
+    def load(self, state: dict[str, Any], world_size: int, rank: int) -> None:
+        """Take back a checkpoint's rollouts on their way (this process's); :meth:`take` sends them again. Saved by
+        another number of processes, whose batches were not this run's: none is sent again, and the batches they
+        were for sample their rollouts with the current weights (warned of)."""
+        self.reset()
+        per_process = state["in_flight"]
+        if len(per_process) != world_size:
+            rank_zero_warn(
+                f"The checkpoint was saved by {len(per_process)} processes and this run has {world_size}: the "
+                "rollouts it had on their way are not sent again, and their batches are sampled with the weights "
+                "the run resumes with (an uninterrupted run would have sampled them with earlier ones)."
+            )
+            return
+        self.restored = [dict(record) for record in per_process[rank]]
         self.versions.saved = {int(v): dict(weights) for v, weights in state["versions"].items()}
+
+    def reset(self) -> None:
+        """Nothing on its way, no weights kept: at the end of a fit (the rollouts sampled past its last step are
+        dropped) and before a checkpoint's are taken back."""
         self.on_the_way.clear()
         self.taken.clear()
-
-
-def _restored_entry(record: dict[str, Any]) -> InFlight:
-    return InFlight(tuple(record["position"]), record["ids"], record["version"], record["seeds"], None, None, None)
+        self.restored = []
+        self.step_stats = []
+        self.versions.saved = {}
 
 
 def _check_ids(sent_for: list[Any] | None, position: tuple[int, int], batch: dict[str, list[Any]]) -> None:

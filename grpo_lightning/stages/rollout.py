@@ -82,6 +82,13 @@ class RolloutStage:
             device = module.trainer.strategy.root_device
             self.engine.start(module.model, module.adapter, module.weights_dtype, device=device)
 
+    def stop(self) -> None:
+        """The fit's end: the engine stops, and the rollouts it sampled past the last step are dropped with the
+        weights that sampled them (a checkpoint saved before holds what a resumed run needs)."""
+        self.engine.stop()
+        if self.pipeline is not None:
+            self.pipeline.reset()
+
     def generate(self, batch: dict[str, list[Any]], num_generations: int, do_sample: bool) -> Rollout:
         """Sample ``num_generations`` completions for each prompt of the batch (prompt-major order), with the rollout
         engine while a fit runs it (its weights first brought to the policy's when an optimizer step changed them),
@@ -132,13 +139,16 @@ class RolloutStage:
     def save_state(self, checkpoint: dict[str, Any]) -> None:
         """Asynchronous rollouts: put those on their way at the step's end, and their weights, in ``checkpoint``."""
         if self.pipeline is not None:
-            checkpoint[ASYNC_STATE_KEY] = self.pipeline.state(self.module.global_step)
+            checkpoint[ASYNC_STATE_KEY] = self.pipeline.state(self.module.global_step, self.module.trainer.world_size)
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Take back a checkpoint's rollouts on their way; the first step sends them again (none saved: none)."""
         state = checkpoint.get(ASYNC_STATE_KEY)
         if self.pipeline is not None and state is not None:
-            self.pipeline.load(state)
+            module = self.module
+            attached = module._trainer is not None
+            world_size, rank = (module.trainer.world_size, module.global_rank) if attached else (1, 0)
+            self.pipeline.load(state, world_size, rank)
 
     def async_stats(self, rollout: Rollout, step: int) -> dict[str, Tensor]:
         """With ``sampling.async_rollouts``, the ``async/*`` statistics (:meth:`AsyncRollouts.stats`) of the step that

@@ -75,12 +75,10 @@ from grpo_lightning.rollout import Rollout
 from grpo_lightning.stages.supervision import GoldRows, GoldSupervision, with_gold_rows
 
 if TYPE_CHECKING:
-    from grpo_lightning.stages.async_rollouts import WeightVersions
-
-if TYPE_CHECKING:
     import lightning as L
 
     from grpo_lightning.config import LossConfig, SamplingConfig, VLLMConfig
+    from grpo_lightning.stages.async_rollouts import WeightVersions
 
 
 @dataclass(frozen=True)
