@@ -40,9 +40,7 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,17 +52,21 @@ if __package__ in (None, ""):  # run as a file, not with -m: import from the rep
 import yaml
 
 import grpo_demo
-from benchmarks.bench_objectives import final_quarter_mean, format_figure, mean_and_range, seed_band
+from benchmarks.bench_objectives import (
+    draw_seed_bands,
+    final_quarter_mean,
+    fit_command,
+    format_figure,
+    mean_and_range,
+)
 from benchmarks.common import (
     REPO_ROOT,
     busy_warning,
     format_table,
     git_head,
     load_average,
-    machine_busy_seconds,
-    others_share,
-    own_cpu_seconds,
     package_version,
+    run_logged,
     wait_for_quiet,
     work_directory,
 )
@@ -145,47 +147,16 @@ def run_one(
     run_dir, log_path = work_dir / "logs" / name / f"seed_{seed}", work_dir / "output" / f"{name}_seed_{seed}.log"
     if run_dir.exists():  # a run of an earlier call: its event files would mix with this run's
         shutil.rmtree(run_dir)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        *(
-            sys.executable,
-            "-m",
-            "grpo_lightning",
-            "fit",
-            "--config",
-            "configs/demo.yaml",
-            "--config",
-            str(overlay_path),
-        ),
-        *("--seed_everything", str(seed), "--trainer.max_steps", str(steps)),
-        *("--trainer.default_root_dir", str(work_dir), "--trainer.logger.init_args.save_dir", str(work_dir / "logs")),
-        *("--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", f"seed_{seed}"),
-    ]
+    command = fit_command(overlay_path, work_dir, name, seed, steps)  # validation is off in the overlay
     engine_cores, trainer_cores = pinning(mode, args)
-    env, affinity = dict(os.environ), None
+    env, cores = dict(os.environ), None
     if args.device == "cpu":
-        affinity = parse_cores(trainer_cores)
-        threads = str(len(affinity))
-        env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    busy, own, start = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-    with log_path.open("w", encoding="utf-8") as log:
-        done = subprocess.run(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.sched_setaffinity(0, affinity)) if affinity else None,
-        )
-    wall = time.perf_counter() - start
-    share = others_share(machine_busy_seconds() - busy, own_cpu_seconds() - own, wall)
-    record = {
-        "mode": name, "seed": seed, "steps": steps, "pinning": f"{engine_cores}/{trainer_cores}", "wall_s": wall,
-        "others_share": share, "log": str(log_path),
-    }  # fmt: skip
-    if done.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        return record | {"error": f"exit status {done.returncode}; the end of {log_path}:\n" + "\n".join(tail)}
+        cores = parse_cores(trainer_cores)
+        env |= {"OMP_NUM_THREADS": str(len(cores)), "MKL_NUM_THREADS": str(len(cores))}
+    record = {"mode": name, "seed": seed, "steps": steps, "pinning": f"{engine_cores}/{trainer_cores}"}
+    record |= run_logged(command, log_path, env, cores)
+    if "error" in record:
+        return record
     series, times = read_run(run_dir)
     return record | summarize(series, times, args.warmup) | {"curve": series.get(REWARD, [])}
 
@@ -293,29 +264,9 @@ def lora_table(runs: Sequence[dict[str, Any]]) -> str:
 def plot_curves(runs: Sequence[dict[str, Any]], modes: Sequence[str], path: Path, window: int = 10) -> None:
     """The train reward per mode, mean over seeds of a ``window``-step moving mean, with a band from the lowest to
     the highest seed, to ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = plt.get_cmap("tab10").colors
-    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=120)
-    for i, mode in enumerate(modes):
-        curves = [run["curve"] for run in runs if run["mode"] == mode and run.get("curve")]
-        if not curves:
-            continue
-        steps, mean, low, high = seed_band(curves, window)
-        axes.plot(steps, mean, color=colours[i], linewidth=1.8, label=f"{mode} ({len(curves)} seeds)")
-        axes.fill_between(steps, low, high, color=colours[i], alpha=0.15, linewidth=0)
-    axes.set_xlabel("training step")
-    axes.set_ylabel(f"train/reward, {window}-step moving mean")
-    axes.set_title("Demo with the vLLM engine: synchronous and asynchronous rollouts (band = lowest..highest seed)")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
+    curves = {mode: [run["curve"] for run in runs if run["mode"] == mode and run.get("curve")] for mode in modes}
+    title = "Demo with the vLLM engine: synchronous and asynchronous rollouts (seeds; band = lowest..highest seed)"
+    draw_seed_bands(curves, path, title, "training step", window)
 
 
 # ------------------------------------------------------------------------------------------------ the benchmark
@@ -346,6 +297,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run_all(args: argparse.Namespace, work_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
+    """Every mode once per round (seed), in an order shuffled per round; the runs and each round's order."""
     runs, orders = [], {}
     for seed in args.seeds:
         order = list(args.modes)

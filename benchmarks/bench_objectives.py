@@ -31,9 +31,7 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -52,10 +50,8 @@ from benchmarks.common import (
     format_table,
     git_head,
     load_average,
-    machine_busy_seconds,
-    others_share,
-    own_cpu_seconds,
     package_version,
+    run_logged,
     wait_for_quiet,
     work_directory,
 )
@@ -183,23 +179,11 @@ def run_one(work_dir: Path, name: str, seed: int, steps: int, threads: int) -> d
     run_dir, log_path = work_dir / "logs" / name / f"seed_{seed}", work_dir / "output" / f"{name}_seed_{seed}.log"
     if run_dir.exists():  # a run of an earlier call: its event files would mix with this run's
         shutil.rmtree(run_dir)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    busy, own, start = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-    with log_path.open("w", encoding="utf-8") as log:
-        done = subprocess.run(
-            fit_command(overlay_path, work_dir, name, seed, steps),
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    wall = time.perf_counter() - start
-    share = others_share(machine_busy_seconds() - busy, own_cpu_seconds() - own, wall)
-    record = {"objective": name, "seed": seed, "wall_s": wall, "others_share": share, "log": str(log_path)}
-    if done.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        return record | {"error": f"exit status {done.returncode}; the end of {log_path}:\n" + "\n".join(tail)}
+    record = {"objective": name, "seed": seed}
+    record |= run_logged(fit_command(overlay_path, work_dir, name, seed, steps), log_path, env)
+    if "error" in record:
+        return record
     series = read_scalars(run_dir)
     return record | summarize(series) | {"curves": {tag: series.get(tag, []) for tag in CURVES}}
 
@@ -285,6 +269,17 @@ def seed_band(curves: Sequence[Points], window: int) -> tuple[list[int], list[fl
 def plot_curves(runs: Sequence[dict[str, Any]], names: Sequence[str], path: Path, window: int = 10) -> None:
     """The train reward per objective, mean over seeds of a ``window``-step moving mean, with a band from the lowest
     to the highest seed, to ``path`` (PNG); colour and dash tell the objectives apart."""
+    curves = {
+        name: [run["curves"][REWARD] for run in runs if run["objective"] == name and run.get("curves", {}).get(REWARD)]
+        for name in names
+    }
+    title = "Train reward on the demo per objective (seeds): mean over seeds, band = lowest..highest seed"
+    draw_seed_bands(curves, path, title, "training step (one rollout, 2 optimizer steps)", window)
+
+
+def draw_seed_bands(curves: dict[str, Sequence[Points]], path: Path, title: str, xlabel: str, window: int = 10) -> None:
+    """Per name, the mean over its seeds' curves of a ``window``-step moving mean with a band from the lowest to the
+    highest seed (a name without curves: no line), to ``path`` (PNG); colour and dash tell the names apart."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,21 +287,18 @@ def plot_curves(runs: Sequence[dict[str, Any]], names: Sequence[str], path: Path
 
     colours, dashes = plt.get_cmap("tab10").colors, ("-", "--", "-.", ":")
     figure, axes = plt.subplots(figsize=(10, 6), dpi=120)
-    for i, name in enumerate(names):
-        curves = [
-            run["curves"][REWARD] for run in runs if run["objective"] == name and run.get("curves", {}).get(REWARD)
-        ]
-        if not curves:
+    for i, (name, runs) in enumerate(curves.items()):
+        if not runs:
             continue
-        steps, mean, low, high = seed_band(curves, window)
+        steps, mean, low, high = seed_band(runs, window)
         colour = colours[i % len(colours)]
         axes.plot(
-            steps, mean, color=colour, linestyle=dashes[i % len(dashes)], linewidth=1.8, label=f"{name} ({len(curves)})"
+            steps, mean, color=colour, linestyle=dashes[i % len(dashes)], linewidth=1.8, label=f"{name} ({len(runs)})"
         )
         axes.fill_between(steps, low, high, color=colour, alpha=0.12, linewidth=0)
-    axes.set_xlabel("training step (one rollout, 2 optimizer steps)")
+    axes.set_xlabel(xlabel)
     axes.set_ylabel(f"train/reward, {window}-step moving mean")
-    axes.set_title("Train reward on the demo per objective (seeds): mean over seeds, band = lowest..highest seed")
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(ncol=2, fontsize=8, loc="lower right")
     figure.tight_layout()

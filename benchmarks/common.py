@@ -215,6 +215,35 @@ def work_directory(path: str | None, prefix: str) -> Iterator[Path]:
         yield work_dir
 
 
+def run_logged(
+    command: Sequence[str], log_path: Path, env: dict[str, str] | None = None, cores: set[int] | None = None
+) -> dict[str, Any]:
+    """Run ``command`` from the repository root, its output to ``log_path``, on ``cores`` (its CPU affinity, which
+    its children inherit; None: this process's); its ``wall_s``, the share of the CPUs other processes used
+    meanwhile (``others_share``) and, when it failed, its ``error``: the exit status and the end of its log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    busy, own, start = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
+    with log_path.open("w", encoding="utf-8") as log:
+        done = subprocess.run(
+            list(command),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
+        )
+    wall = time.perf_counter() - start
+    record: dict[str, Any] = {
+        "wall_s": wall,
+        "others_share": others_share(machine_busy_seconds() - busy, own_cpu_seconds() - own, wall),
+        "log": str(log_path),
+    }
+    if done.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        record["error"] = f"exit status {done.returncode}; the end of {log_path}:\n" + "\n".join(tail)
+    return record
+
+
 # ------------------------------------------------------------------------------------------------ reporting
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (also readable in a terminal)."""

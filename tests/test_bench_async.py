@@ -120,3 +120,27 @@ def test_tables():
     assert k1[:4] == ["k1", "0/1", "1 (1 failed)", "0.250"]
     seeds = [_cells(line) for line in bench.seed_table(runs, ["sync", "k1"]).splitlines()[2:]]
     assert seeds == [["0", "1.000", "2.000"], ["1", "3.000", "failed"], ["min..max", "1.000..3.000", "2.000..2.000"]]
+
+
+def test_the_reward_curves_are_drawn(tmp_path):
+    ramp = [(step, 0.01 * step) for step in range(30)]
+    runs = [
+        {"mode": "sync", "seed": 0, "curve": ramp},
+        {"mode": "sync", "seed": 1, "curve": [(step, value + 0.1) for step, value in ramp]},
+        {"mode": "k1", "seed": 0, "curve": ramp},
+        {"mode": "k2", "seed": 0, "error": "exit status 1"},  # no curve: no line
+    ]
+    bench.plot_curves(runs, ["sync", "k1", "k2"], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_is_logged_timed_and_its_failure_quoted(tmp_path):
+    import sys
+
+    from benchmarks.common import run_logged
+
+    done = run_logged([sys.executable, "-c", "print('stepped')"], tmp_path / "ok.log")
+    assert "error" not in done and done["wall_s"] > 0 and 0 <= done["others_share"] <= 1
+    assert (tmp_path / "ok.log").read_text() == "stepped\n"
+    failed = run_logged([sys.executable, "-c", "import sys; print('the end'); sys.exit(3)"], tmp_path / "bad.log")
+    assert failed["error"].startswith("exit status 3; the end of") and failed["error"].endswith("the end")
