@@ -596,9 +596,10 @@ class VLLMConfig:
         lora_sync: with LoRA (``model.lora.r > 0``), what a weight update sends the engine: ``merged`` (the adapted
             layers with their LoRA merged in, the whole of each module vLLM packs) or ``adapter`` (the adapters alone,
             which the engine applies as a vLLM LoRA: megabytes instead of the adapted layers; the base weights go once,
-            at the first update). ``adapter`` needs every adapter in the language model's decoder layers (vLLM 0.32
-            serves transformers-format InternVL without vision-tower LoRA; no embedding or output-head adapters) and
-            nothing but the adapters training.
+            at the first update). vLLM 0.32 serves transformers-format InternVL without vision-tower LoRA: with
+            ``adapter`` the vision tower's adapted layers go merged at every update. ``adapter`` needs adapters in the
+            language model's decoder layers, no embedding or output-head adapters, and nothing but the adapters
+            training.
         cpu_cores: the CPU cores the engine process runs on, as a list such as ``0`` or ``0-3,8`` (its CPU affinity,
             with as many torch threads); None: the trainer's cores, and vLLM's own thread count. On a CPU with
             ``sampling.async_rollouts`` the engine samples while the trainer updates: give each cores of its own (the

@@ -54,6 +54,7 @@ from grpo_lightning.engines.vllm import (
     launch_settings,
     merged_state_dict,
     shared_cores_warning,
+    vision_lora_layers,
 )
 from grpo_lightning.errors import ConfigError
 from grpo_lightning.hardware import core_list
@@ -901,8 +902,8 @@ def test_adapter_sync_asks_the_engine_for_the_smallest_lora_rank_vllm_takes(asse
     [
         ({}, r"the policy has none: set model.lora.r above 0"),
         (
-            {"lora": dict(r=4, target_modules=r".*(vision_tower|language_model).*\.(q_proj|fc1)")},
-            r"adapts model\.vision_tower\S*, outside the decoder layers",
+            {"lora": dict(r=4, target_modules=r".*vision_tower.*\.(q_proj|fc1)")},
+            r"and the policy adapts the vision tower alone: set model.lora.r above 0 with target modules in the",
         ),
         (
             {"lora": dict(r=4, target_modules=r".*language_model\.(embed_tokens|layers\.0\.self_attn\.q_proj)")},
@@ -910,7 +911,7 @@ def test_adapter_sync_asks_the_engine_for_the_smallest_lora_rank_vllm_takes(asse
         ),
         ({"lora": dict(r=4)}, r"the policy trains \S*norm\S*, which an adapter update would leave out"),
     ],
-    ids=["no-lora", "vision-tower-lora", "embedding-lora", "other-weights-train"],
+    ids=["no-lora", "vision-tower-lora-alone", "embedding-lora", "other-weights-train"],
 )
 def test_adapter_sync_refuses_what_an_adapter_update_would_leave_out(assets, overrides, message):
     module = make_module(assets, loss=dict(beta=0.0), **overrides)
@@ -1002,15 +1003,37 @@ def test_vllm_samples_what_the_policy_samples_and_follows_its_optimizer_steps(as
         engine.stop()
 
 
+def test_adapter_sync_sends_the_vision_towers_adapted_layers_merged(assets):
+    """vLLM 0.32 serves InternVL without vision-tower LoRA: with ``lora_sync: adapter`` the vision tower's adapted
+    layers go merged (with their packed siblings), the language model's as adapters."""
+    vision_and_language = r".*(vision_tower|language_model).*\.(q_proj|fc1)"
+    module = make_module(assets, loss=dict(beta=0.0), lora=dict(r=4, target_modules=vision_and_language))
+    module.configure_model()
+    layers = vision_lora_layers(module.model, module.adapter)
+    assert layers and all(".vision_tower." in name for name in layers)
+    assert adapter_sync_rank(module.model, module.adapter) == 8
+    names = _names_to_sync(module.model, layers)
+    assert {name.rsplit(".", 2)[-2] for name in names} >= {"q_proj", "k_proj", "v_proj", "fc1", "fc2"}
+    assert all(".vision_tower." in name for name in names)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "lora_sync"),
     [
         ({"lora": dict(r=4, alpha=16.0, dropout=0.0)}, "merged"),
         ({"lora": dict(r=4, alpha=16.0, dropout=0.0)}, "adapter"),
+        (
+            {
+                "lora": dict(
+                    r=4, alpha=16.0, dropout=0.0, target_modules=r".*(vision_tower|language_model).*\.(q_proj|fc1)"
+                )
+            },
+            "adapter",
+        ),
         ({"freeze_vision_modules": True}, "merged"),
     ],
-    ids=["lora", "lora-adapter", "frozen-vision"],
+    ids=["lora", "lora-adapter", "lora-adapter-with-vision-tower", "frozen-vision"],
 )
 def test_partial_weight_updates_keep_the_engine_equal_to_the_policy(assets, engine_python, overrides, lora_sync):
     """Updates after the first send only what trains (LoRA merged into its layers, or with ``lora_sync: adapter``

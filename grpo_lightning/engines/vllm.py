@@ -155,6 +155,8 @@ class VLLMEngine(RolloutEngine):
         self._failed = False
         self._sync_names: list[str] | None = None  # state-dict names of the weights a partial update sends
         self._lora_rank: int | None = None  # vllm.lora_sync adapter: the engine's max_lora_rank
+        self._merged_layers: list[str] = []  # ... and the LoRA layers it sends merged (the vision tower's)
+        self._merged_names: list[str] = []
         self._adapters_sent = 0  # the engine's LoRA ids so far (vllm.lora_sync adapter)
         self._synced_once = False
         self._dtype = torch.float32
@@ -192,6 +194,9 @@ class VLLMEngine(RolloutEngine):
         self._dtype = engine_dtype(self.config, weights_dtype)
         self._sync_names = _names_to_sync(model)
         self._lora_rank = adapter_sync_rank(model, adapter) if self.config.lora_sync == "adapter" else None
+        # with adapter updates, the vision tower's adapted layers (no LoRA there in vLLM 0.32) go merged, each update
+        self._merged_layers = vision_lora_layers(model, adapter) if self._lora_rank is not None else []
+        self._merged_names = _names_to_sync(model, self._merged_layers) if self._merged_layers else []
         self._synced_once = self._failed = False
         shm = Path(self.config.shm_dir)
         if not shm.is_dir():
@@ -339,6 +344,8 @@ class VLLMEngine(RolloutEngine):
             requests = []
             if not self._synced_once:
                 requests.append(self._send_weights(checkpoint_tensors(model, None, self._dtype, merge=False)))
+            if self._merged_names:  # and the vision tower's adapted layers, merged
+                requests.append(self._send_weights(checkpoint_tensors(model, self._merged_names, self._dtype)))
             requests.append(self._send_adapters(model))
         self._synced_once = True
         measured = {"megabytes": sum(size for size, _ in requests) / 2**20}
@@ -386,8 +393,11 @@ class VLLMEngine(RolloutEngine):
         from peft import get_peft_model_state_dict
 
         tensors = get_peft_model_state_dict(model, adapter_name=model.active_adapter, save_embedding_layers=False)
+        merged = tuple(f"{name}.lora_" for name in self._merged_layers)  # sent merged instead
         tensors = {
-            name: tensor.detach().to(device="cpu", dtype=self._dtype).contiguous() for name, tensor in tensors.items()
+            name: tensor.detach().to(device="cpu", dtype=self._dtype).contiguous()
+            for name, tensor in tensors.items()
+            if not name.removeprefix("base_model.model.").startswith(merged)
         }
         check_room(self._folder, tensors)
         folder.mkdir()
@@ -656,32 +666,41 @@ def merged_state_dict(model: torch.nn.Module, merge: bool = True) -> dict[str, t
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-def adapter_sync_rank(model: torch.nn.Module, adapter: VLMAdapter) -> int:
-    """The engine's ``max_lora_rank`` for ``vllm.lora_sync: adapter`` (the smallest vLLM takes that holds the policy's
-    rank); refuses a policy without LoRA, with an adapter outside the language model, or with other weights training.
-    """
+def vision_lora_layers(model: torch.nn.Module, adapter: VLMAdapter) -> list[str]:
+    """The names of the policy's LoRA layers in its image encoder and projector (``adapter.image_feature_modules``),
+    which vLLM 0.32 serves without LoRA: with ``vllm.lora_sync: adapter`` they go merged."""
     base = _unwrapped(model)
-    layers = {name: module for name, module in base.named_modules() if _is_lora_layer(module)}
-    if not layers:
-        raise ConfigError(
-            "model.vllm.lora_sync: adapter sends the LoRA adapters, and the policy has none: set model.lora.r above 0, "
-            "or model.vllm.lora_sync: merged."
-        )
     visual = {id(sub) for module in adapter.image_feature_modules(base) for sub in module.modules()}
+    return [name for name, module in base.named_modules() if _is_lora_layer(module) and id(module) in visual]
+
+
+def adapter_sync_rank(model: torch.nn.Module, adapter: VLMAdapter) -> int:
+    """The engine's ``max_lora_rank`` for ``vllm.lora_sync: adapter`` (the smallest vLLM takes that holds the rank of
+    the language model's adapters; the vision tower's go merged, :func:`vision_lora_layers`); refuses a policy
+    without LoRA in the language model, with an embedding or output-head adapter, or with other weights training."""
+    base = _unwrapped(model)
+    visual = set(vision_lora_layers(model, adapter))
+    layers = {name: module for name, module in base.named_modules() if _is_lora_layer(module) and name not in visual}
+    if not layers:
+        has = "adapts the vision tower alone" if visual else "has none"
+        raise ConfigError(
+            f"model.vllm.lora_sync: adapter sends the language model's LoRA adapters, and the policy {has}: set "
+            "model.lora.r above 0 with target modules in the language model, or model.vllm.lora_sync: merged."
+        )
     head = base.get_output_embeddings()
     outside = [
         name
         for name, module in layers.items()
-        if id(module) in visual or module.base_layer is head or isinstance(module.base_layer, torch.nn.Embedding)
+        if module.base_layer is head or isinstance(module.base_layer, torch.nn.Embedding)
     ]
     trained = [name for name, p in base.named_parameters() if p.requires_grad and ".lora_" not in name]
     if outside or trained:
         what = f"adapts {outside[0]}, outside the decoder layers," if outside else f"trains {trained[0]},"
         raise ConfigError(
-            f"model.vllm.lora_sync: adapter sends the LoRA adapters of the language model's decoder layers alone, and "
-            f"the policy {what} which an adapter update would leave out of the engine (vLLM 0.32 serves "
-            "transformers-format InternVL without vision-tower LoRA). Keep model.lora.target_modules in the language "
-            "model's layers, or set model.vllm.lora_sync: merged."
+            f"model.vllm.lora_sync: adapter sends the LoRA adapters of the language model's decoder layers (and the "
+            f"vision tower's adapted layers merged), and the policy {what} which an adapter update would leave out "
+            "of the engine. Keep model.lora.target_modules in the decoder layers and the vision tower, or set "
+            "model.vllm.lora_sync: merged."
         )
     rank = max(int(module.r[name]) for module in layers.values() for name in module.lora_A)
     if rank > VLLM_LORA_RANKS[-1]:
@@ -689,18 +708,19 @@ def adapter_sync_rank(model: torch.nn.Module, adapter: VLMAdapter) -> int:
     return next(allowed for allowed in VLLM_LORA_RANKS if allowed >= rank)
 
 
-def _names_to_sync(model: torch.nn.Module) -> list[str]:
+def _names_to_sync(model: torch.nn.Module, layers: list[str] | None = None) -> list[str]:
     """The state-dict names (of :func:`merged_state_dict`) that a partial update sends: every weight that trains (the
     LoRA-merged weight of an adapted layer), each with all weights of the module around it, since vLLM packs sibling
-    projections (q, k, v; gate and up) into one layer that loads only whole."""
+    projections (q, k, v; gate and up) into one layer that loads only whole. ``layers``: those of these LoRA layers
+    alone."""
     base = _unwrapped(model)
     changing = set()
     for name, module in base.named_modules():
-        if _is_lora_layer(module):
+        if _is_lora_layer(module) and (layers is None or name in layers):
             changing.add(name + ".weight")
     lora_parts = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.", ".lora_magnitude_vector.")
     for name, parameter in base.named_parameters():
-        if parameter.requires_grad and not any(part in name for part in lora_parts):
+        if layers is None and parameter.requires_grad and not any(part in name for part in lora_parts):
             changing.add(name)
     groups = {name.rsplit(".", 2)[0] for name in changing if name.count(".") >= 2}
     names = merged_state_dict(model)
