@@ -235,8 +235,8 @@ def test_an_engine_that_fails_with_a_rollout_on_its_way_stops_the_run_with_a_che
             if trainer.global_step == 2:
                 engine = pl_module.rollouts.engine
                 self.pid = engine.pid
-                # the hung engine's requests time out after 20 s from now on (the steps before take their time)
-                engine.config = dataclasses.replace(engine.config, request_timeout=20.0)
+                # the hung engine's requests time out after 10 s from now on (the steps before take their time)
+                engine.config = dataclasses.replace(engine.config, request_timeout=10.0)
                 os.kill(self.pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
 
     failing = FailEngineAfterTwoSteps()
@@ -249,7 +249,7 @@ def test_an_engine_that_fails_with_a_rollout_on_its_way_stops_the_run_with_a_che
         trainer.fit(module, datamodule=data)
     text = str(failure.value) + "\n".join(getattr(failure.value, "__notes__", []))
     # the first request the engine left unanswered: the weights it was sent, or the rollout sent after them
-    what = r"exited with status -9 while" if fault == "killed" else r"failed while [a-z ]+: no answer within 20 s"
+    what = r"exited with status -9 while" if fault == "killed" else r"failed while [a-z ]+: no answer within 10 s"
     assert re.search(rf"The vLLM engine process \(pid {failing.pid}\) {what}", text), text
     assert _process_gone(failing.pid) and not module.rollouts.engine.running
     last = Path(trainer.checkpoint_callback.last_model_path)

@@ -123,6 +123,7 @@ def test_tables():
 
 
 def test_the_reward_curves_are_drawn(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib comes with the bench extra (pip install -e '.[bench]')")
     ramp = [(step, 0.01 * step) for step in range(30)]
     runs = [
         {"mode": "sync", "seed": 0, "curve": ramp},
