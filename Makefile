@@ -34,7 +34,7 @@ demo: $(VENV)/.installed $(ASSETS)/.complete
 NUMERIC_TESTS := tests/test_chunked_logps.py tests/test_shared_encoding.py tests/test_algorithms.py \
 	tests/test_prefix_cache.py tests/test_deepspeed.py tests/test_reward_aggregation.py \
 	tests/test_policy_losses.py tests/test_kl_and_advantages.py tests/test_entropy_control.py \
-	tests/test_gold_supervision.py \
+	tests/test_gold_supervision.py tests/test_async_rollouts.py \
 	tests/test_module.py::test_advantages_under_data_parallelism_equal_one_process_over_the_global_batch
 
 test: $(VENV)/.installed $(VLLM_VENV)/.installed

@@ -108,13 +108,9 @@ Points = list[tuple[int, float]]
 # ------------------------------------------------------------------------------------------------ one run
 def parse_cores(text: str) -> set[int]:
     """``0-1,3`` as a set of core numbers (``all``: every core this process may use)."""
-    if text == "all":
-        return set(os.sched_getaffinity(0))
-    cores: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        cores.update(range(int(low), int(high or low) + 1))
-    return cores
+    from grpo_lightning.hardware import core_list
+
+    return set(os.sched_getaffinity(0)) if text == "all" else set(core_list(text, "--pin"))
 
 
 def overlay(mode: str, args: argparse.Namespace, lora: str | None = None) -> dict[str, Any]:

@@ -112,8 +112,8 @@ def _shown(strategy: Any) -> str:
     return path.rpartition(".")[2] if path else str(strategy)
 
 
-def core_list(text: str) -> list[int]:
-    """The cores of a list such as ``0-3,8`` (``vllm.cpu_cores``), in order, each once.
+def core_list(text: str, option: str = "model.vllm.cpu_cores") -> list[int]:
+    """The cores of a list such as ``0-3,8`` (``option``'s value), in order, each once.
 
     Raises:
         ConfigError: not such a list, or a core this machine does not have.
@@ -128,14 +128,12 @@ def core_list(text: str) -> list[int]:
             cores.extend(core for core in range(first, last + 1) if core not in cores)
     except ValueError:
         raise ConfigError(
-            f"model.vllm.cpu_cores {text!r} is not a list of CPU cores: write core numbers and ranges separated by "
+            f"{option} {text!r} is not a list of CPU cores: write core numbers and ranges separated by "
             "commas, such as 0 or 0-3,8."
         ) from None
     count = os.cpu_count() or 1
     if max(cores) >= count:
-        raise ConfigError(
-            f"model.vllm.cpu_cores {text!r} names core {max(cores)}, and this machine has cores 0 to {count - 1}."
-        )
+        raise ConfigError(f"{option} {text!r} names core {max(cores)}, and this machine has cores 0 to {count - 1}.")
     return cores
 
 

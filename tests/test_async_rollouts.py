@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from grpo_lightning.algorithms import grpo_loss
 from grpo_lightning.config import LossConfig, SamplingConfig, VLLMConfig
@@ -20,7 +21,7 @@ from grpo_lightning.errors import ConfigError
 from grpo_lightning.rollout import Rollout, join_groups
 from grpo_lightning.stages.async_rollouts import WeightVersions
 from grpo_lightning.stages.update import PolicyUpdate
-from tests.helpers import make_module
+from tests.helpers import ROOT, demo_model_options, make_module
 
 
 # ------------------------------------------------------------------------------------- the stream's look-ahead
@@ -254,4 +255,13 @@ def test_async_options_are_in_fit_help_and_off_by_default(capsys):
         main(["fit", "--help"])
     text = capsys.readouterr().out
     assert "--model.sampling.async_rollouts" in text and "--model.sampling.max_staleness" in text
+    assert "--model.vllm.cpu_cores" in text
     assert SamplingConfig().async_rollouts is False and SamplingConfig().max_staleness == 1
+    assert VLLMConfig().cpu_cores is None
+
+
+def test_the_async_demo_config_turns_them_on_with_the_engine_on_a_core_of_its_own(tmp_path, capsys):
+    overlay = yaml.safe_load((ROOT / "configs" / "demo_async.yaml").read_text(encoding="utf-8"))["model"]
+    printed = demo_model_options(tmp_path, capsys, overlay)
+    assert printed["rollout_engine"] == "vllm" and printed["vllm"]["cpu_cores"] == "0"
+    assert printed["sampling"]["async_rollouts"] is True and printed["sampling"]["max_staleness"] == 1

@@ -252,26 +252,7 @@ class VLLMEngine(RolloutEngine):
             env.pop(name, None)  # the trainer's environment is not the engine's
         listener = _Listener(address, authkey)
         try:
-            log_fd, log_path = tempfile.mkstemp(prefix="grpo-vllm-", suffix=".log")
-            self._log_path = Path(log_path)
-            try:
-                self._process = subprocess.Popen(
-                    [str(python), str(self._folder / SERVER_COPY)],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_fd,
-                    stderr=subprocess.STDOUT,
-                    cwd=self._folder,
-                    start_new_session=True,  # Ctrl-C in the terminal reaches the trainer, which stops the engine
-                )
-            finally:
-                os.close(log_fd)
-            self._finalizer = weakref.finalize(self, _kill, self._process, self._folder)
-            if self.config.cpu_cores is not None:
-                # at once, while the engine has one thread: the threads it starts later inherit its cores (vLLM's
-                # own binding does not act on an engine that runs in the server's process)
-                os.sched_setaffinity(self._process.pid, core_list(self.config.cpu_cores))
-            atexit.register(self.stop)
+            self._spawn(python, env)
             try:
                 self._connection = listener.accept(self._process, timeout=60.0, log=self._log_path)
             except EngineError:
@@ -283,6 +264,30 @@ class VLLMEngine(RolloutEngine):
         weights_file.unlink(missing_ok=True)
         if not reply.get("ready"):
             self._fail("starting", reply.get("error", repr(reply)))
+
+    def _spawn(self, python: Path, env: dict[str, str]) -> None:
+        """Start the server process, its output to a log of its own, on ``vllm.cpu_cores`` when set; it is ended with
+        the trainer."""
+        log_fd, log_path = tempfile.mkstemp(prefix="grpo-vllm-", suffix=".log")
+        self._log_path = Path(log_path)
+        try:
+            self._process = subprocess.Popen(
+                [str(python), str(self._folder / SERVER_COPY)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                cwd=self._folder,
+                start_new_session=True,  # Ctrl-C in the terminal reaches the trainer, which stops the engine
+            )
+        finally:
+            os.close(log_fd)
+        self._finalizer = weakref.finalize(self, _kill, self._process, self._folder)
+        if self.config.cpu_cores is not None:
+            # at once, while the engine has one thread: the threads it starts later inherit its cores (vLLM's own
+            # binding does not act on an engine that runs in the server's process)
+            os.sched_setaffinity(self._process.pid, core_list(self.config.cpu_cores))
+        atexit.register(self.stop)
 
     def stop(self) -> None:
         """Ask the engine to exit, then end it if it does not within 30 s; remove its shared-memory folder. The log is
