@@ -244,13 +244,13 @@ class GRPOModule(EvaluationMixin, L.LightningModule):
         # another model's weights: one message, before the load fails on them
         check_weights_fit(checkpoint, self, getattr(self._trainer, "ckpt_path", None))
         attached = self._trainer is not None
-        world_size, rank = (self.trainer.world_size, self.global_rank) if attached else (1, 0)
         self.reference.keep_state(checkpoint, fitting=not attached or self.trainer.state.fn == "fit")
         self.update.restore(checkpoint)
-        self.rollouts.restore(checkpoint, world_size, rank)
+        self.rollouts.restore(checkpoint)
         saved = checkpoint.get("rng_states")
         if saved is None:
             return
+        world_size, rank = (self.trainer.world_size, self.global_rank) if attached else (1, 0)
         # when not every process got its own stream back, the others get theirs in on_train_start
         self._rng_streams_restored = restore_process_streams(saved, world_size, rank)
 

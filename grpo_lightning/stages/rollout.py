@@ -141,11 +141,13 @@ class RolloutStage:
         if self.pipeline is not None:
             checkpoint[ASYNC_STATE_KEY] = self.pipeline.state(self.module.global_step, self.module.trainer.world_size)
 
-    def restore(self, checkpoint: dict[str, Any], world_size: int, rank: int) -> None:
-        """Take back a checkpoint's rollouts on their way, process ``rank``'s of ``world_size``; the first step sends
-        them again (none saved: none)."""
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Take back a checkpoint's rollouts on their way; the first step sends them again (none saved: none)."""
         state = checkpoint.get(ASYNC_STATE_KEY)
         if self.pipeline is not None and state is not None:
+            module = self.module
+            attached = module._trainer is not None
+            world_size, rank = (module.trainer.world_size, module.global_rank) if attached else (1, 0)
             self.pipeline.load(state, world_size, rank)
 
     def async_stats(self, rollout: Rollout, step: int) -> dict[str, Tensor]:
